@@ -1,0 +1,119 @@
+"""One LM training run under a fixed schedule, written to a run folder.
+
+This is what `lrpilot run` does: it makes the corpus, the `Trainer` and the
+schedule from a `RunConfig`, trains interval by interval, and after every interval
+rewrites `trace.csv` atomically, so a crash loses at most the interval in flight.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from lrpilot.errors import ConfigError
+from lrpilot.files import atomic_write_csv, atomic_write_json, ensure_writable_dir
+from lrpilot.lm.corpus import load_corpus
+from lrpilot.lm.model import model_preset
+from lrpilot.lm.schedules import PLATEAU, SCHEDULE_NAMES, lr_function, make_schedule
+from lrpilot.lm.trace import TRACE_COLUMNS, initial_row, interval_row
+from lrpilot.lm.trainer import Trainer, TrainerConfig
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A fixed-schedule training run; every field is a flag of `lrpilot run`."""
+
+    schedule: str = "warmup_cosine"  # a name from lrpilot.lm.schedules.SCHEDULE_NAMES
+    lr: float = 3e-3  # peak learning rate
+    steps: int = 400  # optimizer steps in the run
+    eval_every: int = 20  # steps per evaluation interval
+    corpus: str = "pydoc"  # pydoc, pystdlib, or a file or folder path
+    model: str = "tiny"  # model preset: tiny, small, base
+    seed: int = 0
+    batch_size: int = 64
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULE_NAMES:
+            raise ConfigError(
+                f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULE_NAMES)}"
+            )
+        model_preset(self.model)  # raises on an unknown preset
+        if not (isinstance(self.lr, float | int) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"learning rate must be positive, got {self.lr!r}")
+        for name in ("steps", "eval_every", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.eval_every > self.steps:
+            raise ConfigError(
+                f"eval_every ({self.eval_every}) must not exceed steps ({self.steps})"
+            )
+
+    def trainer_config(self) -> TrainerConfig:
+        return TrainerConfig(
+            model=model_preset(self.model),
+            batch_size=self.batch_size,
+            seed=self.seed,
+            device=self.device,
+        )
+
+    def intervals(self) -> list[int]:
+        """Steps of each evaluation interval; the last one takes the remainder."""
+        full, rest = divmod(self.steps, self.eval_every)
+        return [self.eval_every] * full + ([rest] if rest else [])
+
+
+def run_schedule(config: RunConfig, out_dir: str | Path | None = None, progress: bool = True):
+    """Train one run; return its trace as a DataFrame, writing the run folder if given."""
+    corpus = load_corpus(config.corpus)
+    trainer = Trainer(corpus, config.trainer_config())  # checks the corpus holds a block
+    out = ensure_writable_dir(out_dir) if out_dir is not None else None
+    if out is not None:
+        atomic_write_json(out / "config.json", dataclasses.asdict(config))
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = config.lr
+    scheduler = make_schedule(config.schedule, trainer.optimizer, config.steps)
+    lr_at = lr_function(scheduler, trainer.optimizer)
+
+    rows = [initial_row(trainer.evaluate(), lr_at(0))]
+    start = time.perf_counter()
+    bar = tqdm(total=config.steps, unit="step", disable=not progress, desc=config.schedule)
+    for interval, steps in enumerate(config.intervals(), start=1):
+        stats = trainer.run_interval(steps, lr_at)
+        if config.schedule == PLATEAU:
+            scheduler.step(stats.val_loss)
+        rows.append(interval_row(interval, stats, rows[-1]))
+        if out is not None:
+            atomic_write_csv(out / "trace.csv", pd.DataFrame(rows, columns=TRACE_COLUMNS))
+        bar.update(steps)
+        bar.set_postfix(val_loss=f"{stats.val_loss:.3f}", lr=f"{stats.lr:.2e}")
+        if stats.nonfinite:
+            break  # diverged: the rest of the run would only skip steps
+    bar.close()
+    trace = pd.DataFrame(rows, columns=TRACE_COLUMNS)
+    if out is not None:
+        atomic_write_json(out / "summary.json", run_summary(trace, time.perf_counter() - start))
+    return trace
+
+
+def run_summary(trace: pd.DataFrame, seconds: float) -> dict:
+    """Final and best validation loss, divergence, and throughput of a finished run."""
+    last = trace.iloc[-1]
+    return {
+        "final_val_loss": float(last["val_loss"]),
+        "best_val_loss": float(trace["val_loss"].min()),
+        "diverged": bool(trace["nonfinite"].any()),
+        "steps": int(last["step"]),
+        "tokens": int(last["tokens"]),
+        "seconds": seconds,
+        "tokens_per_second": float(last["tokens"]) / seconds if seconds > 0 else math.nan,
+        "torch_threads": torch.get_num_threads(),
+    }

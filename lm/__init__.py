@@ -1,0 +1,1 @@
+"""The training substrate: byte-level corpora, the GPT model, the Trainer, fixed LR schedules."""

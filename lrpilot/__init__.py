@@ -1,0 +1,28 @@
+"""lrpilot: learn learning-rate control for language-model training.
+
+The public API gathers the pieces a user reaches for most; the subpackages
+`lrpilot.lm`, `lrpilot.env`, `lrpilot.agents` and `lrpilot.experiments` hold the rest.
+"""
+
+from lrpilot.errors import ConfigError
+from lrpilot.lm.corpus import Corpus, load_corpus
+from lrpilot.lm.model import GPT, MODEL_PRESETS, ModelConfig, model_preset
+from lrpilot.lm.schedules import SCHEDULE_NAMES, make_schedule
+from lrpilot.lm.trainer import IntervalStats, Trainer, TrainerConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GPT",
+    "MODEL_PRESETS",
+    "SCHEDULE_NAMES",
+    "ConfigError",
+    "Corpus",
+    "IntervalStats",
+    "ModelConfig",
+    "Trainer",
+    "TrainerConfig",
+    "load_corpus",
+    "make_schedule",
+    "model_preset",
+]
