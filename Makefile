@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
+# The main job. Until the controller demo exists: one fixed-schedule run.
 demo: $(STAMP)
-	$(VENV)/bin/lrpilot demo
+	$(VENV)/bin/lrpilot run --schedule warmup_cosine --lr 4e-3 --steps 400 \
+	    --eval-every 20 --corpus pydoc --model tiny --out runs/demo
 
 # pytest exits 5 when it collects no tests: that is a failure, said plainly.
 test: $(STAMP)
