@@ -1,0 +1,36 @@
+"""The Gymnasium environment: LM training as an RL task with an instant reward.
+
+`lrpilot/LRControl-v0` is registered when `lrpilot` is imported.
+"""
+
+from lrpilot.env.actions import ACTION_MODES, DEFAULT_FACTORS
+from lrpilot.env.features import FEATURE_NAMES, FEATURE_VERSION, FEATURES
+from lrpilot.env.lr_env import EnvConfig, LRControlEnv
+from lrpilot.env.rewards import REWARD_NAMES
+from lrpilot.env.tasks import Task, TaskSpace
+
+ENV_ID = "lrpilot/LRControl-v0"
+
+
+def register_envs() -> None:
+    """Register `lrpilot/LRControl-v0` with Gymnasium (idempotent)."""
+    import gymnasium
+
+    if ENV_ID not in gymnasium.registry:
+        gymnasium.register(id=ENV_ID, entry_point="lrpilot.env.lr_env:LRControlEnv")
+
+
+__all__ = [
+    "ACTION_MODES",
+    "DEFAULT_FACTORS",
+    "ENV_ID",
+    "FEATURES",
+    "FEATURE_NAMES",
+    "FEATURE_VERSION",
+    "REWARD_NAMES",
+    "EnvConfig",
+    "LRControlEnv",
+    "Task",
+    "TaskSpace",
+    "register_envs",
+]

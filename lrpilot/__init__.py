@@ -4,6 +4,7 @@ The public API gathers the pieces a user reaches for most; the subpackages
 `lrpilot.lm`, `lrpilot.env`, `lrpilot.agents` and `lrpilot.experiments` hold the rest.
 """
 
+from lrpilot.env import ENV_ID, EnvConfig, LRControlEnv, Task, TaskSpace, register_envs
 from lrpilot.errors import ConfigError
 from lrpilot.lm.corpus import Corpus, load_corpus
 from lrpilot.lm.model import GPT, MODEL_PRESETS, ModelConfig, model_preset
@@ -12,17 +13,25 @@ from lrpilot.lm.trainer import IntervalStats, Trainer, TrainerConfig
 
 __version__ = "0.1.0"
 
+register_envs()  # gymnasium.make("lrpilot/LRControl-v0", ...) works after `import lrpilot`
+
 __all__ = [
+    "ENV_ID",
     "GPT",
     "MODEL_PRESETS",
     "SCHEDULE_NAMES",
     "ConfigError",
     "Corpus",
+    "EnvConfig",
     "IntervalStats",
+    "LRControlEnv",
     "ModelConfig",
+    "Task",
+    "TaskSpace",
     "Trainer",
     "TrainerConfig",
     "load_corpus",
     "make_schedule",
     "model_preset",
+    "register_envs",
 ]

@@ -1,0 +1,105 @@
+"""Observation features: scale-free loss statistics built from `IntervalStats`.
+
+`FEATURES` is the one table of what the controller sees: name, formula and why.
+The README repeats it. Every value is finite: a non-finite input gives 0 and every
+feature is clipped to [-FEATURE_CLIP, FEATURE_CLIP]. Change the set, change
+`FEATURE_VERSION`: policy files record it and refuse a mismatch.
+
+Notation: `L_t` validation loss after interval t (`L_0` before training), `lr_0` the
+start LR, `lr_t` the LR of interval t, `m_t`, `s_t`, `k_t` the train-loss mean,
+standard deviation and per-step slope over the interval, `n_t` its steps, `g_t` the
+mean gradient norm, `u_t` the update-to-weight ratio, `T` the step budget.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from lrpilot.lm.trainer import IntervalStats
+
+FEATURE_VERSION = "v1"
+FEATURE_CLIP = 10.0
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    formula: str
+    why: str
+
+
+FEATURES: tuple[Feature, ...] = (
+    Feature("progress", "step / T", "where in the run we are: decay belongs near the end"),
+    Feature("log_lr_rel_start", "log(lr_t / lr_0)", "how far the controller has moved the LR"),
+    Feature("log_val_rel_prev", "log(L_t / L_{t-1})", "last interval's progress (= -reward)"),
+    Feature("log_val_rel_init", "log(L_t / L_0)", "total progress so far"),
+    Feature("log_val_rel_best", "log(L_t / min_{i<=t} L_i)", "> 0 when the loss went back up"),
+    Feature(
+        "train_slope_rel", "k_t * n_t / m_t", "is train loss still falling inside the interval"
+    ),
+    Feature("train_noise_rel", "s_t / m_t", "noise of the train loss: LR too high for the batch"),
+    Feature("gen_gap", "log(L_t / m_t)", "validation against train loss: over- or underfitting"),
+    Feature("log_grad_norm", "log(g_t)", "gradient scale"),
+    Feature("log_grad_norm_change", "log(g_t / g_{t-1})", "gradients growing: instability ahead"),
+    Feature(
+        "log_update_ratio", "log(u_t)", "step size relative to the weights, LR made scale-free"
+    ),
+    Feature("nonfinite_fraction", "skipped steps / n_t", "the run is breaking down"),
+)
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+NUM_FEATURES = len(FEATURES)
+
+
+def _log(x: float) -> float:
+    return math.log(x) if x > 0 and math.isfinite(x) else math.nan
+
+
+def finite_clipped(values: list[float]) -> np.ndarray:
+    """float32 vector with NaN/inf replaced by 0 and everything clipped to the bound."""
+    array = np.asarray(values, dtype=np.float64)
+    array[~np.isfinite(array)] = 0.0
+    return np.clip(array, -FEATURE_CLIP, FEATURE_CLIP).astype(np.float32)
+
+
+class ObservationBuilder:
+    """Turns the stream of `IntervalStats` of one run into observation vectors."""
+
+    def __init__(self, start_lr: float, initial_val_loss: float, total_steps: int) -> None:
+        self.start_lr = start_lr
+        self.initial_val_loss = initial_val_loss
+        self.total_steps = total_steps
+        self.previous_val_loss = initial_val_loss
+        self.best_val_loss = initial_val_loss
+        self.previous_grad_norm = math.nan
+
+    def initial(self) -> np.ndarray:
+        """The observation at reset: nothing has been trained yet."""
+        return finite_clipped([0.0] * NUM_FEATURES)
+
+    def update(self, stats: IntervalStats) -> np.ndarray:
+        """The observation after one interval."""
+        val, mean = stats.val_loss, stats.train_loss_mean
+        if math.isfinite(val):
+            self.best_val_loss = min(self.best_val_loss, val)
+        values = [
+            stats.step / self.total_steps,
+            _log(stats.lr / self.start_lr),
+            _log(val / self.previous_val_loss),
+            _log(val / self.initial_val_loss),
+            _log(val / self.best_val_loss),
+            stats.train_loss_slope * stats.steps / mean if mean > 0 else math.nan,
+            stats.train_loss_std / mean if mean > 0 else math.nan,
+            _log(val / mean),
+            _log(stats.grad_norm),
+            _log(stats.grad_norm / self.previous_grad_norm),
+            _log(stats.update_ratio),
+            stats.nonfinite_steps / stats.steps,
+        ]
+        if math.isfinite(val):
+            self.previous_val_loss = val
+        if math.isfinite(stats.grad_norm):
+            self.previous_grad_norm = stats.grad_norm
+        return finite_clipped(values)

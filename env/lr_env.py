@@ -1,0 +1,195 @@
+"""`LRControlEnv`: one episode is one LM training run, one step is one evaluation interval.
+
+    reset(seed)   -> sample a Task, build the Trainer, measure L_0, observe
+    step(action)  -> lr <- clip(lr * factor(action)); train one interval at lr;
+                     observation, instant reward, terminated, truncated, info
+
+The episode terminates when the step budget is spent, or early when the run
+diverges (a non-finite loss, or L_t > divergence_factor * L_0), with the penalty of
+`lrpilot.env.rewards`. Both are true ends of the MDP (progress t/T is in the
+observation), so both set `terminated`; `truncated` is left to outside time limits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from lrpilot.env.actions import ACTION_MODES, DEFAULT_FACTORS, lr_factor, make_action_space
+from lrpilot.env.features import FEATURE_CLIP, FEATURE_VERSION, NUM_FEATURES, ObservationBuilder
+from lrpilot.env.rewards import check_reward_name, divergence_reward, instant_reward
+from lrpilot.env.tasks import Task, TaskSpace
+from lrpilot.errors import ConfigError
+from lrpilot.lm.corpus import Corpus, load_corpus
+from lrpilot.lm.model import model_preset
+from lrpilot.lm.trainer import IntervalStats, Trainer, TrainerConfig
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Everything that defines the environment; every field is also a keyword of the env."""
+
+    task_space: TaskSpace = field(default_factory=TaskSpace)
+    action_mode: str = "discrete"  # "discrete" or "continuous"
+    factors: tuple[float, ...] = DEFAULT_FACTORS  # LR multipliers of the discrete actions
+    lr_min: float = 1e-5
+    lr_max: float = 1e-1
+    reward: str = "log_improvement"  # or "neg_val_loss", "final"
+    divergence_factor: float = 3.0  # L_t above this multiple of L_0 counts as divergence
+    divergence_penalty: float = 1.0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "factors", tuple(float(f) for f in self.factors))
+        if self.action_mode not in ACTION_MODES:
+            raise ConfigError(
+                f"unknown action_mode {self.action_mode!r}; choose from {', '.join(ACTION_MODES)}"
+            )
+        if not self.factors or any(not (f > 0 and math.isfinite(f)) for f in self.factors):
+            raise ConfigError(f"factors must be positive numbers, got {self.factors!r}")
+        if not (0 < self.lr_min < self.lr_max and math.isfinite(self.lr_max)):
+            raise ConfigError(
+                f"need 0 < lr_min < lr_max, got lr_min={self.lr_min!r}, lr_max={self.lr_max!r}"
+            )
+        check_reward_name(self.reward)
+        if not self.divergence_factor > 1:
+            raise ConfigError(f"divergence_factor must be > 1, got {self.divergence_factor!r}")
+        if not self.divergence_penalty >= 0:
+            raise ConfigError(f"divergence_penalty must be >= 0, got {self.divergence_penalty!r}")
+
+
+class LRControlEnv(gym.Env):
+    """Learning-rate control of an LM training run as a Gymnasium environment."""
+
+    metadata: ClassVar[dict] = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(
+        self, config: EnvConfig | None = None, *, render_mode: str | None = None, **overrides
+    ) -> None:
+        config = config or EnvConfig()
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(EnvConfig)}
+        if unknown:
+            raise ConfigError(f"unknown environment setting(s): {', '.join(sorted(unknown))}")
+        self.config = dataclasses.replace(config, **overrides) if overrides else config
+        if render_mode not in (None, "ansi"):
+            raise ConfigError(f"unknown render_mode {render_mode!r}; only 'ansi' is supported")
+        self.render_mode = render_mode
+        self.observation_space = spaces.Box(
+            -FEATURE_CLIP, FEATURE_CLIP, shape=(NUM_FEATURES,), dtype=np.float32
+        )
+        self.action_space = make_action_space(self.config.action_mode, self.config.factors)
+        self.feature_version = FEATURE_VERSION
+        self._corpora: dict[str, Corpus] = {}
+        self.task: Task | None = None
+        self.trainer: Trainer | None = None
+        self.last_stats: IntervalStats | None = None
+        self._lines: list[str] = []
+
+    # -- episode ---------------------------------------------------------------------------
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Start a new run. `options={"task": Task}` pins the task instead of sampling."""
+        super().reset(seed=seed)
+        task = (options or {}).get("task") or self.config.task_space.sample(self.np_random)
+        if not isinstance(task, Task):
+            raise ConfigError(f"options['task'] must be a Task, got {type(task).__name__}")
+        self.task = task
+        self.trainer = Trainer(self._corpus(task.corpus), self._trainer_config(task))
+        self.lr = float(np.clip(task.start_lr, self.config.lr_min, self.config.lr_max))
+        self.interval = 0
+        self.initial_val_loss = self.trainer.evaluate()
+        self.val_loss = self.initial_val_loss
+        self.features = ObservationBuilder(self.lr, self.initial_val_loss, task.total_steps)
+        self._lines = []
+        self.last_stats = None
+        return self.features.initial(), self._info(None, diverged=False)
+
+    def step(self, action):
+        if self.trainer is None or self.task is None:
+            raise RuntimeError("call reset() before step()")
+        if self.interval >= self.task.num_intervals:
+            raise RuntimeError("the episode has ended; call reset()")
+        factor = lr_factor(self.config.action_mode, self.config.factors, action)
+        self.lr = float(np.clip(self.lr * factor, self.config.lr_min, self.config.lr_max))
+        stats = self.trainer.run_interval(self.task.interval_steps(self.interval), self.lr)
+        self.interval += 1
+        last = self.interval == self.task.num_intervals
+        diverged = stats.nonfinite or not (
+            stats.val_loss <= self.config.divergence_factor * self.initial_val_loss
+        )
+        if diverged:
+            reward = divergence_reward(
+                self.config.reward,
+                previous_loss=self.val_loss,
+                initial_loss=self.initial_val_loss,
+                divergence_factor=self.config.divergence_factor,
+                divergence_penalty=self.config.divergence_penalty,
+                remaining_intervals=self.task.num_intervals - self.interval + 1,
+            )
+        else:
+            reward = instant_reward(
+                self.config.reward,
+                previous_loss=self.val_loss,
+                loss=stats.val_loss,
+                initial_loss=self.initial_val_loss,
+                last=last,
+            )
+        self.val_loss = stats.val_loss
+        self.last_stats = stats  # the full IntervalStats, for traces (info stays comparable)
+        observation = self.features.update(stats)
+        terminated = last or diverged
+        self._lines.append(self._render_line(stats, reward, diverged))
+        if diverged:
+            self.interval = self.task.num_intervals  # no more steps in this run
+        return observation, float(reward), terminated, False, self._info(stats, diverged)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _corpus(self, name: str) -> Corpus:
+        if name not in self._corpora:
+            self._corpora[name] = load_corpus(name)
+        return self._corpora[name]
+
+    def _trainer_config(self, task: Task) -> TrainerConfig:
+        return TrainerConfig(
+            model=model_preset(task.model),
+            batch_size=task.batch_size,
+            seed=task.seed,
+            device=self.config.device,
+        )
+
+    def _info(self, stats: IntervalStats | None, diverged: bool) -> dict:
+        assert self.trainer is not None and self.task is not None
+        return {
+            "lr": self.lr,
+            "step": self.trainer.step,
+            "interval": self.interval,
+            "train_loss": stats.train_loss_mean if stats else math.nan,
+            "val_loss": self.val_loss,
+            "initial_val_loss": self.initial_val_loss,
+            "tokens": self.trainer.step
+            * self.task.batch_size
+            * self.trainer.config.model.block_size,
+            "diverged": diverged,
+            "task": self.task,
+        }
+
+    def _render_line(self, stats: IntervalStats, reward: float, diverged: bool) -> str:
+        assert self.task is not None
+        line = (
+            f"step {stats.step:>5}/{self.task.total_steps}  lr {stats.lr:.3e}  "
+            f"train {stats.train_loss_mean:.4f}  val {stats.val_loss:.4f}  reward {reward:+.4f}"
+        )
+        return line + ("  DIVERGED" if diverged else "")
+
+    def render(self) -> str | None:
+        """`ansi`: the line of the last interval (one readable line per interval)."""
+        if self.render_mode != "ansi":
+            return None
+        return self._lines[-1] if self._lines else "reset: no interval trained yet"

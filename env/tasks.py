@@ -1,0 +1,121 @@
+"""Tasks: what one episode's LM training run is, and the distribution each reset draws from."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from lrpilot.errors import ConfigError
+from lrpilot.lm.model import model_preset
+
+SEED_RANGE = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class Task:
+    """One concrete LM training run: what `reset` sets up."""
+
+    corpus: str
+    model: str
+    seed: int
+    total_steps: int
+    eval_every: int
+    start_lr: float
+    batch_size: int = 64
+
+    @property
+    def num_intervals(self) -> int:
+        return math.ceil(self.total_steps / self.eval_every)
+
+    def interval_steps(self, interval: int) -> int:
+        """Steps of interval `interval` (0-based); the last one takes the remainder."""
+        return min(self.eval_every, self.total_steps - interval * self.eval_every)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TaskSpace:
+    """The distribution of tasks that `reset` samples from.
+
+    Each tuple is a set to choose from uniformly; `start_lr` is a log-uniform range
+    (pin it with equal ends); `seeds=None` draws a fresh LM seed at every reset.
+    """
+
+    corpora: tuple[str, ...] = ("pydoc",)
+    models: tuple[str, ...] = ("tiny",)
+    seeds: tuple[int, ...] | None = None
+    total_steps: tuple[int, ...] = (400,)
+    eval_every: int = 20
+    start_lr: tuple[float, float] = (1e-4, 1e-2)
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        # Accept lists (from TOML or keyword arguments) but store tuples, so a
+        # TaskSpace stays hashable and immutable.
+        for name in ("corpora", "models", "total_steps", "start_lr"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.seeds is not None:
+            object.__setattr__(self, "seeds", tuple(self.seeds))
+        if not self.corpora:
+            raise ConfigError("TaskSpace.corpora is empty: give at least one corpus")
+        if not self.models:
+            raise ConfigError("TaskSpace.models is empty: give at least one model preset")
+        for model in self.models:
+            model_preset(model)
+        if self.seeds is not None and not self.seeds:
+            raise ConfigError("TaskSpace.seeds is empty: give seeds, or None to draw them")
+        if not self.total_steps or any(s <= 0 for s in self.total_steps):
+            raise ConfigError(f"TaskSpace.total_steps must be positive, got {self.total_steps!r}")
+        if self.eval_every <= 0:
+            raise ConfigError(f"TaskSpace.eval_every must be positive, got {self.eval_every!r}")
+        if self.eval_every > min(self.total_steps):
+            raise ConfigError(
+                f"TaskSpace.eval_every ({self.eval_every}) is larger than the step budget "
+                f"({min(self.total_steps)})"
+            )
+        low, high = self.start_lr if len(self.start_lr) == 2 else (math.nan, math.nan)
+        if not (0 < low <= high and math.isfinite(high)):
+            raise ConfigError(
+                f"TaskSpace.start_lr must be a range (low, high) with 0 < low <= high, "
+                f"got {self.start_lr!r}"
+            )
+        if self.batch_size <= 0:
+            raise ConfigError(f"TaskSpace.batch_size must be positive, got {self.batch_size!r}")
+
+    @classmethod
+    def fixed(cls, task: Task) -> TaskSpace:
+        """The space holding exactly one task: how evaluation runs are made."""
+        return cls(
+            corpora=(task.corpus,),
+            models=(task.model,),
+            seeds=(task.seed,),
+            total_steps=(task.total_steps,),
+            eval_every=task.eval_every,
+            start_lr=(task.start_lr, task.start_lr),
+            batch_size=task.batch_size,
+        )
+
+    def sample(self, rng: np.random.Generator) -> Task:
+        """Draw one task. Always draws the same number of values, so seeding is stable."""
+        corpus = self.corpora[rng.integers(len(self.corpora))]
+        model = self.models[rng.integers(len(self.models))]
+        drawn_seed = int(rng.integers(SEED_RANGE))
+        seed = drawn_seed if self.seeds is None else self.seeds[drawn_seed % len(self.seeds)]
+        steps = self.total_steps[rng.integers(len(self.total_steps))]
+        low, high = self.start_lr
+        start_lr = float(math.exp(rng.uniform(math.log(low), math.log(high))))
+        if low == high:
+            start_lr = float(low)
+        return Task(
+            corpus=corpus,
+            model=model,
+            seed=int(seed),
+            total_steps=int(steps),
+            eval_every=self.eval_every,
+            start_lr=start_lr,
+            batch_size=self.batch_size,
+        )

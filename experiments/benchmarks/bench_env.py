@@ -1,0 +1,63 @@
+"""Benchmark the environment's overhead over the bare Trainer.
+
+Times `LRControlEnv.step` against `Trainer.run_interval` for the same interval of the
+same task, alternating the two interval by interval in one process (the first of
+each pair swapped every interval), and prints the
+ratio of their median times (target >= 0.98: the env adds at most 2%).
+
+    python experiments/benchmarks/bench_env.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from lrpilot.env import EnvConfig, LRControlEnv, Task, TaskSpace
+from lrpilot.lm.corpus import load_corpus
+from lrpilot.lm.model import model_preset
+from lrpilot.lm.trainer import Trainer, TrainerConfig
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--episodes", type=int, default=3, help="runs of each kind")
+    parser.add_argument("--steps", type=int, default=400, help="step budget of a run")
+    parser.add_argument("--eval-every", type=int, default=20, help="steps per interval")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    task = Task("pydoc", "tiny", 0, args.steps, args.eval_every, 3e-3)
+    env = LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(task)))
+    corpus = load_corpus(task.corpus)
+    config = TrainerConfig(model=model_preset(task.model), seed=task.seed, device="cpu")
+    keep_lr = 2  # the discrete action x1
+
+    env_times, bare_times = [], []
+    for episode in range(args.episodes):
+        env.reset(seed=episode)
+        trainer = Trainer(corpus, config)
+        trainer.evaluate()
+        for interval in range(task.num_intervals):
+            steps = task.interval_steps(interval)
+            # Swap which goes first every interval, so neither gets the warmer cache.
+            order = ("env", "bare") if interval % 2 == 0 else ("bare", "env")
+            for kind in order:
+                start = time.perf_counter()
+                if kind == "env":
+                    env.step(keep_lr)
+                else:
+                    trainer.run_interval(steps, task.start_lr)
+                (env_times if kind == "env" else bare_times).append(time.perf_counter() - start)
+    env_median, bare_median = statistics.median(env_times), statistics.median(bare_times)
+    print(f"intervals timed               {len(env_times)} of each")
+    print(f"Trainer.run_interval median s {bare_median:.4f}")
+    print(f"LRControlEnv.step median s    {env_median:.4f}")
+    print(f"ratio (target >= 0.98)        {bare_median / env_median:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,179 @@
+import math
+import warnings
+
+import gymnasium
+import numpy as np
+import pytest
+import torch
+
+import lrpilot  # noqa: F401  (registers the environment)
+from lrpilot.env import EnvConfig, LRControlEnv, Task, TaskSpace
+from lrpilot.env.features import FEATURE_NAMES, FEATURES
+from lrpilot.env.rewards import REWARD_NAMES, divergence_reward, instant_reward
+from lrpilot.errors import ConfigError
+
+SPACE = TaskSpace(total_steps=(12,), eval_every=4, batch_size=8, start_lr=(1e-3, 1e-2))
+
+
+def make_env(**overrides) -> LRControlEnv:
+    return LRControlEnv(EnvConfig(task_space=SPACE), **overrides)
+
+
+def rollout(env, seed, actions):
+    observation, _ = env.reset(seed=seed)
+    observations, rewards = [observation], []
+    for action in actions:
+        observation, reward, terminated, truncated, info = env.step(action)
+        observations.append(observation)
+        rewards.append(reward)
+        if terminated or truncated:
+            break
+    return np.stack(observations), rewards, info
+
+
+@pytest.mark.parametrize("mode", ["discrete", "continuous"])
+def test_gymnasium_and_sb3_env_checkers_pass(mode):
+    from gymnasium.utils.env_checker import check_env as gym_check
+    from stable_baselines3.common.env_checker import check_env as sb3_check
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gym_check(make_env(action_mode=mode), skip_render_check=False)
+        sb3_check(make_env(action_mode=mode), warn=False)
+
+
+def test_registered_and_made_by_id():
+    env = gymnasium.make("lrpilot/LRControl-v0", task_space=SPACE, action_mode="continuous")
+    assert env.action_space.shape == (1,)
+    observation, info = env.reset(seed=0)
+    assert observation.shape == (len(FEATURES),) and info["step"] == 0
+
+
+def test_same_seed_same_actions_same_everything():
+    actions = [0, 4, 2]
+    a = rollout(make_env(), 3, actions)
+    b = rollout(make_env(), 3, actions)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert a[1] == b[1]
+    c = rollout(make_env(), 4, actions)
+    assert c[2]["task"] != a[2]["task"]
+
+
+def test_return_telescopes_to_log_initial_over_final_loss():
+    observations, rewards, info = rollout(make_env(), 0, [2, 3, 1])
+    assert len(rewards) == 3 and not info["diverged"]
+    expected = math.log(info["initial_val_loss"] / info["val_loss"])
+    assert sum(rewards) == pytest.approx(expected, abs=1e-6)
+    assert observations[-1][FEATURE_NAMES.index("progress")] == pytest.approx(1.0)
+
+
+def test_actions_change_the_lr_multiplicatively_and_are_clipped():
+    env = make_env(lr_min=1e-4, lr_max=2e-3)
+    env.reset(seed=0, options={"task": Task("pydoc", "tiny", 0, 12, 4, 1e-3, 8)})
+    assert env.step(4)[4]["lr"] == pytest.approx(2e-3)  # x2
+    assert env.step(4)[4]["lr"] == pytest.approx(2e-3)  # clipped at lr_max
+    assert env.step(0)[4]["lr"] == pytest.approx(1e-3)  # x0.5
+    continuous = make_env(action_mode="continuous")
+    continuous.reset(seed=0, options={"task": Task("pydoc", "tiny", 0, 12, 4, 1e-3, 8)})
+    assert continuous.step(np.array([-1.0]))[4]["lr"] == pytest.approx(5e-4)
+
+
+def test_fixed_task_space_pins_every_value():
+    task = Task("pydoc", "tiny", 11, 12, 4, 3e-3, 8)
+    env = LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(task)))
+    for seed in (0, 1):
+        assert env.reset(seed=seed)[1]["task"] == task
+
+
+def test_every_reward_prefers_lower_loss():
+    for name in REWARD_NAMES:
+        for last in (False, True):
+            better = instant_reward(name, previous_loss=3.0, loss=2.0, initial_loss=5.0, last=last)
+            worse = instant_reward(name, previous_loss=3.0, loss=2.5, initial_loss=5.0, last=last)
+            assert better >= worse
+            if name != "final" or last:
+                assert better > worse, (name, last)
+
+
+def test_divergence_ends_the_episode_below_any_finished_return():
+    env = make_env(divergence_factor=2.0, divergence_penalty=0.5)
+    env.reset(seed=0)
+    first_reward = env.step(2)[1]
+    with torch.no_grad():
+        env.trainer.model.ln_f.weight.fill_(float("nan"))
+    observation, reward, terminated, truncated, info = env.step(2)
+    assert terminated and not truncated and info["diverged"]
+    assert np.isfinite(observation).all()
+    assert first_reward + reward == pytest.approx(-math.log(2.0) - 0.5)
+    with pytest.raises(RuntimeError, match="ended"):
+        env.step(2)
+    # A dense reward is charged the cap for every interval it no longer has to run.
+    capped = divergence_reward(
+        "neg_val_loss",
+        previous_loss=3.0,
+        initial_loss=5.0,
+        divergence_factor=2.0,
+        divergence_penalty=0.0,
+        remaining_intervals=3,
+    )
+    assert capped == pytest.approx(-30.0)
+
+
+@pytest.mark.parametrize("mode", ["discrete", "continuous"])
+def test_fuzz_random_and_extreme_actions_stay_finite(mode):
+    env = make_env(action_mode=mode, lr_min=1e-6, lr_max=10.0)
+    highest = 4 if mode == "discrete" else np.array([1.0], dtype=np.float32)
+    lowest = 0 if mode == "discrete" else np.array([-1.0], dtype=np.float32)
+    env.action_space.seed(0)
+    policies = {
+        "random": lambda: env.action_space.sample(),
+        "max": lambda: highest,
+        "min": lambda: lowest,
+    }
+    for seed, (name, policy) in enumerate(policies.items()):
+        observation, _ = env.reset(seed=seed)
+        terminated = False
+        while not terminated:
+            assert np.isfinite(observation).all(), name
+            assert env.observation_space.contains(observation), name
+            observation, reward, terminated, _, _ = env.step(policy())
+            assert math.isfinite(reward), name
+        assert np.isfinite(observation).all(), name
+    if mode == "continuous":
+        env.reset(seed=0)
+        assert np.isfinite(env.step(np.array([np.nan], dtype=np.float32))[0]).all()
+
+
+def test_render_ansi_is_one_line_per_interval():
+    env = make_env(render_mode="ansi")
+    env.reset(seed=0)
+    env.step(2)
+    line = env.render()
+    assert "\n" not in line and "lr" in line and "val" in line and "reward" in line
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: TaskSpace(total_steps=(10,), eval_every=20), "eval_every (20)"),
+        (lambda: TaskSpace(corpora=()), "corpora is empty"),
+        (lambda: TaskSpace(start_lr=(1e-2, 1e-3)), "start_lr"),
+        (lambda: EnvConfig(lr_min=1e-2, lr_max=1e-3), "lr_min=0.01"),
+        (lambda: EnvConfig(reward="accuracy"), "unknown reward 'accuracy'"),
+        (lambda: EnvConfig(action_mode="binary"), "unknown action_mode 'binary'"),
+        (lambda: LRControlEnv(gamma=0.9), "unknown environment setting"),
+    ],
+)
+def test_bad_configuration_raises_value_error_naming_field_and_value(make, message):
+    with pytest.raises(ValueError, match=None) as error:
+        make()
+    assert isinstance(error.value, ConfigError)
+    assert message in str(error.value)
+
+
+def test_readme_documents_every_feature():
+    from pathlib import Path
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    for feature in FEATURES:
+        assert f"| `{feature.name}` | `{feature.formula}` |" in readme, feature.name
