@@ -80,6 +80,50 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(subparsers) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="train a PPO learning-rate controller",
+        description="Train a PPO controller on LRControlEnv. A preset (a TOML file in "
+        "experiments/presets/, or a path) sets PPO, the task distribution and the evaluation "
+        "tasks; flags override it. Writes DIR/config.toml, progress.csv, checkpoints/, "
+        "policy/ (latest) and best/ (best on the evaluation tasks).",
+    )
+    p.add_argument(
+        "--preset", default="default", help="preset name or TOML path (default: default)"
+    )
+    p.add_argument("--timesteps", type=int, default=None, help="total env steps (intervals)")
+    p.add_argument("--n-envs", type=int, default=None, help="environment processes")
+    p.add_argument("--seed", type=int, default=None, help="seed of PPO and the task sampling")
+    p.add_argument("--out", required=True, help="run folder (new, or the one to --resume)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out from its last checkpoint (--timesteps may extend it)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_train)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    for flag in ("timesteps", "n_envs"):
+        value = getattr(args, flag)
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be positive, got {value}")
+    from lrpilot.agents.training import load_train_config, resume, train
+
+    if args.resume:
+        policy = resume(args.out, timesteps=args.timesteps, progress=not args.quiet)
+    else:
+        config = load_train_config(
+            args.preset, timesteps=args.timesteps, n_envs=args.n_envs, seed=args.seed
+        )
+        policy = train(config, args.out, progress=not args.quiet)
+    done = policy.metadata["training"]["timesteps_done"]
+    print(f"trained {done} timesteps; policy: {args.out}/policy/policy.safetensors")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="lrpilot",
@@ -90,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", required=True, metavar="COMMAND", parser_class=OneLineParser
     )
     _add_run(subparsers)
+    _add_train(subparsers)
     return parser
 
 

@@ -1,0 +1,103 @@
+"""Controllers: anything with `act(observation) -> action` drives `LRControlEnv`.
+
+The learned `Policy` (see `policy_file`) and these baselines share that interface,
+so every comparison drives the environment the same way. The baselines read what
+they need from the raw observation (progress, LR relative to the start, the
+validation loss relative to its best), so they work on any task.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import numpy as np
+
+from lrpilot.env.features import FEATURE_NAMES
+from lrpilot.errors import ConfigError
+from lrpilot.lm.schedules import PLATEAU, schedule_curve
+
+_PROGRESS = FEATURE_NAMES.index("progress")
+_LOG_LR = FEATURE_NAMES.index("log_lr_rel_start")
+_VAL_REL_BEST = FEATURE_NAMES.index("log_val_rel_best")
+_VAL_REL_PREV = FEATURE_NAMES.index("log_val_rel_prev")
+
+
+class Controller(Protocol):
+    def act(self, observation: np.ndarray): ...
+
+
+def action_for_factor(mode: str, factors: tuple[float, ...], wanted: float):
+    """The action whose LR factor comes closest (in log space) to `wanted`."""
+    if mode == "discrete":
+        return int(np.argmin([abs(math.log(f / wanted)) for f in factors]))
+    return np.array([np.clip(math.log2(wanted), -1.0, 1.0)], dtype=np.float32)
+
+
+class ScheduleController:
+    """Follows a fixed schedule, one LR per interval, peaking at the start LR.
+
+    The env holds one LR per interval, so this is the schedule sampled at the start of
+    each interval; the factor per interval is limited by the action space.
+    """
+
+    def __init__(
+        self,
+        schedule: str,
+        total_steps: int,
+        eval_every: int,
+        action_mode: str = "discrete",
+        factors: tuple[float, ...] = (0.5, 0.8, 1.0, 1.25, 2.0),
+    ) -> None:
+        if schedule == PLATEAU:
+            raise ConfigError("use PlateauController for reduce-on-plateau")
+        self.curve = schedule_curve(schedule, 1.0, total_steps)  # relative to the peak
+        self.eval_every = eval_every
+        self.action_mode = action_mode
+        self.factors = tuple(factors)
+
+    def act(self, observation: np.ndarray):
+        step = round(float(observation[_PROGRESS]) * len(self.curve))
+        current = math.exp(float(observation[_LOG_LR]))  # LR / start LR
+        wanted = self.curve[min(step, len(self.curve) - 1)] / current
+        return action_for_factor(self.action_mode, self.factors, max(wanted, 1e-12))
+
+
+class RandomController:
+    """Uniformly random actions, seeded."""
+
+    def __init__(self, action_space, seed: int = 0) -> None:
+        self.action_space = action_space
+        self.action_space.seed(seed)
+
+    def act(self, observation: np.ndarray):
+        return self.action_space.sample()
+
+
+class PlateauController:
+    """Reduce-on-plateau: cut the LR by `factor` after `patience` intervals without a
+    new best validation loss (by a relative `threshold`), else keep it."""
+
+    def __init__(
+        self,
+        patience: int = 2,
+        factor: float = 0.5,
+        threshold: float = 1e-3,
+        action_mode: str = "discrete",
+        factors: tuple[float, ...] = (0.5, 0.8, 1.0, 1.25, 2.0),
+    ) -> None:
+        self.patience, self.factor, self.threshold = patience, factor, threshold
+        self.action_mode, self.factors = action_mode, tuple(factors)
+        self.bad_intervals = 0
+
+    def act(self, observation: np.ndarray):
+        if float(observation[_PROGRESS]) == 0.0:
+            self.bad_intervals = 0  # a new episode
+            return action_for_factor(self.action_mode, self.factors, 1.0)
+        new_best = float(observation[_VAL_REL_BEST]) <= 0.0
+        improved = float(observation[_VAL_REL_PREV]) < math.log1p(-self.threshold)
+        self.bad_intervals = 0 if (new_best and improved) else self.bad_intervals + 1
+        if self.bad_intervals > self.patience:
+            self.bad_intervals = 0
+            return action_for_factor(self.action_mode, self.factors, self.factor)
+        return action_for_factor(self.action_mode, self.factors, 1.0)

@@ -1,0 +1,193 @@
+"""Policy files: a learned LR policy as weights plus JSON metadata, safe to share.
+
+One `.safetensors` file holds the actor network's tensors; its header metadata holds
+a JSON document (key `lrpilot`) with the feature-set version, the observation and
+action specs, the observation normalisation statistics and the training config.
+Loading never unpickles anything, and needs no Stable-Baselines3: `Policy` rebuilds
+the small MLP itself.
+
+Tensor names: `hidden.{i}.weight`, `hidden.{i}.bias` for each hidden layer (tanh),
+`output.weight`, `output.bias` (action logits, or the mean of the continuous action)
+and, for continuous policies, `log_std`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from lrpilot.env.actions import ACTION_MODES, lr_factor
+from lrpilot.env.features import FEATURE_NAMES, FEATURE_VERSION
+from lrpilot.errors import ConfigError
+from lrpilot.files import atomic_write_bytes
+
+FORMAT = "lrpilot-policy"
+FORMAT_VERSION = 1
+POLICY_FILENAME = "policy.safetensors"
+METADATA_KEY = "lrpilot"
+
+
+class Policy:
+    """A learned LR policy: `act(observation) -> action`, with no SB3 at inference."""
+
+    def __init__(self, weights: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
+        self.metadata = metadata
+        self.weights = {name: tensor.float() for name, tensor in weights.items()}
+        _check_metadata(metadata)
+        self.action_mode: str = metadata["action"]["mode"]
+        self.factors: tuple[float, ...] = tuple(metadata["action"]["factors"])
+        self.lr_min: float = metadata["action"]["lr_min"]
+        self.lr_max: float = metadata["action"]["lr_max"]
+        self.layers = _build_layers(self.weights, metadata)
+        norm = metadata.get("normalization")
+        self._obs_mean = np.asarray(norm["mean"], dtype=np.float64) if norm else None
+        self._obs_std = np.sqrt(np.asarray(norm["var"]) + norm["epsilon"]) if norm else None
+        self._obs_clip = norm["clip_obs"] if norm else math.inf
+
+    def normalize(self, observation: np.ndarray) -> np.ndarray:
+        """The observation as the network saw it in training (VecNormalize statistics)."""
+        obs = np.asarray(observation, dtype=np.float64)
+        if self._obs_mean is None:
+            return obs
+        return np.clip((obs - self._obs_mean) / self._obs_std, -self._obs_clip, self._obs_clip)
+
+    @torch.no_grad()
+    def forward(self, observation: np.ndarray) -> torch.Tensor:
+        """Raw network output: action logits (discrete) or action mean (continuous)."""
+        x = torch.as_tensor(self.normalize(observation), dtype=torch.float32)
+        for i, (weight, bias) in enumerate(self.layers):
+            x = torch.nn.functional.linear(x, weight, bias)
+            if i < len(self.layers) - 1:
+                x = torch.tanh(x)
+        return x
+
+    def act(self, observation: np.ndarray, rng: np.random.Generator | None = None):
+        """The action for one raw env observation; deterministic unless `rng` is given."""
+        out = self.forward(observation)
+        if self.action_mode == "discrete":
+            if rng is None:
+                return int(out.argmax())
+            probs = torch.softmax(out.double(), dim=-1).numpy()
+            return int(rng.choice(len(probs), p=probs / probs.sum()))
+        mean = out.numpy().astype(np.float64)
+        if rng is not None:
+            mean = mean + np.exp(self.weights["log_std"].numpy()) * rng.standard_normal(mean.shape)
+        return np.clip(mean, -1.0, 1.0).astype(np.float32)
+
+    def lr_factor(self, action) -> float:
+        """The multiplicative LR change of an action of this policy."""
+        return lr_factor(self.action_mode, self.factors, action)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the policy file (atomically); `path` is a file or a folder."""
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path.mkdir(parents=True, exist_ok=True)
+            path = path / POLICY_FILENAME
+        text = json.dumps(self.metadata, sort_keys=True)
+        tensors = {name: t.contiguous() for name, t in self.weights.items()}
+        atomic_write_bytes(path, save_safetensors(tensors, metadata={METADATA_KEY: text}))
+        return path
+
+
+def load_policy(path: str | os.PathLike) -> Policy:
+    """Load a policy file (or a folder holding `policy.safetensors`); never unpickles."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / POLICY_FILENAME
+    if not path.is_file():
+        raise ConfigError(f"policy file not found: {str(path)!r}")
+    data = path.read_bytes()
+    try:
+        weights = load_safetensors(data)
+        header_size = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_size])
+        metadata = json.loads(header["__metadata__"][METADATA_KEY])
+    except (SafetensorError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise ConfigError(
+            f"not an lrpilot policy file (corrupted, truncated or another format): "
+            f"{str(path)!r} ({type(exc).__name__})"
+        ) from None
+    try:
+        return Policy(weights, metadata)
+    except ConfigError as exc:
+        raise ConfigError(f"{str(path)!r}: {exc}") from None
+
+
+def _check_metadata(metadata: dict[str, Any]) -> None:
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise ConfigError("metadata is not an lrpilot policy's")
+    if metadata.get("format_version") != FORMAT_VERSION:
+        raise ConfigError(
+            f"policy format version {metadata.get('format_version')!r} is not supported "
+            f"(this lrpilot reads {FORMAT_VERSION})"
+        )
+    if metadata.get("feature_version") != FEATURE_VERSION:
+        raise ConfigError(
+            f"policy was trained on feature set {metadata.get('feature_version')!r}, "
+            f"this lrpilot computes {FEATURE_VERSION!r}"
+        )
+    if tuple(metadata["observation"]["features"]) != FEATURE_NAMES:
+        raise ConfigError("policy's observation features differ from this lrpilot's")
+    if metadata["action"]["mode"] not in ACTION_MODES:
+        raise ConfigError(f"unknown action mode {metadata['action']['mode']!r} in policy")
+
+
+def _build_layers(weights: dict[str, torch.Tensor], metadata: dict[str, Any]):
+    """[(weight, bias), ...] for the hidden layers then the output; shapes checked."""
+    hidden = list(metadata["network"]["hidden"])
+    action = metadata["action"]
+    n_out = len(action["factors"]) if action["mode"] == "discrete" else 1
+    names = [f"hidden.{i}" for i in range(len(hidden))] + ["output"]
+    sizes = [len(FEATURE_NAMES), *hidden, n_out]
+    layers = []
+    for name, n_in, n_out_layer in zip(names, sizes[:-1], sizes[1:], strict=True):
+        weight, bias = weights.get(f"{name}.weight"), weights.get(f"{name}.bias")
+        if weight is None or bias is None:
+            raise ConfigError(f"policy file lacks tensor {name}.weight or {name}.bias")
+        if tuple(weight.shape) != (n_out_layer, n_in) or tuple(bias.shape) != (n_out_layer,):
+            raise ConfigError(
+                f"policy tensor {name} has shape {tuple(weight.shape)}, "
+                f"expected {(n_out_layer, n_in)}"
+            )
+        layers.append((weight, bias))
+    if action["mode"] == "continuous" and "log_std" not in weights:
+        raise ConfigError("continuous policy file lacks tensor log_std")
+    return layers
+
+
+def policy_metadata(
+    *,
+    action_mode: str,
+    factors: tuple[float, ...],
+    lr_min: float,
+    lr_max: float,
+    hidden: list[int],
+    normalization: dict[str, Any] | None,
+    training: dict[str, Any],
+) -> dict[str, Any]:
+    """The JSON metadata of a policy file (see the module docstring)."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "feature_version": FEATURE_VERSION,
+        "observation": {"features": list(FEATURE_NAMES), "shape": [len(FEATURE_NAMES)]},
+        "action": {
+            "mode": action_mode,
+            "factors": list(factors),
+            "lr_min": lr_min,
+            "lr_max": lr_max,
+        },
+        "network": {"hidden": list(hidden), "activation": "tanh"},
+        "normalization": normalization,
+        "training": training,
+    }

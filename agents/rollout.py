@@ -1,0 +1,42 @@
+"""Run one episode of `LRControlEnv` under any controller and record its trace."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from lrpilot.agents.controllers import Controller
+from lrpilot.env.lr_env import LRControlEnv
+from lrpilot.env.tasks import Task
+from lrpilot.lm.trace import initial_row, interval_row
+
+
+@dataclass
+class EpisodeResult:
+    task: Task
+    rows: list[dict]  # the trace format of lrpilot.lm.trace, plus `action` and `reward`
+    episode_return: float
+    final_val_loss: float
+    diverged: bool
+
+
+def _action_value(action) -> float:
+    return float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
+
+
+def run_episode(env: LRControlEnv, controller: Controller, task: Task) -> EpisodeResult:
+    """Drive one run of `task` with `controller`, closed loop, to its end."""
+    observation, info = env.reset(seed=task.seed, options={"task": task})
+    rows = [initial_row(info["val_loss"], info["lr"]) | {"action": math.nan, "reward": 0.0}]
+    total = 0.0
+    terminated = truncated = False
+    while not (terminated or truncated):
+        action = controller.act(observation)
+        observation, reward, terminated, truncated, info = env.step(action)
+        total += reward
+        row = interval_row(info["interval"], env.last_stats, rows[-1])
+        rows.append(row | {"action": _action_value(action), "reward": reward})
+    final = info["val_loss"] if not info["diverged"] else math.inf
+    return EpisodeResult(task, rows, total, final, info["diverged"])

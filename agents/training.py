@@ -1,0 +1,438 @@
+"""Controller training with Stable-Baselines3 PPO: config, run folder, checkpoints, resume.
+
+Run folder `DIR/`:
+
+- `config.toml`: the resolved training config (preset plus flags);
+- `progress.csv`: SB3's logger (a resumed run moves the previous one to
+  `progress.1.csv`, `progress.2.csv`, ...); `tb/` TensorBoard logs when installed;
+- `checkpoints/`: SB3 model and `VecNormalize` statistics every `checkpoint_every`
+  timesteps, and `latest.json` naming the newest (these are internal and pickled,
+  like any SB3 checkpoint; share the policy files instead);
+- `policy/policy.safetensors`: the latest policy; `best/policy.safetensors`: the best
+  on the evaluation tasks; `evaluations.csv`: every evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import tomli_w
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
+from tqdm.auto import tqdm
+
+from lrpilot.agents.policy_file import Policy, policy_metadata
+from lrpilot.agents.rollout import EpisodeResult, run_episode
+from lrpilot.env.lr_env import EnvConfig, LRControlEnv
+from lrpilot.env.tasks import Task, TaskSpace
+from lrpilot.errors import ConfigError
+from lrpilot.files import atomic_write_csv, atomic_write_json, atomic_write_text
+from lrpilot.presets import dataclass_from_dict, load_preset
+
+CONFIG_FILE = "config.toml"
+CHECKPOINTS = "checkpoints"
+
+
+@dataclass(frozen=True)
+class PPOSettings:
+    """Stable-Baselines3 PPO hyperparameters (see its documentation)."""
+
+    learning_rate: float = 3e-4
+    n_steps: int = 200  # rollout length per environment
+    batch_size: int = 100
+    n_epochs: int = 10
+    gamma: float = 1.0
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.01
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    net_arch: tuple[int, ...] = (64, 64)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "net_arch", tuple(int(n) for n in self.net_arch))
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """The fixed held-out tasks of the periodic evaluation: every seed x start LR."""
+
+    corpus: str = "pydoc"
+    model: str = "tiny"
+    total_steps: int = 400
+    eval_every: int = 20
+    batch_size: int = 64
+    seeds: tuple[int, ...] = (100001, 100002)
+    start_lrs: tuple[float, ...] = (3e-4, 3e-3)
+
+    def tasks(self) -> list[Task]:
+        return [
+            Task(
+                self.corpus,
+                self.model,
+                seed,
+                self.total_steps,
+                self.eval_every,
+                lr,
+                self.batch_size,
+            )
+            for seed in self.seeds
+            for lr in self.start_lrs
+        ]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `lrpilot train` needs; a preset TOML file holds one."""
+
+    timesteps: int = 20000
+    n_envs: int = 1
+    seed: int = 0
+    eval_every: int = 2000  # timesteps between evaluations
+    checkpoint_every: int = 1000  # timesteps between checkpoints
+    ppo: PPOSettings = field(default_factory=PPOSettings)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+    def __post_init__(self) -> None:
+        for name in ("timesteps", "n_envs", "eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = dict(data)
+        env = dict(data.pop("env", {}))
+        task_space = dataclass_from_dict(TaskSpace, env.pop("task_space", {}), "env.task_space")
+        return dataclass_from_dict(
+            cls,
+            data
+            | {
+                "ppo": dataclass_from_dict(PPOSettings, data.get("ppo", {}), "ppo"),
+                "env": dataclass_from_dict(EnvConfig, env | {"task_space": task_space}, "env"),
+                "eval": dataclass_from_dict(EvalSettings, data.get("eval", {}), "eval"),
+            },
+            "top level",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["env"]["task_space"] = {
+            k: v for k, v in data["env"]["task_space"].items() if v is not None
+        }
+        return _tomlable(data)
+
+
+def _tomlable(value):
+    """Tuples to lists, recursively (TOML has arrays, not tuples)."""
+    if isinstance(value, dict):
+        return {k: _tomlable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_tomlable(v) for v in value]
+    return value
+
+
+def load_train_config(preset: str, **overrides) -> TrainConfig:
+    """A preset, with top-level fields (timesteps, n_envs, seed, ...) overridden."""
+    data = load_preset(preset)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_dict(data)
+
+
+# -- environments -------------------------------------------------------------------------
+
+
+def _make_env(env_config: EnvConfig) -> Monitor:
+    torch.set_num_threads(1)  # one core per environment worker
+    return Monitor(LRControlEnv(env_config))
+
+
+def make_vec_env(config: TrainConfig) -> VecEnv:
+    """K environment processes (one in-process environment when K = 1)."""
+    factories = [functools.partial(_make_env, config.env)] * config.n_envs
+    if config.n_envs == 1:
+        venv: VecEnv = DummyVecEnv(factories)
+    else:
+        venv = SubprocVecEnv(factories, start_method="forkserver")
+    venv.seed(config.seed)
+    return venv
+
+
+# -- policy export and evaluation ---------------------------------------------------------
+
+
+def export_policy(model: PPO, venv: VecNormalize, config: TrainConfig) -> Policy:
+    """The actor of an SB3 PPO model, with the observation statistics, as a safe `Policy`."""
+    state = model.policy.state_dict()
+    weights: dict[str, torch.Tensor] = {}
+    linear = [m for m in model.policy.mlp_extractor.policy_net if isinstance(m, torch.nn.Linear)]
+    indices = [i for i, m in enumerate(model.policy.mlp_extractor.policy_net) if m in linear]
+    for k, i in enumerate(indices):
+        weights[f"hidden.{k}.weight"] = state[f"mlp_extractor.policy_net.{i}.weight"]
+        weights[f"hidden.{k}.bias"] = state[f"mlp_extractor.policy_net.{i}.bias"]
+    weights["output.weight"] = state["action_net.weight"]
+    weights["output.bias"] = state["action_net.bias"]
+    if config.env.action_mode == "continuous":
+        weights["log_std"] = state["log_std"]
+    rms = venv.obs_rms
+    metadata = policy_metadata(
+        action_mode=config.env.action_mode,
+        factors=config.env.factors,
+        lr_min=config.env.lr_min,
+        lr_max=config.env.lr_max,
+        hidden=list(config.ppo.net_arch),
+        normalization={
+            "mean": rms.mean.tolist(),
+            "var": rms.var.tolist(),
+            "epsilon": venv.epsilon,
+            "clip_obs": venv.clip_obs,
+        },
+        training=config.to_dict() | {"timesteps_done": int(model.num_timesteps)},
+    )
+    return Policy({k: v.detach().cpu().clone() for k, v in weights.items()}, metadata)
+
+
+def evaluate_controller(controller, tasks: list[Task], env_config: EnvConfig) -> dict[str, Any]:
+    """Mean final validation loss of `controller` over `tasks` (a diverged run counts at
+    the divergence cap), and how many diverged."""
+    env = LRControlEnv(env_config)
+    results: list[EpisodeResult] = [run_episode(env, controller, task) for task in tasks]
+    finals = [
+        r.final_val_loss if not r.diverged else env_config.divergence_factor * r.rows[0]["val_loss"]
+        for r in results
+    ]
+    return {
+        "mean_final_val_loss": float(np.mean(finals)),
+        "diverged": sum(r.diverged for r in results),
+        "mean_return": float(np.mean([r.episode_return for r in results])),
+    }
+
+
+# -- callbacks ----------------------------------------------------------------------------
+
+
+class ProgressBarCallback(BaseCallback):
+    """tqdm bar over timesteps, with episodes finished and the mean recent return."""
+
+    def __init__(self, total: int) -> None:
+        super().__init__()
+        self.total = total
+        self.episodes = 0
+        self.returns: list[float] = []
+
+    def _on_training_start(self) -> None:
+        self.bar = tqdm(total=self.total, initial=self.num_timesteps, unit="step", desc="train")
+
+    def _on_step(self) -> bool:
+        self.bar.update(self.training_env.num_envs)
+        for info in self.locals.get("infos", []):
+            if "episode" in info:
+                self.episodes += 1
+                self.returns = [*self.returns[-19:], info["episode"]["r"]]
+        if self.returns:
+            self.bar.set_postfix(episodes=self.episodes, ret=f"{np.mean(self.returns):+.3f}")
+        return True
+
+    def _on_training_end(self) -> None:
+        self.bar.close()
+
+
+class CheckpointAndEvalCallback(BaseCallback):
+    """Checkpoints every `checkpoint_every` timesteps; evaluation and best policy every
+    `eval_every`."""
+
+    def __init__(self, run: TrainingRun) -> None:
+        super().__init__()
+        self.run = run
+        self.next_checkpoint = 0
+        self.next_eval = 0
+
+    def _on_training_start(self) -> None:
+        config = self.run.config
+        self.next_checkpoint = (
+            self.num_timesteps // config.checkpoint_every + 1
+        ) * config.checkpoint_every
+        self.next_eval = (self.num_timesteps // config.eval_every + 1) * config.eval_every
+        if not self.run.evaluations:  # a new run: measure the untrained policy too
+            self.run.evaluate(self.model)
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.next_checkpoint:
+            self.run.checkpoint(self.model)
+            self.next_checkpoint += self.run.config.checkpoint_every
+        if self.num_timesteps >= self.next_eval:
+            self.run.evaluate(self.model)
+            self.next_eval += self.run.config.eval_every
+        return True
+
+
+# -- the training run ---------------------------------------------------------------------
+
+
+class TrainingRun:
+    """One run folder: start it, or resume it after a crash."""
+
+    def __init__(self, config: TrainConfig, out: Path) -> None:
+        self.config = config
+        self.out = out
+        self.evaluations: list[dict[str, Any]] = []
+        self.venv: VecNormalize | None = None
+
+    # paths
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / CHECKPOINTS
+
+    def latest_checkpoint(self) -> dict[str, Any] | None:
+        path = self.checkpoints / "latest.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def checkpoint(self, model: PPO) -> None:
+        """Model and normalisation statistics, then `latest.json`: a crash at any point
+        leaves the previous checkpoint intact."""
+        self.checkpoints.mkdir(exist_ok=True)
+        steps = int(model.num_timesteps)
+        model_path = self.checkpoints / f"model_{steps}.zip"
+        norm_path = self.checkpoints / f"vecnormalize_{steps}.pkl"
+        model.save(self.checkpoints / "model.tmp.zip")
+        os.replace(self.checkpoints / "model.tmp.zip", model_path)
+        assert self.venv is not None
+        self.venv.save(self.checkpoints / "vecnormalize.tmp.pkl")
+        os.replace(self.checkpoints / "vecnormalize.tmp.pkl", norm_path)
+        previous = self.latest_checkpoint()
+        atomic_write_json(
+            self.checkpoints / "latest.json",
+            {"timesteps": steps, "model": model_path.name, "vecnormalize": norm_path.name},
+        )
+        if previous and previous["timesteps"] != steps:
+            for name in (previous["model"], previous["vecnormalize"]):
+                (self.checkpoints / name).unlink(missing_ok=True)
+        self.save_policy(model, self.out / "policy")
+
+    def save_policy(self, model: PPO, folder: Path) -> Policy:
+        assert self.venv is not None
+        policy = export_policy(model, self.venv, self.config)
+        policy.save(folder)
+        return policy
+
+    def evaluate(self, model: PPO) -> dict[str, Any]:
+        policy = self.save_policy(model, self.out / "policy")
+        result = evaluate_controller(policy, self.config.eval.tasks(), self.config.env)
+        result = {"timesteps": int(model.num_timesteps)} | result
+        best = min((e["mean_final_val_loss"] for e in self.evaluations), default=math.inf)
+        self.evaluations.append(result)
+        atomic_write_csv(self.out / "evaluations.csv", pd.DataFrame(self.evaluations))
+        if result["mean_final_val_loss"] < best:
+            policy.save(self.out / "best")
+            atomic_write_json(self.out / "best" / "best.json", result)
+        model.logger.record("eval/mean_final_val_loss", result["mean_final_val_loss"])
+        model.logger.record("eval/diverged", result["diverged"])
+        return result
+
+    def _logger(self):
+        formats = ["csv"]
+        try:
+            import tensorboard  # noqa: F401
+
+            formats.append("tensorboard")
+        except ImportError:
+            pass
+        existing = self.out / "progress.csv"
+        if existing.exists():  # SB3's CSV logger truncates: keep the earlier part
+            k = 1
+            while (self.out / f"progress.{k}.csv").exists():
+                k += 1
+            existing.rename(self.out / f"progress.{k}.csv")
+        return configure(str(self.out), formats)
+
+    def start(self, progress: bool = True) -> Policy:
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out / CONFIG_FILE, tomli_w.dumps(self.config.to_dict()))
+        venv = make_vec_env(self.config)
+        self.venv = VecNormalize(
+            venv, norm_obs=True, norm_reward=False, gamma=self.config.ppo.gamma
+        )
+        ppo = dataclasses.asdict(self.config.ppo)
+        arch = list(ppo.pop("net_arch"))
+        model = PPO(
+            "MlpPolicy",
+            self.venv,
+            policy_kwargs={"net_arch": {"pi": arch, "vf": arch}, "activation_fn": torch.nn.Tanh},
+            seed=self.config.seed,
+            device="cpu",
+            verbose=0,
+            **ppo,
+        )
+        return self._learn(model, progress)
+
+    def resume(self, progress: bool = True) -> Policy:
+        latest = self.latest_checkpoint()
+        if latest is None:
+            raise ConfigError(f"run folder has no checkpoint to resume from: {str(self.out)!r}")
+        if (self.out / "evaluations.csv").is_file():
+            self.evaluations = pd.read_csv(self.out / "evaluations.csv").to_dict("records")
+        venv = make_vec_env(self.config)
+        self.venv = VecNormalize.load(str(self.checkpoints / latest["vecnormalize"]), venv)
+        model = PPO.load(self.checkpoints / latest["model"], env=self.venv, device="cpu")
+        print(f"resuming {self.out} from timestep {latest['timesteps']}")
+        return self._learn(model, progress)
+
+    def _learn(self, model: PPO, progress: bool) -> Policy:
+        model.set_logger(self._logger())
+        remaining = self.config.timesteps - int(model.num_timesteps)
+        callbacks: list[BaseCallback] = [CheckpointAndEvalCallback(self)]
+        if progress:
+            callbacks.append(ProgressBarCallback(self.config.timesteps))
+        start = time.perf_counter()
+        try:
+            if remaining > 0:
+                model.learn(remaining, callback=CallbackList(callbacks), reset_num_timesteps=False)
+            self.checkpoint(model)
+            if not self.evaluations or self.evaluations[-1]["timesteps"] != model.num_timesteps:
+                self.evaluate(model)
+            model.logger.dump(model.num_timesteps)
+        finally:
+            assert self.venv is not None
+            self.venv.close()
+        atomic_write_json(
+            self.out / "training.json",
+            {
+                "timesteps": int(model.num_timesteps),
+                "seconds_this_session": time.perf_counter() - start,
+            },
+        )
+        return self.save_policy(model, self.out / "policy")
+
+
+def train(config: TrainConfig, out: str | os.PathLike, progress: bool = True) -> Policy:
+    """Train a new controller into the run folder `out`."""
+    out = Path(out)
+    if (out / CONFIG_FILE).exists():
+        raise ConfigError(f"{str(out)!r} already holds a training run; use --resume to continue it")
+    return TrainingRun(config, out).start(progress)
+
+
+def resume(out: str | os.PathLike, timesteps: int | None = None, progress: bool = True) -> Policy:
+    """Continue the training run in `out` from its last checkpoint."""
+    out = Path(out)
+    if not (out / CONFIG_FILE).is_file():
+        raise ConfigError(f"not a training run folder (no {CONFIG_FILE}): {str(out)!r}")
+    config = load_train_config(str(out / CONFIG_FILE), timesteps=timesteps)
+    if timesteps is not None:
+        atomic_write_text(out / CONFIG_FILE, tomli_w.dumps(config.to_dict()))
+    return TrainingRun(config, out).resume(progress)
