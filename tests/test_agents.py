@@ -1,0 +1,179 @@
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from lrpilot.agents.controllers import PlateauController, RandomController, ScheduleController
+from lrpilot.agents.policy_file import POLICY_FILENAME, load_policy
+from lrpilot.agents.rollout import run_episode
+from lrpilot.agents.training import load_train_config, resume, train
+from lrpilot.cli import main
+from lrpilot.env import EnvConfig, LRControlEnv, Task, TaskSpace
+from lrpilot.errors import ConfigError
+
+TASK = Task("pydoc", "tiny", 5, 40, 10, 1e-3, 8)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A tiny controller trained once for the whole module (a few hundred timesteps)."""
+    out = tmp_path_factory.mktemp("train") / "run"
+    config = load_train_config("tiny", timesteps=192)
+    train(config, out, progress=False)
+    return out
+
+
+def test_training_writes_the_run_folder(trained_run):
+    for name in ("config.toml", "progress.csv", "evaluations.csv", "training.json"):
+        assert (trained_run / name).is_file(), name
+    assert (trained_run / "policy" / POLICY_FILENAME).is_file()
+    assert (trained_run / "best" / POLICY_FILENAME).is_file()
+    latest = json.loads((trained_run / "checkpoints" / "latest.json").read_text())
+    assert latest["timesteps"] == 192
+    lines = (trained_run / "evaluations.csv").read_text().splitlines()
+    assert lines[0].startswith("timesteps,mean_final_val_loss") and len(lines) >= 3
+
+
+def test_loaded_policy_drives_an_episode(trained_run):
+    policy = load_policy(trained_run / "policy")
+    assert policy.metadata["training"]["timesteps_done"] == 192
+    env = LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(TASK)))
+    result = run_episode(env, policy, TASK)
+    assert len(result.rows) == 5
+    for row in result.rows[1:]:
+        assert row["action"] in range(5)
+        assert 1e-5 <= row["lr"] <= 1e-1
+    assert np.isfinite(policy.normalize(env.features.initial())).all()
+
+
+def test_policy_acts_like_the_sb3_model(trained_run):
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    latest = json.loads((trained_run / "checkpoints" / "latest.json").read_text())
+    model = PPO.load(trained_run / "checkpoints" / latest["model"], device="cpu")
+    venv = VecNormalize.load(
+        str(trained_run / "checkpoints" / latest["vecnormalize"]),
+        DummyVecEnv([lambda: LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(TASK)))]),
+    )
+    venv.training = False
+    policy = load_policy(trained_run / "policy" / POLICY_FILENAME)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        observation = rng.normal(0, 1, size=12).astype(np.float32)
+        expected, _ = model.predict(venv.normalize_obs(observation), deterministic=True)
+        assert policy.act(observation) == int(expected)
+
+
+def test_pickle_bearing_file_is_refused_without_unpickling(tmp_path):
+    marker = tmp_path / "unpickled"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    bad = tmp_path / "policy.safetensors"
+    bad.write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(ConfigError, match="not an lrpilot policy file"):
+        load_policy(bad)
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "torch.pt")
+    with pytest.raises(ConfigError, match="not an lrpilot policy file"):
+        load_policy(tmp_path / "torch.pt")
+    assert not marker.exists()
+
+
+def test_truncated_and_mismatched_files_are_refused(trained_run, tmp_path):
+    data = (trained_run / "policy" / POLICY_FILENAME).read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ConfigError, match="corrupted, truncated"):
+        load_policy(tmp_path / "cut.safetensors")
+    with pytest.raises(ConfigError, match="policy file not found"):
+        load_policy(tmp_path / "missing")
+    policy = load_policy(trained_run / "policy")
+    policy.metadata["feature_version"] = "v0"
+    policy.save(tmp_path / "old")
+    with pytest.raises(ConfigError, match="feature set 'v0'"):
+        load_policy(tmp_path / "old")
+
+
+def test_baseline_controllers_drive_the_env():
+    env = LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(TASK), action_mode="continuous"))
+    cosine = ScheduleController("cosine", 40, 10, action_mode="continuous")
+    lrs = [row["lr"] for row in run_episode(env, cosine, TASK).rows[1:]]
+    # cosine at steps 0, 10, 20, then 30 (0.146) limited by the largest cut, x0.5 of 0.5
+    expected = [1e-3 * f for f in (1.0, 0.8535534, 0.5, 0.25)]
+    assert lrs == pytest.approx(expected, rel=1e-5)
+    env = LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(TASK)))
+    random_rows = run_episode(env, RandomController(env.action_space, seed=1), TASK).rows
+    assert all(0 <= row["action"] < 5 for row in random_rows[1:])
+    plateau = PlateauController(patience=0)
+    stalled = np.zeros(12, dtype=np.float32)
+    stalled[0] = 0.5  # mid-run, no improvement: cut the LR
+    assert plateau.act(stalled) == 0
+    improving = stalled.copy()
+    improving[2] = -0.05  # log_val_rel_prev
+    assert plateau.act(improving) == 2
+
+
+def test_train_cli_bad_input(tmp_path, capsys):
+    cases = [
+        (["train", "--preset", "nope", "--out", str(tmp_path / "a")], "unknown preset 'nope'"),
+        (["train", "--timesteps", "0", "--out", str(tmp_path / "b")], "--timesteps must be"),
+        (["train", "--resume", "--out", str(tmp_path)], "not a training run folder"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+
+
+def test_existing_run_is_not_overwritten(trained_run, capsys):
+    before = (trained_run / "config.toml").read_text()
+    assert main(["train", "--preset", "tiny", "--out", str(trained_run)]) == 2
+    assert "use --resume" in capsys.readouterr().err
+    assert (trained_run / "config.toml").read_text() == before
+
+
+def test_resume_after_kill_9_continues_from_the_last_checkpoint(tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "lrpilot.cli", "train", "--preset", "tiny"]
+    process = subprocess.Popen(
+        [*command, "--timesteps", "100000", "--quiet", "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    latest = out / "checkpoints" / "latest.json"
+    deadline = time.monotonic() + 300
+    while not latest.exists():
+        assert process.poll() is None, "training exited before its first checkpoint"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    saved = json.loads(latest.read_text())["timesteps"]
+    assert saved >= 64
+    policy = resume(out, timesteps=saved + 64, progress=False)
+    assert policy.metadata["training"]["timesteps_done"] == saved + 64
+    assert (out / "progress.1.csv").exists()  # the killed session's log is kept
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty" / "config.toml").write_text((out / "config.toml").read_text())
+        resume(tmp_path / "empty", progress=False)
+
+
+@pytest.mark.slow
+def test_training_improves_on_the_untrained_policy(tmp_path):
+    """Training measurably lowers the mean final validation loss on the eval tasks."""
+    config = load_train_config("tiny", timesteps=3000)
+    train(config, tmp_path / "run", progress=False)
+    lines = (tmp_path / "run" / "evaluations.csv").read_text().splitlines()[1:]
+    losses = [float(line.split(",")[1]) for line in lines]
+    assert min(losses[1:]) < losses[0] - 0.05
