@@ -37,6 +37,8 @@ format: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) experiments/benchmarks/bench_trainer.py
+	$(PY) experiments/benchmarks/bench_env.py
+	$(PY) experiments/benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
