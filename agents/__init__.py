@@ -1,0 +1,25 @@
+"""Controllers: safe policy files, baseline controllers, and PPO training.
+
+Importing this package does not import Stable-Baselines3: loading and running a
+policy needs only torch. Training lives in `lrpilot.agents.training`.
+"""
+
+from lrpilot.agents.controllers import (
+    Controller,
+    PlateauController,
+    RandomController,
+    ScheduleController,
+)
+from lrpilot.agents.policy_file import Policy, load_policy
+from lrpilot.agents.rollout import EpisodeResult, run_episode
+
+__all__ = [
+    "Controller",
+    "EpisodeResult",
+    "PlateauController",
+    "Policy",
+    "RandomController",
+    "ScheduleController",
+    "load_policy",
+    "run_episode",
+]

@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
+from lrpilot.agents import load_policy
 from lrpilot.agents.controllers import PlateauController, RandomController, ScheduleController
-from lrpilot.agents.policy_file import POLICY_FILENAME, load_policy
+from lrpilot.agents.policy_file import POLICY_FILENAME
 from lrpilot.agents.rollout import run_episode
 from lrpilot.agents.training import load_train_config, resume, train
 from lrpilot.cli import main
@@ -177,3 +178,21 @@ def test_training_improves_on_the_untrained_policy(tmp_path):
     lines = (tmp_path / "run" / "evaluations.csv").read_text().splitlines()[1:]
     losses = [float(line.split(",")[1]) for line in lines]
     assert min(losses[1:]) < losses[0] - 0.05
+
+
+def test_loading_a_policy_needs_no_stable_baselines3(trained_run):
+    code = (
+        "import sys, numpy as np; from lrpilot.agents import load_policy; "
+        f"p = load_policy({str(trained_run / 'policy')!r}); p.act(np.zeros(12, np.float32)); "
+        "print('stable_baselines3' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
+
+
+def test_two_environment_processes_train(tmp_path):
+    config = load_train_config("tiny", timesteps=64, n_envs=2, eval_every=64)
+    policy = train(config, tmp_path / "run", progress=False)
+    assert policy.metadata["training"]["timesteps_done"] == 64
+    assert policy.metadata["training"]["n_envs"] == 2
