@@ -3,7 +3,7 @@
 The learned `Policy` (see `policy_file`) and these baselines share that interface,
 so every comparison drives the environment the same way. The baselines read what
 they need from the raw observation (progress, LR relative to the start, the
-validation loss relative to its best), so they work on any task.
+validation loss relative to its initial value), so they work on any task.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from lrpilot.lm.schedules import PLATEAU, schedule_curve
 
 _PROGRESS = FEATURE_NAMES.index("progress")
 _LOG_LR = FEATURE_NAMES.index("log_lr_rel_start")
-_VAL_REL_BEST = FEATURE_NAMES.index("log_val_rel_best")
-_VAL_REL_PREV = FEATURE_NAMES.index("log_val_rel_prev")
+_VAL_REL_INIT = FEATURE_NAMES.index("log_val_rel_init")
 
 
 class Controller(Protocol):
@@ -89,14 +88,17 @@ class PlateauController:
         self.patience, self.factor, self.threshold = patience, factor, threshold
         self.action_mode, self.factors = action_mode, tuple(factors)
         self.bad_intervals = 0
+        self.best = 0.0  # best log(L_t / L_0) so far in this episode
 
     def act(self, observation: np.ndarray):
         if float(observation[_PROGRESS]) == 0.0:
-            self.bad_intervals = 0  # a new episode
+            self.bad_intervals, self.best = 0, 0.0  # a new episode
             return action_for_factor(self.action_mode, self.factors, 1.0)
-        new_best = float(observation[_VAL_REL_BEST]) <= 0.0
-        improved = float(observation[_VAL_REL_PREV]) < math.log1p(-self.threshold)
-        self.bad_intervals = 0 if (new_best and improved) else self.bad_intervals + 1
+        loss = float(observation[_VAL_REL_INIT])
+        if loss < self.best + math.log1p(-self.threshold):  # L_t < best * (1 - threshold)
+            self.best, self.bad_intervals = loss, 0
+        else:
+            self.bad_intervals += 1
         if self.bad_intervals > self.patience:
             self.bad_intervals = 0
             return action_for_factor(self.action_mode, self.factors, self.factor)

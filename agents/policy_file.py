@@ -49,6 +49,8 @@ class Policy:
         self.lr_max: float = metadata["action"]["lr_max"]
         self.layers = _build_layers(self.weights, metadata)
         norm = metadata.get("normalization")
+        if norm and not len(norm["mean"]) == len(norm["var"]) == len(FEATURE_NAMES):
+            raise ConfigError("policy normalisation statistics do not match the features")
         self._obs_mean = np.asarray(norm["mean"], dtype=np.float64) if norm else None
         self._obs_std = np.sqrt(np.asarray(norm["var"]) + norm["epsilon"]) if norm else None
         self._obs_clip = norm["clip_obs"] if norm else math.inf
@@ -121,6 +123,11 @@ def load_policy(path: str | os.PathLike) -> Policy:
         return Policy(weights, metadata)
     except ConfigError as exc:
         raise ConfigError(f"{str(path)!r}: {exc}") from None
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ConfigError(
+            f"{str(path)!r}: policy metadata is incomplete or malformed "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
 
 
 def _check_metadata(metadata: dict[str, Any]) -> None:

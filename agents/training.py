@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import json
 import math
 import os
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +42,13 @@ from lrpilot.agents.rollout import EpisodeResult, run_episode
 from lrpilot.env.lr_env import EnvConfig, LRControlEnv
 from lrpilot.env.tasks import Task, TaskSpace
 from lrpilot.errors import ConfigError
-from lrpilot.files import atomic_write_csv, atomic_write_json, atomic_write_text
+from lrpilot.files import (
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    ensure_writable_dir,
+)
 from lrpilot.presets import dataclass_from_dict, load_preset
 
 CONFIG_FILE = "config.toml"
@@ -64,7 +72,20 @@ class PPOSettings:
     net_arch: tuple[int, ...] = (64, 64)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "net_arch", tuple(int(n) for n in self.net_arch))
+        object.__setattr__(self, "net_arch", tuple(self.net_arch))
+        if not self.net_arch or any(not isinstance(n, int) or n <= 0 for n in self.net_arch):
+            raise ConfigError(f"ppo.net_arch must be positive layer sizes, got {self.net_arch!r}")
+        if not isinstance(self.n_steps, int) or self.n_steps < 2:
+            raise ConfigError(f"ppo.n_steps must be an integer >= 2, got {self.n_steps!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 2:
+            raise ConfigError(f"ppo.batch_size must be an integer >= 2, got {self.batch_size!r}")
+        if not isinstance(self.n_epochs, int) or self.n_epochs <= 0:
+            raise ConfigError(f"ppo.n_epochs must be a positive integer, got {self.n_epochs!r}")
+        if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
+            raise ConfigError(
+                f"ppo.gamma must be in (0, 1] and gae_lambda in [0, 1], "
+                f"got {self.gamma!r}, {self.gae_lambda!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -78,6 +99,14 @@ class EvalSettings:
     batch_size: int = 64
     seeds: tuple[int, ...] = (100001, 100002)
     start_lrs: tuple[float, ...] = (3e-4, 3e-3)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "seeds", tuple(self.seeds))
+        object.__setattr__(self, "start_lrs", tuple(self.start_lrs))
+        if not self.seeds or not self.start_lrs:
+            raise ConfigError("eval.seeds and eval.start_lrs must not be empty")
+        for task in self.tasks():  # TaskSpace checks every value
+            TaskSpace.fixed(task)
 
     def tasks(self) -> list[Task]:
         return [
@@ -113,6 +142,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise ConfigError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
@@ -272,12 +303,14 @@ class CheckpointAndEvalCallback(BaseCallback):
             self.run.evaluate(self.model)
 
     def _on_step(self) -> bool:
+        config = self.run.config
         if self.num_timesteps >= self.next_checkpoint:
             self.run.checkpoint(self.model)
-            self.next_checkpoint += self.run.config.checkpoint_every
+            every = config.checkpoint_every
+            self.next_checkpoint = (self.num_timesteps // every + 1) * every
         if self.num_timesteps >= self.next_eval:
             self.run.evaluate(self.model)
-            self.next_eval += self.run.config.eval_every
+            self.next_eval = (self.num_timesteps // config.eval_every + 1) * config.eval_every
         return True
 
 
@@ -309,11 +342,11 @@ class TrainingRun:
         steps = int(model.num_timesteps)
         model_path = self.checkpoints / f"model_{steps}.zip"
         norm_path = self.checkpoints / f"vecnormalize_{steps}.pkl"
-        model.save(self.checkpoints / "model.tmp.zip")
-        os.replace(self.checkpoints / "model.tmp.zip", model_path)
+        buffer = io.BytesIO()
+        model.save(buffer)
+        atomic_write_bytes(model_path, buffer.getvalue())
         assert self.venv is not None
-        self.venv.save(self.checkpoints / "vecnormalize.tmp.pkl")
-        os.replace(self.checkpoints / "vecnormalize.tmp.pkl", norm_path)
+        atomic_write_bytes(norm_path, pickle.dumps(self.venv))  # what VecNormalize.save writes
         previous = self.latest_checkpoint()
         atomic_write_json(
             self.checkpoints / "latest.json",
@@ -361,7 +394,7 @@ class TrainingRun:
         return configure(str(self.out), formats)
 
     def start(self, progress: bool = True) -> Policy:
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.out = ensure_writable_dir(self.out)
         atomic_write_text(self.out / CONFIG_FILE, tomli_w.dumps(self.config.to_dict()))
         venv = make_vec_env(self.config)
         self.venv = VecNormalize(
@@ -389,6 +422,8 @@ class TrainingRun:
         venv = make_vec_env(self.config)
         self.venv = VecNormalize.load(str(self.checkpoints / latest["vecnormalize"]), venv)
         model = PPO.load(self.checkpoints / latest["model"], env=self.venv, device="cpu")
+        # PPO.load re-seeds with the original seed; draw new tasks and noise instead.
+        model.set_random_seed(self.config.seed + int(model.num_timesteps))
         print(f"resuming {self.out} from timestep {latest['timesteps']}")
         return self._learn(model, progress)
 
@@ -422,7 +457,7 @@ class TrainingRun:
 def train(config: TrainConfig, out: str | os.PathLike, progress: bool = True) -> Policy:
     """Train a new controller into the run folder `out`."""
     out = Path(out)
-    if (out / CONFIG_FILE).exists():
+    if (out / CHECKPOINTS / "latest.json").exists():
         raise ConfigError(f"{str(out)!r} already holds a training run; use --resume to continue it")
     return TrainingRun(config, out).start(progress)
 

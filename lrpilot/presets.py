@@ -49,4 +49,9 @@ def dataclass_from_dict(cls, data: dict[str, Any], where: str):
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"unknown key(s) in [{where}]: {', '.join(unknown)}")
-    return cls(**data)
+    try:
+        return cls(**data)
+    except ConfigError as exc:
+        raise ConfigError(f"[{where}] {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"[{where}] has an invalid value: {exc}") from None

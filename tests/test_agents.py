@@ -120,7 +120,7 @@ def test_baseline_controllers_drive_the_env():
     stalled[0] = 0.5  # mid-run, no improvement: cut the LR
     assert plateau.act(stalled) == 0
     improving = stalled.copy()
-    improving[2] = -0.05  # log_val_rel_prev
+    improving[3] = -0.05  # log_val_rel_init: a new best
     assert plateau.act(improving) == 2
 
 
@@ -196,3 +196,32 @@ def test_two_environment_processes_train(tmp_path):
     policy = train(config, tmp_path / "run", progress=False)
     assert policy.metadata["training"]["timesteps_done"] == 64
     assert policy.metadata["training"]["n_envs"] == 2
+
+
+def test_bad_preset_values_are_one_line_errors(tmp_path, capsys):
+    import tomli_w
+
+    from lrpilot.presets import load_preset
+
+    cases = [
+        ({"seed": -1}, "seed must be an integer"),
+        ({"ppo": {"net_arch": ["a"]}}, "ppo.net_arch"),
+        ({"eval": {"total_steps": 0}}, "total_steps"),
+        ({"env": {"task_space": {"eval_every": "20"}}}, "[env.task_space]"),
+    ]
+    for i, (change, message) in enumerate(cases):
+        data = load_preset("tiny")
+        for key, value in change.items():
+            if isinstance(value, dict) and key in data:
+                for sub_key, sub_value in value.items():
+                    if isinstance(sub_value, dict):
+                        data[key][sub_key].update(sub_value)
+                    else:
+                        data[key][sub_key] = sub_value
+            else:
+                data[key] = value
+        preset = tmp_path / f"bad{i}.toml"
+        preset.write_text(tomli_w.dumps(data))
+        assert main(["train", "--preset", str(preset), "--out", str(tmp_path / f"o{i}")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
