@@ -89,12 +89,20 @@ def _add_train(subparsers) -> None:
         "tasks; flags override it. Writes DIR/config.toml, progress.csv, checkpoints/, "
         "policy/ (latest) and best/ (best on the evaluation tasks).",
     )
+    from lrpilot.presets import preset_names
+
     p.add_argument(
-        "--preset", default="default", help="preset name or TOML path (default: default)"
+        "--preset",
+        default="default",
+        help=f"preset name ({', '.join(preset_names())}) or a TOML path (default: default)",
     )
-    p.add_argument("--timesteps", type=int, default=None, help="total env steps (intervals)")
-    p.add_argument("--n-envs", type=int, default=None, help="environment processes")
-    p.add_argument("--seed", type=int, default=None, help="seed of PPO and the task sampling")
+    p.add_argument(
+        "--timesteps", type=int, default=None, help="total env steps, i.e. intervals (preset's)"
+    )
+    p.add_argument("--n-envs", type=int, default=None, help="environment processes (preset's)")
+    p.add_argument(
+        "--seed", type=int, default=None, help="seed of PPO and the task sampling (preset's)"
+    )
     p.add_argument("--out", required=True, help="run folder (new, or the one to --resume)")
     p.add_argument(
         "--resume",
