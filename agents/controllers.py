@@ -44,14 +44,12 @@ class ScheduleController:
         self,
         schedule: str,
         total_steps: int,
-        eval_every: int,
         action_mode: str = "discrete",
         factors: tuple[float, ...] = (0.5, 0.8, 1.0, 1.25, 2.0),
     ) -> None:
         if schedule == PLATEAU:
             raise ConfigError("use PlateauController for reduce-on-plateau")
         self.curve = schedule_curve(schedule, 1.0, total_steps)  # relative to the peak
-        self.eval_every = eval_every
         self.action_mode = action_mode
         self.factors = tuple(factors)
 

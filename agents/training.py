@@ -41,7 +41,7 @@ from lrpilot.agents.policy_file import Policy, policy_metadata
 from lrpilot.agents.rollout import EpisodeResult, run_episode
 from lrpilot.env.lr_env import EnvConfig, LRControlEnv
 from lrpilot.env.tasks import Task, TaskSpace
-from lrpilot.errors import ConfigError
+from lrpilot.errors import ConfigError, require_positive_int
 from lrpilot.files import (
     atomic_write_bytes,
     atomic_write_csv,
@@ -79,8 +79,7 @@ class PPOSettings:
             raise ConfigError(f"ppo.n_steps must be an integer >= 2, got {self.n_steps!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 2:
             raise ConfigError(f"ppo.batch_size must be an integer >= 2, got {self.batch_size!r}")
-        if not isinstance(self.n_epochs, int) or self.n_epochs <= 0:
-            raise ConfigError(f"ppo.n_epochs must be a positive integer, got {self.n_epochs!r}")
+        require_positive_int("ppo.n_epochs", self.n_epochs)
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
             raise ConfigError(
                 f"ppo.gamma must be in (0, 1] and gae_lambda in [0, 1], "
@@ -139,9 +138,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("timesteps", "n_envs", "eval_every", "checkpoint_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            require_positive_int(name, getattr(self, name))
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ConfigError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
 
@@ -204,6 +201,25 @@ def make_vec_env(config: TrainConfig) -> VecEnv:
     return venv
 
 
+def make_model(config: TrainConfig) -> tuple[PPO, VecNormalize]:
+    """A fresh PPO model on K normalised environments, as the config says."""
+    venv = VecNormalize(
+        make_vec_env(config), norm_obs=True, norm_reward=False, gamma=config.ppo.gamma
+    )
+    ppo = dataclasses.asdict(config.ppo)
+    arch = list(ppo.pop("net_arch"))
+    model = PPO(
+        "MlpPolicy",
+        venv,
+        policy_kwargs={"net_arch": {"pi": arch, "vf": arch}, "activation_fn": torch.nn.Tanh},
+        seed=config.seed,
+        device="cpu",
+        verbose=0,
+        **ppo,
+    )
+    return model, venv
+
+
 # -- policy export and evaluation ---------------------------------------------------------
 
 
@@ -238,10 +254,10 @@ def export_policy(model: PPO, venv: VecNormalize, config: TrainConfig) -> Policy
     return Policy({k: v.detach().cpu().clone() for k, v in weights.items()}, metadata)
 
 
-def evaluate_controller(controller, tasks: list[Task], env_config: EnvConfig) -> dict[str, Any]:
+def evaluate_controller(controller, tasks: list[Task], env: LRControlEnv) -> dict[str, Any]:
     """Mean final validation loss of `controller` over `tasks` (a diverged run counts at
     the divergence cap), and how many diverged."""
-    env = LRControlEnv(env_config)
+    env_config = env.config
     results: list[EpisodeResult] = [run_episode(env, controller, task) for task in tasks]
     finals = [
         r.final_val_loss if not r.diverged else env_config.divergence_factor * r.rows[0]["val_loss"]
@@ -293,24 +309,23 @@ class CheckpointAndEvalCallback(BaseCallback):
         self.next_checkpoint = 0
         self.next_eval = 0
 
+    def _next_multiple(self, every: int) -> int:
+        """The first multiple of `every` after the current timestep (K envs step K at once)."""
+        return (self.num_timesteps // every + 1) * every
+
     def _on_training_start(self) -> None:
-        config = self.run.config
-        self.next_checkpoint = (
-            self.num_timesteps // config.checkpoint_every + 1
-        ) * config.checkpoint_every
-        self.next_eval = (self.num_timesteps // config.eval_every + 1) * config.eval_every
+        self.next_checkpoint = self._next_multiple(self.run.config.checkpoint_every)
+        self.next_eval = self._next_multiple(self.run.config.eval_every)
         if not self.run.evaluations:  # a new run: measure the untrained policy too
             self.run.evaluate(self.model)
 
     def _on_step(self) -> bool:
-        config = self.run.config
         if self.num_timesteps >= self.next_checkpoint:
             self.run.checkpoint(self.model)
-            every = config.checkpoint_every
-            self.next_checkpoint = (self.num_timesteps // every + 1) * every
+            self.next_checkpoint = self._next_multiple(self.run.config.checkpoint_every)
         if self.num_timesteps >= self.next_eval:
             self.run.evaluate(self.model)
-            self.next_eval = (self.num_timesteps // config.eval_every + 1) * config.eval_every
+            self.next_eval = self._next_multiple(self.run.config.eval_every)
         return True
 
 
@@ -325,6 +340,7 @@ class TrainingRun:
         self.out = out
         self.evaluations: list[dict[str, Any]] = []
         self.venv: VecNormalize | None = None
+        self.eval_env = LRControlEnv(config.env)  # reused, so corpora load once per run
 
     # paths
     @property
@@ -335,9 +351,9 @@ class TrainingRun:
         path = self.checkpoints / "latest.json"
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def checkpoint(self, model: PPO) -> None:
-        """Model and normalisation statistics, then `latest.json`: a crash at any point
-        leaves the previous checkpoint intact."""
+    def checkpoint(self, model: PPO) -> Policy:
+        """Model and normalisation statistics, then `latest.json` (a crash at any point
+        leaves the previous checkpoint intact), then `policy/`; returns the policy."""
         self.checkpoints.mkdir(exist_ok=True)
         steps = int(model.num_timesteps)
         model_path = self.checkpoints / f"model_{steps}.zip"
@@ -355,17 +371,14 @@ class TrainingRun:
         if previous and previous["timesteps"] != steps:
             for name in (previous["model"], previous["vecnormalize"]):
                 (self.checkpoints / name).unlink(missing_ok=True)
-        self.save_policy(model, self.out / "policy")
-
-    def save_policy(self, model: PPO, folder: Path) -> Policy:
-        assert self.venv is not None
         policy = export_policy(model, self.venv, self.config)
-        policy.save(folder)
+        policy.save(self.out / "policy")
         return policy
 
     def evaluate(self, model: PPO) -> dict[str, Any]:
-        policy = self.save_policy(model, self.out / "policy")
-        result = evaluate_controller(policy, self.config.eval.tasks(), self.config.env)
+        assert self.venv is not None
+        policy = export_policy(model, self.venv, self.config)
+        result = evaluate_controller(policy, self.config.eval.tasks(), self.eval_env)
         result = {"timesteps": int(model.num_timesteps)} | result
         best = min((e["mean_final_val_loss"] for e in self.evaluations), default=math.inf)
         self.evaluations.append(result)
@@ -396,21 +409,7 @@ class TrainingRun:
     def start(self, progress: bool = True) -> Policy:
         self.out = ensure_writable_dir(self.out)
         atomic_write_text(self.out / CONFIG_FILE, tomli_w.dumps(self.config.to_dict()))
-        venv = make_vec_env(self.config)
-        self.venv = VecNormalize(
-            venv, norm_obs=True, norm_reward=False, gamma=self.config.ppo.gamma
-        )
-        ppo = dataclasses.asdict(self.config.ppo)
-        arch = list(ppo.pop("net_arch"))
-        model = PPO(
-            "MlpPolicy",
-            self.venv,
-            policy_kwargs={"net_arch": {"pi": arch, "vf": arch}, "activation_fn": torch.nn.Tanh},
-            seed=self.config.seed,
-            device="cpu",
-            verbose=0,
-            **ppo,
-        )
+        model, self.venv = make_model(self.config)
         return self._learn(model, progress)
 
     def resume(self, progress: bool = True) -> Policy:
@@ -437,7 +436,7 @@ class TrainingRun:
         try:
             if remaining > 0:
                 model.learn(remaining, callback=CallbackList(callbacks), reset_num_timesteps=False)
-            self.checkpoint(model)
+            policy = self.checkpoint(model)
             if not self.evaluations or self.evaluations[-1]["timesteps"] != model.num_timesteps:
                 self.evaluate(model)
             model.logger.dump(model.num_timesteps)
@@ -451,7 +450,7 @@ class TrainingRun:
                 "seconds_this_session": time.perf_counter() - start,
             },
         )
-        return self.save_policy(model, self.out / "policy")
+        return policy
 
 
 def train(config: TrainConfig, out: str | os.PathLike, progress: bool = True) -> Policy:

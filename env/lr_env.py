@@ -173,9 +173,7 @@ class LRControlEnv(gym.Env):
             "train_loss": stats.train_loss_mean if stats else math.nan,
             "val_loss": self.val_loss,
             "initial_val_loss": self.initial_val_loss,
-            "tokens": self.trainer.step
-            * self.task.batch_size
-            * self.trainer.config.model.block_size,
+            "tokens": self.trainer.tokens,
             "diverged": diverged,
             "task": self.task,
         }

@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from lrpilot.errors import ConfigError
+from lrpilot.errors import ConfigError, require_positive_int
 from lrpilot.lm.model import model_preset
+from lrpilot.lm.trainer import interval_lengths
 
 SEED_RANGE = 2**31 - 1
 
@@ -26,12 +27,17 @@ class Task:
     batch_size: int = 64
 
     @property
+    def intervals(self) -> list[int]:
+        """Steps of each evaluation interval; the last one takes the remainder."""
+        return interval_lengths(self.total_steps, self.eval_every)
+
+    @property
     def num_intervals(self) -> int:
-        return math.ceil(self.total_steps / self.eval_every)
+        return len(self.intervals)
 
     def interval_steps(self, interval: int) -> int:
-        """Steps of interval `interval` (0-based); the last one takes the remainder."""
-        return min(self.eval_every, self.total_steps - interval * self.eval_every)
+        """Steps of interval `interval` (0-based)."""
+        return self.intervals[interval]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,10 +74,11 @@ class TaskSpace:
             model_preset(model)
         if self.seeds is not None and not self.seeds:
             raise ConfigError("TaskSpace.seeds is empty: give seeds, or None to draw them")
-        if not self.total_steps or any(s <= 0 for s in self.total_steps):
-            raise ConfigError(f"TaskSpace.total_steps must be positive, got {self.total_steps!r}")
-        if self.eval_every <= 0:
-            raise ConfigError(f"TaskSpace.eval_every must be positive, got {self.eval_every!r}")
+        if not self.total_steps:
+            raise ConfigError("TaskSpace.total_steps is empty: give at least one step budget")
+        for steps in self.total_steps:
+            require_positive_int("TaskSpace.total_steps", steps)
+        require_positive_int("TaskSpace.eval_every", self.eval_every)
         if self.eval_every > min(self.total_steps):
             raise ConfigError(
                 f"TaskSpace.eval_every ({self.eval_every}) is larger than the step budget "
@@ -83,8 +90,7 @@ class TaskSpace:
                 f"TaskSpace.start_lr must be a range (low, high) with 0 < low <= high, "
                 f"got {self.start_lr!r}"
             )
-        if self.batch_size <= 0:
-            raise ConfigError(f"TaskSpace.batch_size must be positive, got {self.batch_size!r}")
+        require_positive_int("TaskSpace.batch_size", self.batch_size)
 
     @classmethod
     def fixed(cls, task: Task) -> TaskSpace:

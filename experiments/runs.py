@@ -17,13 +17,13 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from lrpilot.errors import ConfigError
+from lrpilot.errors import ConfigError, require_positive_int
 from lrpilot.files import atomic_write_csv, atomic_write_json, ensure_writable_dir
 from lrpilot.lm.corpus import load_corpus
 from lrpilot.lm.model import model_preset
 from lrpilot.lm.schedules import PLATEAU, SCHEDULE_NAMES, lr_function, make_schedule
 from lrpilot.lm.trace import TRACE_COLUMNS, initial_row, interval_row
-from lrpilot.lm.trainer import Trainer, TrainerConfig
+from lrpilot.lm.trainer import Trainer, TrainerConfig, interval_lengths
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,7 @@ class RunConfig:
         if not (isinstance(self.lr, float | int) and math.isfinite(self.lr) and self.lr > 0):
             raise ConfigError(f"learning rate must be positive, got {self.lr!r}")
         for name in ("steps", "eval_every", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            require_positive_int(name, getattr(self, name))
         if self.eval_every > self.steps:
             raise ConfigError(
                 f"eval_every ({self.eval_every}) must not exceed steps ({self.steps})"
@@ -64,11 +62,6 @@ class RunConfig:
             seed=self.seed,
             device=self.device,
         )
-
-    def intervals(self) -> list[int]:
-        """Steps of each evaluation interval; the last one takes the remainder."""
-        full, rest = divmod(self.steps, self.eval_every)
-        return [self.eval_every] * full + ([rest] if rest else [])
 
 
 def run_schedule(config: RunConfig, out_dir: str | Path | None = None, progress: bool = True):
@@ -86,7 +79,7 @@ def run_schedule(config: RunConfig, out_dir: str | Path | None = None, progress:
     rows = [initial_row(trainer.evaluate(), lr_at(0))]
     start = time.perf_counter()
     bar = tqdm(total=config.steps, unit="step", disable=not progress, desc=config.schedule)
-    for interval, steps in enumerate(config.intervals(), start=1):
+    for interval, steps in enumerate(interval_lengths(config.steps, config.eval_every), start=1):
         stats = trainer.run_interval(steps, lr_at)
         if config.schedule == PLATEAU:
             scheduler.step(stats.val_loss)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrpilot.errors import ConfigError
+from lrpilot.errors import ConfigError, require_positive_int
 from lrpilot.lm.corpus import VOCAB_SIZE
 
 
@@ -30,9 +30,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ConfigError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+            require_positive_int(f"ModelConfig.{name}", getattr(self, name))
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"ModelConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
@@ -42,7 +40,7 @@ class ModelConfig:
 # `tiny` is sized for controller training on one CPU core: a 400-step run of
 # 64 x 16-byte sequences takes seconds and still gets well past bigram statistics
 # (README, results). `small` and `base` are the larger models that policies are
-# tested on; on a CPU they cost about 4x and 25x as much per step.
+# tested on.
 MODEL_PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(n_layer=1, n_head=4, n_embd=64, block_size=16),
     "small": ModelConfig(n_layer=2, n_head=4, n_embd=96, block_size=32),

@@ -18,15 +18,14 @@ from collections.abc import Callable
 import torch
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
-from lrpilot.errors import ConfigError
+from lrpilot.errors import ConfigError, require_positive_int
 
 
 class FixedSchedule(LRScheduler):
     """Base class: the LR at step `s` is `peak * self.factor(s)`."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, last_epoch: int = -1):
-        if not isinstance(total_steps, int) or total_steps <= 0:
-            raise ConfigError(f"total_steps must be a positive integer, got {total_steps!r}")
+        require_positive_int("total_steps", total_steps)
         self.total_steps = total_steps
         super().__init__(optimizer, last_epoch)
 

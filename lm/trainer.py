@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lrpilot.errors import ConfigError
+from lrpilot.errors import ConfigError, require_positive_int
 from lrpilot.lm.corpus import Corpus
 from lrpilot.lm.model import GPT, ModelConfig, next_byte_loss
 
@@ -38,10 +38,8 @@ class TrainerConfig:
     device: str = "auto"  # "auto" (CUDA when present), "cpu", "cuda", "cuda:1", ...
 
     def __post_init__(self) -> None:
-        if self.batch_size <= 0:
-            raise ConfigError(f"batch_size must be positive, got {self.batch_size!r}")
-        if self.val_windows <= 0:
-            raise ConfigError(f"val_windows must be positive, got {self.val_windows!r}")
+        require_positive_int("batch_size", self.batch_size)
+        require_positive_int("val_windows", self.val_windows)
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
 
@@ -64,6 +62,12 @@ class IntervalStats:
     nonfinite_steps: int
     tokens: int  # training tokens consumed in this interval
     seconds: float  # wall time of the interval, validation included
+
+
+def interval_lengths(total_steps: int, eval_every: int) -> list[int]:
+    """Steps of each evaluation interval of a run; the last one takes the remainder."""
+    full, rest = divmod(total_steps, eval_every)
+    return [eval_every] * full + ([rest] if rest else [])
 
 
 def resolve_device(name: str) -> torch.device:
@@ -157,8 +161,7 @@ class Trainer:
         A step whose loss or gradient is not finite is skipped and flagged; the caller
         decides whether to end the run.
         """
-        if not isinstance(steps, int) or steps <= 0:
-            raise ConfigError(f"steps must be a positive integer, got {steps!r}")
+        require_positive_int("steps", steps)
         lr_at = lr if callable(lr) else (lambda _step: lr)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         max_norm = self.config.grad_clip if self.config.grad_clip is not None else math.inf
@@ -168,6 +171,7 @@ class Trainer:
         lrs: list[float] = []
         nonfinite_steps = 0
         update_ratio = 0.0
+        tokens_before = self.tokens
         for i in range(steps):
             step_lr = float(lr_at(self.step))
             if not math.isfinite(step_lr) or step_lr < 0:
@@ -212,7 +216,7 @@ class Trainer:
             update_ratio=update_ratio,
             nonfinite=nonfinite_steps > 0 or not math.isfinite(val_loss),
             nonfinite_steps=nonfinite_steps,
-            tokens=steps * self.config.batch_size * self.config.model.block_size,
+            tokens=self.tokens - tokens_before,
             seconds=time.perf_counter() - start,
         )
 

@@ -114,10 +114,6 @@ def _add_train(subparsers) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    for flag in ("timesteps", "n_envs"):
-        value = getattr(args, flag)
-        if value is not None and value <= 0:
-            raise ConfigError(f"--{flag.replace('_', '-')} must be positive, got {value}")
     from lrpilot.agents.training import load_train_config, resume, train
 
     if args.resume:

@@ -3,3 +3,9 @@
 
 class ConfigError(ValueError):
     """A user-supplied value is invalid; the message names the field and the value."""
+
+
+def require_positive_int(name: str, value: object) -> None:
+    """Raise `ConfigError` naming `name` unless `value` is an int > 0 (bools excluded)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")

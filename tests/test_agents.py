@@ -107,7 +107,7 @@ def test_truncated_and_mismatched_files_are_refused(trained_run, tmp_path):
 
 def test_baseline_controllers_drive_the_env():
     env = LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(TASK), action_mode="continuous"))
-    cosine = ScheduleController("cosine", 40, 10, action_mode="continuous")
+    cosine = ScheduleController("cosine", 40, action_mode="continuous")
     lrs = [row["lr"] for row in run_episode(env, cosine, TASK).rows[1:]]
     # cosine at steps 0, 10, 20, then 30 (0.146) limited by the largest cut, x0.5 of 0.5
     expected = [1e-3 * f for f in (1.0, 0.8535534, 0.5, 0.25)]
@@ -127,7 +127,10 @@ def test_baseline_controllers_drive_the_env():
 def test_train_cli_bad_input(tmp_path, capsys):
     cases = [
         (["train", "--preset", "nope", "--out", str(tmp_path / "a")], "unknown preset 'nope'"),
-        (["train", "--timesteps", "0", "--out", str(tmp_path / "b")], "--timesteps must be"),
+        (
+            ["train", "--timesteps", "0", "--out", str(tmp_path / "b")],
+            "timesteps must be a positive integer, got 0",
+        ),
         (["train", "--resume", "--out", str(tmp_path)], "not a training run folder"),
     ]
     for argv, message in cases:

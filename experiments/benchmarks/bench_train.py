@@ -16,10 +16,8 @@ import functools
 import time
 
 import torch
-from stable_baselines3 import PPO
-from stable_baselines3.common.vec_env import VecNormalize
 
-from lrpilot.agents.training import load_train_config, make_vec_env
+from lrpilot.agents.training import load_train_config, make_model
 
 
 def timed(function, totals: dict, key: str):
@@ -37,18 +35,7 @@ def timed(function, totals: dict, key: str):
 def measure(preset: str, n_envs: int, steps_per_env: int) -> dict:
     config = load_train_config(preset, n_envs=n_envs)
     ppo = dataclasses.replace(config.ppo, n_steps=steps_per_env, batch_size=steps_per_env)
-    config = dataclasses.replace(config, ppo=ppo)
-    venv = VecNormalize(make_vec_env(config), norm_obs=True, norm_reward=False)
-    settings = dataclasses.asdict(config.ppo)
-    arch = list(settings.pop("net_arch"))
-    model = PPO(
-        "MlpPolicy",
-        venv,
-        policy_kwargs={"net_arch": {"pi": arch, "vf": arch}, "activation_fn": torch.nn.Tanh},
-        seed=0,
-        device="cpu",
-        **settings,
-    )
+    model, venv = make_model(dataclasses.replace(config, ppo=ppo))
     totals = {"update": 0.0, "inference": 0.0}
     model.train = timed(model.train, totals, "update")
     model.policy.forward = timed(model.policy.forward, totals, "inference")
