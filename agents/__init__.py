@@ -12,12 +12,14 @@ from lrpilot.agents.controllers import (
 )
 from lrpilot.agents.policy_file import Policy, load_policy
 from lrpilot.agents.rollout import EpisodeResult, run_episode
+from lrpilot.agents.scheduler import PolicyScheduler
 
 __all__ = [
     "Controller",
     "EpisodeResult",
     "PlateauController",
     "Policy",
+    "PolicyScheduler",
     "RandomController",
     "ScheduleController",
     "load_policy",

@@ -101,13 +101,19 @@ class Policy:
         return path
 
 
-def load_policy(path: str | os.PathLike) -> Policy:
-    """Load a policy file (or a folder holding `policy.safetensors`); never unpickles."""
+def resolve_policy_path(path: str | os.PathLike) -> Path:
+    """The policy file a user means: a file, or a folder holding `policy.safetensors`."""
     path = Path(path)
     if path.is_dir():
         path = path / POLICY_FILENAME
     if not path.is_file():
         raise ConfigError(f"policy file not found: {str(path)!r}")
+    return path
+
+
+def load_policy(path: str | os.PathLike) -> Policy:
+    """Load a policy file (or a folder holding `policy.safetensors`); never unpickles."""
+    path = resolve_policy_path(path)
     data = path.read_bytes()
     try:
         weights = load_safetensors(data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,8 +27,16 @@ def _action_value(action) -> float:
     return float(np.asarray(action, dtype=np.float64).reshape(-1)[0])
 
 
-def run_episode(env: LRControlEnv, controller: Controller, task: Task) -> EpisodeResult:
-    """Drive one run of `task` with `controller`, closed loop, to its end."""
+def run_episode(
+    env: LRControlEnv,
+    controller: Controller,
+    task: Task,
+    on_row: Callable[[list[dict]], None] | None = None,
+) -> EpisodeResult:
+    """Drive one run of `task` with `controller`, closed loop, to its end.
+
+    `on_row(rows)` is called after each interval (to save or show progress).
+    """
     observation, info = env.reset(seed=task.seed, options={"task": task})
     rows = [initial_row(info["val_loss"], info["lr"]) | {"action": math.nan, "reward": 0.0}]
     total = 0.0
@@ -38,5 +47,7 @@ def run_episode(env: LRControlEnv, controller: Controller, task: Task) -> Episod
         total += reward
         row = interval_row(info["interval"], env.last_stats, rows[-1])
         rows.append(row | {"action": _action_value(action), "reward": reward})
+        if on_row is not None:
+            on_row(rows)
     final = info["val_loss"] if not info["diverged"] else math.inf
     return EpisodeResult(task, rows, total, final, info["diverged"])

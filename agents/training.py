@@ -49,6 +49,7 @@ from lrpilot.files import (
     atomic_write_text,
     ensure_writable_dir,
 )
+from lrpilot.lm.trace import scored_final_loss
 from lrpilot.presets import dataclass_from_dict, load_preset
 
 CONFIG_FILE = "config.toml"
@@ -257,10 +258,12 @@ def export_policy(model: PPO, venv: VecNormalize, config: TrainConfig) -> Policy
 def evaluate_controller(controller, tasks: list[Task], env: LRControlEnv) -> dict[str, Any]:
     """Mean final validation loss of `controller` over `tasks` (a diverged run counts at
     the divergence cap), and how many diverged."""
-    env_config = env.config
+    factor = env.config.divergence_factor
     results: list[EpisodeResult] = [run_episode(env, controller, task) for task in tasks]
     finals = [
-        r.final_val_loss if not r.diverged else env_config.divergence_factor * r.rows[0]["val_loss"]
+        scored_final_loss(
+            [row["val_loss"] for row in r.rows], [row["nonfinite"] for row in r.rows], factor
+        )
         for r in results
     ]
     return {

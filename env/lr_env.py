@@ -23,12 +23,12 @@ from gymnasium import spaces
 
 from lrpilot.env.actions import ACTION_MODES, DEFAULT_FACTORS, lr_factor, make_action_space
 from lrpilot.env.features import FEATURE_CLIP, FEATURE_VERSION, NUM_FEATURES, ObservationBuilder
-from lrpilot.env.rewards import check_reward_name, divergence_reward, instant_reward
+from lrpilot.env.rewards import check_reward_name, interval_reward
 from lrpilot.env.tasks import Task, TaskSpace
 from lrpilot.errors import ConfigError
 from lrpilot.lm.corpus import Corpus, load_corpus
-from lrpilot.lm.model import model_preset
-from lrpilot.lm.trainer import IntervalStats, Trainer, TrainerConfig
+from lrpilot.lm.trace import DIVERGENCE_FACTOR
+from lrpilot.lm.trainer import IntervalStats, Trainer
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,9 @@ class EnvConfig:
     lr_min: float = 1e-5
     lr_max: float = 1e-1
     reward: str = "log_improvement"  # or "neg_val_loss", "final"
-    divergence_factor: float = 3.0  # L_t above this multiple of L_0 counts as divergence
+    divergence_factor: float = (
+        DIVERGENCE_FACTOR  # L_t above this multiple of L_0 counts as divergence
+    )
     divergence_penalty: float = 1.0
     device: str = "cpu"
 
@@ -100,7 +102,7 @@ class LRControlEnv(gym.Env):
         if not isinstance(task, Task):
             raise ConfigError(f"options['task'] must be a Task, got {type(task).__name__}")
         self.task = task
-        self.trainer = Trainer(self._corpus(task.corpus), self._trainer_config(task))
+        self.trainer = Trainer(self._corpus(task.corpus), task.trainer_config(self.config.device))
         self.lr = float(np.clip(task.start_lr, self.config.lr_min, self.config.lr_max))
         self.interval = 0
         self.initial_val_loss = self.trainer.evaluate()
@@ -120,26 +122,16 @@ class LRControlEnv(gym.Env):
         stats = self.trainer.run_interval(self.task.interval_steps(self.interval), self.lr)
         self.interval += 1
         last = self.interval == self.task.num_intervals
-        diverged = stats.nonfinite or not (
-            stats.val_loss <= self.config.divergence_factor * self.initial_val_loss
+        reward, diverged = interval_reward(
+            self.config.reward,
+            previous_loss=self.val_loss,
+            loss=stats.val_loss if not stats.nonfinite else math.nan,
+            initial_loss=self.initial_val_loss,
+            interval=self.interval,
+            num_intervals=self.task.num_intervals,
+            divergence_factor=self.config.divergence_factor,
+            divergence_penalty=self.config.divergence_penalty,
         )
-        if diverged:
-            reward = divergence_reward(
-                self.config.reward,
-                previous_loss=self.val_loss,
-                initial_loss=self.initial_val_loss,
-                divergence_factor=self.config.divergence_factor,
-                divergence_penalty=self.config.divergence_penalty,
-                remaining_intervals=self.task.num_intervals - self.interval + 1,
-            )
-        else:
-            reward = instant_reward(
-                self.config.reward,
-                previous_loss=self.val_loss,
-                loss=stats.val_loss,
-                initial_loss=self.initial_val_loss,
-                last=last,
-            )
         self.val_loss = stats.val_loss
         self.last_stats = stats  # the full IntervalStats, for traces (info stays comparable)
         observation = self.features.update(stats)
@@ -155,14 +147,6 @@ class LRControlEnv(gym.Env):
         if name not in self._corpora:
             self._corpora[name] = load_corpus(name)
         return self._corpora[name]
-
-    def _trainer_config(self, task: Task) -> TrainerConfig:
-        return TrainerConfig(
-            model=model_preset(task.model),
-            batch_size=task.batch_size,
-            seed=task.seed,
-            device=self.config.device,
-        )
 
     def _info(self, stats: IntervalStats | None, diverged: bool) -> dict:
         assert self.trainer is not None and self.task is not None

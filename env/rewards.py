@@ -69,3 +69,40 @@ def divergence_reward(
     if name == "neg_val_loss":
         capped *= remaining_intervals  # -L_cap for every interval left
     return capped - divergence_penalty
+
+
+def interval_reward(
+    name: str,
+    *,
+    previous_loss: float,
+    loss: float,
+    initial_loss: float,
+    interval: int,
+    num_intervals: int,
+    divergence_factor: float,
+    divergence_penalty: float,
+) -> tuple[float, bool]:
+    """Reward of interval `interval` (1-based) and whether the run diverged in it.
+
+    The one place that decides divergence and picks the reward, used by the
+    environment and by the open-loop replay of a recorded LR trace.
+    """
+    diverged = not (loss <= divergence_factor * initial_loss)  # also true for NaN
+    if diverged:
+        reward = divergence_reward(
+            name,
+            previous_loss=previous_loss,
+            initial_loss=initial_loss,
+            divergence_factor=divergence_factor,
+            divergence_penalty=divergence_penalty,
+            remaining_intervals=num_intervals - interval + 1,
+        )
+        return reward, True
+    reward = instant_reward(
+        name,
+        previous_loss=previous_loss,
+        loss=loss,
+        initial_loss=initial_loss,
+        last=interval == num_intervals,
+    )
+    return reward, False

@@ -9,7 +9,7 @@ import numpy as np
 
 from lrpilot.errors import ConfigError, require_positive_int
 from lrpilot.lm.model import model_preset
-from lrpilot.lm.trainer import interval_lengths
+from lrpilot.lm.trainer import TrainerConfig, interval_lengths
 
 SEED_RANGE = 2**31 - 1
 
@@ -41,6 +41,15 @@ class Task:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def trainer_config(self, device: str = "cpu") -> TrainerConfig:
+        """The `Trainer` settings of this run."""
+        return TrainerConfig(
+            model=model_preset(self.model),
+            batch_size=self.batch_size,
+            seed=self.seed,
+            device=device,
+        )
 
 
 @dataclass(frozen=True)

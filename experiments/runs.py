@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +23,8 @@ from lrpilot.files import atomic_write_csv, atomic_write_json, ensure_writable_d
 from lrpilot.lm.corpus import load_corpus
 from lrpilot.lm.model import model_preset
 from lrpilot.lm.schedules import PLATEAU, SCHEDULE_NAMES, lr_function, make_schedule
-from lrpilot.lm.trace import TRACE_COLUMNS, initial_row, interval_row
-from lrpilot.lm.trainer import Trainer, TrainerConfig, interval_lengths
+from lrpilot.lm.trace import initial_row, interval_row
+from lrpilot.lm.trainer import IntervalStats, Trainer, TrainerConfig, interval_lengths
 
 
 @dataclass(frozen=True)
@@ -64,37 +65,80 @@ class RunConfig:
         )
 
 
-def run_schedule(config: RunConfig, out_dir: str | Path | None = None, progress: bool = True):
-    """Train one run; return its trace as a DataFrame, writing the run folder if given."""
+IntervalHook = Callable[[int, IntervalStats, list[dict]], bool]
+
+
+def make_trainer(config: RunConfig) -> Trainer:
+    """The Trainer of a run, its optimizer set to the run's (peak or start) LR."""
     corpus = load_corpus(config.corpus)
     trainer = Trainer(corpus, config.trainer_config())  # checks the corpus holds a block
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = config.lr
+    return trainer
+
+
+def train_intervals(
+    trainer: Trainer,
+    steps: int,
+    eval_every: int,
+    lr_at: Callable[[int], float],
+    *,
+    on_interval: IntervalHook | None = None,
+    first_row: dict | None = None,
+    out_dir: Path | None = None,
+    progress: bool = True,
+    desc: str = "run",
+) -> pd.DataFrame:
+    """Train a run interval by interval at `lr_at(step)` and return its trace.
+
+    `on_interval(interval, stats, rows)` runs after each interval: it may add columns
+    to the new row `rows[-1]` and returns True to end the run early. `first_row` adds
+    columns to row 0. With `out_dir`, `trace.csv` is rewritten after every interval
+    and `summary.json` at the end.
+    """
+    rows = [initial_row(trainer.evaluate(), lr_at(0)) | (first_row or {})]
+    start = time.perf_counter()
+    bar = tqdm(total=steps, unit="step", disable=not progress, desc=desc, leave=False)
+    for interval, length in enumerate(interval_lengths(steps, eval_every), start=1):
+        stats = trainer.run_interval(length, lr_at)
+        rows.append(interval_row(interval, stats, rows[-1]))
+        stop = on_interval(interval, stats, rows) if on_interval is not None else False
+        if out_dir is not None:
+            atomic_write_csv(out_dir / "trace.csv", pd.DataFrame(rows))
+        bar.update(length)
+        bar.set_postfix(val_loss=f"{stats.val_loss:.3f}", lr=f"{stats.lr:.2e}")
+        if stop or stats.nonfinite:
+            break  # diverged: the rest of the run would only skip steps
+    bar.close()
+    trace = pd.DataFrame(rows)
+    if out_dir is not None:
+        atomic_write_json(out_dir / "summary.json", run_summary(trace, time.perf_counter() - start))
+    return trace
+
+
+def run_schedule(config: RunConfig, out_dir: str | Path | None = None, progress: bool = True):
+    """Train one run under a fixed schedule; return its trace as a DataFrame, writing the
+    run folder if given."""
+    trainer = make_trainer(config)
     out = ensure_writable_dir(out_dir) if out_dir is not None else None
     if out is not None:
         atomic_write_json(out / "config.json", dataclasses.asdict(config))
-    for group in trainer.optimizer.param_groups:
-        group["lr"] = config.lr
     scheduler = make_schedule(config.schedule, trainer.optimizer, config.steps)
-    lr_at = lr_function(scheduler, trainer.optimizer)
 
-    rows = [initial_row(trainer.evaluate(), lr_at(0))]
-    start = time.perf_counter()
-    bar = tqdm(total=config.steps, unit="step", disable=not progress, desc=config.schedule)
-    for interval, steps in enumerate(interval_lengths(config.steps, config.eval_every), start=1):
-        stats = trainer.run_interval(steps, lr_at)
-        if config.schedule == PLATEAU:
-            scheduler.step(stats.val_loss)
-        rows.append(interval_row(interval, stats, rows[-1]))
-        if out is not None:
-            atomic_write_csv(out / "trace.csv", pd.DataFrame(rows, columns=TRACE_COLUMNS))
-        bar.update(steps)
-        bar.set_postfix(val_loss=f"{stats.val_loss:.3f}", lr=f"{stats.lr:.2e}")
-        if stats.nonfinite:
-            break  # diverged: the rest of the run would only skip steps
-    bar.close()
-    trace = pd.DataFrame(rows, columns=TRACE_COLUMNS)
-    if out is not None:
-        atomic_write_json(out / "summary.json", run_summary(trace, time.perf_counter() - start))
-    return trace
+    def step_plateau(_interval: int, stats: IntervalStats, _rows: list[dict]) -> bool:
+        scheduler.step(stats.val_loss)
+        return False
+
+    return train_intervals(
+        trainer,
+        config.steps,
+        config.eval_every,
+        lr_function(scheduler, trainer.optimizer),
+        on_interval=step_plateau if config.schedule == PLATEAU else None,
+        out_dir=out,
+        progress=progress,
+        desc=config.schedule,
+    )
 
 
 def run_summary(trace: pd.DataFrame, seconds: float) -> dict:

@@ -64,3 +64,25 @@ def interval_row(interval: int, stats: IntervalStats, previous: dict) -> dict:
         "tokens": previous["tokens"] + stats.tokens,
         "seconds": previous["seconds"] + stats.seconds,
     }
+
+
+DIVERGENCE_FACTOR = 3.0  # a run whose validation loss exceeds this multiple of L_0 diverged
+
+
+def run_diverged(val_losses: list[float], nonfinite: list[bool], factor: float) -> bool:
+    """True when any interval was non-finite or its loss passed `factor` times L_0."""
+    cap = factor * val_losses[0]
+    return any(nonfinite) or any(not (loss <= cap) for loss in val_losses)
+
+
+def scored_final_loss(
+    val_losses: list[float], nonfinite: list[bool], factor: float = DIVERGENCE_FACTOR
+) -> float:
+    """The final validation loss of a run, a diverged run scoring the cap `factor * L_0`.
+
+    One number per run that every comparison uses: a diverged run is worse than any
+    run that stayed below the cap, and a mean over seeds stays finite.
+    """
+    if run_diverged(val_losses, nonfinite, factor):
+        return factor * val_losses[0]
+    return float(val_losses[-1])

@@ -70,6 +70,15 @@ def interval_lengths(total_steps: int, eval_every: int) -> list[int]:
     return [eval_every] * full + ([rest] if rest else [])
 
 
+@torch.no_grad()
+def weight_update_ratio(before: list[torch.Tensor], after: list[torch.nn.Parameter]) -> float:
+    """||w_after - w_before|| / ||w_before|| over all parameters: the step size, scale-free."""
+    pairs = zip(after, before, strict=True)
+    delta = torch.stack([torch.linalg.vector_norm(a - b) for a, b in pairs])
+    weight = torch.stack([torch.linalg.vector_norm(b) for b in before])
+    return float(delta.norm() / weight.norm().clamp_min(1e-12))
+
+
 def resolve_device(name: str) -> torch.device:
     """`auto` means CUDA when present, else the CPU."""
     if name == "auto":
@@ -83,7 +92,8 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def _least_squares_slope(values: list[float]) -> float:
+def least_squares_slope(values: list[float]) -> float:
+    """Least-squares slope of `values` per index (0 for fewer than two values)."""
     if len(values) < 2:
         return 0.0
     y = np.asarray(values, dtype=np.float64)
@@ -199,7 +209,7 @@ class Trainer:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             if before is not None:
-                update_ratio = self._update_ratio(before, params)
+                update_ratio = weight_update_ratio(before, params)
             losses.append(loss_value)
             grad_norms.append(grad_norm)
         val_loss = self.evaluate()
@@ -210,7 +220,7 @@ class Trainer:
             lr_mean=float(np.mean(lrs)),
             train_loss_mean=float(np.mean(losses)) if losses else math.nan,
             train_loss_std=float(np.std(losses)) if losses else math.nan,
-            train_loss_slope=_least_squares_slope(losses),
+            train_loss_slope=least_squares_slope(losses),
             val_loss=val_loss,
             grad_norm=float(np.mean(grad_norms)) if grad_norms else math.nan,
             update_ratio=update_ratio,
@@ -219,11 +229,3 @@ class Trainer:
             tokens=self.tokens - tokens_before,
             seconds=time.perf_counter() - start,
         )
-
-    @staticmethod
-    @torch.no_grad()
-    def _update_ratio(before: list[torch.Tensor], after: list[torch.nn.Parameter]) -> float:
-        pairs = zip(after, before, strict=True)
-        delta = torch.stack([torch.linalg.vector_norm(a - b) for a, b in pairs])
-        weight = torch.stack([torch.linalg.vector_norm(b) for b in before])
-        return float(delta.norm() / weight.norm().clamp_min(1e-12))

@@ -1,4 +1,4 @@
-"""The `lrpilot` command line: `lrpilot run ...` (more subcommands arrive with their issues).
+"""The `lrpilot` command line: `run`, `train`, `replay`, `compare` and `demo`.
 
 Bad input is reported as one line on stderr naming the problem and the value,
 with exit code 2 and no traceback.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from lrpilot.errors import ConfigError
 
@@ -128,6 +129,186 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- list-valued flags ---------------------------------------------------------------------
+
+
+def _items(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def int_list(text: str) -> list[int]:
+    """`1,2,3` -> [1, 2, 3]."""
+    try:
+        return [int(item) for item in _items(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def float_list(text: str) -> list[float]:
+    """`1e-3,3e-3` -> [0.001, 0.003]."""
+    try:
+        return [float(item) for item in _items(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers, got {text!r}"
+        ) from None
+
+
+def name_list(text: str) -> list[str]:
+    """`constant, wsd` -> ['constant', 'wsd'] (empty items dropped)."""
+    return _items(text)
+
+
+def _add_task_flags(p: argparse.ArgumentParser, steps: int, eval_every: int) -> None:
+    """The flags that say which LM runs to make: corpus, model, length, batch."""
+    from lrpilot.lm.model import MODEL_PRESETS
+
+    p.add_argument("--corpus", default="pydoc", help="pydoc, pystdlib, or a file or folder path")
+    p.add_argument("--model", default="tiny", help=f"one of: {', '.join(MODEL_PRESETS)}")
+    p.add_argument("--steps", type=int, default=steps, help="optimizer steps per run")
+    p.add_argument("--eval-every", type=int, default=eval_every, help="steps per interval")
+    p.add_argument("--batch-size", type=int, default=64, help="sequences per step")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (CUDA when present)")
+
+
+def _add_replay(subparsers) -> None:
+    p = subparsers.add_parser(
+        "replay",
+        help="replay a learned policy (closed loop) or a recorded LR trace (open loop)",
+        description="Run a learned policy closed-loop on new LM runs, one per seed, or, with "
+        "--trace, apply the LRs of a recorded trace.csv open-loop on the same runs (does the "
+        "feedback matter, or only the shape?). Writes DIR/seed_<s>/trace.csv (the columns of "
+        "`lrpilot run` plus action and reward), summary.json and plot.png, and "
+        "DIR/summary.csv.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--policy", help="policy file, or a folder holding policy.safetensors")
+    source.add_argument("--trace", help="a trace.csv (needs columns step and lr) to replay")
+    _add_task_flags(p, steps=400, eval_every=20)
+    p.add_argument(
+        "--start-lr", type=float, default=1e-3, help="the policy's start LR (not used with --trace)"
+    )
+    p.add_argument("--seeds", type=int_list, default="1", help="comma-separated LM seeds")
+    p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(handler=_cmd_replay)
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from lrpilot.agents.policy_file import load_policy
+    from lrpilot.env.tasks import Task, TaskSpace
+    from lrpilot.experiments.replay import read_lr_trace, replay
+
+    policy = load_policy(args.policy) if args.policy else None
+    lr_trace = read_lr_trace(args.trace) if args.trace else None
+    if not args.seeds:
+        raise ConfigError("--seeds is empty: give at least one seed")
+    start_lr = args.start_lr if lr_trace is None else float(lr_trace["lr"].iloc[-1])
+    tasks = [
+        Task(args.corpus, args.model, seed, args.steps, args.eval_every, start_lr, args.batch_size)
+        for seed in args.seeds
+    ]
+    for task in tasks:
+        TaskSpace.fixed(task)  # checks every value, with one-line errors
+    table = replay(
+        tasks,
+        args.out,
+        policy=policy,
+        lr_trace=lr_trace,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    print(table.to_string(index=False))
+    print(f"wrote {args.out}/summary.csv and {args.out}/seed_*/")
+    return 0
+
+
+def _add_compare(subparsers) -> None:
+    from lrpilot.experiments.compare import CONTROLLERS, CompareConfig
+    from lrpilot.lm.schedules import SCHEDULE_NAMES
+
+    d = CompareConfig()
+    p = subparsers.add_parser(
+        "compare",
+        help="compare tuned fixed schedules with a learned policy on held-out seeds",
+        description="Tune each fixed schedule's peak LR on a log-spaced grid (widened one "
+        "step when the best lies on an edge) on the tuning seeds, run its best peak on the "
+        "evaluation seeds, and run the policy closed-loop on the same evaluation seeds from "
+        "untuned start LRs. Every run is cached in DIR/runs/ by a hash of its config: run "
+        "the same command again to resume. Writes DIR/results.csv, summary.csv, summary.md "
+        "and PNG plots.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--policy", default=None, help="policy file or folder (optional)")
+    p.add_argument(
+        "--schedules",
+        type=name_list,
+        default=",".join(d.schedules),
+        help=f"comma-separated, from: {', '.join(SCHEDULE_NAMES)}",
+    )
+    p.add_argument(
+        "--controllers",
+        type=name_list,
+        default="",
+        help=f"baseline controllers to add, from: {', '.join(CONTROLLERS)}",
+    )
+    _add_task_flags(p, steps=d.steps, eval_every=d.eval_every)
+    p.add_argument("--lr-grid", type=int, default=d.lr_grid, help="peak LRs per schedule (>= 2)")
+    p.add_argument(
+        "--lr-range",
+        type=float_list,
+        default=",".join(map(str, d.lr_range)),
+        help="LOW,HIGH ends of the log-spaced peak-LR grid",
+    )
+    p.add_argument(
+        "--tune-seeds", type=int_list, default=",".join(map(str, d.tune_seeds)), help="tuning seeds"
+    )
+    p.add_argument(
+        "--eval-seeds",
+        type=int_list,
+        default=",".join(map(str, d.eval_seeds)),
+        help="held-out seeds",
+    )
+    p.add_argument(
+        "--start-lr",
+        type=float_list,
+        default=",".join(map(str, d.start_lrs)),
+        help="untuned start LR(s) of the policy and controllers, comma-separated",
+    )
+    p.add_argument("--jobs", type=int, default=d.jobs, help="runs in parallel (processes)")
+    p.add_argument("--out", required=True, help="comparison folder (its runs/ is the cache)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_compare)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from lrpilot.experiments.compare import CompareConfig, compare
+
+    config = CompareConfig(
+        schedules=tuple(args.schedules),
+        policy=args.policy,
+        controllers=tuple(args.controllers),
+        corpus=args.corpus,
+        model=args.model,
+        steps=args.steps,
+        eval_every=args.eval_every,
+        batch_size=args.batch_size,
+        lr_grid=args.lr_grid,
+        lr_range=tuple(args.lr_range),
+        tune_seeds=tuple(args.tune_seeds),
+        eval_seeds=tuple(args.eval_seeds),
+        start_lrs=tuple(args.start_lr),
+        jobs=args.jobs,
+        device=args.device,
+    )
+    compare(config, args.out, progress=not args.quiet)
+    print((Path(args.out) / "summary.md").read_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="lrpilot",
@@ -139,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run(subparsers)
     _add_train(subparsers)
+    _add_replay(subparsers)
+    _add_compare(subparsers)
     return parser
 
 

@@ -1,0 +1,421 @@
+"""`lrpilot compare`: tuned fixed schedules against learned policies, on held-out seeds.
+
+The protocol (DESIGN.md, in the spirit of AlgoPerf):
+
+1. every fixed schedule gets the same tuning budget: a log-spaced grid of peak LRs,
+   each run on the tuning seeds; if the best peak lies on the edge of the grid, the
+   grid is widened by one step on that side and the new point is run too;
+2. each schedule's best peak (lowest mean final loss over the tuning seeds) is run
+   on the evaluation seeds, which the tuning never saw;
+3. the policy (and any baseline controller) runs closed-loop on the same evaluation
+   seeds from each given start LR, untuned, with no tuning runs of its own.
+
+A run's score is its final validation loss, a diverged run scoring the divergence cap
+(`lrpilot.lm.trace.scored_final_loss`).
+
+Every run is cached in `DIR/runs/<key>/` under a hash of everything that determines
+its numbers, written atomically; a compare that is killed and started again with the
+same arguments recomputes only unfinished runs. Runs go in parallel over `jobs`
+processes, each with one torch thread, so results do not depend on `jobs`.
+
+Outputs: `results.csv` (one row per run x interval), `summary.csv`, `summary.md`,
+`loss_curves.png`, `lr_curves.png`, `final_loss.png`, `config.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+from collections.abc import Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from lrpilot.agents.controllers import PlateauController, RandomController
+from lrpilot.agents.policy_file import load_policy, resolve_policy_path
+from lrpilot.env.lr_env import EnvConfig, LRControlEnv
+from lrpilot.env.tasks import Task
+from lrpilot.errors import ConfigError, require_positive_int
+from lrpilot.experiments.plots import plot_comparison
+from lrpilot.experiments.replay import REPLAY_COLUMNS, policy_env_config, run_controller
+from lrpilot.experiments.report import summarize, summary_markdown
+from lrpilot.experiments.runs import RunConfig, run_schedule
+from lrpilot.files import (
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_text,
+    ensure_writable_dir,
+)
+from lrpilot.lm.schedules import SCHEDULE_NAMES
+from lrpilot.lm.trace import DIVERGENCE_FACTOR, run_diverged, scored_final_loss
+from lrpilot.lm.trainer import resolve_device
+
+CONTROLLERS = ("random", "plateau")
+CACHE_VERSION = 1  # bump when a change would alter the numbers of a cached run
+RUNS_DIR = "runs"
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Everything `lrpilot compare` needs; every field is one of its flags."""
+
+    schedules: tuple[str, ...] = ("constant", "warmup_cosine", "wsd")
+    policy: str | None = None  # a policy file or folder; None compares schedules alone
+    controllers: tuple[str, ...] = ()  # baseline controllers: random, plateau
+    corpus: str = "pydoc"
+    model: str = "tiny"
+    steps: int = 400
+    eval_every: int = 20
+    batch_size: int = 64
+    lr_grid: int = 5  # peak LRs per schedule, log-spaced over lr_range
+    lr_range: tuple[float, float] = (1e-3, 1e-2)
+    tune_seeds: tuple[int, ...] = (0,)
+    eval_seeds: tuple[int, ...] = (1, 2, 3)
+    start_lrs: tuple[float, ...] = (1e-3,)  # untuned start LRs of policy and controllers
+    jobs: int = 1
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        for name in ("schedules", "controllers", "tune_seeds", "eval_seeds", "start_lrs"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        object.__setattr__(self, "lr_range", tuple(self.lr_range))
+        if not self.schedules:
+            raise ConfigError("the schedule list is empty: give at least one schedule to tune")
+        unknown = [s for s in self.schedules if s not in SCHEDULE_NAMES]
+        if unknown:
+            raise ConfigError(
+                f"unknown schedule(s) {', '.join(map(repr, unknown))}; "
+                f"choose from {', '.join(SCHEDULE_NAMES)}"
+            )
+        unknown = [c for c in self.controllers if c not in CONTROLLERS]
+        if unknown:
+            raise ConfigError(
+                f"unknown controller(s) {', '.join(map(repr, unknown))}; "
+                f"choose from {', '.join(CONTROLLERS)}"
+            )
+        if not isinstance(self.lr_grid, int) or self.lr_grid < 2:
+            raise ConfigError(f"lr_grid must be an integer >= 2, got {self.lr_grid!r}")
+        low, high = self.lr_range if len(self.lr_range) == 2 else (math.nan, math.nan)
+        if not (0 < low < high and math.isfinite(high)):
+            raise ConfigError(f"lr_range must be LOW,HIGH with 0 < LOW < HIGH, got {self.lr_range}")
+        if not self.tune_seeds or not self.eval_seeds:
+            raise ConfigError("tune_seeds and eval_seeds must not be empty")
+        shared = sorted(set(self.tune_seeds) & set(self.eval_seeds))
+        if shared:
+            raise ConfigError(
+                f"seed(s) {', '.join(map(str, shared))} are both tuning and evaluation seeds; "
+                f"the evaluation seeds must be held out"
+            )
+        if any(not (lr > 0 and math.isfinite(lr)) for lr in self.start_lrs) or not self.start_lrs:
+            raise ConfigError(f"start_lrs must be positive numbers, got {self.start_lrs!r}")
+        require_positive_int("jobs", self.jobs)
+        # The run settings are checked once, by the config of a single run.
+        RunConfig(
+            schedule=self.schedules[0],
+            lr=low,
+            steps=self.steps,
+            eval_every=self.eval_every,
+            corpus=self.corpus,
+            model=self.model,
+            batch_size=self.batch_size,
+            device=self.device,
+        )
+
+    def grid(self) -> list[float]:
+        """The log-spaced peak LRs every schedule is tuned over."""
+        low, high = self.lr_range
+        return [float(lr) for lr in np.geomspace(low, high, self.lr_grid)]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a comparison: everything that determines its numbers."""
+
+    kind: str  # "schedule", "policy" or "controller"
+    method: str  # the schedule's name, "policy", or the controller's name
+    lr: float  # peak LR (schedules) or start LR (policy, controllers)
+    seed: int
+    corpus: str
+    model: str
+    steps: int
+    eval_every: int
+    batch_size: int
+    device: str
+    policy_sha256: str = ""  # the policy file's digest: a new policy is a new run
+
+    @property
+    def key(self) -> str:
+        """The cache key: a hash of the spec and the cache format."""
+        text = json.dumps(dataclasses.asdict(self) | {"cache": CACHE_VERSION}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    @property
+    def label(self) -> str:
+        """The method's name in tables and plots."""
+        if self.kind == "schedule":
+            return self.method
+        return f"{self.method} (start {self.lr:.2g})"
+
+    def task(self) -> Task:
+        return Task(
+            self.corpus,
+            self.model,
+            self.seed,
+            self.steps,
+            self.eval_every,
+            self.lr,
+            self.batch_size,
+        )
+
+
+def execute(spec: RunSpec, policy_path: str | None) -> pd.DataFrame:
+    """Run one spec; its trace with REPLAY_COLUMNS (schedules have no action or reward)."""
+    if spec.kind == "schedule":
+        config = RunConfig(
+            schedule=spec.method,
+            lr=spec.lr,
+            steps=spec.steps,
+            eval_every=spec.eval_every,
+            corpus=spec.corpus,
+            model=spec.model,
+            seed=spec.seed,
+            batch_size=spec.batch_size,
+            device=spec.device,
+        )
+        return run_schedule(config, progress=False).reindex(columns=list(REPLAY_COLUMNS))
+    if spec.kind == "policy":
+        assert policy_path is not None
+        policy = load_policy(policy_path)
+        return run_controller(policy, spec.task(), policy_env_config(policy, spec.device))
+    env_config = EnvConfig(device=spec.device)
+    if spec.method == "random":
+        controller = RandomController(LRControlEnv(env_config).action_space, seed=spec.seed)
+    else:
+        controller = PlateauController()
+    return run_controller(controller, spec.task(), env_config)
+
+
+def _execute_and_cache(spec: RunSpec, policy_path: str | None, cache_dir: str) -> str:
+    """Run a spec on one torch thread and write it to the cache (trace, then run.json)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        trace = execute(spec, policy_path)
+    finally:
+        torch.set_num_threads(threads)
+    run_dir = Path(cache_dir) / spec.key
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_csv(run_dir / "trace.csv", trace)
+    atomic_write_json(run_dir / "run.json", {"spec": dataclasses.asdict(spec)})
+    return spec.key
+
+
+class RunCache:
+    """The finished runs of a comparison folder, and the processes that compute the rest."""
+
+    def __init__(self, out: Path, jobs: int, policy_path: str | None, progress: bool) -> None:
+        self.dir = out / RUNS_DIR
+        self.dir.mkdir(exist_ok=True)
+        self.jobs = jobs
+        self.policy_path = policy_path
+        self.bar = tqdm(total=0, unit="run", desc="compare", disable=not progress)
+        self.pool: ProcessPoolExecutor | None = None
+
+    def done(self, spec: RunSpec) -> bool:
+        return (self.dir / spec.key / "run.json").is_file()
+
+    def trace(self, spec: RunSpec) -> pd.DataFrame:
+        return pd.read_csv(self.dir / spec.key / "trace.csv")
+
+    def run(self, specs: Iterable[RunSpec]) -> None:
+        """Compute every spec not cached yet (each once), in parallel over `jobs`."""
+        todo = list({spec.key: spec for spec in specs if not self.done(spec)}.values())
+        self.bar.total += len(todo)
+        self.bar.refresh()
+        if self.jobs == 1:
+            for spec in todo:
+                self.bar.set_postfix_str(spec.label)
+                _execute_and_cache(spec, self.policy_path, str(self.dir))
+                self.bar.update()
+            return
+        if self.pool is None:
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["lrpilot.experiments.compare"])
+            self.pool = ProcessPoolExecutor(self.jobs, mp_context=context)
+        pending: set[Future] = {
+            self.pool.submit(_execute_and_cache, spec, self.policy_path, str(self.dir))
+            for spec in todo
+        }
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                future.result()  # re-raises a failed run's error
+                self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
+def _file_sha256(path: str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def compare(config: CompareConfig, out_dir: str | os.PathLike, progress: bool = True):
+    """Run the comparison protocol into `out_dir`; returns the summary table."""
+    out = ensure_writable_dir(out_dir)
+    policy_path = None
+    if config.policy is not None:
+        policy_path = str(resolve_policy_path(config.policy))
+        load_policy(policy_path)  # a path that is not a policy fails now, not in a worker
+    common = {
+        "corpus": config.corpus,
+        "model": config.model,
+        "steps": config.steps,
+        "eval_every": config.eval_every,
+        "batch_size": config.batch_size,
+        "device": resolve_device(config.device).type,
+    }
+    atomic_write_json(out / "config.json", dataclasses.asdict(config))
+
+    def schedule_spec(name: str, lr: float, seed: int) -> RunSpec:
+        return RunSpec("schedule", name, lr, seed, **common)
+
+    controlled = [
+        RunSpec("policy", "policy", lr, seed, **common, policy_sha256=_file_sha256(policy_path))
+        for lr in config.start_lrs
+        for seed in config.eval_seeds
+        if policy_path is not None
+    ] + [
+        RunSpec("controller", name, lr, seed, **common)
+        for name in config.controllers
+        for lr in config.start_lrs
+        for seed in config.eval_seeds
+    ]
+    grids = {name: config.grid() for name in config.schedules}
+    cache = RunCache(out, config.jobs, policy_path, progress)
+    try:
+        # 1. the tuning grid, and the untuned controllers (they need no tuning)
+        tuning = [
+            schedule_spec(n, lr, s) for n in grids for lr in grids[n] for s in config.tune_seeds
+        ]
+        cache.run(tuning + controlled)
+        # 2. one more grid step where the best peak lies on an edge
+        ratio = grids[config.schedules[0]][1] / grids[config.schedules[0]][0]
+        widened = []
+        for name, grid in grids.items():
+            best = _best_peak(
+                cache, [schedule_spec(name, lr, s) for lr in grid for s in config.tune_seeds]
+            )
+            if best in (grid[0], grid[-1]):
+                grid.insert(0, grid[0] / ratio) if best == grid[0] else grid.append(
+                    grid[-1] * ratio
+                )
+                new_lr = grid[0] if best == grid[0] else grid[-1]
+                widened += [schedule_spec(name, new_lr, s) for s in config.tune_seeds]
+        cache.run(widened)
+        # 3. each schedule at its best peak on the evaluation seeds
+        best_peaks = {
+            name: _best_peak(
+                cache, [schedule_spec(name, lr, s) for lr in grid for s in config.tune_seeds]
+            )
+            for name, grid in grids.items()
+        }
+        evaluation = [
+            schedule_spec(name, best_peaks[name], s)
+            for name in config.schedules
+            for s in config.eval_seeds
+        ]
+        cache.run(evaluation)
+    finally:
+        cache.close()
+
+    tuning_specs = [
+        schedule_spec(n, lr, s)
+        for n, grid in grids.items()
+        for lr in grid
+        for s in config.tune_seeds
+    ]
+    phases = [("tune", s) for s in tuning_specs] + [("eval", s) for s in evaluation + controlled]
+    results, runs = _assemble(cache, phases)
+    summary = summarize(runs)
+    notes = _notes(config, grids, best_peaks)
+    atomic_write_csv(out / "results.csv", results)
+    atomic_write_csv(out / "summary.csv", summary)
+    title = f"{config.corpus} / {config.model} / {config.steps} steps"
+    atomic_write_text(out / "summary.md", summary_markdown(summary, title, notes))
+    plot_comparison(results, summary, out)
+    return summary
+
+
+def _best_peak(cache: RunCache, specs: list[RunSpec]) -> float:
+    """The peak LR with the lowest mean score over the tuning seeds (ties: the lower LR)."""
+    scores: dict[float, list[float]] = {}
+    for spec in specs:
+        trace = cache.trace(spec)
+        score = scored_final_loss(trace["val_loss"].tolist(), trace["nonfinite"].tolist())
+        scores.setdefault(spec.lr, []).append(score)
+    return min(scores, key=lambda lr: (float(np.mean(scores[lr])), lr))
+
+
+def _assemble(cache: RunCache, phases: list[tuple[str, RunSpec]]):
+    """The long results table (run x interval) and the one-row-per-run table."""
+    frames, runs = [], []
+    for phase, spec in phases:
+        trace = cache.trace(spec)
+        about = {
+            "label": spec.label,
+            "kind": spec.kind,
+            "method": spec.method,
+            "phase": phase,
+            "seed": spec.seed,
+            "peak_or_start_lr": spec.lr,
+            "run": spec.key,
+        }
+        frames.append(trace.assign(**about)[[*about, *REPLAY_COLUMNS]])
+        runs.append(
+            {
+                "label": spec.label,
+                "kind": spec.kind,
+                "phase": phase,
+                "seed": spec.seed,
+                "lr": spec.lr,
+                "score": scored_final_loss(trace["val_loss"].tolist(), trace["nonfinite"].tolist()),
+                "steps": int(trace["step"].iloc[-1]),
+                "diverged": run_diverged(
+                    trace["val_loss"].tolist(), trace["nonfinite"].tolist(), DIVERGENCE_FACTOR
+                ),
+            }
+        )
+    return pd.concat(frames, ignore_index=True), pd.DataFrame(runs)
+
+
+def _notes(
+    config: CompareConfig, grids: dict[str, list[float]], best: dict[str, float]
+) -> list[str]:
+    grid = ", ".join(f"{lr:.3g}" for lr in config.grid())
+    notes = [
+        f"Schedules tuned over peak LRs {grid} on tuning seed(s) "
+        f"{', '.join(map(str, config.tune_seeds))}; evaluated on held-out seed(s) "
+        f"{', '.join(map(str, config.eval_seeds))}.",
+        "Policy and controllers start from the given LR, untuned, with no tuning runs.",
+        "Final loss: validation loss (nats/byte) after the last step; a diverged run scores "
+        f"{DIVERGENCE_FACTOR:g} x its initial loss.",
+    ]
+    for name, grid in grids.items():
+        if len(grid) > config.lr_grid:
+            edge = "still on the widened edge" if best[name] in (grid[0], grid[-1]) else "inside"
+            notes.append(
+                f"{name}: grid widened to {grid[0]:.3g}..{grid[-1]:.3g}; best peak {edge}."
+            )
+    return notes

@@ -1,0 +1,315 @@
+"""PolicyScheduler: a learned policy as a plain PyTorch LR scheduler."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lrpilot.agents.policy_file import Policy, policy_metadata
+from lrpilot.agents.rollout import run_episode
+from lrpilot.agents.scheduler import PolicyScheduler
+from lrpilot.env import EnvConfig, LRControlEnv, Task, TaskSpace
+from lrpilot.env.actions import DEFAULT_FACTORS
+from lrpilot.env.features import NUM_FEATURES, ObservationBuilder
+from lrpilot.errors import ConfigError
+from lrpilot.lm.corpus import load_corpus
+from lrpilot.lm.model import model_preset
+from lrpilot.lm.trainer import IntervalStats, Trainer, TrainerConfig, weight_update_ratio
+
+LR_MIN, LR_MAX = 1e-3, 0.2
+
+
+def make_policy(seed: int = 0, action_mode: str = "discrete", scale: float = 2.0) -> Policy:
+    """A small policy with random weights, built the way `export_policy` builds one."""
+    generator = torch.Generator().manual_seed(seed)
+    hidden = [16]
+    n_out = len(DEFAULT_FACTORS) if action_mode == "discrete" else 1
+    sizes = [NUM_FEATURES, *hidden, n_out]
+    names = [f"hidden.{i}" for i in range(len(hidden))] + ["output"]
+    weights = {}
+    for name, n_in, n_out_layer in zip(names, sizes[:-1], sizes[1:], strict=True):
+        weights[f"{name}.weight"] = scale * torch.randn(n_out_layer, n_in, generator=generator)
+        weights[f"{name}.bias"] = torch.randn(n_out_layer, generator=generator)
+    if action_mode == "continuous":
+        weights["log_std"] = torch.zeros(1)
+    metadata = policy_metadata(
+        action_mode=action_mode,
+        factors=DEFAULT_FACTORS,
+        lr_min=LR_MIN,
+        lr_max=LR_MAX,
+        hidden=hidden,
+        normalization=None,
+        training={},
+    )
+    return Policy(weights, metadata)
+
+
+# -- a small regression MLP that is not lrpilot's --------------------------------------------
+
+TOTAL, EVERY = 45, 10  # intervals of 10, 10, 10, 10, 5 steps
+
+
+def make_mlp(seed: int = 0):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
+    optimizer = torch.optim.SGD(
+        [
+            {"params": model[0].parameters()},
+            {"params": model[2].parameters(), "lr": 0.025},  # half the first group's LR
+        ],
+        lr=0.05,
+        momentum=0.9,
+    )
+    return model, optimizer
+
+
+def regression_data():
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(TOTAL, 16, 4, generator=generator)
+    y = torch.sin(x.sum(-1, keepdim=True)) + 0.1 * torch.randn(TOTAL, 16, 1, generator=generator)
+    x_val = torch.randn(64, 4, generator=generator)
+    return x, y, x_val, torch.sin(x_val.sum(-1, keepdim=True))
+
+
+def train_mlp(policy, *, stop_at=None, resume=None, use_step_metrics=False):
+    """Train the MLP with the scheduler; returns per-step LRs and what the test measured.
+
+    `stop_at`: return the checkpoint after that many steps. `resume`: start from one.
+    """
+    x, y, x_val, y_val = regression_data()
+    model, optimizer = make_mlp()
+
+    def val_loss() -> float:
+        with torch.no_grad():
+            return float(torch.nn.functional.mse_loss(model(x_val), y_val))
+
+    if resume is None:
+        scheduler = PolicyScheduler(optimizer, policy, TOTAL, EVERY)
+        scheduler.observe(val_loss=val_loss())
+        start, losses = 0, []
+    else:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler = PolicyScheduler(optimizer, policy, TOTAL, EVERY)
+        scheduler.load_state_dict(resume["scheduler"])
+        start, losses = resume["step"], list(resume["losses"])
+    record = {"lrs": [], "group_lrs": [], "intervals": [], "stats": []}
+    grad_norms, update_ratio = [], math.nan
+    for step in range(start, TOTAL):
+        if step == stop_at:
+            buffer = io.BytesIO()
+            torch.save(scheduler.state_dict(), buffer)
+            buffer.seek(0)
+            return {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": torch.load(buffer, weights_only=True),
+                "step": step,
+                "losses": losses,
+            }
+        record["lrs"].append(scheduler.get_last_lr()[0])
+        record["group_lrs"].append([group["lr"] for group in optimizer.param_groups])
+        loss = torch.nn.functional.mse_loss(model(x[step]), y[step])
+        optimizer.zero_grad()
+        loss.backward()
+        grads = [p.grad for p in model.parameters()]
+        grad_norms.append(float(torch.nn.utils.get_total_norm(grads)))
+        before = [p.detach().clone() for p in model.parameters()]
+        optimizer.step()
+        update_ratio = float(weight_update_ratio(before, list(model.parameters())))
+        scheduler.step()
+        losses.append(loss.item())
+        if (step + 1) % EVERY == 0 or step + 1 == TOTAL:
+            metrics = {"train_loss": losses, "val_loss": val_loss()}
+            if use_step_metrics:
+                scheduler.step(metrics)
+            else:
+                scheduler.observe(**metrics)
+            record["intervals"].append(
+                {"losses": losses, "val_loss": metrics["val_loss"], "grad_norms": grad_norms}
+                | {"update_ratio": update_ratio, "step": step + 1}
+            )
+            record["stats"].append(scheduler.last_stats)
+            losses, grad_norms = [], []
+    return record
+
+
+def replay_policy(policy, initial_val_loss: float, intervals: list[dict]) -> list[float]:
+    """The LR of each interval as the env would set it from the same measurements."""
+    lr = float(np.clip(0.05, policy.lr_min, policy.lr_max))
+    features = ObservationBuilder(lr, initial_val_loss, TOTAL)
+    observation = features.initial()
+    lrs = []
+    for interval in intervals:
+        lr = float(np.clip(lr * policy.lr_factor(policy.act(observation)), LR_MIN, LR_MAX))
+        lrs.append(lr)
+        losses = np.asarray(interval["losses"])
+        slope = np.polyfit(np.arange(len(losses)), losses, 1)[0]
+        stats = IntervalStats(
+            step=interval["step"],
+            steps=len(losses),
+            lr=lr,
+            lr_mean=lr,
+            train_loss_mean=float(losses.mean()),
+            train_loss_std=float(losses.std()),
+            train_loss_slope=float(slope),
+            val_loss=interval["val_loss"],
+            grad_norm=float(np.mean(interval["grad_norms"])),
+            update_ratio=interval["update_ratio"],
+            nonfinite=False,
+            nonfinite_steps=0,
+            tokens=0,
+            seconds=0.0,
+        )
+        observation = features.update(stats)
+    return lrs
+
+
+@pytest.mark.parametrize("action_mode", ["discrete", "continuous"])
+def test_plain_pytorch_loop_follows_the_policy(action_mode):
+    policy = make_policy(seed=3, action_mode=action_mode)
+    record = train_mlp(policy)
+    lrs = record["lrs"]
+    # The LR is constant within each interval and changes only at the evaluations.
+    per_interval = [lrs[i : i + EVERY] for i in range(0, TOTAL, EVERY)]
+    assert all(len(set(chunk)) == 1 for chunk in per_interval)
+    interval_lrs = [chunk[0] for chunk in per_interval]
+    assert len(set(interval_lrs)) > 2, "the test policy should move the LR"
+    assert all(LR_MIN <= lr <= LR_MAX for lr in lrs)
+    # Every group keeps its ratio to the first one.
+    assert all(second == pytest.approx(first / 2) for first, second in record["group_lrs"])
+    # What the scheduler measured itself is what the loop measured.
+    for stats, interval in zip(record["stats"], record["intervals"], strict=True):
+        assert stats.grad_norm == pytest.approx(np.mean(interval["grad_norms"]), rel=1e-6)
+        assert stats.update_ratio == pytest.approx(interval["update_ratio"], rel=1e-6)
+        assert stats.train_loss_slope == pytest.approx(
+            np.polyfit(np.arange(len(interval["losses"])), interval["losses"], 1)[0], abs=1e-9
+        )
+    # The LRs are the policy's actions on the env's features of the same measurements.
+    model, _ = make_mlp()
+    x_val, y_val = regression_data()[2:]
+    with torch.no_grad():
+        initial = float(torch.nn.functional.mse_loss(model(x_val), y_val))
+    expected = replay_policy(policy, initial, record["intervals"])
+    assert interval_lrs == pytest.approx(expected, rel=1e-12)
+
+
+def _plain(value) -> bool:
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(v) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_plain(v) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
+
+
+@pytest.mark.parametrize("stop_at", [0, 19, 25, 30])
+def test_state_dict_round_trip_continues_identically(stop_at):
+    policy = make_policy(seed=3)
+    uninterrupted = train_mlp(policy)["lrs"]
+    checkpoint = train_mlp(policy, stop_at=stop_at)
+    assert _plain(checkpoint["scheduler"])
+    resumed = train_mlp(policy, resume=checkpoint, use_step_metrics=True)
+    assert uninterrupted[stop_at:] == resumed["lrs"]
+
+
+def test_step_with_metrics_is_observe():
+    policy = make_policy(seed=3)
+    assert train_mlp(policy)["lrs"] == train_mlp(policy, use_step_metrics=True)["lrs"]
+
+
+# -- the scheduler reproduces the env ---------------------------------------------------------
+
+TASK = Task("pydoc", "tiny", seed=5, total_steps=35, eval_every=10, start_lr=3e-3, batch_size=8)
+
+
+def test_scheduler_on_the_trainer_reproduces_the_env():
+    policy = make_policy(seed=7, scale=3.0)
+    env = LRControlEnv(
+        EnvConfig(
+            task_space=TaskSpace.fixed(TASK),
+            factors=policy.factors,
+            lr_min=policy.lr_min,
+            lr_max=policy.lr_max,
+        )
+    )
+    env_lrs = [row["lr"] for row in run_episode(env, policy, TASK).rows[1:]]
+    assert len(set(env_lrs)) > 1, "the test policy should move the LR"
+
+    config = TrainerConfig(  # as LRControlEnv makes it
+        model=model_preset(TASK.model), batch_size=TASK.batch_size, seed=TASK.seed, device="cpu"
+    )
+    trainer = Trainer(load_corpus(TASK.corpus), config)
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = TASK.start_lr
+    scheduler = PolicyScheduler(
+        trainer.optimizer, policy, TASK.total_steps, TASK.eval_every,
+        initial_val_loss=trainer.evaluate(),
+    )  # fmt: skip
+    lrs, losses, grad_norms = [], [], []
+    for step in range(1, TASK.total_steps + 1):
+        # One Trainer step at the scheduler's LR. The Trainer clips the gradients and
+        # clears them inside run_interval, so the scheduler would measure clipped norms:
+        # the pre-clipping norms go in explicitly, as in a loop with clip_grad_norm_.
+        stats = trainer.run_interval(1, lambda _step: trainer.optimizer.param_groups[0]["lr"])
+        scheduler.step()
+        lrs.append(stats.lr)
+        losses.append(stats.train_loss_mean)
+        grad_norms.append(stats.grad_norm)
+        if step % TASK.eval_every == 0 or step == TASK.total_steps:
+            scheduler.observe(losses, stats.val_loss, grad_norm=float(np.mean(grad_norms)))
+            assert scheduler.last_stats.update_ratio == stats.update_ratio  # measured
+            losses, grad_norms = [], []
+    assert lrs == [lr for lr, n in zip(env_lrs, TASK.intervals, strict=True) for _ in range(n)]
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+def _optimizer():
+    return torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.01)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"total_steps": 0}, "total_steps must be a positive integer, got 0"),
+        ({"total_steps": 10.0}, "total_steps must be a positive integer, got 10.0"),
+        ({"eval_interval": True}, "eval_interval must be a positive integer, got True"),
+        ({"eval_interval": 20}, "eval_interval (20) is larger than total_steps (10)"),
+        ({"policy": "policy.safetensors"}, "policy must be an lrpilot Policy"),
+        ({"optimizer": [torch.zeros(1)]}, "optimizer must be a torch Optimizer, got list"),
+        ({"start_lr": 0.0}, "start_lr must be a positive finite number, got 0.0"),
+        ({"start_lr": "fast"}, "start_lr must be a positive number, got 'fast'"),
+        ({"initial_val_loss": math.nan}, "initial validation loss must be a positive finite"),
+    ],
+)
+def test_bad_arguments_are_one_line_config_errors(kwargs, message):
+    arguments = {"optimizer": _optimizer(), "policy": make_policy()}
+    arguments |= {"total_steps": 10, "eval_interval": 5} | kwargs
+    with pytest.raises(ConfigError) as error:
+        PolicyScheduler(**arguments)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_misuse_is_refused():
+    scheduler = PolicyScheduler(_optimizer(), make_policy(), 10, 5)
+    with pytest.raises(RuntimeError, match="initial validation loss"):
+        scheduler.step()
+    with pytest.raises(ConfigError, match="takes only val_loss"):
+        scheduler.observe([1.0], 1.0)
+    with pytest.raises(ConfigError, match="needs val_loss"):
+        scheduler.observe([1.0])
+    with pytest.raises(ConfigError, match="step\\(\\) takes no epoch"):
+        scheduler.step(3)
+    scheduler.observe(val_loss=2.0)
+    with pytest.raises(RuntimeError, match="at least one step"):
+        scheduler.observe([1.0], 1.0)
+    state = scheduler.state_dict()
+    with pytest.raises(ConfigError, match="state dict has total_steps=10, this scheduler 20"):
+        PolicyScheduler(_optimizer(), make_policy(), 20, 5).load_state_dict(state)
+    with pytest.raises(ConfigError, match="not a PolicyScheduler state dict: it lacks lr"):
+        scheduler.load_state_dict({k: v for k, v in state.items() if k != "lr"})
