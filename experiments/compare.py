@@ -303,49 +303,35 @@ def compare(config: CompareConfig, out_dir: str | os.PathLike, progress: bool = 
         for seed in config.eval_seeds
     ]
     grids = {name: config.grid() for name in config.schedules}
+    ratio = grids[config.schedules[0]][1] / grids[config.schedules[0]][0]  # one grid step
+
+    def tuning_runs(name: str) -> list[RunSpec]:
+        return [schedule_spec(name, lr, seed) for lr in grids[name] for seed in config.tune_seeds]
+
     cache = RunCache(out, config.jobs, policy_path, progress)
     try:
-        # 1. the tuning grid, and the untuned controllers (they need no tuning)
-        tuning = [
-            schedule_spec(n, lr, s) for n in grids for lr in grids[n] for s in config.tune_seeds
-        ]
-        cache.run(tuning + controlled)
+        # 1. the tuning grids, and the untuned controllers (they need no tuning)
+        cache.run([spec for name in grids for spec in tuning_runs(name)] + controlled)
         # 2. one more grid step where the best peak lies on an edge
-        ratio = grids[config.schedules[0]][1] / grids[config.schedules[0]][0]
-        widened = []
         for name, grid in grids.items():
-            best = _best_peak(
-                cache, [schedule_spec(name, lr, s) for lr in grid for s in config.tune_seeds]
-            )
-            if best in (grid[0], grid[-1]):
-                grid.insert(0, grid[0] / ratio) if best == grid[0] else grid.append(
-                    grid[-1] * ratio
-                )
-                new_lr = grid[0] if best == grid[0] else grid[-1]
-                widened += [schedule_spec(name, new_lr, s) for s in config.tune_seeds]
-        cache.run(widened)
+            best = _best_peak(cache, tuning_runs(name))
+            if best == grid[0]:
+                grid.insert(0, grid[0] / ratio)
+            elif best == grid[-1]:
+                grid.append(grid[-1] * ratio)
+        cache.run([spec for name in grids for spec in tuning_runs(name)])  # only the new ones
         # 3. each schedule at its best peak on the evaluation seeds
-        best_peaks = {
-            name: _best_peak(
-                cache, [schedule_spec(name, lr, s) for lr in grid for s in config.tune_seeds]
-            )
-            for name, grid in grids.items()
-        }
+        best_peaks = {name: _best_peak(cache, tuning_runs(name)) for name in grids}
         evaluation = [
-            schedule_spec(name, best_peaks[name], s)
+            schedule_spec(name, best_peaks[name], seed)
             for name in config.schedules
-            for s in config.eval_seeds
+            for seed in config.eval_seeds
         ]
         cache.run(evaluation)
     finally:
         cache.close()
 
-    tuning_specs = [
-        schedule_spec(n, lr, s)
-        for n, grid in grids.items()
-        for lr in grid
-        for s in config.tune_seeds
-    ]
+    tuning_specs = [spec for name in grids for spec in tuning_runs(name)]
     phases = [("tune", s) for s in tuning_specs] + [("eval", s) for s in evaluation + controlled]
     results, runs = _assemble(cache, phases)
     summary = summarize(runs)

@@ -137,6 +137,7 @@ def run_open_loop(
         )
     trainer = Trainer(load_corpus(task.corpus), task.trainer_config(env_config.device))
     num_intervals = task.num_intervals
+    start_lr = float(lr_trace["lr"].iloc[0])  # row 0: the recorded start LR
 
     def reward_and_stop(interval: int, stats: IntervalStats, rows: list[dict]) -> bool:
         reward, diverged = interval_reward(
@@ -158,7 +159,7 @@ def run_open_loop(
         task.eval_every,
         recorded_lr_function(lr_trace),
         on_interval=reward_and_stop,
-        first_row={"action": math.nan, "reward": 0.0},
+        first_row={"action": math.nan, "reward": 0.0, "lr": start_lr, "lr_mean": start_lr},
         out_dir=out_dir,
         progress=progress,
         desc=f"open loop, seed {task.seed}",

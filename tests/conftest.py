@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from lrpilot.agents.policy_file import Policy, policy_metadata
+from lrpilot.env.actions import DEFAULT_FACTORS
+from lrpilot.env.features import NUM_FEATURES
 from lrpilot.lm.corpus import Corpus, pydoc_bytes, split_bytes
 from lrpilot.lm.model import ModelConfig
 from lrpilot.lm.trainer import TrainerConfig
@@ -12,6 +15,7 @@ from lrpilot.lm.trainer import TrainerConfig
 torch.set_num_threads(1)
 
 MICRO_MODEL = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16)
+LR_MIN, LR_MAX = 1e-3, 0.2  # the LR range of `make_policy`'s policies
 
 
 @pytest.fixture(scope="session")
@@ -24,3 +28,28 @@ def small_corpus() -> Corpus:
 @pytest.fixture
 def micro_config() -> TrainerConfig:
     return TrainerConfig(model=MICRO_MODEL, batch_size=8, seed=0, val_windows=8, device="cpu")
+
+
+def make_policy(seed: int = 0, action_mode: str = "discrete", scale: float = 2.0) -> Policy:
+    """A small policy with random weights, built the way `export_policy` builds one."""
+    generator = torch.Generator().manual_seed(seed)
+    hidden = [16]
+    n_out = len(DEFAULT_FACTORS) if action_mode == "discrete" else 1
+    sizes = [NUM_FEATURES, *hidden, n_out]
+    names = [f"hidden.{i}" for i in range(len(hidden))] + ["output"]
+    weights = {}
+    for name, n_in, n_out_layer in zip(names, sizes[:-1], sizes[1:], strict=True):
+        weights[f"{name}.weight"] = scale * torch.randn(n_out_layer, n_in, generator=generator)
+        weights[f"{name}.bias"] = torch.randn(n_out_layer, generator=generator)
+    if action_mode == "continuous":
+        weights["log_std"] = torch.zeros(1)
+    metadata = policy_metadata(
+        action_mode=action_mode,
+        factors=DEFAULT_FACTORS,
+        lr_min=LR_MIN,
+        lr_max=LR_MAX,
+        hidden=hidden,
+        normalization=None,
+        training={},
+    )
+    return Policy(weights, metadata)

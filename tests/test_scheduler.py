@@ -8,45 +8,16 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import LR_MAX, LR_MIN, make_policy
 
-from lrpilot.agents.policy_file import Policy, policy_metadata
 from lrpilot.agents.rollout import run_episode
 from lrpilot.agents.scheduler import PolicyScheduler
 from lrpilot.env import EnvConfig, LRControlEnv, Task, TaskSpace
-from lrpilot.env.actions import DEFAULT_FACTORS
-from lrpilot.env.features import NUM_FEATURES, ObservationBuilder
+from lrpilot.env.features import ObservationBuilder
 from lrpilot.errors import ConfigError
 from lrpilot.lm.corpus import load_corpus
 from lrpilot.lm.model import model_preset
 from lrpilot.lm.trainer import IntervalStats, Trainer, TrainerConfig, weight_update_ratio
-
-LR_MIN, LR_MAX = 1e-3, 0.2
-
-
-def make_policy(seed: int = 0, action_mode: str = "discrete", scale: float = 2.0) -> Policy:
-    """A small policy with random weights, built the way `export_policy` builds one."""
-    generator = torch.Generator().manual_seed(seed)
-    hidden = [16]
-    n_out = len(DEFAULT_FACTORS) if action_mode == "discrete" else 1
-    sizes = [NUM_FEATURES, *hidden, n_out]
-    names = [f"hidden.{i}" for i in range(len(hidden))] + ["output"]
-    weights = {}
-    for name, n_in, n_out_layer in zip(names, sizes[:-1], sizes[1:], strict=True):
-        weights[f"{name}.weight"] = scale * torch.randn(n_out_layer, n_in, generator=generator)
-        weights[f"{name}.bias"] = torch.randn(n_out_layer, generator=generator)
-    if action_mode == "continuous":
-        weights["log_std"] = torch.zeros(1)
-    metadata = policy_metadata(
-        action_mode=action_mode,
-        factors=DEFAULT_FACTORS,
-        lr_min=LR_MIN,
-        lr_max=LR_MAX,
-        hidden=hidden,
-        normalization=None,
-        training={},
-    )
-    return Policy(weights, metadata)
-
 
 # -- a small regression MLP that is not lrpilot's --------------------------------------------
 

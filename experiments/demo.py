@@ -1,0 +1,66 @@
+"""`lrpilot demo`: train a small controller, then compare it with tuned schedules.
+
+1. Train a PPO controller with the `demo` preset (tiny model, 200-step runs on the
+   built-in `pydoc` corpus) into `DIR/controller/`; a demo run again reuses or
+   resumes it.
+2. Compare its best policy (chosen on the preset's own evaluation seeds) with
+   constant, warmup+cosine and WSD, each tuned on a peak-LR grid on seed 0, on the
+   held-out seeds 1, 2, 3, into `DIR/compare/` (cached: a rerun recomputes nothing).
+3. Print the summary table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from lrpilot.experiments.compare import CompareConfig, compare
+
+DEMO_PRESET = "demo"
+
+
+def demo_compare_config(policy: str, jobs: int) -> CompareConfig:
+    """The demo's comparison: the preset's runs, schedules tuned over 4 peaks each."""
+    return CompareConfig(
+        schedules=("constant", "warmup_cosine", "wsd"),
+        policy=policy,
+        corpus="pydoc",
+        model="tiny",
+        steps=200,
+        eval_every=20,
+        batch_size=64,
+        lr_grid=4,
+        lr_range=(2e-3, 1.6e-2),
+        tune_seeds=(0,),
+        eval_seeds=(1, 2, 3),
+        start_lrs=(1e-3,),
+        jobs=jobs,
+        device="cpu",
+    )
+
+
+def train_demo_controller(out: Path, progress: bool) -> Path:
+    """Train (or resume, or reuse) the demo controller; the path of its best policy."""
+    from lrpilot.agents.training import load_train_config, resume, train
+
+    config = load_train_config(DEMO_PRESET)
+    finished = out / "training.json"
+    if finished.is_file() and json.loads(finished.read_text())["timesteps"] >= config.timesteps:
+        print(f"reusing the trained controller in {out}")
+    elif (out / "checkpoints" / "latest.json").is_file():
+        resume(out, progress=progress)
+    else:
+        print(f"training the demo controller ({config.timesteps} timesteps) into {out}")
+        train(config, out, progress=progress)
+    return out / "best" / "policy.safetensors"
+
+
+def run_demo(out_dir: str | os.PathLike, jobs: int = 2, progress: bool = True) -> pd.DataFrame:
+    """The whole demo; returns the comparison summary (also in DIR/compare/summary.md)."""
+    out = Path(out_dir)
+    policy = train_demo_controller(out / "controller", progress)
+    print(f"comparing {policy} with tuned schedules in {out / 'compare'}")
+    return compare(demo_compare_config(str(policy), jobs), out / "compare", progress=progress)

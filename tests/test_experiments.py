@@ -1,0 +1,271 @@
+"""Replay (closed and open loop) and compare (protocol, cache, resume after a kill, jobs)."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_policy
+
+from lrpilot.cli import main
+from lrpilot.env.actions import lr_factor
+from lrpilot.experiments.compare import RUNS_DIR, CompareConfig, compare
+from lrpilot.experiments.replay import REPLAY_COLUMNS
+from lrpilot.experiments.report import paired_difference, t_critical_95
+from lrpilot.lm.trace import scored_final_loss
+
+SHORT = ["--steps", "20", "--eval-every", "10", "--batch-size", "8", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def policy_file(tmp_path_factory) -> Path:
+    return make_policy(seed=3).save(tmp_path_factory.mktemp("policy"))
+
+
+# -- replay --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def closed_loop(policy_file, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("replay")
+    args = ["replay", "--policy", str(policy_file), "--seeds", "1,2", "--start-lr", "3e-3"]
+    assert main([*args, *SHORT, "--out", str(out)]) == 0
+    return out
+
+
+def test_closed_loop_replay_writes_traces_with_actions_and_rewards(closed_loop):
+    summary = pd.read_csv(closed_loop / "summary.csv")
+    assert summary["seed"].tolist() == [1, 2]
+    policy = make_policy(seed=3)
+    for seed in (1, 2):
+        run = closed_loop / f"seed_{seed}"
+        trace = pd.read_csv(run / "trace.csv")
+        assert tuple(trace.columns) == REPLAY_COLUMNS
+        assert trace["step"].tolist() == [0, 10, 20]
+        assert (run / "plot.png").stat().st_size > 0 and (run / "summary.json").is_file()
+        # each interval's LR is the previous one times the factor of the action taken
+        for previous, row in zip(trace.itertuples(), trace.iloc[1:].itertuples(), strict=False):
+            expected = previous.lr * lr_factor("discrete", policy.factors, int(row.action))
+            assert row.lr == pytest.approx(min(max(expected, policy.lr_min), policy.lr_max))
+        # rewards telescope to log(L_0 / L_T)
+        returned = trace["reward"].sum()
+        assert returned == pytest.approx(
+            math.log(trace["val_loss"].iloc[0] / trace["val_loss"].iloc[-1])
+        )
+
+
+def test_open_loop_replay_of_a_closed_loop_trace_reproduces_it(closed_loop, tmp_path):
+    """Same seed, same LRs: open loop must give the very same run, so a difference on
+    other seeds is the effect of feedback alone."""
+    recorded = closed_loop / "seed_1" / "trace.csv"
+    assert (
+        main(["replay", "--trace", str(recorded), "--seeds", "1", *SHORT, "--out", str(tmp_path)])
+        == 0
+    )
+    closed = pd.read_csv(recorded)
+    opened = pd.read_csv(tmp_path / "seed_1" / "trace.csv")
+    assert tuple(opened.columns) == REPLAY_COLUMNS
+    assert opened["action"].isna().all()
+    for column in ("lr", "val_loss", "train_loss", "reward", "grad_norm"):
+        np.testing.assert_allclose(opened[column], closed[column], rtol=1e-6, err_msg=column)
+
+
+def test_replay_bad_input_is_one_line_exit_2(closed_loop, policy_file, tmp_path, capsys):
+    no_lr = tmp_path / "no_lr.csv"
+    pd.read_csv(closed_loop / "seed_1" / "trace.csv").drop(columns="lr").to_csv(no_lr, index=False)
+    not_a_policy = tmp_path / "notes.safetensors"
+    not_a_policy.write_text("hello")
+    cases = [
+        (["--trace", str(no_lr)], "lacks column(s) lr"),
+        (["--policy", str(not_a_policy)], "not an lrpilot policy file"),
+        (["--policy", str(tmp_path / "missing")], "policy file not found"),
+        (["--trace", str(closed_loop / "seed_1" / "trace.csv")], "covers 20 steps"),
+        (["--policy", str(policy_file), "--seeds", ""], "--seeds is empty"),
+        (["--policy", str(policy_file), "--seeds", "1,a"], "comma-separated integers"),
+    ]
+    for flags, message in cases:  # all refused before any training
+        code = main(["replay", *flags, "--quiet", "--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert code == 2, flags
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out" / "summary.csv").exists()
+
+
+# -- compare -------------------------------------------------------------------------------
+
+
+def small_compare(policy: Path | None, jobs: int = 1) -> CompareConfig:
+    """2 schedules on a 2-point grid that the best peak will leave (so it is widened),
+    the policy and both baseline controllers, 2 evaluation seeds."""
+    return CompareConfig(
+        schedules=("constant", "wsd"),
+        policy=str(policy) if policy else None,
+        controllers=("random", "plateau"),
+        steps=20,
+        eval_every=10,
+        batch_size=8,
+        lr_grid=2,
+        lr_range=(1e-4, 1e-3),
+        tune_seeds=(0,),
+        eval_seeds=(1, 2),
+        start_lrs=(3e-3,),
+        jobs=jobs,
+    )
+
+
+COMPARE_FLAGS = [
+    "--schedules",
+    "constant,wsd",
+    "--controllers",
+    "random,plateau",
+    "--lr-grid",
+    "2",
+    "--lr-range",
+    "1e-4,1e-3",
+    "--tune-seeds",
+    "0",
+    "--eval-seeds",
+    "1,2",
+    "--start-lr",
+    "3e-3",
+    *SHORT,
+]  # fmt: skip  (the same comparison as small_compare, as CLI flags)
+
+
+@pytest.fixture(scope="module")
+def compared(policy_file, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("compare")
+    compare(small_compare(policy_file), out, progress=False)
+    return out
+
+
+def _without_timing(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns=["seconds"], errors="ignore")
+
+
+def test_compare_follows_the_protocol(compared):
+    results = pd.read_csv(compared / "results.csv")
+    for column in ("label", "method", "phase", "seed", "peak_or_start_lr", *REPLAY_COLUMNS):
+        assert column in results.columns
+    runs = results.groupby("run").last()
+    tune = runs[runs["phase"] == "tune"]
+    evaluation = runs[runs["phase"] == "eval"]
+    assert set(tune["seed"]) == {0} and set(evaluation["seed"]) == {1, 2}
+    assert not (runs["kind"] != "schedule")[runs["phase"] == "tune"].any()  # no policy tuning
+    for schedule in ("constant", "wsd"):
+        mine = results[(results["method"] == schedule) & (results["phase"] == "tune")]
+        finals = {
+            lr: scored_final_loss(run["val_loss"].tolist(), run["nonfinite"].tolist())
+            for lr, run in mine.groupby("peak_or_start_lr")
+        }
+        # 1e-3 beats 1e-4 in 20 steps: on the edge, so the grid gained one step (1e-2)
+        assert sorted(finals) == pytest.approx([1e-4, 1e-3, 1e-2])
+        best = min(finals, key=finals.get)
+        chosen = evaluation[evaluation["method"] == schedule]["peak_or_start_lr"]
+        assert chosen.tolist() == pytest.approx([best, best])
+    assert set(evaluation[evaluation["kind"] != "schedule"]["peak_or_start_lr"]) == {3e-3}
+
+    summary = pd.read_csv(compared / "summary.csv")
+    assert set(summary["label"]) == {
+        "constant",
+        "wsd",
+        "policy (start 0.003)",
+        "random (start 0.003)",
+        "plateau (start 0.003)",
+    }
+    reference = summary[summary["note"].fillna("").str.startswith("reference")]
+    assert len(reference) == 1 and reference["diff_to_best"].iloc[0] == 0
+    assert reference["mean"].iloc[0] == summary[summary["kind"] == "schedule"]["mean"].min()
+    by_label = summary.set_index("label")
+    assert by_label.loc["constant", "tuning_steps"] == 3 * 20  # 3 peaks x 1 tuning seed
+    assert by_label.loc["policy (start 0.003)", "tuning_steps"] == 0
+    assert (by_label["wins"] + by_label["losses"] <= 2).all()
+    markdown = (compared / "summary.md").read_text()
+    assert "| constant |" in markdown and "widened" in markdown
+    for name in ("loss_curves.png", "lr_curves.png", "final_loss.png"):
+        assert (compared / name).stat().st_size > 0
+
+
+def test_compare_again_recomputes_nothing(compared, policy_file):
+    run_files = sorted((compared / RUNS_DIR).glob("*/run.json"))
+    stamps = [f.stat().st_mtime_ns for f in run_files]
+    before = pd.read_csv(compared / "results.csv")
+    compare(small_compare(policy_file), compared, progress=False)
+    assert sorted((compared / RUNS_DIR).glob("*/run.json")) == run_files
+    assert [f.stat().st_mtime_ns for f in run_files] == stamps
+    pd.testing.assert_frame_equal(pd.read_csv(compared / "results.csv"), before)
+
+
+def test_results_do_not_depend_on_jobs(compared, policy_file, tmp_path):
+    compare(small_compare(policy_file, jobs=2), tmp_path, progress=False)
+    for name in ("results.csv", "summary.csv"):
+        pd.testing.assert_frame_equal(
+            _without_timing(pd.read_csv(tmp_path / name)),
+            _without_timing(pd.read_csv(compared / name)),
+        )
+
+
+def test_compare_killed_and_restarted_equals_an_uninterrupted_one(compared, policy_file, tmp_path):
+    command = [sys.executable, "-m", "lrpilot.cli", "compare", "--policy", str(policy_file)]
+    command += [*COMPARE_FLAGS, "--out", str(tmp_path)]
+    process = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
+    runs = tmp_path / RUNS_DIR
+    deadline = time.monotonic() + 300  # a guard against a hang, not a speed check
+    while len(list(runs.glob("*/run.json"))) < 3 and process.poll() is None:
+        assert time.monotonic() < deadline, "compare made no progress"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)  # the whole process group, mid-comparison
+    process.wait()
+    survivors = {f: f.stat().st_mtime_ns for f in runs.glob("*/run.json")}
+    assert 3 <= len(survivors) < 15 and not (tmp_path / "results.csv").exists()
+
+    assert (
+        main(["compare", "--policy", str(policy_file), *COMPARE_FLAGS, "--out", str(tmp_path)]) == 0
+    )
+    assert all(f.stat().st_mtime_ns == stamp for f, stamp in survivors.items())  # not rerun
+    for name in ("results.csv", "summary.csv"):
+        pd.testing.assert_frame_equal(
+            _without_timing(pd.read_csv(tmp_path / name)),
+            _without_timing(pd.read_csv(compared / name)),
+        )
+    assert (tmp_path / "summary.md").read_text() == (compared / "summary.md").read_text()
+
+
+def test_compare_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    not_a_policy = tmp_path / "policy.safetensors"
+    not_a_policy.write_bytes(b"\x00" * 64)
+    cases = [
+        (["--schedules", ""], "schedule list is empty"),
+        (["--schedules", " , "], "schedule list is empty"),
+        (["--schedules", "constant,cosinus"], "unknown schedule(s) 'cosinus'"),
+        (["--lr-grid", "1"], "lr_grid must be an integer >= 2, got 1"),
+        (["--policy", str(not_a_policy)], "not an lrpilot policy file"),
+        (["--controllers", "oracle"], "unknown controller(s) 'oracle'"),
+        (["--tune-seeds", "1", "--eval-seeds", "1,2"], "both tuning and evaluation seeds"),
+        (["--lr-range", "1e-2,1e-3"], "lr_range must be LOW,HIGH"),
+        (["--jobs", "0"], "jobs must be a positive integer"),
+    ]
+    for flags, message in cases:
+        code = main(["compare", *flags, *SHORT, "--out", str(tmp_path / "out")])
+        err = capsys.readouterr().err
+        assert code == 2, flags
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out" / RUNS_DIR).exists()
+
+
+def test_paired_difference_interval():
+    assert t_critical_95(1) == 12.706 and t_critical_95(30) == 2.042
+    assert t_critical_95(31) == pytest.approx(2.040, abs=1e-3)
+    assert t_critical_95(120) == pytest.approx(1.980, abs=1e-3)
+    mean, low, high = paired_difference(np.array([1.0, 2.0, 3.0]), np.array([0.0, 0.0, 0.0]))
+    assert mean == 2.0
+    assert (low, high) == pytest.approx((2 - 4.303 / math.sqrt(3), 2 + 4.303 / math.sqrt(3)))
+    assert math.isnan(paired_difference(np.array([1.0]), np.array([0.5]))[1])
