@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,ray]'
 	touch $(STAMP)
 
 # The main job: train a small controller, compare it with tuned schedules (~10 min).
@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) experiments/benchmarks/bench_trainer.py
 	$(PY) experiments/benchmarks/bench_env.py
 	$(PY) experiments/benchmarks/bench_train.py
+	$(PY) experiments/benchmarks/bench_backends.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -114,7 +114,12 @@ def resolve_policy_path(path: str | os.PathLike) -> Path:
 def load_policy(path: str | os.PathLike) -> Policy:
     """Load a policy file (or a folder holding `policy.safetensors`); never unpickles."""
     path = resolve_policy_path(path)
-    data = path.read_bytes()
+    return policy_from_bytes(path.read_bytes(), str(path))
+
+
+def policy_from_bytes(data: bytes, source: str = "<bytes>") -> Policy:
+    """A policy from the bytes of a policy file (`source` names it in errors); this is how
+    a policy travels to remote workers."""
     try:
         weights = load_safetensors(data)
         header_size = int.from_bytes(data[:8], "little")
@@ -123,16 +128,15 @@ def load_policy(path: str | os.PathLike) -> Policy:
     except (SafetensorError, ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
         raise ConfigError(
             f"not an lrpilot policy file (corrupted, truncated or another format): "
-            f"{str(path)!r} ({type(exc).__name__})"
+            f"{source!r} ({type(exc).__name__})"
         ) from None
     try:
         return Policy(weights, metadata)
     except ConfigError as exc:
-        raise ConfigError(f"{str(path)!r}: {exc}") from None
+        raise ConfigError(f"{source!r}: {exc}") from None
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ConfigError(
-            f"{str(path)!r}: policy metadata is incomplete or malformed "
-            f"({type(exc).__name__}: {exc})"
+            f"{source!r}: policy metadata is incomplete or malformed ({type(exc).__name__}: {exc})"
         ) from None
 
 

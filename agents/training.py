@@ -51,6 +51,7 @@ from lrpilot.files import (
 )
 from lrpilot.lm.trace import scored_final_loss
 from lrpilot.presets import dataclass_from_dict, load_preset
+from lrpilot.ray_backend import RayBackend, ray_session
 
 CONFIG_FILE = "config.toml"
 CHECKPOINTS = "checkpoints"
@@ -191,10 +192,15 @@ def _make_env(env_config: EnvConfig) -> Monitor:
     return Monitor(LRControlEnv(env_config))
 
 
-def make_vec_env(config: TrainConfig) -> VecEnv:
-    """K environment processes (one in-process environment when K = 1)."""
+def make_vec_env(config: TrainConfig, backend: RayBackend | None = None) -> VecEnv:
+    """K environment processes (one in-process environment when K = 1), or K Ray actors
+    with the Ray backend (Ray must be initialised: `ray_session`)."""
     factories = [functools.partial(_make_env, config.env)] * config.n_envs
-    if config.n_envs == 1:
+    if backend is not None:
+        from lrpilot.agents.ray_vec_env import RayVecEnv
+
+        venv: VecEnv = RayVecEnv(factories, backend)
+    elif config.n_envs == 1:
         venv: VecEnv = DummyVecEnv(factories)
     else:
         venv = SubprocVecEnv(factories, start_method="forkserver")
@@ -202,10 +208,10 @@ def make_vec_env(config: TrainConfig) -> VecEnv:
     return venv
 
 
-def make_model(config: TrainConfig) -> tuple[PPO, VecNormalize]:
+def make_model(config: TrainConfig, backend: RayBackend | None = None) -> tuple[PPO, VecNormalize]:
     """A fresh PPO model on K normalised environments, as the config says."""
     venv = VecNormalize(
-        make_vec_env(config), norm_obs=True, norm_reward=False, gamma=config.ppo.gamma
+        make_vec_env(config, backend), norm_obs=True, norm_reward=False, gamma=config.ppo.gamma
     )
     ppo = dataclasses.asdict(config.ppo)
     arch = list(ppo.pop("net_arch"))
@@ -338,9 +344,10 @@ class CheckpointAndEvalCallback(BaseCallback):
 class TrainingRun:
     """One run folder: start it, or resume it after a crash."""
 
-    def __init__(self, config: TrainConfig, out: Path) -> None:
+    def __init__(self, config: TrainConfig, out: Path, backend: RayBackend | None = None) -> None:
         self.config = config
         self.out = out
+        self.backend = backend  # None: local processes
         self.evaluations: list[dict[str, Any]] = []
         self.venv: VecNormalize | None = None
         self.eval_env = LRControlEnv(config.env)  # reused, so corpora load once per run
@@ -412,7 +419,7 @@ class TrainingRun:
     def start(self, progress: bool = True) -> Policy:
         self.out = ensure_writable_dir(self.out)
         atomic_write_text(self.out / CONFIG_FILE, tomli_w.dumps(self.config.to_dict()))
-        model, self.venv = make_model(self.config)
+        model, self.venv = make_model(self.config, self.backend)
         return self._learn(model, progress)
 
     def resume(self, progress: bool = True) -> Policy:
@@ -421,7 +428,7 @@ class TrainingRun:
             raise ConfigError(f"run folder has no checkpoint to resume from: {str(self.out)!r}")
         if (self.out / "evaluations.csv").is_file():
             self.evaluations = pd.read_csv(self.out / "evaluations.csv").to_dict("records")
-        venv = make_vec_env(self.config)
+        venv = make_vec_env(self.config, self.backend)
         self.venv = VecNormalize.load(str(self.checkpoints / latest["vecnormalize"]), venv)
         model = PPO.load(self.checkpoints / latest["model"], env=self.venv, device="cpu")
         # PPO.load re-seeds with the original seed; draw new tasks and noise instead.
@@ -456,15 +463,26 @@ class TrainingRun:
         return policy
 
 
-def train(config: TrainConfig, out: str | os.PathLike, progress: bool = True) -> Policy:
-    """Train a new controller into the run folder `out`."""
+def train(
+    config: TrainConfig,
+    out: str | os.PathLike,
+    progress: bool = True,
+    backend: RayBackend | None = None,
+) -> Policy:
+    """Train a new controller into the run folder `out` (on Ray with a `backend`)."""
     out = Path(out)
     if (out / CHECKPOINTS / "latest.json").exists():
         raise ConfigError(f"{str(out)!r} already holds a training run; use --resume to continue it")
-    return TrainingRun(config, out).start(progress)
+    with ray_session(backend):
+        return TrainingRun(config, out, backend).start(progress)
 
 
-def resume(out: str | os.PathLike, timesteps: int | None = None, progress: bool = True) -> Policy:
+def resume(
+    out: str | os.PathLike,
+    timesteps: int | None = None,
+    progress: bool = True,
+    backend: RayBackend | None = None,
+) -> Policy:
     """Continue the training run in `out` from its last checkpoint."""
     out = Path(out)
     if not (out / CONFIG_FILE).is_file():
@@ -472,4 +490,5 @@ def resume(out: str | os.PathLike, timesteps: int | None = None, progress: bool 
     config = load_train_config(str(out / CONFIG_FILE), timesteps=timesteps)
     if timesteps is not None:
         atomic_write_text(out / CONFIG_FILE, tomli_w.dumps(config.to_dict()))
-    return TrainingRun(config, out).resume(progress)
+    with ray_session(backend):
+        return TrainingRun(config, out, backend).resume(progress)

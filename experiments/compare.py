@@ -31,7 +31,7 @@ import math
 import multiprocessing
 import os
 from collections.abc import Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +41,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lrpilot.agents.controllers import PlateauController, RandomController
-from lrpilot.agents.policy_file import load_policy, resolve_policy_path
+from lrpilot.agents.policy_file import policy_from_bytes, resolve_policy_path
 from lrpilot.env.lr_env import EnvConfig, LRControlEnv
 from lrpilot.env.tasks import Task
 from lrpilot.errors import ConfigError, require_positive_int
@@ -58,6 +58,7 @@ from lrpilot.files import (
 from lrpilot.lm.schedules import SCHEDULE_NAMES
 from lrpilot.lm.trace import DIVERGENCE_FACTOR, run_diverged, scored_final_loss
 from lrpilot.lm.trainer import resolve_device
+from lrpilot.ray_backend import MAX_RETRIES, RayBackend, import_ray, ray_session
 
 CONTROLLERS = ("random", "plateau")
 CACHE_VERSION = 1  # bump when a change would alter the numbers of a cached run
@@ -177,7 +178,7 @@ class RunSpec:
         )
 
 
-def execute(spec: RunSpec, policy_path: str | None) -> pd.DataFrame:
+def execute(spec: RunSpec, policy_bytes: bytes | None) -> pd.DataFrame:
     """Run one spec; its trace with REPLAY_COLUMNS (schedules have no action or reward)."""
     if spec.kind == "schedule":
         config = RunConfig(
@@ -193,8 +194,8 @@ def execute(spec: RunSpec, policy_path: str | None) -> pd.DataFrame:
         )
         return run_schedule(config, progress=False).reindex(columns=list(REPLAY_COLUMNS))
     if spec.kind == "policy":
-        assert policy_path is not None
-        policy = load_policy(policy_path)
+        assert policy_bytes is not None
+        policy = policy_from_bytes(policy_bytes, "the compared policy")
         return run_controller(policy, spec.task(), policy_env_config(policy, spec.device))
     env_config = EnvConfig(device=spec.device)
     if spec.method == "random":
@@ -204,29 +205,37 @@ def execute(spec: RunSpec, policy_path: str | None) -> pd.DataFrame:
     return run_controller(controller, spec.task(), env_config)
 
 
-def _execute_and_cache(spec: RunSpec, policy_path: str | None, cache_dir: str) -> str:
-    """Run a spec on one torch thread and write it to the cache (trace, then run.json)."""
+def run_trace_csv(spec: RunSpec, policy_bytes: bytes | None) -> str:
+    """Run a spec on one torch thread; its trace as CSV text, what a worker sends back.
+
+    Workers only compute: the comparison's own process writes the cache, so it works
+    the same with local processes and with Ray workers on other machines.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        trace = execute(spec, policy_path)
+        return execute(spec, policy_bytes).to_csv(index=False)
     finally:
         torch.set_num_threads(threads)
-    run_dir = Path(cache_dir) / spec.key
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_csv(run_dir / "trace.csv", trace)
-    atomic_write_json(run_dir / "run.json", {"spec": dataclasses.asdict(spec)})
-    return spec.key
 
 
 class RunCache:
-    """The finished runs of a comparison folder, and the processes that compute the rest."""
+    """The finished runs of a comparison folder, and the workers that compute the rest:
+    `jobs` local processes (in this process when 1), or Ray tasks with a `backend`."""
 
-    def __init__(self, out: Path, jobs: int, policy_path: str | None, progress: bool) -> None:
+    def __init__(
+        self,
+        out: Path,
+        jobs: int,
+        policy_bytes: bytes | None,
+        progress: bool,
+        backend: RayBackend | None = None,
+    ) -> None:
         self.dir = out / RUNS_DIR
         self.dir.mkdir(exist_ok=True)
         self.jobs = jobs
-        self.policy_path = policy_path
+        self.policy_bytes = policy_bytes
+        self.backend = backend
         self.bar = tqdm(total=0, unit="run", desc="compare", disable=not progress)
         self.pool: ProcessPoolExecutor | None = None
 
@@ -236,30 +245,50 @@ class RunCache:
     def trace(self, spec: RunSpec) -> pd.DataFrame:
         return pd.read_csv(self.dir / spec.key / "trace.csv")
 
+    def _store(self, spec: RunSpec, trace_csv: str) -> None:
+        """Cache a finished run: the trace, then `run.json`, which marks it done."""
+        run_dir = self.dir / spec.key
+        run_dir.mkdir(exist_ok=True)
+        atomic_write_text(run_dir / "trace.csv", trace_csv)
+        atomic_write_json(run_dir / "run.json", {"spec": dataclasses.asdict(spec)})
+        self.bar.update()
+
     def run(self, specs: Iterable[RunSpec]) -> None:
-        """Compute every spec not cached yet (each once), in parallel over `jobs`."""
+        """Compute every spec not cached yet (each once)."""
         todo = list({spec.key: spec for spec in specs if not self.done(spec)}.values())
         self.bar.total += len(todo)
         self.bar.refresh()
-        if self.jobs == 1:
+        if self.backend is not None:
+            self._run_on_ray(todo)
+        elif self.jobs == 1:
             for spec in todo:
                 self.bar.set_postfix_str(spec.label)
-                _execute_and_cache(spec, self.policy_path, str(self.dir))
-                self.bar.update()
-            return
+                self._store(spec, run_trace_csv(spec, self.policy_bytes))
+        else:
+            self._run_on_processes(todo)
+
+    def _run_on_processes(self, todo: list[RunSpec]) -> None:
         if self.pool is None:
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["lrpilot.experiments.compare"])
             self.pool = ProcessPoolExecutor(self.jobs, mp_context=context)
-        pending: set[Future] = {
-            self.pool.submit(_execute_and_cache, spec, self.policy_path, str(self.dir))
-            for spec in todo
-        }
+        pending = {self.pool.submit(run_trace_csv, spec, self.policy_bytes): spec for spec in todo}
         while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
             for future in finished:
-                future.result()  # re-raises a failed run's error
-                self.bar.update()
+                self._store(pending.pop(future), future.result())  # re-raises a run's error
+
+    def _run_on_ray(self, todo: list[RunSpec]) -> None:
+        """Each run a Ray task; one whose worker dies is retried (MAX_RETRIES times)."""
+        assert self.backend is not None
+        ray = import_ray()
+        task = ray.remote(run_trace_csv).options(**self.backend.options(), max_retries=MAX_RETRIES)
+        policy = ray.put(self.policy_bytes)  # shipped once, not with every task
+        pending = {task.remote(spec, policy): spec for spec in todo}
+        while pending:
+            finished, _ = ray.wait(list(pending), num_returns=1)
+            for ref in finished:
+                self._store(pending.pop(ref), ray.get(ref))
 
     def close(self) -> None:
         self.bar.close()
@@ -267,17 +296,21 @@ class RunCache:
             self.pool.shutdown(cancel_futures=True)
 
 
-def _file_sha256(path: str) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def compare(config: CompareConfig, out_dir: str | os.PathLike, progress: bool = True):
-    """Run the comparison protocol into `out_dir`; returns the summary table."""
+def compare(
+    config: CompareConfig,
+    out_dir: str | os.PathLike,
+    progress: bool = True,
+    backend: RayBackend | None = None,
+):
+    """Run the comparison protocol into `out_dir` (on Ray with a `backend`); returns the
+    summary table. The outputs and the cache do not depend on the backend."""
     out = ensure_writable_dir(out_dir)
-    policy_path = None
+    policy_bytes = policy_sha256 = None
     if config.policy is not None:
-        policy_path = str(resolve_policy_path(config.policy))
-        load_policy(policy_path)  # a path that is not a policy fails now, not in a worker
+        path = resolve_policy_path(config.policy)
+        policy_bytes = path.read_bytes()
+        policy_from_bytes(policy_bytes, str(path))  # not a policy: fail now, not in a worker
+        policy_sha256 = hashlib.sha256(policy_bytes).hexdigest()
     common = {
         "corpus": config.corpus,
         "model": config.model,
@@ -292,10 +325,10 @@ def compare(config: CompareConfig, out_dir: str | os.PathLike, progress: bool = 
         return RunSpec("schedule", name, lr, seed, **common)
 
     controlled = [
-        RunSpec("policy", "policy", lr, seed, **common, policy_sha256=_file_sha256(policy_path))
+        RunSpec("policy", "policy", lr, seed, **common, policy_sha256=policy_sha256)
         for lr in config.start_lrs
         for seed in config.eval_seeds
-        if policy_path is not None
+        if policy_sha256 is not None
     ] + [
         RunSpec("controller", name, lr, seed, **common)
         for name in config.controllers
@@ -308,28 +341,29 @@ def compare(config: CompareConfig, out_dir: str | os.PathLike, progress: bool = 
     def tuning_runs(name: str) -> list[RunSpec]:
         return [schedule_spec(name, lr, seed) for lr in grids[name] for seed in config.tune_seeds]
 
-    cache = RunCache(out, config.jobs, policy_path, progress)
-    try:
-        # 1. the tuning grids, and the untuned controllers (they need no tuning)
-        cache.run([spec for name in grids for spec in tuning_runs(name)] + controlled)
-        # 2. one more grid step where the best peak lies on an edge
-        for name, grid in grids.items():
-            best = _best_peak(cache, tuning_runs(name))
-            if best == grid[0]:
-                grid.insert(0, grid[0] / ratio)
-            elif best == grid[-1]:
-                grid.append(grid[-1] * ratio)
-        cache.run([spec for name in grids for spec in tuning_runs(name)])  # only the new ones
-        # 3. each schedule at its best peak on the evaluation seeds
-        best_peaks = {name: _best_peak(cache, tuning_runs(name)) for name in grids}
-        evaluation = [
-            schedule_spec(name, best_peaks[name], seed)
-            for name in config.schedules
-            for seed in config.eval_seeds
-        ]
-        cache.run(evaluation)
-    finally:
-        cache.close()
+    cache = RunCache(out, config.jobs, policy_bytes, progress, backend)
+    with ray_session(backend):
+        try:
+            # 1. the tuning grids, and the untuned controllers (they need no tuning)
+            cache.run([spec for name in grids for spec in tuning_runs(name)] + controlled)
+            # 2. one more grid step where the best peak lies on an edge
+            for name, grid in grids.items():
+                best = _best_peak(cache, tuning_runs(name))
+                if best == grid[0]:
+                    grid.insert(0, grid[0] / ratio)
+                elif best == grid[-1]:
+                    grid.append(grid[-1] * ratio)
+            cache.run([spec for name in grids for spec in tuning_runs(name)])  # only the new ones
+            # 3. each schedule at its best peak on the evaluation seeds
+            best_peaks = {name: _best_peak(cache, tuning_runs(name)) for name in grids}
+            evaluation = [
+                schedule_spec(name, best_peaks[name], seed)
+                for name in config.schedules
+                for seed in config.eval_seeds
+            ]
+            cache.run(evaluation)
+        finally:
+            cache.close()
 
     tuning_specs = [spec for name in grids for spec in tuning_runs(name)]
     phases = [("tune", s) for s in tuning_specs] + [("eval", s) for s in evaluation + controlled]

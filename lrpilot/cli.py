@@ -21,6 +21,43 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def _add_backend_flags(p: argparse.ArgumentParser) -> None:
+    """Where the workers run: local processes, or Ray (extra `lrpilot[ray]`)."""
+    p.add_argument(
+        "--backend",
+        choices=("process", "ray"),
+        default="process",
+        help="process: worker processes on this machine; ray: Ray actors/tasks (a local Ray "
+        "instance, or the cluster at --address)",
+    )
+    p.add_argument(
+        "--address", default=None, help="Ray cluster to join (`ray start --head` prints it)"
+    )
+    p.add_argument(
+        "--cpus-per-worker", type=float, default=1.0, help="Ray: CPUs each worker reserves"
+    )
+    p.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, help="Ray: GPUs each worker reserves"
+    )
+
+
+def _backend(args: argparse.Namespace):
+    """The Ray backend the flags ask for, or None for local processes."""
+    if args.backend == "process":
+        if args.address is not None:
+            raise ConfigError("--address needs --backend ray")
+        return None
+    from lrpilot.ray_backend import RayBackend, import_ray
+
+    backend = RayBackend(
+        address=args.address,
+        cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker,
+    )
+    import_ray()  # a missing extra is reported before any work
+    return backend
+
+
 def _add_run(subparsers) -> None:
     from lrpilot.experiments.runs import RunConfig
     from lrpilot.lm.model import MODEL_PRESETS
@@ -100,11 +137,14 @@ def _add_train(subparsers) -> None:
     p.add_argument(
         "--timesteps", type=int, default=None, help="total env steps, i.e. intervals (preset's)"
     )
-    p.add_argument("--n-envs", type=int, default=None, help="environment processes (preset's)")
+    p.add_argument(
+        "--n-envs", type=int, default=None, help="environment processes, or Ray actors (preset's)"
+    )
     p.add_argument(
         "--seed", type=int, default=None, help="seed of PPO and the task sampling (preset's)"
     )
     p.add_argument("--out", required=True, help="run folder (new, or the one to --resume)")
+    _add_backend_flags(p)
     p.add_argument(
         "--resume",
         action="store_true",
@@ -118,12 +158,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from lrpilot.agents.training import load_train_config, resume, train
 
     if args.resume:
-        policy = resume(args.out, timesteps=args.timesteps, progress=not args.quiet)
+        policy = resume(
+            args.out, timesteps=args.timesteps, progress=not args.quiet, backend=_backend(args)
+        )
     else:
         config = load_train_config(
             args.preset, timesteps=args.timesteps, n_envs=args.n_envs, seed=args.seed
         )
-        policy = train(config, args.out, progress=not args.quiet)
+        policy = train(config, args.out, progress=not args.quiet, backend=_backend(args))
     done = policy.metadata["training"]["timesteps_done"]
     print(f"trained {done} timesteps; policy: {args.out}/policy/policy.safetensors")
     return 0
@@ -269,8 +311,9 @@ def _add_compare(subparsers) -> None:
         default=",".join(map(str, d.start_lrs)),
         help="untuned start LR(s) of the policy and controllers, comma-separated",
     )
-    p.add_argument("--jobs", type=int, default=d.jobs, help="runs in parallel (processes)")
+    p.add_argument("--jobs", type=int, default=d.jobs, help="runs in parallel (--backend process)")
     p.add_argument("--out", required=True, help="comparison folder (its runs/ is the cache)")
+    _add_backend_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_compare)
 
@@ -295,7 +338,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         jobs=args.jobs,
         device=args.device,
     )
-    compare(config, args.out, progress=not args.quiet)
+    compare(config, args.out, progress=not args.quiet, backend=_backend(args))
     print((Path(args.out) / "summary.md").read_text())
     return 0
 

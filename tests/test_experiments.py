@@ -252,6 +252,8 @@ def test_compare_bad_input_is_one_line_exit_2(tmp_path, capsys):
         (["--tune-seeds", "1", "--eval-seeds", "1,2"], "both tuning and evaluation seeds"),
         (["--lr-range", "1e-2,1e-3"], "lr_range must be LOW,HIGH"),
         (["--jobs", "0"], "jobs must be a positive integer"),
+        (["--address", "auto"], "--address needs --backend ray"),
+        (["--backend", "ray", "--cpus-per-worker", "0"], "cpus_per_worker must be positive"),
     ]
     for flags, message in cases:
         code = main(["compare", *flags, *SHORT, "--out", str(tmp_path / "out")])
@@ -269,3 +271,10 @@ def test_paired_difference_interval():
     assert mean == 2.0
     assert (low, high) == pytest.approx((2 - 4.303 / math.sqrt(3), 2 + 4.303 / math.sqrt(3)))
     assert math.isnan(paired_difference(np.array([1.0]), np.array([0.5]))[1])
+
+
+def test_ray_backend_without_ray_is_one_line_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # what a core install without the extra sees
+    code = main(["compare", "--backend", "ray", *SHORT, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install 'lrpilot[ray]'" in err and len(err.splitlines()) == 1
