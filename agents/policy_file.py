@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +102,22 @@ class Policy:
         return path
 
 
+DEFAULT_POLICY = "default"  # the name of the policy shipped with lrpilot
+
+
+def default_policy_path() -> Path:
+    """The shipped policy, trained by `lrpilot train --preset controller`."""
+    return Path(str(resources.files("lrpilot.agents") / "policies" / "default.safetensors"))
+
+
 def resolve_policy_path(path: str | os.PathLike) -> Path:
-    """The policy file a user means: a file, or a folder holding `policy.safetensors`."""
+    """The policy file a user means: `default` (the shipped policy), a file, or a folder
+    holding `policy.safetensors`."""
+    if str(path) == DEFAULT_POLICY and not Path(path).exists():
+        path = default_policy_path()
+        if not path.is_file():
+            raise ConfigError("this lrpilot ships no default policy; give a policy path")
+        return path
     path = Path(path)
     if path.is_dir():
         path = path / POLICY_FILENAME

@@ -218,7 +218,7 @@ def _add_replay(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--policy", help="policy file, or a folder holding policy.safetensors")
+    source.add_argument("--policy", help="policy file or folder, or `default` (the shipped policy)")
     source.add_argument("--trace", help="a trace.csv (needs columns step and lr) to replay")
     _add_task_flags(p, steps=400, eval_every=20)
     p.add_argument(
@@ -275,7 +275,11 @@ def _add_compare(subparsers) -> None:
         "and PNG plots.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--policy", default=None, help="policy file or folder (optional)")
+    p.add_argument(
+        "--policy",
+        default=None,
+        help="policy file or folder, or `default` (the shipped policy); optional",
+    )
     p.add_argument(
         "--schedules",
         type=name_list,

@@ -278,3 +278,12 @@ def test_ray_backend_without_ray_is_one_line_exit_2(tmp_path, capsys, monkeypatc
     code = main(["compare", "--backend", "ray", *SHORT, "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "pip install 'lrpilot[ray]'" in err and len(err.splitlines()) == 1
+
+
+def test_default_policy_name_without_a_shipped_file_is_one_line(tmp_path, monkeypatch, capsys):
+    from lrpilot.agents import policy_file
+
+    monkeypatch.setattr(policy_file, "default_policy_path", lambda: tmp_path / "none.safetensors")
+    code = main(["replay", "--policy", "default", "--quiet", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "ships no default policy" in err and len(err.splitlines()) == 1

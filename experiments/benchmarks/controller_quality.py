@@ -1,0 +1,116 @@
+"""Benchmark the controller's quality against tuned schedules, on runs it never saw.
+
+For each setting, one `lrpilot compare` (the same code, the same cache format):
+constant, warmup+cosine and WSD (1-sqrt cooldown), each tuned on a 5-point peak-LR
+grid on tuning seed 0 (widened one step at an edge), then run at their best peak on
+evaluation seeds 1, 2, 3; the policy runs closed-loop on the same seeds from each
+untuned start LR in 1e-4, 1e-3, 1e-2. Settings:
+
+1. held-out seeds on the training corpus (`pydoc`, tiny model, 400 steps);
+2. a held-out corpus (`pystdlib`, never seen in training);
+3. a larger model (`small`) than training used (`tiny`);
+4. a step budget twice the training one (800 steps; training used 200 and 400).
+
+Printed and written to `experiments/results/controller_quality.{csv,md}`, per setting:
+- quality: the policy's mean final loss from 1e-3 / the best tuned schedule's (target
+  <= 0.99);
+- robustness: the policy's worst / best mean final loss over the three start LRs
+  (target <= 1.02), beside the same ratio for a constant LR over its tuning grid;
+- cost: LM steps of one policy run against the best schedule's tuning grid plus its
+  final run.
+
+    python experiments/benchmarks/controller_quality.py --policy default --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from lrpilot.experiments.compare import CompareConfig, compare
+from lrpilot.experiments.report import markdown_table
+from lrpilot.files import atomic_write_csv, atomic_write_text
+
+SETTINGS = {
+    "held-out seeds (pydoc, tiny, 400 steps)": {"corpus": "pydoc", "model": "tiny", "steps": 400},
+    "held-out corpus (pystdlib)": {"corpus": "pystdlib", "model": "tiny", "steps": 400},
+    "larger model (small)": {"corpus": "pydoc", "model": "small", "steps": 400},
+    "2x step budget (800 steps)": {"corpus": "pydoc", "model": "tiny", "steps": 800},
+}
+START_LRS = (1e-4, 1e-3, 1e-2)
+UNTUNED_START = 1e-3  # the start LR the quality figure uses
+
+
+def measure(name: str, setting: dict, args: argparse.Namespace) -> dict:
+    config = CompareConfig(
+        schedules=("constant", "warmup_cosine", "wsd"),
+        policy=args.policy,
+        eval_every=20,
+        lr_grid=5,
+        lr_range=(1e-3, 1.6e-2),
+        tune_seeds=(0,),
+        eval_seeds=tuple(args.eval_seeds),
+        start_lrs=START_LRS,
+        jobs=args.jobs,
+        device="cpu",
+        **setting,
+    )
+    out = Path(args.out) / name.split(" (")[0].replace(" ", "_")
+    start = time.perf_counter()
+    summary = compare(config, out, progress=not args.quiet).set_index("label")
+    results = pd.read_csv(out / "results.csv")
+    best = summary[summary["note"].fillna("").str.startswith("reference")].iloc[0]
+    policy = summary[summary["kind"] == "policy"]
+    untuned = policy[policy["lr"] == UNTUNED_START].iloc[0]
+    constant_grid = results[(results["method"] == "constant") & (results["phase"] == "tune")]
+    constant_finals = constant_grid.groupby("peak_or_start_lr")["val_loss"].last()
+    return {
+        "setting": name,
+        "best schedule": f"{best.name} @ {best['lr']:.3g}",
+        "best schedule loss": round(best["mean"], 4),
+        "policy loss (start 1e-3)": round(untuned["mean"], 4),
+        "quality (policy / best, <= 0.99)": round(untuned["mean"] / best["mean"], 4),
+        "policy worst / best over start LRs (<= 1.02)": round(
+            policy["mean"].max() / policy["mean"].min(), 4
+        ),
+        "constant worst / best over its grid": round(
+            constant_finals.max() / constant_finals.min(), 4
+        ),
+        "policy LM steps per run": int(untuned["eval_steps"] / untuned["seeds"]),
+        "best schedule LM steps (grid + final run)": int(
+            best["tuning_steps"] + best["eval_steps"] / best["seeds"]
+        ),
+        "wins / losses vs best (start 1e-3)": f"{untuned['wins']} / {untuned['losses']}",
+        "minutes": round((time.perf_counter() - start) / 60, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--policy", default="default", help="policy to measure")
+    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel")
+    parser.add_argument("--eval-seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--settings", type=int, nargs="+", default=[1, 2, 3, 4])
+    parser.add_argument("--out", default="runs/controller_quality", help="compare folders")
+    parser.add_argument("--results", default="experiments/results", help="tables folder")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    names = list(SETTINGS)
+    rows = [measure(names[i - 1], SETTINGS[names[i - 1]], args) for i in args.settings]
+    table = pd.DataFrame(rows)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    atomic_write_csv(results / "controller_quality.csv", table)
+    command = "python experiments/benchmarks/controller_quality.py " + " ".join(
+        f"--policy {args.policy} --jobs {args.jobs}".split()
+    )
+    text = f"# Controller quality\n\n`{command}`\n\n{markdown_table(table)}\n"
+    atomic_write_text(results / "controller_quality.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
