@@ -133,6 +133,8 @@ class RayVecEnv(VecEnv):
             raise RuntimeError(
                 f"environment {index}'s Ray actor died {self.restarts[index]} times; giving up"
             )
+        with contextlib.suppress(Exception):  # it may be gone already, or only unreachable
+            self.ray.kill(self.actors[index])
         self.actors[index] = self.actor_class.remote(self.env_fns[index])
         base = self.last_seeds[index]
         seed = None if base is None else base + 1_000_003 * self.restarts[index]  # a new stream
@@ -157,9 +159,10 @@ class RayVecEnv(VecEnv):
         if self.closed:
             return
         for actor in self.actors:
-            with contextlib.suppress(self.ray.exceptions.RayActorError):
+            with contextlib.suppress(Exception):  # close what can be closed, kill them all
                 self.ray.get(actor.close.remote())
-            self.ray.kill(actor)
+            with contextlib.suppress(Exception):
+                self.ray.kill(actor)
         self.closed = True
 
     def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:

@@ -41,7 +41,7 @@ from lrpilot.agents.policy_file import Policy, policy_metadata
 from lrpilot.agents.rollout import EpisodeResult, run_episode
 from lrpilot.env.lr_env import EnvConfig, LRControlEnv
 from lrpilot.env.tasks import Task, TaskSpace
-from lrpilot.errors import ConfigError, require_positive_int
+from lrpilot.errors import ConfigError, require_positive_int, require_seed
 from lrpilot.files import (
     atomic_write_bytes,
     atomic_write_csv,
@@ -141,8 +141,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in ("timesteps", "n_envs", "eval_every", "checkpoint_every"):
             require_positive_int(name, getattr(self, name))
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
-            raise ConfigError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
+        require_seed(self.seed)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from lrpilot.errors import ConfigError, require_positive_int
+from lrpilot.errors import ConfigError, require_positive_int, require_seed
 from lrpilot.lm.model import model_preset
 from lrpilot.lm.trainer import TrainerConfig, interval_lengths
 
@@ -38,6 +38,9 @@ class Task:
     def interval_steps(self, interval: int) -> int:
         """Steps of interval `interval` (0-based)."""
         return self.intervals[interval]
+
+    def __post_init__(self) -> None:
+        require_seed(self.seed, "Task.seed")
 
     def to_dict(self) -> dict:
         return asdict(self)

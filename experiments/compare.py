@@ -44,7 +44,7 @@ from lrpilot.agents.controllers import PlateauController, RandomController
 from lrpilot.agents.policy_file import policy_from_bytes, resolve_policy_path
 from lrpilot.env.lr_env import EnvConfig, LRControlEnv
 from lrpilot.env.tasks import Task
-from lrpilot.errors import ConfigError, require_positive_int
+from lrpilot.errors import ConfigError, require_positive_int, require_seed
 from lrpilot.experiments.plots import plot_comparison
 from lrpilot.experiments.replay import REPLAY_COLUMNS, policy_env_config, run_controller
 from lrpilot.experiments.report import summarize, summary_markdown
@@ -55,6 +55,7 @@ from lrpilot.files import (
     atomic_write_text,
     ensure_writable_dir,
 )
+from lrpilot.lm.corpus import load_corpus
 from lrpilot.lm.schedules import SCHEDULE_NAMES
 from lrpilot.lm.trace import DIVERGENCE_FACTOR, run_diverged, scored_final_loss
 from lrpilot.lm.trainer import resolve_device
@@ -110,6 +111,16 @@ class CompareConfig:
             raise ConfigError(f"lr_range must be LOW,HIGH with 0 < LOW < HIGH, got {self.lr_range}")
         if not self.tune_seeds or not self.eval_seeds:
             raise ConfigError("tune_seeds and eval_seeds must not be empty")
+        for seed in (*self.tune_seeds, *self.eval_seeds):
+            require_seed(seed)
+        for name in ("schedules", "controllers", "tune_seeds", "eval_seeds"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ConfigError(f"{name} lists a value twice: {', '.join(map(str, values))}")
+        if len({f"{lr:.3g}" for lr in self.start_lrs}) != len(self.start_lrs):
+            raise ConfigError(
+                f"start_lrs must differ in 3 significant digits, got {self.start_lrs!r}"
+            )
         shared = sorted(set(self.tune_seeds) & set(self.eval_seeds))
         if shared:
             raise ConfigError(
@@ -151,6 +162,7 @@ class RunSpec:
     eval_every: int
     batch_size: int
     device: str
+    corpus_sha256: str = ""  # the corpus bytes' digest: an edited corpus is a new run
     policy_sha256: str = ""  # the policy file's digest: a new policy is a new run
 
     @property
@@ -164,7 +176,7 @@ class RunSpec:
         """The method's name in tables and plots."""
         if self.kind == "schedule":
             return self.method
-        return f"{self.method} (start {self.lr:.2g})"
+        return f"{self.method} (start {self.lr:.3g})"
 
     def task(self) -> Task:
         return Task(
@@ -176,6 +188,14 @@ class RunSpec:
             self.lr,
             self.batch_size,
         )
+
+
+def corpus_digest(name: str) -> str:
+    """sha256 of a corpus's bytes (train and validation), for cache keys."""
+    corpus = load_corpus(name)
+    digest = hashlib.sha256(corpus.train.numpy().tobytes())
+    digest.update(corpus.val.numpy().tobytes())
+    return digest.hexdigest()
 
 
 def execute(spec: RunSpec, policy_bytes: bytes | None) -> pd.DataFrame:
@@ -196,7 +216,10 @@ def execute(spec: RunSpec, policy_bytes: bytes | None) -> pd.DataFrame:
     if spec.kind == "policy":
         assert policy_bytes is not None
         policy = policy_from_bytes(policy_bytes, "the compared policy")
-        return run_controller(policy, spec.task(), policy_env_config(policy, spec.device))
+        # every method is judged by one divergence rule, whatever the policy trained with
+        env_config = policy_env_config(policy, spec.device)
+        env_config = dataclasses.replace(env_config, divergence_factor=DIVERGENCE_FACTOR)
+        return run_controller(policy, spec.task(), env_config)
     env_config = EnvConfig(device=spec.device)
     if spec.method == "random":
         controller = RandomController(LRControlEnv(env_config).action_space, seed=spec.seed)
@@ -275,8 +298,15 @@ class RunCache:
         pending = {self.pool.submit(run_trace_csv, spec, self.policy_bytes): spec for spec in todo}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            failed = [f for f in finished if f.exception() is not None]
             for future in finished:
-                self._store(pending.pop(future), future.result())  # re-raises a run's error
+                spec = pending.pop(future)
+                if future.exception() is None:
+                    self._store(spec, future.result())  # finished work is kept
+            if failed:
+                for future in pending:
+                    future.cancel()
+                raise failed[0].exception()
 
     def _run_on_ray(self, todo: list[RunSpec]) -> None:
         """Each run a Ray task; one whose worker dies is retried (MAX_RETRIES times)."""
@@ -285,10 +315,16 @@ class RunCache:
         task = ray.remote(run_trace_csv).options(**self.backend.options(), max_retries=MAX_RETRIES)
         policy = ray.put(self.policy_bytes)  # shipped once, not with every task
         pending = {task.remote(spec, policy): spec for spec in todo}
-        while pending:
-            finished, _ = ray.wait(list(pending), num_returns=1)
-            for ref in finished:
-                self._store(pending.pop(ref), ray.get(ref))
+        try:
+            while pending:
+                finished, _ = ray.wait(list(pending), num_returns=1)
+                for ref in finished:
+                    self._store(pending.pop(ref), ray.get(ref))
+        except ray.exceptions.RayTaskError as exc:  # the run's own error, not Ray's wrapper
+            raise (exc.cause if exc.cause is not None else exc) from None
+        finally:
+            for ref in pending:
+                ray.cancel(ref)
 
     def close(self) -> None:
         self.bar.close()
@@ -318,7 +354,10 @@ def compare(
         "eval_every": config.eval_every,
         "batch_size": config.batch_size,
         "device": resolve_device(config.device).type,
+        "corpus_sha256": corpus_digest(config.corpus),  # also: a bad corpus fails here
     }
+    if backend is not None and common["device"] == "cuda" and backend.gpus_per_worker == 0:
+        raise ConfigError("device cuda on Ray needs --gpus-per-worker > 0 (Ray hides GPUs)")
     atomic_write_json(out / "config.json", dataclasses.asdict(config))
 
     def schedule_spec(name: str, lr: float, seed: int) -> RunSpec:

@@ -61,6 +61,7 @@ def train_demo_controller(out: Path, progress: bool) -> Path:
 def run_demo(out_dir: str | os.PathLike, jobs: int = 2, progress: bool = True) -> pd.DataFrame:
     """The whole demo; returns the comparison summary (also in DIR/compare/summary.md)."""
     out = Path(out_dir)
+    demo_compare_config("", jobs)  # bad settings fail now, not after training
     policy = train_demo_controller(out / "controller", progress)
     print(f"comparing {policy} with tuned schedules in {out / 'compare'}")
     return compare(demo_compare_config(str(policy), jobs), out / "compare", progress=progress)

@@ -55,8 +55,10 @@ def plot_comparison(results: pd.DataFrame, summary: pd.DataFrame, out_dir: Path)
         if log:
             ax.set_yscale("log")
         else:  # the first evaluation (L_0) would squash the interesting part
-            tail = curves[column][curves.index.get_level_values("step") > 0]
-            ax.set_ylim(tail.min() - 0.05, np.percentile(tail, 90) + 0.05)
+            tail = curves[column][curves.index.get_level_values("step") > 0].to_numpy()
+            tail = tail[np.isfinite(tail)]
+            if len(tail):
+                ax.set_ylim(tail.min() - 0.05, np.percentile(tail, 90) + 0.05)
         ax.set_xlabel("step")
         ax.set_ylabel(ylabel)
         ax.set_title(f"{ylabel}, mean over evaluation seeds")

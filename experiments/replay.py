@@ -33,7 +33,7 @@ from lrpilot.experiments.plots import plot_run
 from lrpilot.experiments.runs import run_summary, train_intervals
 from lrpilot.files import atomic_write_csv, atomic_write_json, ensure_writable_dir
 from lrpilot.lm.corpus import load_corpus
-from lrpilot.lm.trace import TRACE_COLUMNS, scored_final_loss
+from lrpilot.lm.trace import TRACE_COLUMNS, run_diverged, scored_final_loss
 from lrpilot.lm.trainer import IntervalStats, Trainer
 
 REPLAY_COLUMNS: tuple[str, ...] = (*TRACE_COLUMNS, "action", "reward")
@@ -177,6 +177,9 @@ def replay_summary(trace: pd.DataFrame, divergence_factor: float) -> dict:
         trace["val_loss"].tolist(), trace["nonfinite"].tolist(), divergence_factor
     )
     summary["episode_return"] = float(trace["reward"].sum())
+    summary["diverged"] = run_diverged(
+        trace["val_loss"].tolist(), trace["nonfinite"].tolist(), divergence_factor
+    )
     return summary
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from lrpilot.errors import ConfigError, require_positive_int
+from lrpilot.errors import ConfigError, require_positive_int, require_seed
 from lrpilot.files import atomic_write_csv, atomic_write_json, ensure_writable_dir
 from lrpilot.lm.corpus import load_corpus
 from lrpilot.lm.model import model_preset
@@ -51,6 +51,7 @@ class RunConfig:
             raise ConfigError(f"learning rate must be positive, got {self.lr!r}")
         for name in ("steps", "eval_every", "batch_size"):
             require_positive_int(name, getattr(self, name))
+        require_seed(self.seed)
         if self.eval_every > self.steps:
             raise ConfigError(
                 f"eval_every ({self.eval_every}) must not exceed steps ({self.steps})"

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from lrpilot.errors import ConfigError, require_positive_int
+from lrpilot.errors import ConfigError, require_positive_int, require_seed
 from lrpilot.lm.corpus import Corpus
 from lrpilot.lm.model import GPT, ModelConfig, next_byte_loss
 
@@ -40,6 +40,7 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         require_positive_int("batch_size", self.batch_size)
         require_positive_int("val_windows", self.val_windows)
+        require_seed(self.seed)
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
 

@@ -90,6 +90,7 @@ def test_replay_bad_input_is_one_line_exit_2(closed_loop, policy_file, tmp_path,
         (["--trace", str(closed_loop / "seed_1" / "trace.csv")], "covers 20 steps"),
         (["--policy", str(policy_file), "--seeds", ""], "--seeds is empty"),
         (["--policy", str(policy_file), "--seeds", "1,a"], "comma-separated integers"),
+        (["--policy", str(policy_file), "--seeds=-1"], "Task.seed must be an integer in [0,"),
     ]
     for flags, message in cases:  # all refused before any training
         code = main(["replay", *flags, "--quiet", "--out", str(tmp_path / "out")])
@@ -252,6 +253,9 @@ def test_compare_bad_input_is_one_line_exit_2(tmp_path, capsys):
         (["--tune-seeds", "1", "--eval-seeds", "1,2"], "both tuning and evaluation seeds"),
         (["--lr-range", "1e-2,1e-3"], "lr_range must be LOW,HIGH"),
         (["--jobs", "0"], "jobs must be a positive integer"),
+        (["--eval-seeds=-1,2"], "seed must be an integer in [0, 2**32), got -1"),
+        (["--eval-seeds", "1,2,2"], "eval_seeds lists a value twice"),
+        (["--start-lr", "1e-3,1.0001e-3"], "start_lrs must differ in 3 significant digits"),
         (["--address", "auto"], "--address needs --backend ray"),
         (["--backend", "ray", "--cpus-per-worker", "0"], "cpus_per_worker must be positive"),
     ]
@@ -287,3 +291,14 @@ def test_default_policy_name_without_a_shipped_file_is_one_line(tmp_path, monkey
     code = main(["replay", "--policy", "default", "--quiet", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "ships no default policy" in err and len(err.splitlines()) == 1
+
+
+def test_cache_keys_cover_the_corpus_bytes(tmp_path):
+    from lrpilot.experiments.compare import corpus_digest
+    from lrpilot.lm.corpus import pydoc_bytes
+
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_bytes(pydoc_bytes()[:200_000])
+    second.write_bytes(pydoc_bytes()[:199_999] + b"!")
+    assert corpus_digest(str(first)) == corpus_digest(str(first))
+    assert corpus_digest(str(first)) != corpus_digest(str(second))
