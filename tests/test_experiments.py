@@ -302,3 +302,12 @@ def test_cache_keys_cover_the_corpus_bytes(tmp_path):
     second.write_bytes(pydoc_bytes()[:199_999] + b"!")
     assert corpus_digest(str(first)) == corpus_digest(str(first))
     assert corpus_digest(str(first)) != corpus_digest(str(second))
+
+
+def test_the_shipped_default_policy_loads_with_its_training_record():
+    from lrpilot.agents.policy_file import load_policy
+
+    policy = load_policy("default")
+    training = policy.metadata["training"]
+    assert training["env"]["task_space"]["total_steps"] == [200, 400]  # preset `controller`
+    assert training["timesteps_done"] >= training["timesteps"] > 0
