@@ -42,7 +42,8 @@ from tqdm.auto import tqdm
 
 from lrpilot.agents.controllers import PlateauController, RandomController
 from lrpilot.agents.policy_file import policy_from_bytes, resolve_policy_path
-from lrpilot.env.lr_env import EnvConfig, LRControlEnv
+from lrpilot.env.actions import make_action_space
+from lrpilot.env.lr_env import EnvConfig
 from lrpilot.env.tasks import Task
 from lrpilot.errors import ConfigError, require_positive_int, require_seed
 from lrpilot.experiments.plots import plot_comparison
@@ -222,7 +223,8 @@ def execute(spec: RunSpec, policy_bytes: bytes | None) -> pd.DataFrame:
         return run_controller(policy, spec.task(), env_config)
     env_config = EnvConfig(device=spec.device)
     if spec.method == "random":
-        controller = RandomController(LRControlEnv(env_config).action_space, seed=spec.seed)
+        action_space = make_action_space(env_config.action_mode, env_config.factors)
+        controller = RandomController(action_space, seed=spec.seed)
     else:
         controller = PlateauController()
     return run_controller(controller, spec.task(), env_config)
@@ -261,12 +263,16 @@ class RunCache:
         self.backend = backend
         self.bar = tqdm(total=0, unit="run", desc="compare", disable=not progress)
         self.pool: ProcessPoolExecutor | None = None
+        self._traces: dict[str, pd.DataFrame] = {}
 
     def done(self, spec: RunSpec) -> bool:
         return (self.dir / spec.key / "run.json").is_file()
 
     def trace(self, spec: RunSpec) -> pd.DataFrame:
-        return pd.read_csv(self.dir / spec.key / "trace.csv")
+        """A finished run's trace (read from disk once)."""
+        if spec.key not in self._traces:
+            self._traces[spec.key] = pd.read_csv(self.dir / spec.key / "trace.csv")
+        return self._traces[spec.key]
 
     def _store(self, spec: RunSpec, trace_csv: str) -> None:
         """Cache a finished run: the trace, then `run.json`, which marks it done."""

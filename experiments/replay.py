@@ -33,7 +33,7 @@ from lrpilot.experiments.plots import plot_run
 from lrpilot.experiments.runs import run_summary, train_intervals
 from lrpilot.files import atomic_write_csv, atomic_write_json, ensure_writable_dir
 from lrpilot.lm.corpus import load_corpus
-from lrpilot.lm.trace import TRACE_COLUMNS, run_diverged, scored_final_loss
+from lrpilot.lm.trace import TRACE_COLUMNS
 from lrpilot.lm.trainer import IntervalStats, Trainer
 
 REPLAY_COLUMNS: tuple[str, ...] = (*TRACE_COLUMNS, "action", "reward")
@@ -171,15 +171,9 @@ def run_open_loop(
 
 
 def replay_summary(trace: pd.DataFrame, divergence_factor: float) -> dict:
-    """`run_summary` plus the scored final loss and the episode return."""
-    summary = run_summary(trace, float(trace["seconds"].iloc[-1]))
-    summary["scored_final_val_loss"] = scored_final_loss(
-        trace["val_loss"].tolist(), trace["nonfinite"].tolist(), divergence_factor
-    )
+    """`run_summary` plus the episode return."""
+    summary = run_summary(trace, float(trace["seconds"].iloc[-1]), divergence_factor)
     summary["episode_return"] = float(trace["reward"].sum())
-    summary["diverged"] = run_diverged(
-        trace["val_loss"].tolist(), trace["nonfinite"].tolist(), divergence_factor
-    )
     return summary
 
 

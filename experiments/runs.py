@@ -23,7 +23,13 @@ from lrpilot.files import atomic_write_csv, atomic_write_json, ensure_writable_d
 from lrpilot.lm.corpus import load_corpus
 from lrpilot.lm.model import model_preset
 from lrpilot.lm.schedules import PLATEAU, SCHEDULE_NAMES, lr_function, make_schedule
-from lrpilot.lm.trace import initial_row, interval_row
+from lrpilot.lm.trace import (
+    DIVERGENCE_FACTOR,
+    initial_row,
+    interval_row,
+    run_diverged,
+    scored_final_loss,
+)
 from lrpilot.lm.trainer import IntervalStats, Trainer, TrainerConfig, interval_lengths
 
 
@@ -94,11 +100,9 @@ def train_intervals(
 
     `on_interval(interval, stats, rows)` runs after each interval: it may add columns
     to the new row `rows[-1]` and returns True to end the run early. `first_row` adds
-    columns to row 0. With `out_dir`, `trace.csv` is rewritten after every interval
-    and `summary.json` at the end.
+    columns to row 0. With `out_dir`, `trace.csv` is rewritten after every interval.
     """
     rows = [initial_row(trainer.evaluate(), lr_at(0)) | (first_row or {})]
-    start = time.perf_counter()
     bar = tqdm(total=steps, unit="step", disable=not progress, desc=desc, leave=False)
     for interval, length in enumerate(interval_lengths(steps, eval_every), start=1):
         stats = trainer.run_interval(length, lr_at)
@@ -111,10 +115,7 @@ def train_intervals(
         if stop or stats.nonfinite:
             break  # diverged: the rest of the run would only skip steps
     bar.close()
-    trace = pd.DataFrame(rows)
-    if out_dir is not None:
-        atomic_write_json(out_dir / "summary.json", run_summary(trace, time.perf_counter() - start))
-    return trace
+    return pd.DataFrame(rows)
 
 
 def run_schedule(config: RunConfig, out_dir: str | Path | None = None, progress: bool = True):
@@ -130,7 +131,8 @@ def run_schedule(config: RunConfig, out_dir: str | Path | None = None, progress:
         scheduler.step(stats.val_loss)
         return False
 
-    return train_intervals(
+    start = time.perf_counter()
+    trace = train_intervals(
         trainer,
         config.steps,
         config.eval_every,
@@ -140,15 +142,23 @@ def run_schedule(config: RunConfig, out_dir: str | Path | None = None, progress:
         progress=progress,
         desc=config.schedule,
     )
+    if out is not None:
+        atomic_write_json(out / "summary.json", run_summary(trace, time.perf_counter() - start))
+    return trace
 
 
-def run_summary(trace: pd.DataFrame, seconds: float) -> dict:
-    """Final and best validation loss, divergence, and throughput of a finished run."""
+def run_summary(
+    trace: pd.DataFrame, seconds: float, divergence_factor: float = DIVERGENCE_FACTOR
+) -> dict:
+    """Final, scored and best validation loss, divergence (`lm.trace.run_diverged`), and
+    throughput of a finished run."""
     last = trace.iloc[-1]
+    losses, nonfinite = trace["val_loss"].tolist(), trace["nonfinite"].tolist()
     return {
         "final_val_loss": float(last["val_loss"]),
+        "scored_final_val_loss": scored_final_loss(losses, nonfinite, divergence_factor),
         "best_val_loss": float(trace["val_loss"].min()),
-        "diverged": bool(trace["nonfinite"].any()),
+        "diverged": run_diverged(losses, nonfinite, divergence_factor),
         "steps": int(last["step"]),
         "tokens": int(last["tokens"]),
         "seconds": seconds,

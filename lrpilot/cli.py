@@ -60,7 +60,6 @@ def _backend(args: argparse.Namespace):
 
 def _add_run(subparsers) -> None:
     from lrpilot.experiments.runs import RunConfig
-    from lrpilot.lm.model import MODEL_PRESETS
     from lrpilot.lm.schedules import SCHEDULE_NAMES
 
     d = RunConfig()
@@ -74,13 +73,8 @@ def _add_run(subparsers) -> None:
     )
     p.add_argument("--schedule", default=d.schedule, help=f"one of: {', '.join(SCHEDULE_NAMES)}")
     p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    p.add_argument("--steps", type=int, default=d.steps, help="optimizer steps in the run")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="steps per interval")
-    p.add_argument("--corpus", default=d.corpus, help="pydoc, pystdlib, or a file or folder path")
-    p.add_argument("--model", default=d.model, help=f"one of: {', '.join(MODEL_PRESETS)}")
+    _add_task_flags(p, steps=d.steps, eval_every=d.eval_every, device=d.device)
     p.add_argument("--seed", type=int, default=d.seed, help="seed of weights and batches")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="sequences per step")
-    p.add_argument("--device", default=d.device, help="auto (CUDA when present), cpu, cuda")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -194,7 +188,9 @@ float_list = comma_list(float, "numbers")
 name_list = comma_list(str, "names")
 
 
-def _add_task_flags(p: argparse.ArgumentParser, steps: int, eval_every: int) -> None:
+def _add_task_flags(
+    p: argparse.ArgumentParser, steps: int, eval_every: int, device: str = "cpu"
+) -> None:
     """The flags that say which LM runs to make: corpus, model, length, batch."""
     from lrpilot.lm.model import MODEL_PRESETS
 
@@ -203,7 +199,7 @@ def _add_task_flags(p: argparse.ArgumentParser, steps: int, eval_every: int) -> 
     p.add_argument("--steps", type=int, default=steps, help="optimizer steps per run")
     p.add_argument("--eval-every", type=int, default=eval_every, help="steps per interval")
     p.add_argument("--batch-size", type=int, default=64, help="sequences per step")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (CUDA when present)")
+    p.add_argument("--device", default=device, help="cpu, cuda, or auto (CUDA when present)")
 
 
 def _add_replay(subparsers) -> None:

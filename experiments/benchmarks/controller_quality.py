@@ -104,8 +104,9 @@ def main() -> None:
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(results / "controller_quality.csv", table)
-    command = "python experiments/benchmarks/controller_quality.py " + " ".join(
-        f"--policy {args.policy} --jobs {args.jobs}".split()
+    command = (
+        f"python experiments/benchmarks/controller_quality.py --policy {args.policy} "
+        f"--jobs {args.jobs}"
     )
     text = f"# Controller quality\n\n`{command}`\n\n{markdown_table(table)}\n"
     atomic_write_text(results / "controller_quality.md", text)
