@@ -26,8 +26,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from lrpilot.env.actions import ACTION_MODES, lr_factor
-from lrpilot.env.features import FEATURE_NAMES, FEATURE_VERSION
+from lrpilot.env.actions import ACTION_MODES, lr_factor, next_lr
+from lrpilot.env.features import FEATURE_NAMES, FEATURE_VERSION, check_masked_features
 from lrpilot.errors import ConfigError
 from lrpilot.files import atomic_write_bytes
 
@@ -48,6 +48,10 @@ class Policy:
         self.factors: tuple[float, ...] = tuple(metadata["action"]["factors"])
         self.lr_min: float = metadata["action"]["lr_min"]
         self.lr_max: float = metadata["action"]["lr_max"]
+        self.factor_span: float = float(metadata["action"]["factor_span"])
+        self.masked_features: tuple[str, ...] = check_masked_features(
+            metadata["observation"]["masked"]
+        )
         self.layers = _build_layers(self.weights, metadata)
         norm = metadata.get("normalization")
         if norm and not len(norm["mean"]) == len(norm["var"]) == len(FEATURE_NAMES):
@@ -89,6 +93,18 @@ class Policy:
     def lr_factor(self, action) -> float:
         """The multiplicative LR change of an action of this policy."""
         return lr_factor(self.action_mode, self.factors, action)
+
+    def next_lr(self, lr: float, action, *, interval_steps: int, total_steps: int) -> float:
+        """The LR of the next interval after `action`, as the training environment set it."""
+        return next_lr(
+            lr,
+            self.lr_factor(action),
+            interval_steps=interval_steps,
+            total_steps=total_steps,
+            factor_span=self.factor_span,
+            lr_min=self.lr_min,
+            lr_max=self.lr_max,
+        )
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the policy file (atomically); `path` is a file or a folder."""
@@ -203,6 +219,8 @@ def policy_metadata(
     factors: tuple[float, ...],
     lr_min: float,
     lr_max: float,
+    factor_span: float,
+    masked_features: tuple[str, ...],
     hidden: list[int],
     normalization: dict[str, Any] | None,
     training: dict[str, Any],
@@ -212,12 +230,17 @@ def policy_metadata(
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "feature_version": FEATURE_VERSION,
-        "observation": {"features": list(FEATURE_NAMES), "shape": [len(FEATURE_NAMES)]},
+        "observation": {
+            "features": list(FEATURE_NAMES),
+            "shape": [len(FEATURE_NAMES)],
+            "masked": list(masked_features),
+        },
         "action": {
             "mode": action_mode,
             "factors": list(factors),
             "lr_min": lr_min,
             "lr_max": lr_max,
+            "factor_span": factor_span,
         },
         "network": {"hidden": list(hidden), "activation": "tanh"},
         "normalization": normalization,

@@ -53,7 +53,7 @@ from lrpilot.env.features import ObservationBuilder
 from lrpilot.errors import ConfigError, require_positive_int
 from lrpilot.lm.trainer import IntervalStats, least_squares_slope, weight_update_ratio
 
-_POLICY_ATTRIBUTES = ("act", "lr_factor", "lr_min", "lr_max")
+_POLICY_ATTRIBUTES = ("act", "next_lr", "lr_min", "lr_max", "masked_features")
 _BUILDER_FIELDS = (
     "start_lr",
     "initial_val_loss",
@@ -85,7 +85,7 @@ class PolicyScheduler(LRScheduler):
         optimizer: any torch optimizer. Every param group's LR becomes its initial
             LR x (policy LR / `start_lr`), so groups keep their ratios.
         policy: an lrpilot `Policy` (`load_policy(path)`), or any object with `act`,
-            `lr_factor`, `lr_min` and `lr_max`.
+            `next_lr`, `lr_min`, `lr_max` and `masked_features`.
         total_steps: the run's optimizer steps (the `progress` feature is step / T).
         eval_interval: steps between observations; the last interval takes the rest.
         start_lr: the LR the policy starts from; the first group's initial LR by
@@ -203,7 +203,7 @@ class PolicyScheduler(LRScheduler):
                     "the first observe() comes before any step and takes only val_loss=L_0"
                 )
             initial = _positive_float("initial validation loss", val_loss)
-            self.features = ObservationBuilder(self.lr, initial, self.total_steps)
+            self.features = self._observation_builder(self.lr, initial)
             self._act(self.features.initial())
             return
         steps = self.last_epoch - self.observed_at
@@ -281,9 +281,7 @@ class PolicyScheduler(LRScheduler):
         saved = state_dict["features"]
         self.features = None
         if saved is not None:
-            self.features = ObservationBuilder(
-                saved["start_lr"], saved["initial_val_loss"], saved["total_steps"]
-            )
+            self.features = self._observation_builder(saved["start_lr"], saved["initial_val_loss"])
             for key in _BUILDER_FIELDS:
                 setattr(self.features, key, saved[key])
         self.grad_norm_sum = state_dict["grad_norm_sum"]
@@ -297,9 +295,21 @@ class PolicyScheduler(LRScheduler):
     def _act(self, observation: np.ndarray) -> None:
         """The policy's action on `observation`, applied as in `LRControlEnv.step`."""
         self.last_action = self.policy.act(observation)
-        factor = self.policy.lr_factor(self.last_action)
-        self.lr = float(np.clip(self.lr * factor, self.policy.lr_min, self.policy.lr_max))
+        next_observation_at = min(
+            (self.last_epoch // self.eval_interval + 1) * self.eval_interval, self.total_steps
+        )
+        self.lr = self.policy.next_lr(
+            self.lr,
+            self.last_action,
+            interval_steps=next_observation_at - self.last_epoch,
+            total_steps=self.total_steps,
+        )
         self._set_group_lrs()
+
+    def _observation_builder(self, start_lr: float, initial_val_loss: float) -> ObservationBuilder:
+        return ObservationBuilder(
+            start_lr, initial_val_loss, self.total_steps, tuple(self.policy.masked_features)
+        )
 
     def _set_group_lrs(self) -> None:
         for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):

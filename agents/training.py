@@ -248,6 +248,8 @@ def export_policy(model: PPO, venv: VecNormalize, config: TrainConfig) -> Policy
         factors=config.env.factors,
         lr_min=config.env.lr_min,
         lr_max=config.env.lr_max,
+        factor_span=config.env.factor_span,
+        masked_features=config.env.masked_features,
         hidden=list(config.ppo.net_arch),
         normalization={
             "mean": rms.mean.tolist(),
@@ -309,7 +311,12 @@ class ProgressBarCallback(BaseCallback):
 
 class CheckpointAndEvalCallback(BaseCallback):
     """Checkpoints every `checkpoint_every` timesteps; evaluation and best policy every
-    `eval_every`."""
+    `eval_every`.
+
+    Evaluations run when a rollout starts, after PPO's update on the one before: the
+    policy evaluated at timestep t has learnt from all t timesteps (mid-rollout, it
+    would be one update behind its label). The final policy is evaluated by `_learn`.
+    """
 
     def __init__(self, run: TrainingRun) -> None:
         super().__init__()
@@ -331,10 +338,12 @@ class CheckpointAndEvalCallback(BaseCallback):
         if self.num_timesteps >= self.next_checkpoint:
             self.run.checkpoint(self.model)
             self.next_checkpoint = self._next_multiple(self.run.config.checkpoint_every)
+        return True
+
+    def _on_rollout_start(self) -> None:
         if self.num_timesteps >= self.next_eval:
             self.run.evaluate(self.model)
             self.next_eval = self._next_multiple(self.run.config.eval_every)
-        return True
 
 
 # -- the training run ---------------------------------------------------------------------

@@ -5,6 +5,12 @@
 - `continuous`: `Box([-1], [1])`; action `a` multiplies the LR by `2**a`.
 
 The new LR is clipped to `[lr_min, lr_max]`.
+
+`factor_span` makes actions independent of how often the controller is asked: with
+`factor_span = f`, a factor applies in full over a fraction `f` of the step budget,
+so an interval of `n` steps in a run of `T` gets `factor ** (n / (f * T))`. The same
+actions then trace the same LR curve against progress whatever the budget or the
+evaluation interval. `factor_span = 0` applies each factor once per interval.
 """
 
 from __future__ import annotations
@@ -37,3 +43,22 @@ def lr_factor(mode: str, factors: tuple[float, ...], action) -> float:
         return float(factors[index])
     exponent = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
     return float(2.0**exponent) if math.isfinite(exponent) else 1.0
+
+
+def next_lr(
+    lr: float,
+    factor: float,
+    *,
+    interval_steps: int,
+    total_steps: int,
+    factor_span: float,
+    lr_min: float,
+    lr_max: float,
+) -> float:
+    """The LR of the next interval: `lr` times the action's factor, clipped to the bounds.
+
+    The one rule for the environment, open-loop replay and `PolicyScheduler`.
+    """
+    if factor_span > 0:
+        factor = factor ** (interval_steps / (factor_span * total_steps))
+    return float(np.clip(lr * factor, lr_min, lr_max))

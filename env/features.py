@@ -18,9 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lrpilot.errors import ConfigError
 from lrpilot.lm.trainer import IntervalStats
 
-FEATURE_VERSION = "v1"
+FEATURE_VERSION = "v2"
+REFERENCE_LR = 1e-3  # `log_lr` is measured from here, so typical LRs give small values
 FEATURE_CLIP = 10.0
 
 
@@ -33,6 +35,11 @@ class Feature:
 
 FEATURES: tuple[Feature, ...] = (
     Feature("progress", "step / T", "where in the run we are: decay belongs near the end"),
+    Feature(
+        "log_lr",
+        "log(lr_t / 1e-3)",
+        "the LR itself: lets the controller learn which LRs are too high or too low",
+    ),
     Feature("log_lr_rel_start", "log(lr_t / lr_0)", "how far the controller has moved the LR"),
     Feature("log_val_rel_prev", "log(L_t / L_{t-1})", "last interval's progress (= -reward)"),
     Feature("log_val_rel_init", "log(L_t / L_0)", "total progress so far"),
@@ -64,10 +71,33 @@ def finite_clipped(values: list[float]) -> np.ndarray:
     return np.clip(array, -FEATURE_CLIP, FEATURE_CLIP).astype(np.float32)
 
 
-class ObservationBuilder:
-    """Turns the stream of `IntervalStats` of one run into observation vectors."""
+def check_masked_features(masked: tuple[str, ...]) -> tuple[str, ...]:
+    """`masked` as a tuple of known feature names, or a `ConfigError` naming the unknown."""
+    masked = tuple(masked)
+    unknown = [name for name in masked if name not in FEATURE_NAMES]
+    if unknown:
+        raise ConfigError(
+            f"unknown feature(s) to mask: {', '.join(map(repr, unknown))}; "
+            f"features are {', '.join(FEATURE_NAMES)}"
+        )
+    return masked
 
-    def __init__(self, start_lr: float, initial_val_loss: float, total_steps: int) -> None:
+
+class ObservationBuilder:
+    """Turns the stream of `IntervalStats` of one run into observation vectors.
+
+    `masked` features always read 0: how an ablation hides a feature from the
+    controller while the observation keeps its shape.
+    """
+
+    def __init__(
+        self,
+        start_lr: float,
+        initial_val_loss: float,
+        total_steps: int,
+        masked: tuple[str, ...] = (),
+    ) -> None:
+        self.masked = check_masked_features(masked)
         self.start_lr = start_lr
         self.initial_val_loss = initial_val_loss
         self.total_steps = total_steps
@@ -76,8 +106,15 @@ class ObservationBuilder:
         self.previous_grad_norm = math.nan
 
     def initial(self) -> np.ndarray:
-        """The observation at reset: nothing has been trained yet."""
-        return finite_clipped([0.0] * NUM_FEATURES)
+        """The observation at reset: the start LR, and nothing trained yet."""
+        values = [0.0] * NUM_FEATURES
+        values[FEATURE_NAMES.index("log_lr")] = _log(self.start_lr / REFERENCE_LR)
+        return self._vector(values)
+
+    def _vector(self, values: list[float]) -> np.ndarray:
+        for name in self.masked:
+            values[FEATURE_NAMES.index(name)] = 0.0
+        return finite_clipped(values)
 
     def update(self, stats: IntervalStats) -> np.ndarray:
         """The observation after one interval."""
@@ -86,6 +123,7 @@ class ObservationBuilder:
             self.best_val_loss = min(self.best_val_loss, val)
         values = [
             stats.step / self.total_steps,
+            _log(stats.lr / REFERENCE_LR),
             _log(stats.lr / self.start_lr),
             _log(val / self.previous_val_loss),
             _log(val / self.initial_val_loss),
@@ -102,4 +140,4 @@ class ObservationBuilder:
             self.previous_val_loss = val
         if math.isfinite(stats.grad_norm):
             self.previous_grad_norm = stats.grad_norm
-        return finite_clipped(values)
+        return self._vector(values)

@@ -21,8 +21,20 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from lrpilot.env.actions import ACTION_MODES, DEFAULT_FACTORS, lr_factor, make_action_space
-from lrpilot.env.features import FEATURE_CLIP, FEATURE_VERSION, NUM_FEATURES, ObservationBuilder
+from lrpilot.env.actions import (
+    ACTION_MODES,
+    DEFAULT_FACTORS,
+    lr_factor,
+    make_action_space,
+    next_lr,
+)
+from lrpilot.env.features import (
+    FEATURE_CLIP,
+    FEATURE_VERSION,
+    NUM_FEATURES,
+    ObservationBuilder,
+    check_masked_features,
+)
 from lrpilot.env.rewards import check_reward_name, interval_reward
 from lrpilot.env.tasks import Task, TaskSpace
 from lrpilot.errors import ConfigError
@@ -38,6 +50,7 @@ class EnvConfig:
     task_space: TaskSpace = field(default_factory=TaskSpace)
     action_mode: str = "discrete"  # "discrete" or "continuous"
     factors: tuple[float, ...] = DEFAULT_FACTORS  # LR multipliers of the discrete actions
+    factor_span: float = 0.0  # budget fraction a factor applies over; 0: once per interval
     lr_min: float = 1e-5
     lr_max: float = 1e-1
     reward: str = "log_improvement"  # or "neg_val_loss", "final"
@@ -45,10 +58,14 @@ class EnvConfig:
         DIVERGENCE_FACTOR  # L_t above this multiple of L_0 counts as divergence
     )
     divergence_penalty: float = 1.0
+    masked_features: tuple[str, ...] = ()  # features the controller sees as 0 (ablations)
     device: str = "cpu"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "factors", tuple(float(f) for f in self.factors))
+        object.__setattr__(self, "masked_features", check_masked_features(self.masked_features))
+        if not (0 <= self.factor_span <= 1):
+            raise ConfigError(f"factor_span must be in [0, 1], got {self.factor_span!r}")
         if self.action_mode not in ACTION_MODES:
             raise ConfigError(
                 f"unknown action_mode {self.action_mode!r}; choose from {', '.join(ACTION_MODES)}"
@@ -107,7 +124,9 @@ class LRControlEnv(gym.Env):
         self.interval = 0
         self.initial_val_loss = self.trainer.evaluate()
         self.val_loss = self.initial_val_loss
-        self.features = ObservationBuilder(self.lr, self.initial_val_loss, task.total_steps)
+        self.features = ObservationBuilder(
+            self.lr, self.initial_val_loss, task.total_steps, self.config.masked_features
+        )
         self._lines = []
         self.last_stats = None
         return self.features.initial(), self._info(None, diverged=False)
@@ -117,9 +136,17 @@ class LRControlEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         if self.interval >= self.task.num_intervals:
             raise RuntimeError("the episode has ended; call reset()")
-        factor = lr_factor(self.config.action_mode, self.config.factors, action)
-        self.lr = float(np.clip(self.lr * factor, self.config.lr_min, self.config.lr_max))
-        stats = self.trainer.run_interval(self.task.interval_steps(self.interval), self.lr)
+        steps = self.task.interval_steps(self.interval)
+        self.lr = next_lr(
+            self.lr,
+            lr_factor(self.config.action_mode, self.config.factors, action),
+            interval_steps=steps,
+            total_steps=self.task.total_steps,
+            factor_span=self.config.factor_span,
+            lr_min=self.config.lr_min,
+            lr_max=self.config.lr_max,
+        )
+        stats = self.trainer.run_interval(steps, self.lr)
         self.interval += 1
         last = self.interval == self.task.num_intervals
         reward, diverged = interval_reward(

@@ -30,7 +30,13 @@ def micro_config() -> TrainerConfig:
     return TrainerConfig(model=MICRO_MODEL, batch_size=8, seed=0, val_windows=8, device="cpu")
 
 
-def make_policy(seed: int = 0, action_mode: str = "discrete", scale: float = 2.0) -> Policy:
+def make_policy(
+    seed: int = 0,
+    action_mode: str = "discrete",
+    scale: float = 2.0,
+    factor_span: float = 0.0,
+    masked_features: tuple[str, ...] = (),
+) -> Policy:
     """A small policy with random weights, built the way `export_policy` builds one."""
     generator = torch.Generator().manual_seed(seed)
     hidden = [16]
@@ -48,6 +54,8 @@ def make_policy(seed: int = 0, action_mode: str = "discrete", scale: float = 2.0
         factors=DEFAULT_FACTORS,
         lr_min=LR_MIN,
         lr_max=LR_MAX,
+        factor_span=factor_span,
+        masked_features=masked_features,
         hidden=hidden,
         normalization=None,
         training={},

@@ -18,6 +18,7 @@ from lrpilot.agents.rollout import run_episode
 from lrpilot.agents.training import load_train_config, resume, train
 from lrpilot.cli import main
 from lrpilot.env import EnvConfig, LRControlEnv, Task, TaskSpace
+from lrpilot.env.features import FEATURE_NAMES, NUM_FEATURES
 from lrpilot.errors import ConfigError
 
 TASK = Task("pydoc", "tiny", 5, 40, 10, 1e-3, 8)
@@ -69,7 +70,7 @@ def test_policy_acts_like_the_sb3_model(trained_run):
     policy = load_policy(trained_run / "policy" / POLICY_FILENAME)
     rng = np.random.default_rng(0)
     for _ in range(50):
-        observation = rng.normal(0, 1, size=12).astype(np.float32)
+        observation = rng.normal(0, 1, size=NUM_FEATURES).astype(np.float32)
         expected, _ = model.predict(venv.normalize_obs(observation), deterministic=True)
         assert policy.act(observation) == int(expected)
 
@@ -116,11 +117,11 @@ def test_baseline_controllers_drive_the_env():
     random_rows = run_episode(env, RandomController(env.action_space, seed=1), TASK).rows
     assert all(0 <= row["action"] < 5 for row in random_rows[1:])
     plateau = PlateauController(patience=0)
-    stalled = np.zeros(12, dtype=np.float32)
-    stalled[0] = 0.5  # mid-run, no improvement: cut the LR
+    stalled = np.zeros(NUM_FEATURES, dtype=np.float32)
+    stalled[FEATURE_NAMES.index("progress")] = 0.5  # mid-run, no improvement: cut the LR
     assert plateau.act(stalled) == 0
     improving = stalled.copy()
-    improving[3] = -0.05  # log_val_rel_init: a new best
+    improving[FEATURE_NAMES.index("log_val_rel_init")] = -0.05  # log_val_rel_init: a new best
     assert plateau.act(improving) == 2
 
 
@@ -186,7 +187,7 @@ def test_training_improves_on_the_untrained_policy(tmp_path):
 def test_loading_a_policy_needs_no_stable_baselines3(trained_run):
     code = (
         "import sys, numpy as np; from lrpilot.agents import load_policy; "
-        f"p = load_policy({str(trained_run / 'policy')!r}); p.act(np.zeros(12, np.float32)); "
+        f"p = load_policy({str(trained_run / 'policy')!r}); p.act(np.zeros(13, np.float32)); "
         "print('stable_baselines3' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -67,6 +67,40 @@ def test_return_telescopes_to_log_initial_over_final_loss():
     assert observations[-1][FEATURE_NAMES.index("progress")] == pytest.approx(1.0)
 
 
+def test_reset_observation_holds_the_start_lr_and_masked_features_read_zero():
+    env = make_env(masked_features=("log_val_rel_init", "log_grad_norm"))
+    observations, _, info = rollout(env, 0, [4, 0, 2])
+    start_lr = info["task"].start_lr
+    log_lr = FEATURE_NAMES.index("log_lr")
+    assert observations[0][log_lr] == pytest.approx(math.log(start_lr / 1e-3), rel=1e-6)
+    assert np.count_nonzero(observations[0]) == 1
+    for name in ("log_val_rel_init", "log_grad_norm"):
+        assert not observations[:, FEATURE_NAMES.index(name)].any(), name
+    unmasked = rollout(make_env(), 0, [4, 0, 2])[0]
+    assert unmasked[1:, FEATURE_NAMES.index("log_grad_norm")].all()
+
+
+def test_factor_span_draws_the_same_lr_curve_against_progress_for_any_budget():
+    lr_at_progress = {}
+    for total_steps, eval_every in ((12, 4), (24, 4), (24, 6)):
+        space = TaskSpace(total_steps=(total_steps,), eval_every=eval_every, batch_size=8)
+        task = space.sample(np.random.default_rng(0))
+        env = LRControlEnv(EnvConfig(task_space=space, factor_span=0.25))
+        env.reset(seed=0, options={"task": task})
+        curve = {}
+        while env.interval < task.num_intervals:
+            _, _, _, _, info = env.step(4)  # x2 per quarter of the budget
+            curve[round(info["step"] / total_steps, 6)] = info["lr"] / task.start_lr
+        lr_at_progress[(total_steps, eval_every)] = curve
+        assert curve[1.0] == pytest.approx(2.0**4)
+    reference = lr_at_progress[(12, 4)]
+    for curve in lr_at_progress.values():
+        for progress, ratio in curve.items():
+            if progress in reference:
+                # the LR of the interval ending at this progress, set at its start
+                assert ratio == pytest.approx(reference[progress]), progress
+
+
 def test_actions_change_the_lr_multiplicatively_and_are_clipped():
     env = make_env(lr_min=1e-4, lr_max=2e-3)
     env.reset(seed=0, options={"task": Task("pydoc", "tiny", 0, 12, 4, 1e-3, 8)})
@@ -162,6 +196,8 @@ def test_render_ansi_is_one_line_per_interval():
         (lambda: EnvConfig(reward="accuracy"), "unknown reward 'accuracy'"),
         (lambda: EnvConfig(action_mode="binary"), "unknown action_mode 'binary'"),
         (lambda: LRControlEnv(gamma=0.9), "unknown environment setting"),
+        (lambda: EnvConfig(factor_span=2.0), "factor_span must be in [0, 1], got 2.0"),
+        (lambda: EnvConfig(masked_features=("lr",)), "unknown feature(s) to mask: 'lr'"),
     ],
 )
 def test_bad_configuration_raises_value_error_naming_field_and_value(make, message):

@@ -13,6 +13,7 @@ from conftest import LR_MAX, LR_MIN, make_policy
 from lrpilot.agents.rollout import run_episode
 from lrpilot.agents.scheduler import PolicyScheduler
 from lrpilot.env import EnvConfig, LRControlEnv, Task, TaskSpace
+from lrpilot.env.actions import next_lr
 from lrpilot.env.features import ObservationBuilder
 from lrpilot.errors import ConfigError
 from lrpilot.lm.corpus import load_corpus
@@ -112,11 +113,19 @@ def train_mlp(policy, *, stop_at=None, resume=None, use_step_metrics=False):
 def replay_policy(policy, initial_val_loss: float, intervals: list[dict]) -> list[float]:
     """The LR of each interval as the env would set it from the same measurements."""
     lr = float(np.clip(0.05, policy.lr_min, policy.lr_max))
-    features = ObservationBuilder(lr, initial_val_loss, TOTAL)
+    features = ObservationBuilder(lr, initial_val_loss, TOTAL, policy.masked_features)
     observation = features.initial()
     lrs = []
     for interval in intervals:
-        lr = float(np.clip(lr * policy.lr_factor(policy.act(observation)), LR_MIN, LR_MAX))
+        lr = next_lr(
+            lr,
+            policy.lr_factor(policy.act(observation)),
+            interval_steps=len(interval["losses"]),
+            total_steps=TOTAL,
+            factor_span=policy.factor_span,
+            lr_min=LR_MIN,
+            lr_max=LR_MAX,
+        )
         lrs.append(lr)
         losses = np.asarray(interval["losses"])
         slope = np.polyfit(np.arange(len(losses)), losses, 1)[0]
@@ -140,9 +149,14 @@ def replay_policy(policy, initial_val_loss: float, intervals: list[dict]) -> lis
     return lrs
 
 
-@pytest.mark.parametrize("action_mode", ["discrete", "continuous"])
-def test_plain_pytorch_loop_follows_the_policy(action_mode):
-    policy = make_policy(seed=3, action_mode=action_mode)
+@pytest.mark.parametrize(
+    ("action_mode", "factor_span", "masked"),
+    [("discrete", 0.0, ()), ("continuous", 0.0, ()), ("discrete", 0.3, ("log_grad_norm",))],
+)
+def test_plain_pytorch_loop_follows_the_policy(action_mode, factor_span, masked):
+    policy = make_policy(
+        seed=7, action_mode=action_mode, factor_span=factor_span, masked_features=masked
+    )
     record = train_mlp(policy)
     lrs = record["lrs"]
     # The LR is constant within each interval and changes only at the evaluations.

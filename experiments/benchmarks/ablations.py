@@ -1,0 +1,172 @@
+"""Ablations of the controller: what the observation, reward, action space and PPO
+budget each contribute.
+
+Every variant is the `controller` preset with one thing changed, trained for the
+same (short) number of timesteps with the same seed, then measured on the preset's
+fixed evaluation tasks (LM seeds 100001 and 100002, never the comparison seeds;
+start LRs 1e-4, 1e-3, 1e-2; tiny model on pydoc, 400 steps):
+
+- mean final validation loss over the six runs (lower is better; a diverged run
+  scores 3 x its initial loss);
+- worst / best of the per-start-LR means: how much the start LR still matters.
+
+`--policy NAME=PATH` adds already-trained policies (e.g. the shipped default, which
+had the full PPO budget) to the same table, measured the same way. Variants whose
+run folder already holds a finished training are measured without retraining, so
+an interrupted benchmark continues where it stopped.
+
+Written to `experiments/results/ablations.{csv,md}` and printed:
+
+    python experiments/benchmarks/ablations.py --policy "full budget=default"
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from lrpilot.agents.policy_file import Policy, load_policy, resolve_policy_path
+from lrpilot.agents.training import TrainConfig, evaluate_controller, resume, train
+from lrpilot.env.lr_env import LRControlEnv
+from lrpilot.experiments.replay import policy_env_config
+from lrpilot.experiments.report import markdown_table
+from lrpilot.files import atomic_write_csv, atomic_write_text
+from lrpilot.presets import load_preset
+
+PRESET = "controller"
+# name -> (what changes, changes to the preset's [env] table)
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "full": ("the controller preset as it is", {}),
+    "no-log-lr": ("features: `log_lr` (the LR itself) masked", {"masked_features": ["log_lr"]}),
+    "no-loss-features": (
+        "features: every loss feature masked (an open-loop schedule of progress and LR)",
+        {
+            "masked_features": [
+                "log_val_rel_prev",
+                "log_val_rel_init",
+                "log_val_rel_best",
+                "train_slope_rel",
+                "train_noise_rel",
+                "gen_gap",
+            ]
+        },
+    ),
+    "reward-final": ("reward: `final` (-L_T at the end only)", {"reward": "final"}),
+    "reward-neg-val-loss": (
+        "reward: `neg_val_loss` (-L_t every interval)",
+        {"reward": "neg_val_loss"},
+    ),
+    "continuous": ("actions: continuous, x2**a with a in [-1, 1]", {"action_mode": "continuous"}),
+    "per-interval": (
+        "actions: x0.5 ... x2 once per interval (no `factor_span`), as in feature set v1",
+        {"factors": [0.5, 0.8, 1.0, 1.25, 2.0], "factor_span": 0.0},
+    ),
+}
+
+DEFAULT_VARIANTS = [name for name in VARIANTS if name != "no-loss-features"]
+
+
+def variant_config(changes: dict, timesteps: int) -> TrainConfig:
+    data = copy.deepcopy(load_preset(PRESET))
+    data["timesteps"] = timesteps
+    data["eval_every"] = timesteps  # evaluate the untrained and the final policy only
+    data["env"].update(changes)
+    return TrainConfig.from_dict(data)
+
+
+def trained_policy(name: str, changes: dict, args: argparse.Namespace) -> tuple[Policy, float]:
+    """The variant's final policy, trained now unless its run folder already holds it."""
+    out = Path(args.out) / name
+    config = variant_config(changes, args.timesteps)
+    record = out / "training.json"
+    if record.is_file() and json.loads(record.read_text())["timesteps"] >= args.timesteps:
+        print(f"{name}: already trained in {out}")
+    elif (out / "checkpoints" / "latest.json").is_file():
+        resume(out, timesteps=args.timesteps, progress=not args.quiet)
+    else:
+        train(config, out, progress=not args.quiet)
+    seconds = json.loads(record.read_text())["seconds_this_session"]
+    return load_policy(out / "policy"), seconds
+
+
+def measure(policy: Policy, config: TrainConfig) -> dict:
+    """Mean final loss on the evaluation tasks, and its spread over start LRs."""
+    env = LRControlEnv(policy_env_config(policy))
+    by_start = {}
+    diverged = 0
+    for start_lr in config.eval.start_lrs:
+        tasks = [t for t in config.eval.tasks() if t.start_lr == start_lr]
+        result = evaluate_controller(policy, tasks, env)
+        by_start[start_lr] = result["mean_final_val_loss"]
+        diverged += result["diverged"]
+    means = np.array(list(by_start.values()))
+    return {
+        "mean final val loss": round(float(means.mean()), 4),
+        **{f"from {lr:g}": round(v, 4) for lr, v in by_start.items()},
+        "worst / best over start LRs": round(float(means.max() / means.min()), 4),
+        "diverged": diverged,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=list(VARIANTS),
+        help="variants to train and measure (default: all)",
+    )
+    parser.add_argument("--timesteps", type=int, default=1600, help="PPO budget of each variant")
+    parser.add_argument(
+        "--policy",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="also measure a trained policy (path, or `default`); repeatable",
+    )
+    parser.add_argument("--out", default="runs/ablations", help="run folders of the variants")
+    parser.add_argument("--results", default="experiments/results", help="tables folder")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)  # evaluations run here, beside the env worker processes
+
+    reference = variant_config({}, args.timesteps)
+    rows = []
+    for name in args.variants:
+        what, changes = VARIANTS[name]
+        start = time.perf_counter()
+        policy, seconds = trained_policy(name, changes, args)
+        row = {"variant": name, "what changes": what, "timesteps": args.timesteps}
+        row |= measure(policy, reference) | {"training minutes": round(seconds / 60, 1)}
+        rows.append(row)
+        print(row, f"({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
+    for spec in args.policy:
+        name, _, path = spec.partition("=")
+        policy = load_policy(resolve_policy_path(path))
+        timesteps = policy.metadata["training"].get("timesteps_done")
+        row = {"variant": name, "what changes": f"trained policy `{path}`", "timesteps": timesteps}
+        rows.append(row | measure(policy, reference) | {"training minutes": None})
+        print(rows[-1], flush=True)
+
+    table = pd.DataFrame(rows)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    atomic_write_csv(results / "ablations.csv", table)
+    command = "python experiments/benchmarks/ablations.py " + " ".join(
+        [f"--timesteps {args.timesteps}"] + [f'--policy "{p}"' for p in args.policy]
+    )
+    text = f"# Controller ablations\n\n`{command}`\n\n{markdown_table(table)}\n"
+    atomic_write_text(results / "ablations.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
