@@ -160,9 +160,10 @@ def main() -> None:
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(results / "ablations.csv", table)
-    command = "python experiments/benchmarks/ablations.py " + " ".join(
-        [f"--timesteps {args.timesteps}"] + [f'--policy "{p}"' for p in args.policy]
-    )
+    options = [f"--timesteps {args.timesteps}"] + [f'--policy "{p}"' for p in args.policy]
+    if args.variants != DEFAULT_VARIANTS:
+        options.append("--variants " + " ".join(args.variants))
+    command = "python experiments/benchmarks/ablations.py " + " ".join(options)
     text = f"# Controller ablations\n\n`{command}`\n\n{markdown_table(table)}\n"
     atomic_write_text(results / "ablations.md", text)
     print(text)
