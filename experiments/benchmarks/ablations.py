@@ -65,7 +65,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     ),
     "continuous": ("actions: continuous, x2**a with a in [-1, 1]", {"action_mode": "continuous"}),
     "per-interval": (
-        "actions: x0.5 ... x2 once per interval (no `factor_span`), as in feature set v1",
+        "actions: x0.5 ... x2 once per interval (no `factor_span`), as the first shipped policy",
         {"factors": [0.5, 0.8, 1.0, 1.25, 2.0], "factor_span": 0.0},
     ),
 }
