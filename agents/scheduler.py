@@ -308,7 +308,7 @@ class PolicyScheduler(LRScheduler):
 
     def _observation_builder(self, start_lr: float, initial_val_loss: float) -> ObservationBuilder:
         return ObservationBuilder(
-            start_lr, initial_val_loss, self.total_steps, tuple(self.policy.masked_features)
+            start_lr, initial_val_loss, self.total_steps, self.policy.masked_features
         )
 
     def _set_group_lrs(self) -> None:

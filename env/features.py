@@ -98,6 +98,7 @@ class ObservationBuilder:
         masked: tuple[str, ...] = (),
     ) -> None:
         self.masked = check_masked_features(masked)
+        self._masked_indices = [FEATURE_NAMES.index(name) for name in self.masked]
         self.start_lr = start_lr
         self.initial_val_loss = initial_val_loss
         self.total_steps = total_steps
@@ -112,8 +113,8 @@ class ObservationBuilder:
         return self._vector(values)
 
     def _vector(self, values: list[float]) -> np.ndarray:
-        for name in self.masked:
-            values[FEATURE_NAMES.index(name)] = 0.0
+        for index in self._masked_indices:
+            values[index] = 0.0
         return finite_clipped(values)
 
     def update(self, stats: IntervalStats) -> np.ndarray:

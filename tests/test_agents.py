@@ -121,7 +121,7 @@ def test_baseline_controllers_drive_the_env():
     stalled[FEATURE_NAMES.index("progress")] = 0.5  # mid-run, no improvement: cut the LR
     assert plateau.act(stalled) == 0
     improving = stalled.copy()
-    improving[FEATURE_NAMES.index("log_val_rel_init")] = -0.05  # log_val_rel_init: a new best
+    improving[FEATURE_NAMES.index("log_val_rel_init")] = -0.05  # a new best
     assert plateau.act(improving) == 2
 
 
@@ -187,7 +187,8 @@ def test_training_improves_on_the_untrained_policy(tmp_path):
 def test_loading_a_policy_needs_no_stable_baselines3(trained_run):
     code = (
         "import sys, numpy as np; from lrpilot.agents import load_policy; "
-        f"p = load_policy({str(trained_run / 'policy')!r}); p.act(np.zeros(13, np.float32)); "
+        f"p = load_policy({str(trained_run / 'policy')!r}); "
+        f"p.act(np.zeros({NUM_FEATURES}, np.float32)); "
         "print('stable_baselines3' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -33,7 +33,13 @@ import pandas as pd
 import torch
 
 from lrpilot.agents.policy_file import Policy, load_policy, resolve_policy_path
-from lrpilot.agents.training import TrainConfig, evaluate_controller, resume, train
+from lrpilot.agents.training import (
+    EvalSettings,
+    TrainConfig,
+    evaluate_controller,
+    resume,
+    train,
+)
 from lrpilot.env.lr_env import LRControlEnv
 from lrpilot.experiments.replay import policy_env_config
 from lrpilot.experiments.report import markdown_table
@@ -92,18 +98,18 @@ def trained_policy(name: str, changes: dict, args: argparse.Namespace) -> tuple[
         resume(out, timesteps=args.timesteps, progress=not args.quiet)
     else:
         train(config, out, progress=not args.quiet)
-    seconds = json.loads(record.read_text())["seconds_this_session"]
+    seconds = json.loads(record.read_text())["seconds_this_session"]  # the last session only
     return load_policy(out / "policy"), seconds
 
 
-def measure(policy: Policy, config: TrainConfig) -> dict:
+def measure(policy: Policy, settings: EvalSettings) -> dict:
     """Mean final loss on the evaluation tasks, and its spread over start LRs."""
     env = LRControlEnv(policy_env_config(policy))
+    tasks = settings.tasks()
     by_start = {}
     diverged = 0
-    for start_lr in config.eval.start_lrs:
-        tasks = [t for t in config.eval.tasks() if t.start_lr == start_lr]
-        result = evaluate_controller(policy, tasks, env)
+    for start_lr in settings.start_lrs:
+        result = evaluate_controller(policy, [t for t in tasks if t.start_lr == start_lr], env)
         by_start[start_lr] = result["mean_final_val_loss"]
         diverged += result["diverged"]
     means = np.array(list(by_start.values()))
@@ -120,9 +126,9 @@ def main() -> None:
     parser.add_argument(
         "--variants",
         nargs="+",
-        default=list(VARIANTS),
+        default=DEFAULT_VARIANTS,
         choices=list(VARIANTS),
-        help="variants to train and measure (default: all)",
+        help=f"variants to train and measure (default: {' '.join(DEFAULT_VARIANTS)})",
     )
     parser.add_argument("--timesteps", type=int, default=1600, help="PPO budget of each variant")
     parser.add_argument(
@@ -138,14 +144,14 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)  # evaluations run here, beside the env worker processes
 
-    reference = variant_config({}, args.timesteps)
+    settings = variant_config({}, args.timesteps).eval  # the same tasks for every row
     rows = []
     for name in args.variants:
         what, changes = VARIANTS[name]
         start = time.perf_counter()
         policy, seconds = trained_policy(name, changes, args)
         row = {"variant": name, "what changes": what, "timesteps": args.timesteps}
-        row |= measure(policy, reference) | {"training minutes": round(seconds / 60, 1)}
+        row |= measure(policy, settings) | {"training minutes": round(seconds / 60, 1)}
         rows.append(row)
         print(row, f"({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
     for spec in args.policy:
@@ -153,7 +159,7 @@ def main() -> None:
         policy = load_policy(resolve_policy_path(path))
         timesteps = policy.metadata["training"].get("timesteps_done")
         row = {"variant": name, "what changes": f"trained policy `{path}`", "timesteps": timesteps}
-        rows.append(row | measure(policy, reference) | {"training minutes": None})
+        rows.append(row | measure(policy, settings) | {"training minutes": None})
         print(rows[-1], flush=True)
 
     table = pd.DataFrame(rows)
