@@ -26,7 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from lrpilot.env.actions import ACTION_MODES, lr_factor, next_lr
+from lrpilot.env.actions import ACTION_MODES, applied_lr, lr_factor, next_lr
 from lrpilot.env.features import FEATURE_NAMES, FEATURE_VERSION, check_masked_features
 from lrpilot.errors import ConfigError
 from lrpilot.files import atomic_write_bytes
@@ -49,6 +49,8 @@ class Policy:
         self.lr_min: float = metadata["action"]["lr_min"]
         self.lr_max: float = metadata["action"]["lr_max"]
         self.factor_span: float = float(metadata["action"]["factor_span"])
+        # Files written before the cooldown existed have none.
+        self.cooldown_fraction: float = float(metadata["action"].get("cooldown_fraction", 0.0))
         self.masked_features: tuple[str, ...] = check_masked_features(
             metadata["observation"]["masked"]
         )
@@ -104,6 +106,12 @@ class Policy:
             factor_span=self.factor_span,
             lr_min=self.lr_min,
             lr_max=self.lr_max,
+        )
+
+    def applied_lr(self, lr: float, step: int, *, total_steps: int) -> float:
+        """The LR step `step` trains at when this policy's LR is `lr` (its cooldown)."""
+        return applied_lr(
+            lr, step, total_steps=total_steps, cooldown_fraction=self.cooldown_fraction
         )
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -188,6 +196,9 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
         raise ConfigError("policy's observation features differ from this lrpilot's")
     if metadata["action"]["mode"] not in ACTION_MODES:
         raise ConfigError(f"unknown action mode {metadata['action']['mode']!r} in policy")
+    cooldown = metadata["action"].get("cooldown_fraction", 0.0)
+    if not (isinstance(cooldown, (int, float)) and 0 <= cooldown < 1):
+        raise ConfigError(f"policy's cooldown_fraction must be in [0, 1), got {cooldown!r}")
 
 
 def _build_layers(weights: dict[str, torch.Tensor], metadata: dict[str, Any]):
@@ -222,6 +233,7 @@ def policy_metadata(
     factor_span: float,
     masked_features: tuple[str, ...],
     hidden: list[int],
+    cooldown_fraction: float = 0.0,
     normalization: dict[str, Any] | None,
     training: dict[str, Any],
 ) -> dict[str, Any]:
@@ -241,6 +253,7 @@ def policy_metadata(
             "lr_min": lr_min,
             "lr_max": lr_max,
             "factor_span": factor_span,
+            "cooldown_fraction": cooldown_fraction,
         },
         "network": {"hidden": list(hidden), "activation": "tanh"},
         "normalization": normalization,

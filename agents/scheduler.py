@@ -4,7 +4,9 @@ It drops into any plain PyTorch loop. Call `step()` after every `optimizer.step(
 as with any scheduler, and `observe(train_losses, val_loss)` at every evaluation,
 every `eval_interval` steps. At each observation the policy sees the same features
 as in `LRControlEnv` and multiplies the LR by its action's factor, clipped to the
-policy's `[lr_min, lr_max]`; between observations the LR is constant.
+policy's `[lr_min, lr_max]`; between observations the LR is constant, except in the
+cooldown of a policy trained with one (`cooldown_fraction`), where each step's LR is
+the policy's LR times the cooldown factor, exactly as in the environment.
 
     policy = load_policy("runs/ppo/policy")
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -53,7 +55,7 @@ from lrpilot.env.features import ObservationBuilder
 from lrpilot.errors import ConfigError, require_positive_int
 from lrpilot.lm.trainer import IntervalStats, least_squares_slope, weight_update_ratio
 
-_POLICY_ATTRIBUTES = ("act", "next_lr", "lr_min", "lr_max", "masked_features")
+_POLICY_ATTRIBUTES = ("act", "next_lr", "applied_lr", "lr_min", "lr_max", "masked_features")
 _BUILDER_FIELDS = (
     "start_lr",
     "initial_val_loss",
@@ -85,7 +87,7 @@ class PolicyScheduler(LRScheduler):
         optimizer: any torch optimizer. Every param group's LR becomes its initial
             LR x (policy LR / `start_lr`), so groups keep their ratios.
         policy: an lrpilot `Policy` (`load_policy(path)`), or any object with `act`,
-            `next_lr`, `lr_min`, `lr_max` and `masked_features`.
+            `next_lr`, `applied_lr`, `lr_min`, `lr_max` and `masked_features`.
         total_steps: the run's optimizer steps (the `progress` feature is step / T).
         eval_interval: steps between observations; the last interval takes the rest.
         start_lr: the LR the policy starts from; the first group's initial LR by
@@ -154,8 +156,10 @@ class PolicyScheduler(LRScheduler):
     # -- the scheduler interface ------------------------------------------------------------
 
     def get_lr(self) -> list[float]:
-        """Each group's LR: its initial LR scaled like the policy's LR."""
-        return [self.lr * (base / self.start_lr) for base in self.base_lrs]
+        """Each group's LR for the next step: its initial LR scaled like the policy's LR
+        (cooled down, in a policy's cooldown)."""
+        lr = self._step_lr(max(self.last_epoch, 0))
+        return [lr * (base / self.start_lr) for base in self.base_lrs]
 
     def step(self, metrics: Mapping[str, Any] | None = None) -> None:
         """Count one optimizer step (call it after `optimizer.step()`).
@@ -213,11 +217,12 @@ class PolicyScheduler(LRScheduler):
         if grad_norm is None:
             count = int(self.grad_norm_count)
             grad_norm = float(self.grad_norm_sum) / count if count else math.nan
+        step_lrs = [self._step_lr(step) for step in range(self.observed_at, self.last_epoch)]
         self.last_stats = IntervalStats(
             step=self.last_epoch,
             steps=steps,
-            lr=self.lr,
-            lr_mean=self.lr,
+            lr=step_lrs[-1],
+            lr_mean=float(np.mean(step_lrs)),
             train_loss_mean=mean,
             train_loss_std=std,
             train_loss_slope=slope,
@@ -231,7 +236,7 @@ class PolicyScheduler(LRScheduler):
         )
         self.observed_at = self.last_epoch
         self._reset_measurements()
-        self._act(self.features.update(self.last_stats))
+        self._act(self.features.update(self.last_stats, controller_lr=self.lr))
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -305,6 +310,10 @@ class PolicyScheduler(LRScheduler):
             total_steps=self.total_steps,
         )
         self._set_group_lrs()
+
+    def _step_lr(self, step: int) -> float:
+        """The LR of step `step` (0-based): the policy's LR, cooled down in its cooldown."""
+        return self.policy.applied_lr(self.lr, step, total_steps=self.total_steps)
 
     def _observation_builder(self, start_lr: float, initial_val_loss: float) -> ObservationBuilder:
         return ObservationBuilder(

@@ -249,6 +249,7 @@ def export_policy(model: PPO, venv: VecNormalize, config: TrainConfig) -> Policy
         lr_min=config.env.lr_min,
         lr_max=config.env.lr_max,
         factor_span=config.env.factor_span,
+        cooldown_fraction=config.env.cooldown_fraction,
         masked_features=config.env.masked_features,
         hidden=list(config.ppo.net_arch),
         normalization={

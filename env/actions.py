@@ -11,6 +11,12 @@ The new LR is clipped to `[lr_min, lr_max]`.
 so an interval of `n` steps in a run of `T` gets `factor ** (n / (f * T))`. The same
 actions then trace the same LR curve against progress whatever the budget or the
 evaluation interval. `factor_span = 0` applies each factor once per interval.
+
+`cooldown_fraction` makes the controller a learned LR with a fixed cooldown: over the
+last `c` of the budget, each step trains at the controller's LR times WSD's
+`1 - sqrt(q)` cooldown factor (`lrpilot.lm.schedules.sqrt_cooldown`), which reaches 0
+at the end. The controller keeps acting; its own LR is what the observation shows.
+`cooldown_fraction = 0` (default): the controller's LR is the LR of every step.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import numpy as np
 from gymnasium import spaces
 
 from lrpilot.errors import ConfigError
+from lrpilot.lm.schedules import sqrt_cooldown
 
 ACTION_MODES = ("discrete", "continuous")
 DEFAULT_FACTORS: tuple[float, ...] = (0.5, 0.8, 1.0, 1.25, 2.0)
@@ -62,3 +69,13 @@ def next_lr(
     if factor_span > 0:
         factor = factor ** (interval_steps / (factor_span * total_steps))
     return float(np.clip(lr * factor, lr_min, lr_max))
+
+
+def applied_lr(lr: float, step: int, *, total_steps: int, cooldown_fraction: float) -> float:
+    """The LR that step `step` (steps done so far) trains at, given the controller's `lr`.
+
+    The one rule for the environment and `PolicyScheduler` (see the module docstring).
+    """
+    if cooldown_fraction > 0:
+        return lr * sqrt_cooldown(step, total_steps, cooldown_fraction)
+    return lr

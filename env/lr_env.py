@@ -1,7 +1,8 @@
 """`LRControlEnv`: one episode is one LM training run, one step is one evaluation interval.
 
     reset(seed)   -> sample a Task, build the Trainer, measure L_0, observe
-    step(action)  -> lr <- clip(lr * factor(action)); train one interval at lr;
+    step(action)  -> lr <- clip(lr * factor(action)); train one interval at lr
+                     (times the cooldown factor, with `cooldown_fraction`);
                      observation, instant reward, terminated, truncated, info
 
 The episode terminates when the step budget is spent, or early when the run
@@ -24,6 +25,7 @@ from gymnasium import spaces
 from lrpilot.env.actions import (
     ACTION_MODES,
     DEFAULT_FACTORS,
+    applied_lr,
     lr_factor,
     make_action_space,
     next_lr,
@@ -51,6 +53,7 @@ class EnvConfig:
     action_mode: str = "discrete"  # "discrete" or "continuous"
     factors: tuple[float, ...] = DEFAULT_FACTORS  # LR multipliers of the discrete actions
     factor_span: float = 0.0  # budget fraction a factor applies over; 0: once per interval
+    cooldown_fraction: float = 0.0  # last budget fraction cooled to 0 (1 - sqrt); 0: none
     lr_min: float = 1e-5
     lr_max: float = 1e-1
     reward: str = "log_improvement"  # or "neg_val_loss", "final"
@@ -66,6 +69,10 @@ class EnvConfig:
         object.__setattr__(self, "masked_features", check_masked_features(self.masked_features))
         if not (0 <= self.factor_span <= 1):
             raise ConfigError(f"factor_span must be in [0, 1], got {self.factor_span!r}")
+        if not (0 <= self.cooldown_fraction < 1):
+            raise ConfigError(
+                f"cooldown_fraction must be in [0, 1), got {self.cooldown_fraction!r}"
+            )
         if self.action_mode not in ACTION_MODES:
             raise ConfigError(
                 f"unknown action_mode {self.action_mode!r}; choose from {', '.join(ACTION_MODES)}"
@@ -146,7 +153,7 @@ class LRControlEnv(gym.Env):
             lr_min=self.config.lr_min,
             lr_max=self.config.lr_max,
         )
-        stats = self.trainer.run_interval(steps, self.lr)
+        stats = self.trainer.run_interval(steps, self._step_lr)
         self.interval += 1
         last = self.interval == self.task.num_intervals
         reward, diverged = interval_reward(
@@ -161,7 +168,7 @@ class LRControlEnv(gym.Env):
         )
         self.val_loss = stats.val_loss
         self.last_stats = stats  # the full IntervalStats, for traces (info stays comparable)
-        observation = self.features.update(stats)
+        observation = self.features.update(stats, controller_lr=self.lr)
         terminated = last or diverged
         self._lines.append(self._render_line(stats, reward, diverged))
         if diverged:
@@ -169,6 +176,16 @@ class LRControlEnv(gym.Env):
         return observation, float(reward), terminated, False, self._info(stats, diverged)
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _step_lr(self, step: int) -> float:
+        """The LR of step `step`: the controller's LR, cooled down near the end."""
+        assert self.task is not None
+        return applied_lr(
+            self.lr,
+            step,
+            total_steps=self.task.total_steps,
+            cooldown_fraction=self.config.cooldown_fraction,
+        )
 
     def _corpus(self, name: str) -> Corpus:
         if name not in self._corpora:

@@ -55,6 +55,24 @@ def _warmup_factor(step: int, warmup: int) -> float:
     return (step + 1) / warmup
 
 
+def cooldown_progress(step: int, total_steps: int, fraction: float) -> float:
+    """How far into a cooldown over the last `fraction` of the run `step` is: 0 before it
+    starts, 1 at `total_steps`."""
+    start = total_steps - round(fraction * total_steps)
+    if step < start:
+        return 0.0
+    return (min(step, total_steps) - start) / max(1, total_steps - start)
+
+
+def sqrt_cooldown(step: int, total_steps: int, fraction: float) -> float:
+    """The `1 - sqrt(q)` cooldown factor over the last `fraction` of the run: 1 before it.
+
+    The shape of WSD's default cooldown (Hägele et al. 2024), also applied by a learned
+    controller with `cooldown_fraction > 0`.
+    """
+    return 1.0 - math.sqrt(cooldown_progress(step, total_steps, fraction))
+
+
 def _cosine(q: float, floor: float) -> float:
     """Cosine from 1 at q=0 down to `floor` at q=1."""
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * q))
@@ -153,11 +171,10 @@ class WSDSchedule(FixedSchedule):
         w = self.warmup_steps(self.warmup)
         if step < w:
             return _warmup_factor(step, w)
-        decay_start = self.total_steps - round(self.decay * self.total_steps)
-        if step < decay_start:
-            return 1.0
-        q = (min(step, self.total_steps) - decay_start) / max(1, self.total_steps - decay_start)
-        shape = 1.0 - math.sqrt(q) if self.cooldown == "sqrt" else 1.0 - q
+        if self.cooldown == "sqrt":
+            shape = sqrt_cooldown(step, self.total_steps, self.decay)
+        else:
+            shape = 1.0 - cooldown_progress(step, self.total_steps, self.decay)
         return self.final_ratio + (1.0 - self.final_ratio) * shape
 
 

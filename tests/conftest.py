@@ -36,6 +36,7 @@ def make_policy(
     scale: float = 2.0,
     factor_span: float = 0.0,
     masked_features: tuple[str, ...] = (),
+    cooldown_fraction: float = 0.0,
 ) -> Policy:
     """A small policy with random weights, built the way `export_policy` builds one."""
     generator = torch.Generator().manual_seed(seed)
@@ -56,6 +57,7 @@ def make_policy(
         lr_max=LR_MAX,
         factor_span=factor_span,
         masked_features=masked_features,
+        cooldown_fraction=cooldown_fraction,
         hidden=hidden,
         normalization=None,
         training={},

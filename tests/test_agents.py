@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import make_policy
 
 from lrpilot.agents import load_policy
 from lrpilot.agents.controllers import PlateauController, RandomController, ScheduleController
@@ -104,6 +105,18 @@ def test_truncated_and_mismatched_files_are_refused(trained_run, tmp_path):
     policy.save(tmp_path / "old")
     with pytest.raises(ConfigError, match="feature set 'v0'"):
         load_policy(tmp_path / "old")
+
+
+def test_policy_file_keeps_its_cooldown_and_older_files_have_none(tmp_path):
+    policy = make_policy(cooldown_fraction=0.2)
+    assert load_policy(policy.save(tmp_path / "cooled")).cooldown_fraction == 0.2
+    del policy.metadata["action"]["cooldown_fraction"]  # as files from before the cooldown
+    older = load_policy(policy.save(tmp_path / "older"))
+    assert older.cooldown_fraction == 0.0
+    assert older.applied_lr(1e-3, 99, total_steps=100) == 1e-3
+    policy.metadata["action"]["cooldown_fraction"] = 1.5
+    with pytest.raises(ConfigError, match=r"cooldown_fraction must be in \[0, 1\), got 1.5"):
+        load_policy(policy.save(tmp_path / "bad"))
 
 
 def test_baseline_controllers_drive_the_env():

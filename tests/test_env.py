@@ -101,6 +101,28 @@ def test_factor_span_draws_the_same_lr_curve_against_progress_for_any_budget():
                 assert ratio == pytest.approx(reference[progress]), progress
 
 
+def test_cooldown_cools_each_step_below_the_controller_lr_down_to_the_end():
+    task = Task("pydoc", "tiny", 0, 12, 4, 1e-3, 8)
+    env = make_env(cooldown_fraction=0.5)  # cooldown over steps 6..11 of 12
+    env.reset(seed=0, options={"task": task})
+    log_lr = FEATURE_NAMES.index("log_lr")
+    lrs = []
+    for _ in range(3):
+        observation, _, _, _, info = env.step(2)  # x1: the controller keeps 1e-3
+        lrs.append((env.last_stats.lr, env.last_stats.lr_mean))
+        # The observation shows the controller's LR, not the cooled one.
+        assert info["lr"] == pytest.approx(1e-3)
+        assert observation[log_lr] == pytest.approx(0.0, abs=1e-6)
+
+    def cooled(step: int) -> float:
+        return 1e-3 * (1 - math.sqrt(max(step - 6, 0) / 6))
+
+    assert lrs[0] == pytest.approx((1e-3, 1e-3))  # steps 0-3: before the cooldown
+    assert lrs[1] == pytest.approx((cooled(7), np.mean([cooled(s) for s in range(4, 8)])))
+    assert lrs[2] == pytest.approx((cooled(11), np.mean([cooled(s) for s in range(8, 12)])))
+    assert cooled(11) < 0.1 * 1e-3
+
+
 def test_actions_change_the_lr_multiplicatively_and_are_clipped():
     env = make_env(lr_min=1e-4, lr_max=2e-3)
     env.reset(seed=0, options={"task": Task("pydoc", "tiny", 0, 12, 4, 1e-3, 8)})
@@ -197,6 +219,7 @@ def test_render_ansi_is_one_line_per_interval():
         (lambda: EnvConfig(action_mode="binary"), "unknown action_mode 'binary'"),
         (lambda: LRControlEnv(gamma=0.9), "unknown environment setting"),
         (lambda: EnvConfig(factor_span=2.0), "factor_span must be in [0, 1], got 2.0"),
+        (lambda: EnvConfig(cooldown_fraction=1.0), "cooldown_fraction must be in [0, 1), got"),
         (lambda: EnvConfig(masked_features=("lr",)), "unknown feature(s) to mask: 'lr'"),
     ],
 )

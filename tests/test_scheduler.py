@@ -211,17 +211,20 @@ def test_step_with_metrics_is_observe():
 TASK = Task("pydoc", "tiny", seed=5, total_steps=35, eval_every=10, start_lr=3e-3, batch_size=8)
 
 
-def test_scheduler_on_the_trainer_reproduces_the_env():
-    policy = make_policy(seed=7, scale=3.0)
+@pytest.mark.parametrize("cooldown_fraction", [0.0, 0.4])
+def test_scheduler_on_the_trainer_reproduces_the_env(cooldown_fraction):
+    policy = make_policy(seed=7, scale=3.0, cooldown_fraction=cooldown_fraction)
     env = LRControlEnv(
         EnvConfig(
             task_space=TaskSpace.fixed(TASK),
             factors=policy.factors,
             lr_min=policy.lr_min,
             lr_max=policy.lr_max,
+            cooldown_fraction=policy.cooldown_fraction,
         )
     )
-    env_lrs = [row["lr"] for row in run_episode(env, policy, TASK).rows[1:]]
+    env_rows = run_episode(env, policy, TASK).rows[1:]
+    env_lrs = [(row["lr"], row["lr_mean"]) for row in env_rows]  # last-step and mean LR
     assert len(set(env_lrs)) > 1, "the test policy should move the LR"
 
     config = TrainerConfig(  # as LRControlEnv makes it
@@ -248,7 +251,14 @@ def test_scheduler_on_the_trainer_reproduces_the_env():
             scheduler.observe(losses, stats.val_loss, grad_norm=float(np.mean(grad_norms)))
             assert scheduler.last_stats.update_ratio == stats.update_ratio  # measured
             losses, grad_norms = [], []
-    assert lrs == [lr for lr, n in zip(env_lrs, TASK.intervals, strict=True) for _ in range(n)]
+    chunks = np.split(np.array(lrs), np.cumsum(TASK.intervals)[:-1])
+    scheduler_lrs = [(chunk[-1], chunk.mean()) for chunk in chunks]
+    np.testing.assert_allclose(scheduler_lrs, env_lrs, rtol=1e-12)
+    if cooldown_fraction == 0:
+        assert all(len(set(chunk)) == 1 for chunk in chunks)
+    else:  # the last interval (steps 30-34) lies in the cooldown (steps 21-34)
+        assert np.all(np.diff(chunks[-1]) < 0)
+        assert scheduler.last_stats.lr == lrs[-1] < scheduler.lr
 
 
 # -- bad input ---------------------------------------------------------------------------------

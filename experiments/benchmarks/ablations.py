@@ -3,17 +3,18 @@ budget each contribute.
 
 Every variant is the `controller` preset with one thing changed, trained for the
 same (short) number of timesteps with the same seed, then measured on the preset's
-fixed evaluation tasks (LM seeds 100001 and 100002, never the comparison seeds;
-start LRs 1e-4, 1e-3, 1e-2; tiny model on pydoc, 400 steps):
+fixed evaluation tasks (its evaluation LM seeds, never the comparison seeds; start
+LRs 1e-4, 1e-3, 1e-2; tiny model on pydoc, 400 steps):
 
-- mean final validation loss over the six runs (lower is better; a diverged run
-  scores 3 x its initial loss);
+- mean final validation loss over the runs (lower is better; a diverged run scores
+  3 x its initial loss);
 - worst / best of the per-start-LR means: how much the start LR still matters.
 
 `--policy NAME=PATH` adds already-trained policies (e.g. the shipped default, which
 had the full PPO budget) to the same table, measured the same way. Variants whose
 run folder already holds a finished training are measured without retraining, so
-an interrupted benchmark continues where it stopped.
+an interrupted benchmark continues where it stopped; a folder trained with another
+config (an older preset) is refused, not reused.
 
 Written to `experiments/results/ablations.{csv,md}` and printed:
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -34,13 +36,16 @@ import torch
 
 from lrpilot.agents.policy_file import Policy, load_policy, resolve_policy_path
 from lrpilot.agents.training import (
+    CONFIG_FILE,
     EvalSettings,
     TrainConfig,
     evaluate_controller,
+    load_train_config,
     resume,
     train,
 )
 from lrpilot.env.lr_env import LRControlEnv
+from lrpilot.errors import ConfigError
 from lrpilot.experiments.replay import policy_env_config
 from lrpilot.experiments.report import markdown_table
 from lrpilot.files import atomic_write_csv, atomic_write_text
@@ -69,6 +74,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "reward: `neg_val_loss` (-L_t every interval)",
         {"reward": "neg_val_loss"},
     ),
+    "no-cooldown": (
+        "actions: no cooldown (the LR of every step is the policy's)",
+        {"cooldown_fraction": 0.0},
+    ),
+    "sees-lr-rel-start": (
+        "features: `log_lr_rel_start` (LR over the start LR) not masked",
+        {"masked_features": []},
+    ),
     "continuous": ("actions: continuous, x2**a with a in [-1, 1]", {"action_mode": "continuous"}),
     "per-interval": (
         "actions: x0.5 ... x2 once per interval (no `factor_span`), as the first shipped policy",
@@ -87,10 +100,40 @@ def variant_config(changes: dict, timesteps: int) -> TrainConfig:
     return TrainConfig.from_dict(data)
 
 
+def _flat(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat |= _flat(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_same_config(out: Path, config: TrainConfig) -> None:
+    """Refuse a run folder whose training config differs from the variant's (apart from
+    the budget, which resuming extends)."""
+    if not (out / CONFIG_FILE).is_file():
+        return
+    saved = _flat(load_train_config(str(out / CONFIG_FILE)).to_dict())
+    wanted = _flat(config.to_dict())
+    differ = sorted(
+        key
+        for key in saved.keys() | wanted.keys()
+        if key not in ("timesteps", "eval_every") and saved.get(key) != wanted.get(key)
+    )
+    if differ:
+        raise ConfigError(
+            f"{str(out)!r} was trained with another config (differs in {', '.join(differ)}); "
+            f"move it away or pass another --out"
+        )
+
+
 def trained_policy(name: str, changes: dict, args: argparse.Namespace) -> tuple[Policy, float]:
     """The variant's final policy, trained now unless its run folder already holds it."""
     out = Path(args.out) / name
     config = variant_config(changes, args.timesteps)
+    check_same_config(out, config)
     record = out / "training.json"
     if record.is_file() and json.loads(record.read_text())["timesteps"] >= args.timesteps:
         print(f"{name}: already trained in {out}")
@@ -176,4 +219,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except ConfigError as error:  # bad input: one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
