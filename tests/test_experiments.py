@@ -310,4 +310,4 @@ def test_the_shipped_default_policy_loads_with_its_training_record():
     policy = load_policy("default")
     training = policy.metadata["training"]
     assert training["env"]["task_space"]["total_steps"] == [200, 400]  # preset `controller`
-    assert training["timesteps_done"] >= training["timesteps"] > 0
+    assert 0 < training["timesteps_done"] <= training["timesteps"]  # best/: any evaluation
