@@ -52,14 +52,15 @@ from lrpilot.files import atomic_write_csv, atomic_write_text
 from lrpilot.presets import load_preset
 
 PRESET = "controller"
-# name -> (what changes, changes to the preset's [env] table)
+# name -> (what changes, changes to the preset's [env] table). `also_masked` adds
+# features to the preset's own mask; `masked_features` replaces the mask.
 VARIANTS: dict[str, tuple[str, dict]] = {
     "full": ("the controller preset as it is", {}),
-    "no-log-lr": ("features: `log_lr` (the LR itself) masked", {"masked_features": ["log_lr"]}),
+    "no-log-lr": ("features: `log_lr` (the LR itself) masked", {"also_masked": ["log_lr"]}),
     "no-loss-features": (
         "features: every loss feature masked (an open-loop schedule of progress and LR)",
         {
-            "masked_features": [
+            "also_masked": [
                 "log_val_rel_prev",
                 "log_val_rel_init",
                 "log_val_rel_best",
@@ -84,7 +85,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     ),
     "continuous": ("actions: continuous, x2**a with a in [-1, 1]", {"action_mode": "continuous"}),
     "per-interval": (
-        "actions: x0.5 ... x2 once per interval (no `factor_span`), as the first shipped policy",
+        "actions: x0.5 ... x2 once per interval (no `factor_span`): the first policy's actions",
         {"factors": [0.5, 0.8, 1.0, 1.25, 2.0], "factor_span": 0.0},
     ),
 }
@@ -96,7 +97,10 @@ def variant_config(changes: dict, timesteps: int) -> TrainConfig:
     data = copy.deepcopy(load_preset(PRESET))
     data["timesteps"] = timesteps
     data["eval_every"] = timesteps  # evaluate the untrained and the final policy only
+    changes = dict(changes)
+    also_masked = changes.pop("also_masked", [])
     data["env"].update(changes)
+    data["env"]["masked_features"] = [*data["env"].get("masked_features", []), *also_masked]
     return TrainConfig.from_dict(data)
 
 
