@@ -76,7 +76,6 @@ def applied_lr(lr: float, step: int, *, total_steps: int, cooldown_fraction: flo
     """The LR that step `step` (steps done so far) trains at, given the controller's `lr`.
 
     The one rule for the environment and `PolicyScheduler` (see the module docstring).
+    With `cooldown_fraction = 0` the factor is exactly 1 at every step.
     """
-    if cooldown_fraction > 0:
-        return lr * sqrt_cooldown(step, total_steps, cooldown_fraction)
-    return lr
+    return lr * sqrt_cooldown(step, total_steps, cooldown_fraction)

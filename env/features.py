@@ -6,9 +6,10 @@ feature is clipped to [-FEATURE_CLIP, FEATURE_CLIP]. Change the set, change
 `FEATURE_VERSION`: policy files record it and refuse a mismatch.
 
 Notation: `L_t` validation loss after interval t (`L_0` before training), `lr_0` the
-start LR, `lr_t` the LR the controller set for interval t, `m_t`, `s_t`, `k_t` the train-loss mean,
-standard deviation and per-step slope over the interval, `n_t` its steps, `g_t` the
-mean gradient norm, `u_t` the update-to-weight ratio, `T` the step budget.
+start LR, `lr_t` the LR the controller set for interval t, `m_t`, `s_t`, `k_t` the
+train-loss mean, standard deviation and per-step slope over the interval, `n_t` its
+steps, `g_t` the mean gradient norm, `u_t` the update-to-weight ratio, `T` the step
+budget.
 """
 
 from __future__ import annotations
@@ -117,20 +118,17 @@ class ObservationBuilder:
             values[index] = 0.0
         return finite_clipped(values)
 
-    def update(self, stats: IntervalStats, controller_lr: float | None = None) -> np.ndarray:
-        """The observation after one interval.
-
-        `controller_lr`: the LR the controller set, where the steps trained at less (a
-        cooldown); the LR features show it. By default the interval's last-step LR.
-        """
+    def update(self, stats: IntervalStats, controller_lr: float) -> np.ndarray:
+        """The observation after one interval whose LR the controller set to
+        `controller_lr` (in a cooldown its steps trained at less; the LR features show
+        the controller's LR)."""
         val, mean = stats.val_loss, stats.train_loss_mean
-        lr = stats.lr if controller_lr is None else controller_lr
         if math.isfinite(val):
             self.best_val_loss = min(self.best_val_loss, val)
         values = [
             stats.step / self.total_steps,
-            _log(lr / REFERENCE_LR),
-            _log(lr / self.start_lr),
+            _log(controller_lr / REFERENCE_LR),
+            _log(controller_lr / self.start_lr),
             _log(val / self.previous_val_loss),
             _log(val / self.initial_val_loss),
             _log(val / self.best_val_loss),

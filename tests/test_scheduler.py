@@ -145,7 +145,7 @@ def replay_policy(policy, initial_val_loss: float, intervals: list[dict]) -> lis
             tokens=0,
             seconds=0.0,
         )
-        observation = features.update(stats)
+        observation = features.update(stats, lr)
     return lrs
 
 

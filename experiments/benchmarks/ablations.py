@@ -104,23 +104,13 @@ def variant_config(changes: dict, timesteps: int) -> TrainConfig:
     return TrainConfig.from_dict(data)
 
 
-def _flat(data: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            flat |= _flat(value, f"{prefix}{key}.")
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def check_same_config(out: Path, config: TrainConfig) -> None:
     """Refuse a run folder whose training config differs from the variant's (apart from
     the budget, which resuming extends)."""
     if not (out / CONFIG_FILE).is_file():
         return
-    saved = _flat(load_train_config(str(out / CONFIG_FILE)).to_dict())
-    wanted = _flat(config.to_dict())
+    saved = pd.json_normalize(load_train_config(str(out / CONFIG_FILE)).to_dict()).iloc[0].to_dict()
+    wanted = pd.json_normalize(config.to_dict()).iloc[0].to_dict()
     differ = sorted(
         key
         for key in saved.keys() | wanted.keys()
