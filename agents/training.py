@@ -9,7 +9,8 @@ Run folder `DIR/`:
   timesteps, and `latest.json` naming the newest (these are internal and pickled,
   like any SB3 checkpoint; share the policy files instead);
 - `policy/policy.safetensors`: the latest policy; `best/policy.safetensors`: the best
-  on the evaluation tasks; `evaluations.csv`: every evaluation.
+  on the evaluation tasks, by `eval.select` (`best/best.json` says which evaluation);
+  `evaluations.csv`: every evaluation.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import configure
 from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 from tqdm.auto import tqdm
 
@@ -72,6 +74,9 @@ class PPOSettings:
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     net_arch: tuple[int, ...] = (64, 64)
+    # PPO's own learning rate falls linearly to 0 over `timesteps` (CleanRL's default),
+    # so the policy settles instead of drifting late in training.
+    anneal_lr: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "net_arch", tuple(self.net_arch))
@@ -82,6 +87,8 @@ class PPOSettings:
         if not isinstance(self.batch_size, int) or self.batch_size < 2:
             raise ConfigError(f"ppo.batch_size must be an integer >= 2, got {self.batch_size!r}")
         require_positive_int("ppo.n_epochs", self.n_epochs)
+        if not isinstance(self.anneal_lr, bool):
+            raise ConfigError(f"ppo.anneal_lr must be true or false, got {self.anneal_lr!r}")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
             raise ConfigError(
                 f"ppo.gamma must be in (0, 1] and gae_lambda in [0, 1], "
@@ -89,9 +96,17 @@ class PPOSettings:
             )
 
 
+# How `best/` is chosen among the evaluations: the column of `evaluations.csv` to minimise.
+SELECTION_COLUMNS = {
+    "mean": "mean_final_val_loss",  # mean over all evaluation runs
+    "worst_start_lr": "worst_start_lr_final_val_loss",  # worst start LR's mean over seeds
+}
+
+
 @dataclass(frozen=True)
 class EvalSettings:
-    """The fixed held-out tasks of the periodic evaluation: every seed x start LR."""
+    """The fixed held-out tasks of the periodic evaluation: every seed x start LR, and
+    how the best checkpoint is chosen from them (`select`, a key of SELECTION_COLUMNS)."""
 
     corpus: str = "pydoc"
     model: str = "tiny"
@@ -100,12 +115,17 @@ class EvalSettings:
     batch_size: int = 64
     seeds: tuple[int, ...] = (100001, 100002)
     start_lrs: tuple[float, ...] = (3e-4, 3e-3)
+    select: str = "mean"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "seeds", tuple(self.seeds))
         object.__setattr__(self, "start_lrs", tuple(self.start_lrs))
         if not self.seeds or not self.start_lrs:
             raise ConfigError("eval.seeds and eval.start_lrs must not be empty")
+        if self.select not in SELECTION_COLUMNS:
+            raise ConfigError(
+                f"eval.select must be one of {', '.join(SELECTION_COLUMNS)}, got {self.select!r}"
+            )
         for task in self.tasks():  # TaskSpace checks every value
             TaskSpace.fixed(task)
 
@@ -214,6 +234,8 @@ def make_model(config: TrainConfig, backend: RayBackend | None = None) -> tuple[
     )
     ppo = dataclasses.asdict(config.ppo)
     arch = list(ppo.pop("net_arch"))
+    if ppo.pop("anneal_lr"):  # SB3 calls it with the fraction of training left, 1 -> 0
+        ppo["learning_rate"] = LinearSchedule(ppo["learning_rate"], 0.0, end_fraction=1.0)
     model = PPO(
         "MlpPolicy",
         venv,
@@ -264,21 +286,38 @@ def export_policy(model: PPO, venv: VecNormalize, config: TrainConfig) -> Policy
 
 
 def evaluate_controller(controller, tasks: list[Task], env: LRControlEnv) -> dict[str, Any]:
-    """Mean final validation loss of `controller` over `tasks` (a diverged run counts at
-    the divergence cap), and how many diverged."""
+    """Final validation losses of `controller` over `tasks` (a diverged run counts at the
+    divergence cap): the mean, the mean per start LR (`final_val_loss_start_<lr>`) and the
+    worst of those, how many runs diverged, and the mean return."""
     factor = env.config.divergence_factor
     results: list[EpisodeResult] = [run_episode(env, controller, task) for task in tasks]
-    finals = [
-        scored_final_loss(
-            [row["val_loss"] for row in r.rows], [row["nonfinite"] for row in r.rows], factor
-        )
-        for r in results
-    ]
+    finals = pd.Series(
+        [
+            scored_final_loss(
+                [row["val_loss"] for row in r.rows], [row["nonfinite"] for row in r.rows], factor
+            )
+            for r in results
+        ]
+    )
+    by_start_lr = finals.groupby([task.start_lr for task in tasks], sort=False).mean()
     return {
-        "mean_final_val_loss": float(np.mean(finals)),
+        "mean_final_val_loss": float(finals.mean()),
+        "worst_start_lr_final_val_loss": float(by_start_lr.max()),
         "diverged": sum(r.diverged for r in results),
         "mean_return": float(np.mean([r.episode_return for r in results])),
+        **{f"final_val_loss_start_{lr:g}": float(v) for lr, v in by_start_lr.items()},
     }
+
+
+def is_new_best(result: dict[str, Any], earlier: list[dict[str, Any]], select: str) -> bool:
+    """Whether evaluation `result` beats every `earlier` one by the rule `select`.
+
+    An earlier evaluation without the rule's column (written before it existed) or with
+    NaN there does not compete.
+    """
+    column = SELECTION_COLUMNS[select]
+    scores = [e.get(column, math.nan) for e in earlier]
+    return result[column] < min((v for v in scores if not math.isnan(v)), default=math.inf)
 
 
 # -- callbacks ----------------------------------------------------------------------------
@@ -399,13 +438,16 @@ class TrainingRun:
         policy = export_policy(model, self.venv, self.config)
         result = evaluate_controller(policy, self.config.eval.tasks(), self.eval_env)
         result = {"timesteps": int(model.num_timesteps)} | result
-        best = min((e["mean_final_val_loss"] for e in self.evaluations), default=math.inf)
+        new_best = is_new_best(result, self.evaluations, self.config.eval.select)
         self.evaluations.append(result)
         atomic_write_csv(self.out / "evaluations.csv", pd.DataFrame(self.evaluations))
-        if result["mean_final_val_loss"] < best:
+        if new_best:
             policy.save(self.out / "best")
             atomic_write_json(self.out / "best" / "best.json", result)
         model.logger.record("eval/mean_final_val_loss", result["mean_final_val_loss"])
+        model.logger.record(
+            "eval/worst_start_lr_final_val_loss", result["worst_start_lr_final_val_loss"]
+        )
         model.logger.record("eval/diverged", result["diverged"])
         return result
 

@@ -1,4 +1,6 @@
+import dataclasses
 import json
+import math
 import os
 import pickle
 import signal
@@ -225,6 +227,8 @@ def test_bad_preset_values_are_one_line_errors(tmp_path, capsys):
         ({"seed": -1}, "seed must be an integer"),
         ({"ppo": {"net_arch": ["a"]}}, "ppo.net_arch"),
         ({"eval": {"total_steps": 0}}, "total_steps"),
+        ({"eval": {"select": "median"}}, "eval.select must be one of mean, worst_start_lr"),
+        ({"ppo": {"anneal_lr": "yes"}}, "ppo.anneal_lr must be true or false, got 'yes'"),
         ({"env": {"task_space": {"eval_every": "20"}}}, "[env.task_space]"),
     ]
     for i, (change, message) in enumerate(cases):
@@ -243,3 +247,60 @@ def test_bad_preset_values_are_one_line_errors(tmp_path, capsys):
         assert main(["train", "--preset", str(preset), "--out", str(tmp_path / f"o{i}")]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+class KeepLR:
+    """Always asks for factor 1.0 (index 2 of the default factors)."""
+
+    def act(self, observation):
+        return 2
+
+
+def test_evaluation_reports_each_start_lr_and_the_worst():
+    from lrpilot.agents.training import evaluate_controller
+
+    tasks = [dataclasses.replace(TASK, seed=s, start_lr=lr) for s in (5, 6) for lr in (1e-3, 3e-2)]
+    env = LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(TASK)))
+    result = evaluate_controller(KeepLR(), tasks, env)
+    finals = {t: run_episode(env, KeepLR(), t).final_val_loss for t in tasks}
+    low = np.mean([v for t, v in finals.items() if t.start_lr == 1e-3])
+    high = np.mean([v for t, v in finals.items() if t.start_lr == 3e-2])
+    assert result["final_val_loss_start_0.001"] == pytest.approx(low)
+    assert result["final_val_loss_start_0.03"] == pytest.approx(high)
+    assert result["worst_start_lr_final_val_loss"] == pytest.approx(max(low, high))
+    assert result["mean_final_val_loss"] == pytest.approx(np.mean(list(finals.values())))
+
+
+def test_best_checkpoint_rule():
+    from lrpilot.agents.training import is_new_best
+
+    earlier = [
+        {"mean_final_val_loss": 2.0, "worst_start_lr_final_val_loss": 2.4},
+        {"mean_final_val_loss": 2.2, "worst_start_lr_final_val_loss": 2.3},
+    ]
+    result = {"mean_final_val_loss": 2.1, "worst_start_lr_final_val_loss": 2.2}
+    assert not is_new_best(result, earlier, "mean")
+    assert is_new_best(result, earlier, "worst_start_lr")
+    tie = result | {"worst_start_lr_final_val_loss": 2.3}
+    assert not is_new_best(tie, earlier, "worst_start_lr")  # a tie keeps the earlier one
+    # Evaluations from before the column existed (NaN when read back) do not compete.
+    older = [{"mean_final_val_loss": 1.0, "worst_start_lr_final_val_loss": math.nan}]
+    assert is_new_best(result, older, "worst_start_lr")
+    assert is_new_best(result, [], "mean")
+
+
+def test_annealed_ppo_learning_rate_falls_to_zero():
+    from lrpilot.agents.training import make_model
+
+    config = load_train_config("tiny")
+    config = dataclasses.replace(config, ppo=dataclasses.replace(config.ppo, anneal_lr=True))
+    model, venv = make_model(config)
+    try:
+        lr = config.ppo.learning_rate
+        assert model.lr_schedule(1.0) == pytest.approx(lr)  # argument: training left
+        assert model.lr_schedule(0.25) == pytest.approx(0.25 * lr)
+        assert model.lr_schedule(0.0) == 0.0
+        model.learn(64)  # 2 of the 8 rollouts of 32 steps the preset's 256 timesteps have
+        assert model.policy.optimizer.param_groups[0]["lr"] < lr
+    finally:
+        venv.close()

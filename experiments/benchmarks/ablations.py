@@ -30,7 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -142,19 +141,13 @@ def trained_policy(name: str, changes: dict, args: argparse.Namespace) -> tuple[
 def measure(policy: Policy, settings: EvalSettings) -> dict:
     """Mean final loss on the evaluation tasks, and its spread over start LRs."""
     env = LRControlEnv(policy_env_config(policy))
-    tasks = settings.tasks()
-    by_start = {}
-    diverged = 0
-    for start_lr in settings.start_lrs:
-        result = evaluate_controller(policy, [t for t in tasks if t.start_lr == start_lr], env)
-        by_start[start_lr] = result["mean_final_val_loss"]
-        diverged += result["diverged"]
-    means = np.array(list(by_start.values()))
+    result = evaluate_controller(policy, settings.tasks(), env)
+    by_start = {lr: result[f"final_val_loss_start_{lr:g}"] for lr in settings.start_lrs}
     return {
-        "mean final val loss": round(float(means.mean()), 4),
+        "mean final val loss": round(result["mean_final_val_loss"], 4),
         **{f"from {lr:g}": round(v, 4) for lr, v in by_start.items()},
-        "worst / best over start LRs": round(float(means.max() / means.min()), 4),
-        "diverged": diverged,
+        "worst / best over start LRs": round(max(by_start.values()) / min(by_start.values()), 4),
+        "diverged": result["diverged"],
     }
 
 
