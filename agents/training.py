@@ -39,6 +39,7 @@ from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 from tqdm.auto import tqdm
 
+from lrpilot.agents.controllers import Controller
 from lrpilot.agents.policy_file import Policy, policy_metadata
 from lrpilot.agents.rollout import EpisodeResult, run_episode
 from lrpilot.env.lr_env import EnvConfig, LRControlEnv
@@ -74,8 +75,9 @@ class PPOSettings:
     vf_coef: float = 0.5
     max_grad_norm: float = 0.5
     net_arch: tuple[int, ...] = (64, 64)
-    # PPO's own learning rate falls linearly to 0 over `timesteps` (CleanRL's default),
-    # so the policy settles instead of drifting late in training.
+    # PPO's own learning rate falls linearly to 0 over `timesteps` (as CleanRL's
+    # `anneal_lr`; here the last update runs at 0), so the policy settles instead of
+    # drifting late in training.
     anneal_lr: bool = False
 
     def __post_init__(self) -> None:
@@ -122,7 +124,9 @@ class EvalSettings:
         object.__setattr__(self, "start_lrs", tuple(self.start_lrs))
         if not self.seeds or not self.start_lrs:
             raise ConfigError("eval.seeds and eval.start_lrs must not be empty")
-        if self.select not in SELECTION_COLUMNS:
+        if len({start_lr_column(lr) for lr in self.start_lrs}) != len(self.start_lrs):
+            raise ConfigError(f"eval.start_lrs must differ in 6 digits, got {self.start_lrs!r}")
+        if not isinstance(self.select, str) or self.select not in SELECTION_COLUMNS:
             raise ConfigError(
                 f"eval.select must be one of {', '.join(SELECTION_COLUMNS)}, got {self.select!r}"
             )
@@ -285,9 +289,16 @@ def export_policy(model: PPO, venv: VecNormalize, config: TrainConfig) -> Policy
     return Policy({k: v.detach().cpu().clone() for k, v in weights.items()}, metadata)
 
 
-def evaluate_controller(controller, tasks: list[Task], env: LRControlEnv) -> dict[str, Any]:
+def start_lr_column(start_lr: float) -> str:
+    """The name of a start LR's mean final loss in an evaluation (`evaluations.csv`)."""
+    return f"final_val_loss_start_{start_lr:g}"
+
+
+def evaluate_controller(
+    controller: Controller, tasks: list[Task], env: LRControlEnv
+) -> dict[str, Any]:
     """Final validation losses of `controller` over `tasks` (a diverged run counts at the
-    divergence cap): the mean, the mean per start LR (`final_val_loss_start_<lr>`) and the
+    divergence cap): the mean, the mean per start LR (`start_lr_column(lr)`) and the
     worst of those, how many runs diverged, and the mean return."""
     factor = env.config.divergence_factor
     results: list[EpisodeResult] = [run_episode(env, controller, task) for task in tasks]
@@ -305,7 +316,7 @@ def evaluate_controller(controller, tasks: list[Task], env: LRControlEnv) -> dic
         "worst_start_lr_final_val_loss": float(by_start_lr.max()),
         "diverged": sum(r.diverged for r in results),
         "mean_return": float(np.mean([r.episode_return for r in results])),
-        **{f"final_val_loss_start_{lr:g}": float(v) for lr, v in by_start_lr.items()},
+        **{start_lr_column(lr): float(v) for lr, v in by_start_lr.items()},
     }
 
 

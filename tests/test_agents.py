@@ -15,7 +15,12 @@ import torch
 from conftest import make_policy
 
 from lrpilot.agents import load_policy
-from lrpilot.agents.controllers import PlateauController, RandomController, ScheduleController
+from lrpilot.agents.controllers import (
+    PlateauController,
+    RandomController,
+    ScheduleController,
+    action_for_factor,
+)
 from lrpilot.agents.policy_file import POLICY_FILENAME
 from lrpilot.agents.rollout import run_episode
 from lrpilot.agents.training import load_train_config, resume, train
@@ -45,6 +50,10 @@ def test_training_writes_the_run_folder(trained_run):
     assert latest["timesteps"] == 192
     lines = (trained_run / "evaluations.csv").read_text().splitlines()
     assert lines[0].startswith("timesteps,mean_final_val_loss") and len(lines) >= 3
+    # best/ is the first evaluation with the lowest mean (the tiny preset's rule).
+    losses = [float(line.split(",")[1]) for line in lines[1:]]
+    best = json.loads((trained_run / "best" / "best.json").read_text())
+    assert best["timesteps"] == int(lines[1 + losses.index(min(losses))].split(",")[0])
 
 
 def test_loaded_policy_drives_an_episode(trained_run):
@@ -250,10 +259,10 @@ def test_bad_preset_values_are_one_line_errors(tmp_path, capsys):
 
 
 class KeepLR:
-    """Always asks for factor 1.0 (index 2 of the default factors)."""
+    """Always asks for factor 1.0."""
 
     def act(self, observation):
-        return 2
+        return action_for_factor("discrete", EnvConfig().factors, 1.0)
 
 
 def test_evaluation_reports_each_start_lr_and_the_worst():
@@ -262,6 +271,7 @@ def test_evaluation_reports_each_start_lr_and_the_worst():
     tasks = [dataclasses.replace(TASK, seed=s, start_lr=lr) for s in (5, 6) for lr in (1e-3, 3e-2)]
     env = LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(TASK)))
     result = evaluate_controller(KeepLR(), tasks, env)
+    assert result["diverged"] == 0  # so each run's final loss is its score
     finals = {t: run_episode(env, KeepLR(), t).final_val_loss for t in tasks}
     low = np.mean([v for t, v in finals.items() if t.start_lr == 1e-3])
     high = np.mean([v for t, v in finals.items() if t.start_lr == 3e-2])
@@ -289,18 +299,21 @@ def test_best_checkpoint_rule():
     assert is_new_best(result, [], "mean")
 
 
-def test_annealed_ppo_learning_rate_falls_to_zero():
-    from lrpilot.agents.training import make_model
+def test_annealed_ppo_learning_rate_falls_to_zero_across_a_resume(tmp_path):
+    import pandas as pd
 
-    config = load_train_config("tiny")
+    out = tmp_path / "run"
+    config = load_train_config("tiny", timesteps=128, eval_every=128)
     config = dataclasses.replace(config, ppo=dataclasses.replace(config.ppo, anneal_lr=True))
-    model, venv = make_model(config)
-    try:
-        lr = config.ppo.learning_rate
-        assert model.lr_schedule(1.0) == pytest.approx(lr)  # argument: training left
-        assert model.lr_schedule(0.25) == pytest.approx(0.25 * lr)
-        assert model.lr_schedule(0.0) == 0.0
-        model.learn(64)  # 2 of the 8 rollouts of 32 steps the preset's 256 timesteps have
-        assert model.policy.optimizer.param_groups[0]["lr"] < lr
-    finally:
-        venv.close()
+    train(config, out, progress=False)
+    resume(out, timesteps=192, progress=False)  # restores the schedule from the checkpoint
+
+    def logged(name: str) -> list[float]:
+        return sorted(pd.read_csv(out / name)["train/learning_rate"].dropna())
+
+    # One PPO update per rollout of 32 timesteps, at lr x (1 - timesteps done / total).
+    lr = config.ppo.learning_rate
+    assert logged("progress.1.csv") == pytest.approx(
+        sorted(lr * (1 - t / 128) for t in (32, 64, 96, 128))
+    )
+    assert logged("progress.csv") == pytest.approx(sorted(lr * (1 - t / 192) for t in (160, 192)))

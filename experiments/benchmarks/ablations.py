@@ -41,6 +41,7 @@ from lrpilot.agents.training import (
     evaluate_controller,
     load_train_config,
     resume,
+    start_lr_column,
     train,
 )
 from lrpilot.env.lr_env import LRControlEnv
@@ -127,6 +128,15 @@ def trained_policy(name: str, changes: dict, args: argparse.Namespace) -> tuple[
     out = Path(args.out) / name
     config = variant_config(changes, args.timesteps)
     check_same_config(out, config)
+    if config.ppo.anneal_lr and (out / CONFIG_FILE).is_file():
+        # Resuming to another budget would restart PPO's annealed learning rate midway,
+        # which a fresh run of that budget never does.
+        saved = load_train_config(str(out / CONFIG_FILE)).timesteps
+        if saved != args.timesteps:
+            raise ConfigError(
+                f"{str(out)!r} was trained for {saved} timesteps, not {args.timesteps}, "
+                f"with an annealed PPO learning rate; move it away or pass another --out"
+            )
     record = out / "training.json"
     if record.is_file() and json.loads(record.read_text())["timesteps"] >= args.timesteps:
         print(f"{name}: already trained in {out}")
@@ -142,7 +152,7 @@ def measure(policy: Policy, settings: EvalSettings) -> dict:
     """Mean final loss on the evaluation tasks, and its spread over start LRs."""
     env = LRControlEnv(policy_env_config(policy))
     result = evaluate_controller(policy, settings.tasks(), env)
-    by_start = {lr: result[f"final_val_loss_start_{lr:g}"] for lr in settings.start_lrs}
+    by_start = {lr: result[start_lr_column(lr)] for lr in settings.start_lrs}
     return {
         "mean final val loss": round(result["mean_final_val_loss"], 4),
         **{f"from {lr:g}": round(v, 4) for lr, v in by_start.items()},
