@@ -106,15 +106,17 @@ def variant_config(changes: dict, timesteps: int) -> TrainConfig:
 
 def check_same_config(out: Path, config: TrainConfig) -> None:
     """Refuse a run folder whose training config differs from the variant's (apart from
-    the budget, which resuming extends)."""
+    the budget, which resuming extends, unless PPO's learning rate is annealed: a resume
+    to another budget would restart it midway, which a fresh run never does)."""
     if not (out / CONFIG_FILE).is_file():
         return
+    ignored = {"eval_every"} if config.ppo.anneal_lr else {"timesteps", "eval_every"}
     saved = pd.json_normalize(load_train_config(str(out / CONFIG_FILE)).to_dict()).iloc[0].to_dict()
     wanted = pd.json_normalize(config.to_dict()).iloc[0].to_dict()
     differ = sorted(
         key
         for key in saved.keys() | wanted.keys()
-        if key not in ("timesteps", "eval_every") and saved.get(key) != wanted.get(key)
+        if key not in ignored and saved.get(key) != wanted.get(key)
     )
     if differ:
         raise ConfigError(
@@ -128,15 +130,6 @@ def trained_policy(name: str, changes: dict, args: argparse.Namespace) -> tuple[
     out = Path(args.out) / name
     config = variant_config(changes, args.timesteps)
     check_same_config(out, config)
-    if config.ppo.anneal_lr and (out / CONFIG_FILE).is_file():
-        # Resuming to another budget would restart PPO's annealed learning rate midway,
-        # which a fresh run of that budget never does.
-        saved = load_train_config(str(out / CONFIG_FILE)).timesteps
-        if saved != args.timesteps:
-            raise ConfigError(
-                f"{str(out)!r} was trained for {saved} timesteps, not {args.timesteps}, "
-                f"with an annealed PPO learning rate; move it away or pass another --out"
-            )
     record = out / "training.json"
     if record.is_file() and json.loads(record.read_text())["timesteps"] >= args.timesteps:
         print(f"{name}: already trained in {out}")
