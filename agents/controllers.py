@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from lrpilot.env.actions import DEFAULT_CONTINUOUS_MAX_FACTOR
 from lrpilot.env.features import FEATURE_NAMES
 from lrpilot.errors import ConfigError
 from lrpilot.lm.schedules import PLATEAU, schedule_curve
@@ -26,14 +27,31 @@ class Controller(Protocol):
     def act(self, observation: np.ndarray): ...
 
 
-def action_for_factor(mode: str, factors: tuple[float, ...], wanted: float):
+def action_for_factor(
+    mode: str,
+    factors: tuple[float, ...],
+    wanted: float,
+    continuous_max_factor: float = DEFAULT_CONTINUOUS_MAX_FACTOR,
+):
     """The action whose LR factor comes closest (in log space) to `wanted`."""
     if mode == "discrete":
         return int(np.argmin([abs(math.log(f / wanted)) for f in factors]))
-    return np.array([np.clip(math.log2(wanted), -1.0, 1.0)], dtype=np.float32)
+    exponent = math.log(wanted) / math.log(continuous_max_factor)
+    return np.array([np.clip(exponent, -1.0, 1.0)], dtype=np.float32)
 
 
-class ScheduleController:
+class _FactorController:
+    """A baseline that asks for LR factors, turned into actions of the env's space."""
+
+    action_mode: str
+    factors: tuple[float, ...]
+    continuous_max_factor: float
+
+    def _action(self, wanted: float):
+        return action_for_factor(self.action_mode, self.factors, wanted, self.continuous_max_factor)
+
+
+class ScheduleController(_FactorController):
     """Follows a fixed schedule, one LR per interval, peaking at the start LR.
 
     The env holds one LR per interval, so this is the schedule sampled at the start of
@@ -46,18 +64,20 @@ class ScheduleController:
         total_steps: int,
         action_mode: str = "discrete",
         factors: tuple[float, ...] = (0.5, 0.8, 1.0, 1.25, 2.0),
+        continuous_max_factor: float = DEFAULT_CONTINUOUS_MAX_FACTOR,
     ) -> None:
         if schedule == PLATEAU:
             raise ConfigError("use PlateauController for reduce-on-plateau")
         self.curve = schedule_curve(schedule, 1.0, total_steps)  # relative to the peak
         self.action_mode = action_mode
         self.factors = tuple(factors)
+        self.continuous_max_factor = continuous_max_factor
 
     def act(self, observation: np.ndarray):
         step = round(float(observation[_PROGRESS]) * len(self.curve))
         current = math.exp(float(observation[_LOG_LR]))  # LR / start LR
         wanted = self.curve[min(step, len(self.curve) - 1)] / current
-        return action_for_factor(self.action_mode, self.factors, max(wanted, 1e-12))
+        return self._action(max(wanted, 1e-12))
 
 
 class RandomController:
@@ -71,7 +91,7 @@ class RandomController:
         return self.action_space.sample()
 
 
-class PlateauController:
+class PlateauController(_FactorController):
     """Reduce-on-plateau: cut the LR by `factor` after `patience` intervals without a
     new best validation loss (by a relative `threshold`), else keep it."""
 
@@ -82,16 +102,18 @@ class PlateauController:
         threshold: float = 1e-3,
         action_mode: str = "discrete",
         factors: tuple[float, ...] = (0.5, 0.8, 1.0, 1.25, 2.0),
+        continuous_max_factor: float = DEFAULT_CONTINUOUS_MAX_FACTOR,
     ) -> None:
         self.patience, self.factor, self.threshold = patience, factor, threshold
         self.action_mode, self.factors = action_mode, tuple(factors)
+        self.continuous_max_factor = continuous_max_factor
         self.bad_intervals = 0
         self.best = 0.0  # best log(L_t / L_0) so far in this episode
 
     def act(self, observation: np.ndarray):
         if float(observation[_PROGRESS]) == 0.0:
             self.bad_intervals, self.best = 0, 0.0  # a new episode
-            return action_for_factor(self.action_mode, self.factors, 1.0)
+            return self._action(1.0)
         loss = float(observation[_VAL_REL_INIT])
         if loss < self.best + math.log1p(-self.threshold):  # L_t < best * (1 - threshold)
             self.best, self.bad_intervals = loss, 0
@@ -99,5 +121,5 @@ class PlateauController:
             self.bad_intervals += 1
         if self.bad_intervals > self.patience:
             self.bad_intervals = 0
-            return action_for_factor(self.action_mode, self.factors, self.factor)
-        return action_for_factor(self.action_mode, self.factors, 1.0)
+            return self._action(self.factor)
+        return self._action(1.0)

@@ -26,7 +26,13 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from lrpilot.env.actions import ACTION_MODES, applied_lr, lr_factor, next_lr
+from lrpilot.env.actions import (
+    ACTION_MODES,
+    DEFAULT_CONTINUOUS_MAX_FACTOR,
+    applied_lr,
+    lr_factor,
+    next_lr,
+)
 from lrpilot.env.features import FEATURE_NAMES, FEATURE_VERSION, check_masked_features
 from lrpilot.errors import ConfigError
 from lrpilot.files import atomic_write_bytes
@@ -46,6 +52,10 @@ class Policy:
         _check_metadata(metadata)
         self.action_mode: str = metadata["action"]["mode"]
         self.factors: tuple[float, ...] = tuple(metadata["action"]["factors"])
+        # Files written before the setting existed used x2**a.
+        self.continuous_max_factor: float = float(
+            metadata["action"].get("continuous_max_factor", DEFAULT_CONTINUOUS_MAX_FACTOR)
+        )
         self.lr_min: float = metadata["action"]["lr_min"]
         self.lr_max: float = metadata["action"]["lr_max"]
         self.factor_span: float = float(metadata["action"]["factor_span"])
@@ -94,7 +104,7 @@ class Policy:
 
     def lr_factor(self, action) -> float:
         """The multiplicative LR change of an action of this policy."""
-        return lr_factor(self.action_mode, self.factors, action)
+        return lr_factor(self.action_mode, self.factors, action, self.continuous_max_factor)
 
     def next_lr(self, lr: float, action, *, interval_steps: int, total_steps: int) -> float:
         """The LR of the next interval after `action`, as the training environment set it."""
@@ -199,6 +209,9 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
     cooldown = metadata["action"].get("cooldown_fraction", 0.0)
     if not (isinstance(cooldown, (int, float)) and 0 <= cooldown < 1):
         raise ConfigError(f"policy's cooldown_fraction must be in [0, 1), got {cooldown!r}")
+    max_factor = metadata["action"].get("continuous_max_factor", DEFAULT_CONTINUOUS_MAX_FACTOR)
+    if not (isinstance(max_factor, (int, float)) and 1 < max_factor < math.inf):
+        raise ConfigError(f"policy's continuous_max_factor must be > 1, got {max_factor!r}")
 
 
 def _build_layers(weights: dict[str, torch.Tensor], metadata: dict[str, Any]):
@@ -228,6 +241,7 @@ def policy_metadata(
     *,
     action_mode: str,
     factors: tuple[float, ...],
+    continuous_max_factor: float = DEFAULT_CONTINUOUS_MAX_FACTOR,
     lr_min: float,
     lr_max: float,
     factor_span: float,
@@ -250,6 +264,7 @@ def policy_metadata(
         "action": {
             "mode": action_mode,
             "factors": list(factors),
+            "continuous_max_factor": continuous_max_factor,
             "lr_min": lr_min,
             "lr_max": lr_max,
             "factor_span": factor_span,

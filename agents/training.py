@@ -79,6 +79,9 @@ class PPOSettings:
     # `anneal_lr`; here the last update runs at 0), so the policy settles instead of
     # drifting late in training.
     anneal_lr: bool = False
+    # Continuous actions: the initial log standard deviation of the Gaussian policy, in
+    # action units (SB3's default 0: std 1 over the action range [-1, 1]).
+    log_std_init: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "net_arch", tuple(self.net_arch))
@@ -89,6 +92,8 @@ class PPOSettings:
         if not isinstance(self.batch_size, int) or self.batch_size < 2:
             raise ConfigError(f"ppo.batch_size must be an integer >= 2, got {self.batch_size!r}")
         require_positive_int("ppo.n_epochs", self.n_epochs)
+        if not (isinstance(self.log_std_init, (int, float)) and -5 <= self.log_std_init <= 2):
+            raise ConfigError(f"ppo.log_std_init must be in [-5, 2], got {self.log_std_init!r}")
         if not isinstance(self.anneal_lr, bool):
             raise ConfigError(f"ppo.anneal_lr must be true or false, got {self.anneal_lr!r}")
         if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
@@ -238,12 +243,17 @@ def make_model(config: TrainConfig, backend: RayBackend | None = None) -> tuple[
     )
     ppo = dataclasses.asdict(config.ppo)
     arch = list(ppo.pop("net_arch"))
+    log_std_init = ppo.pop("log_std_init")  # used by Gaussian (continuous) policies only
     if ppo.pop("anneal_lr"):  # SB3 calls it with the fraction of training left, 1 -> 0
         ppo["learning_rate"] = LinearSchedule(ppo["learning_rate"], 0.0, end_fraction=1.0)
     model = PPO(
         "MlpPolicy",
         venv,
-        policy_kwargs={"net_arch": {"pi": arch, "vf": arch}, "activation_fn": torch.nn.Tanh},
+        policy_kwargs={
+            "net_arch": {"pi": arch, "vf": arch},
+            "activation_fn": torch.nn.Tanh,
+            "log_std_init": log_std_init,
+        },
         seed=config.seed,
         device="cpu",
         verbose=0,
@@ -272,6 +282,7 @@ def export_policy(model: PPO, venv: VecNormalize, config: TrainConfig) -> Policy
     metadata = policy_metadata(
         action_mode=config.env.action_mode,
         factors=config.env.factors,
+        continuous_max_factor=config.env.continuous_max_factor,
         lr_min=config.env.lr_min,
         lr_max=config.env.lr_max,
         factor_span=config.env.factor_span,

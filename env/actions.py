@@ -2,7 +2,8 @@
 
 - `discrete` (default): `Discrete(len(factors))`; action `i` multiplies the LR by
   `factors[i]` (by default x0.5, x0.8, x1, x1.25, x2).
-- `continuous`: `Box([-1], [1])`; action `a` multiplies the LR by `2**a`.
+- `continuous`: `Box([-1], [1])`; action `a` multiplies the LR by `M**a`, where
+  `M = continuous_max_factor` (default 2: from x0.5 to x2 per action).
 
 The new LR is clipped to `[lr_min, lr_max]`.
 
@@ -32,6 +33,7 @@ from lrpilot.lm.schedules import sqrt_cooldown
 
 ACTION_MODES = ("discrete", "continuous")
 DEFAULT_FACTORS: tuple[float, ...] = (0.5, 0.8, 1.0, 1.25, 2.0)
+DEFAULT_CONTINUOUS_MAX_FACTOR = 2.0
 
 
 def make_action_space(mode: str, factors: tuple[float, ...]) -> spaces.Space:
@@ -42,7 +44,12 @@ def make_action_space(mode: str, factors: tuple[float, ...]) -> spaces.Space:
     raise ConfigError(f"unknown action mode {mode!r}; choose from {', '.join(ACTION_MODES)}")
 
 
-def lr_factor(mode: str, factors: tuple[float, ...], action) -> float:
+def lr_factor(
+    mode: str,
+    factors: tuple[float, ...],
+    action,
+    continuous_max_factor: float = DEFAULT_CONTINUOUS_MAX_FACTOR,
+) -> float:
     """The multiplicative LR change an action asks for."""
     if mode == "discrete":
         index = int(np.asarray(action).reshape(()))
@@ -50,7 +57,7 @@ def lr_factor(mode: str, factors: tuple[float, ...], action) -> float:
             raise ValueError(f"discrete action must be in [0, {len(factors)}), got {index}")
         return float(factors[index])
     exponent = float(np.clip(np.asarray(action, dtype=np.float64).reshape(-1)[0], -1.0, 1.0))
-    return float(2.0**exponent) if math.isfinite(exponent) else 1.0
+    return float(continuous_max_factor**exponent) if math.isfinite(exponent) else 1.0
 
 
 def next_lr(

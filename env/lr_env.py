@@ -24,6 +24,7 @@ from gymnasium import spaces
 
 from lrpilot.env.actions import (
     ACTION_MODES,
+    DEFAULT_CONTINUOUS_MAX_FACTOR,
     DEFAULT_FACTORS,
     applied_lr,
     lr_factor,
@@ -52,6 +53,8 @@ class EnvConfig:
     task_space: TaskSpace = field(default_factory=TaskSpace)
     action_mode: str = "discrete"  # "discrete" or "continuous"
     factors: tuple[float, ...] = DEFAULT_FACTORS  # LR multipliers of the discrete actions
+    # continuous actions: a in [-1, 1] multiplies the LR by continuous_max_factor**a
+    continuous_max_factor: float = DEFAULT_CONTINUOUS_MAX_FACTOR
     factor_span: float = 0.0  # budget fraction a factor applies over; 0: once per interval
     cooldown_fraction: float = 0.0  # last budget fraction cooled to 0 (1 - sqrt); 0: none
     lr_min: float = 1e-5
@@ -79,6 +82,11 @@ class EnvConfig:
             )
         if not self.factors or any(not (f > 0 and math.isfinite(f)) for f in self.factors):
             raise ConfigError(f"factors must be positive numbers, got {self.factors!r}")
+        max_factor = self.continuous_max_factor
+        if not (isinstance(max_factor, (int, float)) and 1 < max_factor < math.inf):
+            raise ConfigError(
+                f"continuous_max_factor must be a number > 1, got {self.continuous_max_factor!r}"
+            )
         if not (0 < self.lr_min < self.lr_max and math.isfinite(self.lr_max)):
             raise ConfigError(
                 f"need 0 < lr_min < lr_max, got lr_min={self.lr_min!r}, lr_max={self.lr_max!r}"
@@ -146,7 +154,12 @@ class LRControlEnv(gym.Env):
         steps = self.task.interval_steps(self.interval)
         self.lr = next_lr(
             self.lr,
-            lr_factor(self.config.action_mode, self.config.factors, action),
+            lr_factor(
+                self.config.action_mode,
+                self.config.factors,
+                action,
+                self.config.continuous_max_factor,
+            ),
             interval_steps=steps,
             total_steps=self.task.total_steps,
             factor_span=self.config.factor_span,

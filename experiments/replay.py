@@ -47,6 +47,7 @@ def policy_env_config(policy: Policy, device: str = "cpu") -> EnvConfig:
     return EnvConfig(
         action_mode=policy.action_mode,
         factors=policy.factors,
+        continuous_max_factor=policy.continuous_max_factor,
         lr_min=policy.lr_min,
         lr_max=policy.lr_max,
         factor_span=policy.factor_span,
