@@ -23,7 +23,7 @@ from lrpilot.agents.controllers import (
 )
 from lrpilot.agents.policy_file import POLICY_FILENAME
 from lrpilot.agents.rollout import run_episode
-from lrpilot.agents.training import load_train_config, resume, train
+from lrpilot.agents.training import load_train_config, make_model, resume, train
 from lrpilot.cli import main
 from lrpilot.env import EnvConfig, LRControlEnv, Task, TaskSpace
 from lrpilot.env.features import FEATURE_NAMES, NUM_FEATURES
@@ -130,12 +130,52 @@ def test_policy_file_keeps_its_cooldown_and_older_files_have_none(tmp_path):
         load_policy(policy.save(tmp_path / "bad"))
 
 
+def test_policy_file_keeps_its_continuous_range_and_older_files_have_x2(tmp_path):
+    policy = make_policy(action_mode="continuous")
+    policy.metadata["action"]["continuous_max_factor"] = 4.0
+    wide = load_policy(policy.save(tmp_path / "wide"))
+    assert wide.lr_factor(np.array([-1.0])) == pytest.approx(0.25)
+    assert wide.next_lr(1e-3, np.array([0.5]), interval_steps=10, total_steps=40) == (
+        pytest.approx(2e-3)
+    )
+    del policy.metadata["action"]["continuous_max_factor"]  # as files from before it
+    older = load_policy(policy.save(tmp_path / "older"))
+    assert older.lr_factor(np.array([-1.0])) == pytest.approx(0.5)
+    policy.metadata["action"]["continuous_max_factor"] = 1.0
+    with pytest.raises(ConfigError, match=r"continuous_max_factor must be > 1, got 1\.0"):
+        load_policy(policy.save(tmp_path / "bad"))
+
+
+def test_continuous_training_uses_the_range_and_the_initial_std(tmp_path):
+    config = load_train_config("tiny", timesteps=32, eval_every=32)
+    env = dataclasses.replace(config.env, action_mode="continuous", continuous_max_factor=4.0)
+    ppo = dataclasses.replace(config.ppo, log_std_init=-0.7)
+    config = dataclasses.replace(config, env=env, ppo=ppo)
+    model, venv = make_model(config)
+    assert float(model.policy.log_std.detach()) == pytest.approx(-0.7)
+    venv.close()
+    policy = train(config, tmp_path / "run", progress=False)
+    assert policy.continuous_max_factor == 4.0
+    assert policy.lr_factor(np.array([1.0])) == 4.0
+    assert policy.weights["log_std"].shape == (1,)
+
+
 def test_baseline_controllers_drive_the_env():
     env = LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(TASK), action_mode="continuous"))
     cosine = ScheduleController("cosine", 40, action_mode="continuous")
     lrs = [row["lr"] for row in run_episode(env, cosine, TASK).rows[1:]]
     # cosine at steps 0, 10, 20, then 30 (0.146) limited by the largest cut, x0.5 of 0.5
     expected = [1e-3 * f for f in (1.0, 0.8535534, 0.5, 0.25)]
+    assert lrs == pytest.approx(expected, rel=1e-5)
+    # With x4**a actions the same cosine is followed exactly.
+    env = LRControlEnv(
+        EnvConfig(
+            task_space=TaskSpace.fixed(TASK), action_mode="continuous", continuous_max_factor=4.0
+        )
+    )
+    cosine = ScheduleController("cosine", 40, action_mode="continuous", continuous_max_factor=4.0)
+    lrs = [row["lr"] for row in run_episode(env, cosine, TASK).rows[1:]]
+    expected = [1e-3 * f for f in (1.0, 0.8535534, 0.5, 0.1464466)]
     assert lrs == pytest.approx(expected, rel=1e-5)
     env = LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(TASK)))
     random_rows = run_episode(env, RandomController(env.action_space, seed=1), TASK).rows
@@ -238,6 +278,8 @@ def test_bad_preset_values_are_one_line_errors(tmp_path, capsys):
         ({"eval": {"total_steps": 0}}, "total_steps"),
         ({"eval": {"select": "median"}}, "eval.select must be one of mean, worst_start_lr"),
         ({"ppo": {"anneal_lr": "yes"}}, "ppo.anneal_lr must be true or false, got 'yes'"),
+        ({"ppo": {"log_std_init": 9}}, "ppo.log_std_init must be in [-5, 2], got 9"),
+        ({"env": {"continuous_max_factor": 1}}, "continuous_max_factor must be a number > 1"),
         ({"env": {"task_space": {"eval_every": "20"}}}, "[env.task_space]"),
     ]
     for i, (change, message) in enumerate(cases):

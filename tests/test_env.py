@@ -132,6 +132,18 @@ def test_actions_change_the_lr_multiplicatively_and_are_clipped():
     continuous = make_env(action_mode="continuous")
     continuous.reset(seed=0, options={"task": Task("pydoc", "tiny", 0, 12, 4, 1e-3, 8)})
     assert continuous.step(np.array([-1.0]))[4]["lr"] == pytest.approx(5e-4)
+    wide = make_env(action_mode="continuous", continuous_max_factor=4.0)
+    wide.reset(seed=0, options={"task": Task("pydoc", "tiny", 0, 12, 4, 1e-3, 8)})
+    assert wide.step(np.array([-1.0]))[4]["lr"] == pytest.approx(2.5e-4)  # x4**-1
+    assert wide.step(np.array([0.5]))[4]["lr"] == pytest.approx(5e-4)  # x4**0.5
+
+
+@pytest.mark.parametrize("bad", [1.0, 0.5, math.inf, "4"])
+def test_continuous_max_factor_must_be_a_number_above_one(bad):
+    with pytest.raises(
+        ConfigError, match=f"continuous_max_factor must be a number > 1, got {bad!r}"
+    ):
+        EnvConfig(continuous_max_factor=bad)
 
 
 def test_fixed_task_space_pins_every_value():

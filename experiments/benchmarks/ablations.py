@@ -83,10 +83,17 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "features: `log_lr_rel_start` (LR over the start LR) not masked",
         {"masked_features": []},
     ),
-    "continuous": ("actions: continuous, x2**a with a in [-1, 1]", {"action_mode": "continuous"}),
+    "continuous": (
+        "actions: continuous, x2**a with a in [-1, 1]",
+        {"action_mode": "continuous", "continuous_max_factor": 2.0},
+    ),
+    "discrete": (
+        "actions: discrete x0.25, x0.5, x0.8, x1, x1.25, x2, x4 (the v4 policy's)",
+        {"action_mode": "discrete", "factors": [0.25, 0.5, 0.8, 1.0, 1.25, 2.0, 4.0]},
+    ),
     "per-interval": (
         "actions: x0.5 ... x2 once per interval (no `factor_span`): the first policy's actions",
-        {"factors": [0.5, 0.8, 1.0, 1.25, 2.0], "factor_span": 0.0},
+        {"action_mode": "discrete", "factors": [0.5, 0.8, 1.0, 1.25, 2.0], "factor_span": 0.0},
     ),
 }
 
