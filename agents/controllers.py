@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from lrpilot.env.actions import DEFAULT_CONTINUOUS_MAX_FACTOR
+from lrpilot.env.actions import DEFAULT_CONTINUOUS_MAX_FACTOR, check_continuous_max_factor
 from lrpilot.env.features import FEATURE_NAMES
 from lrpilot.errors import ConfigError
 from lrpilot.lm.schedules import PLATEAU, schedule_curve
@@ -47,6 +47,9 @@ class _FactorController:
     factors: tuple[float, ...]
     continuous_max_factor: float
 
+    def _check(self) -> None:
+        check_continuous_max_factor(self.continuous_max_factor)
+
     def _action(self, wanted: float):
         return action_for_factor(self.action_mode, self.factors, wanted, self.continuous_max_factor)
 
@@ -72,6 +75,7 @@ class ScheduleController(_FactorController):
         self.action_mode = action_mode
         self.factors = tuple(factors)
         self.continuous_max_factor = continuous_max_factor
+        self._check()
 
     def act(self, observation: np.ndarray):
         step = round(float(observation[_PROGRESS]) * len(self.curve))
@@ -107,6 +111,7 @@ class PlateauController(_FactorController):
         self.patience, self.factor, self.threshold = patience, factor, threshold
         self.action_mode, self.factors = action_mode, tuple(factors)
         self.continuous_max_factor = continuous_max_factor
+        self._check()
         self.bad_intervals = 0
         self.best = 0.0  # best log(L_t / L_0) so far in this episode
 

@@ -30,6 +30,7 @@ from lrpilot.env.actions import (
     ACTION_MODES,
     DEFAULT_CONTINUOUS_MAX_FACTOR,
     applied_lr,
+    check_continuous_max_factor,
     lr_factor,
     next_lr,
 )
@@ -210,8 +211,7 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
     if not (isinstance(cooldown, (int, float)) and 0 <= cooldown < 1):
         raise ConfigError(f"policy's cooldown_fraction must be in [0, 1), got {cooldown!r}")
     max_factor = metadata["action"].get("continuous_max_factor", DEFAULT_CONTINUOUS_MAX_FACTOR)
-    if not (isinstance(max_factor, (int, float)) and 1 < max_factor < math.inf):
-        raise ConfigError(f"policy's continuous_max_factor must be > 1, got {max_factor!r}")
+    check_continuous_max_factor(max_factor, "policy's ")
 
 
 def _build_layers(weights: dict[str, torch.Tensor], metadata: dict[str, Any]):

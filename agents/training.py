@@ -92,7 +92,10 @@ class PPOSettings:
         if not isinstance(self.batch_size, int) or self.batch_size < 2:
             raise ConfigError(f"ppo.batch_size must be an integer >= 2, got {self.batch_size!r}")
         require_positive_int("ppo.n_epochs", self.n_epochs)
-        if not (isinstance(self.log_std_init, (int, float)) and -5 <= self.log_std_init <= 2):
+        log_std_init = self.log_std_init
+        if isinstance(log_std_init, bool) or not (
+            isinstance(log_std_init, (int, float)) and -5 <= log_std_init <= 2
+        ):
             raise ConfigError(f"ppo.log_std_init must be in [-5, 2], got {self.log_std_init!r}")
         if not isinstance(self.anneal_lr, bool):
             raise ConfigError(f"ppo.anneal_lr must be true or false, got {self.anneal_lr!r}")

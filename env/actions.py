@@ -36,6 +36,16 @@ DEFAULT_FACTORS: tuple[float, ...] = (0.5, 0.8, 1.0, 1.25, 2.0)
 DEFAULT_CONTINUOUS_MAX_FACTOR = 2.0
 
 
+def check_continuous_max_factor(value: float, where: str = "") -> float:
+    """`value` as a float if it is a finite number > 1 (bools excluded), else a
+    `ConfigError` naming it (`where` prefixes the name, e.g. "policy's ")."""
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and 1 < value < math.inf):
+        raise ConfigError(
+            f"{where}continuous_max_factor must be a finite number > 1, got {value!r}"
+        )
+    return float(value)
+
+
 def make_action_space(mode: str, factors: tuple[float, ...]) -> spaces.Space:
     if mode == "discrete":
         return spaces.Discrete(len(factors))

@@ -27,6 +27,7 @@ from lrpilot.env.actions import (
     DEFAULT_CONTINUOUS_MAX_FACTOR,
     DEFAULT_FACTORS,
     applied_lr,
+    check_continuous_max_factor,
     lr_factor,
     make_action_space,
     next_lr,
@@ -82,11 +83,7 @@ class EnvConfig:
             )
         if not self.factors or any(not (f > 0 and math.isfinite(f)) for f in self.factors):
             raise ConfigError(f"factors must be positive numbers, got {self.factors!r}")
-        max_factor = self.continuous_max_factor
-        if not (isinstance(max_factor, (int, float)) and 1 < max_factor < math.inf):
-            raise ConfigError(
-                f"continuous_max_factor must be a number > 1, got {self.continuous_max_factor!r}"
-            )
+        check_continuous_max_factor(self.continuous_max_factor)
         if not (0 < self.lr_min < self.lr_max and math.isfinite(self.lr_max)):
             raise ConfigError(
                 f"need 0 < lr_min < lr_max, got lr_min={self.lr_min!r}, lr_max={self.lr_max!r}"

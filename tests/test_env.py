@@ -138,11 +138,10 @@ def test_actions_change_the_lr_multiplicatively_and_are_clipped():
     assert wide.step(np.array([0.5]))[4]["lr"] == pytest.approx(5e-4)  # x4**0.5
 
 
-@pytest.mark.parametrize("bad", [1.0, 0.5, math.inf, "4"])
+@pytest.mark.parametrize("bad", [1.0, 0.5, math.inf, "4", True])
 def test_continuous_max_factor_must_be_a_number_above_one(bad):
-    with pytest.raises(
-        ConfigError, match=f"continuous_max_factor must be a number > 1, got {bad!r}"
-    ):
+    message = f"continuous_max_factor must be a finite number > 1, got {bad!r}"
+    with pytest.raises(ConfigError, match=message):
         EnvConfig(continuous_max_factor=bad)
 
 

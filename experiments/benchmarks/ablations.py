@@ -53,7 +53,8 @@ from lrpilot.presets import load_preset
 
 PRESET = "controller"
 # name -> (what changes, changes to the preset's [env] table). `also_masked` adds
-# features to the preset's own mask; `masked_features` replaces the mask.
+# features to the preset's own mask; `masked_features` replaces the mask; `ppo` holds
+# changes to the [ppo] table.
 VARIANTS: dict[str, tuple[str, dict]] = {
     "full": ("the controller preset as it is", {}),
     "no-log-lr": ("features: `log_lr` (the LR itself) masked", {"also_masked": ["log_lr"]}),
@@ -84,8 +85,8 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         {"masked_features": []},
     ),
     "continuous": (
-        "actions: continuous, x2**a with a in [-1, 1]",
-        {"action_mode": "continuous", "continuous_max_factor": 2.0},
+        "actions: continuous, x2**a with a in [-1, 1] (initial std 1)",
+        {"action_mode": "continuous", "continuous_max_factor": 2.0, "ppo": {"log_std_init": 0.0}},
     ),
     "discrete": (
         "actions: discrete x0.25, x0.5, x0.8, x1, x1.25, x2, x4 (the v4 policy's)",
@@ -105,6 +106,7 @@ def variant_config(changes: dict, timesteps: int) -> TrainConfig:
     data["timesteps"] = timesteps
     data["eval_every"] = timesteps  # evaluate the untrained and the final policy only
     changes = dict(changes)
+    data["ppo"].update(changes.pop("ppo", {}))
     also_masked = changes.pop("also_masked", [])
     data["env"].update(changes)
     data["env"]["masked_features"] = [*data["env"].get("masked_features", []), *also_masked]
