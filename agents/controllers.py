@@ -43,12 +43,12 @@ def action_for_factor(
 class _FactorController:
     """A baseline that asks for LR factors, turned into actions of the env's space."""
 
-    action_mode: str
-    factors: tuple[float, ...]
-    continuous_max_factor: float
-
-    def _check(self) -> None:
-        check_continuous_max_factor(self.continuous_max_factor)
+    def __init__(
+        self, action_mode: str, factors: tuple[float, ...], continuous_max_factor: float
+    ) -> None:
+        self.action_mode = action_mode
+        self.factors = tuple(factors)
+        self.continuous_max_factor = check_continuous_max_factor(continuous_max_factor)
 
     def _action(self, wanted: float):
         return action_for_factor(self.action_mode, self.factors, wanted, self.continuous_max_factor)
@@ -71,11 +71,8 @@ class ScheduleController(_FactorController):
     ) -> None:
         if schedule == PLATEAU:
             raise ConfigError("use PlateauController for reduce-on-plateau")
+        super().__init__(action_mode, factors, continuous_max_factor)
         self.curve = schedule_curve(schedule, 1.0, total_steps)  # relative to the peak
-        self.action_mode = action_mode
-        self.factors = tuple(factors)
-        self.continuous_max_factor = continuous_max_factor
-        self._check()
 
     def act(self, observation: np.ndarray):
         step = round(float(observation[_PROGRESS]) * len(self.curve))
@@ -108,10 +105,8 @@ class PlateauController(_FactorController):
         factors: tuple[float, ...] = (0.5, 0.8, 1.0, 1.25, 2.0),
         continuous_max_factor: float = DEFAULT_CONTINUOUS_MAX_FACTOR,
     ) -> None:
+        super().__init__(action_mode, factors, continuous_max_factor)
         self.patience, self.factor, self.threshold = patience, factor, threshold
-        self.action_mode, self.factors = action_mode, tuple(factors)
-        self.continuous_max_factor = continuous_max_factor
-        self._check()
         self.bad_intervals = 0
         self.best = 0.0  # best log(L_t / L_0) so far in this episode
 

@@ -54,8 +54,9 @@ class Policy:
         self.action_mode: str = metadata["action"]["mode"]
         self.factors: tuple[float, ...] = tuple(metadata["action"]["factors"])
         # Files written before the setting existed used x2**a.
-        self.continuous_max_factor: float = float(
-            metadata["action"].get("continuous_max_factor", DEFAULT_CONTINUOUS_MAX_FACTOR)
+        self.continuous_max_factor: float = check_continuous_max_factor(
+            metadata["action"].get("continuous_max_factor", DEFAULT_CONTINUOUS_MAX_FACTOR),
+            "policy's ",
         )
         self.lr_min: float = metadata["action"]["lr_min"]
         self.lr_max: float = metadata["action"]["lr_max"]
@@ -210,8 +211,6 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
     cooldown = metadata["action"].get("cooldown_fraction", 0.0)
     if not (isinstance(cooldown, (int, float)) and 0 <= cooldown < 1):
         raise ConfigError(f"policy's cooldown_fraction must be in [0, 1), got {cooldown!r}")
-    max_factor = metadata["action"].get("continuous_max_factor", DEFAULT_CONTINUOUS_MAX_FACTOR)
-    check_continuous_max_factor(max_factor, "policy's ")
 
 
 def _build_layers(weights: dict[str, torch.Tensor], metadata: dict[str, Any]):
