@@ -31,6 +31,7 @@ from lrpilot.env.actions import (
     DEFAULT_CONTINUOUS_MAX_FACTOR,
     applied_lr,
     check_continuous_max_factor,
+    check_fraction,
     lr_factor,
     next_lr,
 )
@@ -61,8 +62,13 @@ class Policy:
         self.lr_min: float = metadata["action"]["lr_min"]
         self.lr_max: float = metadata["action"]["lr_max"]
         self.factor_span: float = float(metadata["action"]["factor_span"])
-        # Files written before the cooldown existed have none.
-        self.cooldown_fraction: float = float(metadata["action"].get("cooldown_fraction", 0.0))
+        # Files written before the cooldown or the warmup existed have none.
+        self.cooldown_fraction: float = check_fraction(
+            "cooldown_fraction", metadata["action"].get("cooldown_fraction", 0.0), "policy's "
+        )
+        self.warmup_fraction: float = check_fraction(
+            "warmup_fraction", metadata["action"].get("warmup_fraction", 0.0), "policy's "
+        )
         self.masked_features: tuple[str, ...] = check_masked_features(
             metadata["observation"]["masked"]
         )
@@ -121,9 +127,14 @@ class Policy:
         )
 
     def applied_lr(self, lr: float, step: int, *, total_steps: int) -> float:
-        """The LR step `step` trains at when this policy's LR is `lr` (its cooldown)."""
+        """The LR step `step` trains at when this policy's LR is `lr` (its warmup and
+        cooldown)."""
         return applied_lr(
-            lr, step, total_steps=total_steps, cooldown_fraction=self.cooldown_fraction
+            lr,
+            step,
+            total_steps=total_steps,
+            cooldown_fraction=self.cooldown_fraction,
+            warmup_fraction=self.warmup_fraction,
         )
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -208,9 +219,6 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
         raise ConfigError("policy's observation features differ from this lrpilot's")
     if metadata["action"]["mode"] not in ACTION_MODES:
         raise ConfigError(f"unknown action mode {metadata['action']['mode']!r} in policy")
-    cooldown = metadata["action"].get("cooldown_fraction", 0.0)
-    if not (isinstance(cooldown, (int, float)) and 0 <= cooldown < 1):
-        raise ConfigError(f"policy's cooldown_fraction must be in [0, 1), got {cooldown!r}")
 
 
 def _build_layers(weights: dict[str, torch.Tensor], metadata: dict[str, Any]):
@@ -247,6 +255,7 @@ def policy_metadata(
     masked_features: tuple[str, ...],
     hidden: list[int],
     cooldown_fraction: float = 0.0,
+    warmup_fraction: float = 0.0,
     normalization: dict[str, Any] | None,
     training: dict[str, Any],
 ) -> dict[str, Any]:
@@ -268,6 +277,7 @@ def policy_metadata(
             "lr_max": lr_max,
             "factor_span": factor_span,
             "cooldown_fraction": cooldown_fraction,
+            "warmup_fraction": warmup_fraction,
         },
         "network": {"hidden": list(hidden), "activation": "tanh"},
         "normalization": normalization,

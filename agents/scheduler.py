@@ -5,8 +5,9 @@ as with any scheduler, and `observe(train_losses, val_loss)` at every evaluation
 every `eval_interval` steps. At each observation the policy sees the same features
 as in `LRControlEnv` and multiplies the LR by its action's factor, clipped to the
 policy's `[lr_min, lr_max]`; between observations the LR is constant, except in the
-cooldown of a policy trained with one (`cooldown_fraction`), where each step's LR is
-the policy's LR times the cooldown factor, exactly as in the environment.
+warmup and cooldown of a policy trained with them (`warmup_fraction`,
+`cooldown_fraction`), where each step's LR is the policy's LR times the warmup or
+cooldown factor, exactly as in the environment.
 
     policy = load_policy("runs/ppo/policy")
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -157,7 +158,7 @@ class PolicyScheduler(LRScheduler):
 
     def get_lr(self) -> list[float]:
         """Each group's LR for the next step: its initial LR scaled like the policy's LR
-        (cooled down, in a policy's cooldown)."""
+        (warmed up or cooled down, in a policy's warmup or cooldown)."""
         lr = self._step_lr(max(self.last_epoch, 0))
         return [lr * (base / self.start_lr) for base in self.base_lrs]
 
@@ -312,7 +313,8 @@ class PolicyScheduler(LRScheduler):
         self._set_group_lrs()
 
     def _step_lr(self, step: int) -> float:
-        """The LR of step `step` (0-based): the policy's LR, cooled down in its cooldown."""
+        """The LR of step `step` (0-based): the policy's LR, in its warmup and cooldown
+        times their factors."""
         return self.policy.applied_lr(self.lr, step, total_steps=self.total_steps)
 
     def _observation_builder(self, start_lr: float, initial_val_loss: float) -> ObservationBuilder:

@@ -290,6 +290,7 @@ def export_policy(model: PPO, venv: VecNormalize, config: TrainConfig) -> Policy
         lr_max=config.env.lr_max,
         factor_span=config.env.factor_span,
         cooldown_fraction=config.env.cooldown_fraction,
+        warmup_fraction=config.env.warmup_fraction,
         masked_features=config.env.masked_features,
         hidden=list(config.ppo.net_arch),
         normalization={

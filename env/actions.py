@@ -19,6 +19,11 @@ last `c` of the budget, each step trains at the controller's LR times WSD's
 near 0 by the last step (0.6% of the controller's LR in a 400-step run with c = 0.2).
 The controller keeps acting; its own LR is what the observation shows.
 `cooldown_fraction = 0` (default): the controller's LR is the LR of every step.
+
+`warmup_fraction` is the same at the start: over the first `w` of the budget, each
+step trains at the controller's LR times WSD's linear warmup factor `(s + 1) / (w T)`,
+so a run started at a high LR does not take its first steps at that LR unwarmed.
+`warmup_fraction = 0` (default): no warmup.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import numpy as np
 from gymnasium import spaces
 
 from lrpilot.errors import ConfigError
-from lrpilot.lm.schedules import sqrt_cooldown
+from lrpilot.lm.schedules import linear_warmup, sqrt_cooldown
 
 ACTION_MODES = ("discrete", "continuous")
 DEFAULT_FACTORS: tuple[float, ...] = (0.5, 0.8, 1.0, 1.25, 2.0)
@@ -43,6 +48,14 @@ def check_continuous_max_factor(value: float, where: str = "") -> float:
         raise ConfigError(
             f"{where}continuous_max_factor must be a finite number > 1, got {value!r}"
         )
+    return float(value)
+
+
+def check_fraction(name: str, value: float, where: str = "") -> float:
+    """`value` as a float if it is a number in [0, 1) (bools excluded), else a
+    `ConfigError` naming it; for the warmup and cooldown fractions."""
+    if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 <= value < 1):
+        raise ConfigError(f"{where}{name} must be in [0, 1), got {value!r}")
     return float(value)
 
 
@@ -89,10 +102,21 @@ def next_lr(
     return float(np.clip(lr * factor, lr_min, lr_max))
 
 
-def applied_lr(lr: float, step: int, *, total_steps: int, cooldown_fraction: float) -> float:
+def applied_lr(
+    lr: float,
+    step: int,
+    *,
+    total_steps: int,
+    cooldown_fraction: float,
+    warmup_fraction: float = 0.0,
+) -> float:
     """The LR that step `step` (steps done so far) trains at, given the controller's `lr`.
 
     The one rule for the environment and `PolicyScheduler` (see the module docstring).
-    With `cooldown_fraction = 0` the factor is exactly 1 at every step.
+    With both fractions 0 the factor is exactly 1 at every step.
     """
-    return lr * sqrt_cooldown(step, total_steps, cooldown_fraction)
+    return (
+        lr
+        * linear_warmup(step, total_steps, warmup_fraction)
+        * sqrt_cooldown(step, total_steps, cooldown_fraction)
+    )

@@ -2,7 +2,8 @@
 
     reset(seed)   -> sample a Task, build the Trainer, measure L_0, observe
     step(action)  -> lr <- clip(lr * factor(action)); train one interval at lr
-                     (times the cooldown factor, with `cooldown_fraction`);
+                     (times the warmup and cooldown factors, with
+                     `warmup_fraction` and `cooldown_fraction`);
                      observation, instant reward, terminated, truncated, info
 
 The episode terminates when the step budget is spent, or early when the run
@@ -28,6 +29,7 @@ from lrpilot.env.actions import (
     DEFAULT_FACTORS,
     applied_lr,
     check_continuous_max_factor,
+    check_fraction,
     lr_factor,
     make_action_space,
     next_lr,
@@ -58,6 +60,7 @@ class EnvConfig:
     continuous_max_factor: float = DEFAULT_CONTINUOUS_MAX_FACTOR
     factor_span: float = 0.0  # budget fraction a factor applies over; 0: once per interval
     cooldown_fraction: float = 0.0  # last budget fraction cooled to 0 (1 - sqrt); 0: none
+    warmup_fraction: float = 0.0  # first budget fraction warmed up linearly; 0: none
     lr_min: float = 1e-5
     lr_max: float = 1e-1
     reward: str = "log_improvement"  # or "neg_val_loss", "final"
@@ -73,9 +76,12 @@ class EnvConfig:
         object.__setattr__(self, "masked_features", check_masked_features(self.masked_features))
         if not (0 <= self.factor_span <= 1):
             raise ConfigError(f"factor_span must be in [0, 1], got {self.factor_span!r}")
-        if not (0 <= self.cooldown_fraction < 1):
+        check_fraction("cooldown_fraction", self.cooldown_fraction)
+        check_fraction("warmup_fraction", self.warmup_fraction)
+        if self.warmup_fraction + self.cooldown_fraction > 1:
             raise ConfigError(
-                f"cooldown_fraction must be in [0, 1), got {self.cooldown_fraction!r}"
+                "warmup_fraction + cooldown_fraction must be at most 1, got "
+                f"{self.warmup_fraction!r} + {self.cooldown_fraction!r}"
             )
         if self.action_mode not in ACTION_MODES:
             raise ConfigError(
@@ -188,13 +194,15 @@ class LRControlEnv(gym.Env):
     # -- helpers ---------------------------------------------------------------------------
 
     def _step_lr(self, step: int) -> float:
-        """The LR of step `step`: the controller's LR, cooled down near the end."""
+        """The LR of step `step`: the controller's LR, warmed up at the start and cooled
+        down near the end."""
         assert self.task is not None
         return applied_lr(
             self.lr,
             step,
             total_steps=self.task.total_steps,
             cooldown_fraction=self.config.cooldown_fraction,
+            warmup_fraction=self.config.warmup_fraction,
         )
 
     def _corpus(self, name: str) -> Corpus:

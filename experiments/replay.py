@@ -52,6 +52,7 @@ def policy_env_config(policy: Policy, device: str = "cpu") -> EnvConfig:
         lr_max=policy.lr_max,
         factor_span=policy.factor_span,
         cooldown_fraction=policy.cooldown_fraction,
+        warmup_fraction=policy.warmup_fraction,
         masked_features=policy.masked_features,
         reward=trained.get("reward", defaults.reward),
         divergence_factor=trained.get("divergence_factor", defaults.divergence_factor),
@@ -113,7 +114,7 @@ def recorded_lr_function(trace: pd.DataFrame) -> Callable[[int], float]:
 
     Row `i > 0` of a trace covers the steps `(step_{i-1}, step_i]`; its `lr` is used
     for every step of that interval: exact for traces whose LR changes only between
-    intervals (policies without a cooldown), an approximation inside a cooldown.
+    intervals (policies without a warmup or cooldown), an approximation inside them.
     """
     rows = trace[trace["step"] > 0]
     ends = rows["step"].tolist()  # the global step count at each interval's end

@@ -37,7 +37,7 @@ class FixedSchedule(LRScheduler):
         return min(max(step, 0), self.total_steps) / self.total_steps
 
     def warmup_steps(self, fraction: float) -> int:
-        return max(1, round(fraction * self.total_steps)) if fraction > 0 else 0
+        return warmup_steps(self.total_steps, fraction)
 
     def lr_at(self, step: int) -> float:
         """The LR of the first parameter group at `step` (pure: no state changes)."""
@@ -50,9 +50,24 @@ class FixedSchedule(LRScheduler):
         return self.get_lr()
 
 
+def warmup_steps(total_steps: int, fraction: float) -> int:
+    """Steps of a warmup over the first `fraction` of a run: at least 1 if `fraction > 0`."""
+    return max(1, round(fraction * total_steps)) if fraction > 0 else 0
+
+
 def _warmup_factor(step: int, warmup: int) -> float:
     """Linear warmup that reaches 1 at step `warmup - 1`."""
     return (step + 1) / warmup
+
+
+def linear_warmup(step: int, total_steps: int, fraction: float) -> float:
+    """The linear warmup factor over the first `fraction` of the run: 1 after it.
+
+    The warmup of WSD and warmup+cosine, also applied by a learned controller with
+    `warmup_fraction > 0`.
+    """
+    w = warmup_steps(total_steps, fraction)
+    return _warmup_factor(step, w) if step < w else 1.0
 
 
 def cooldown_progress(step: int, total_steps: int, fraction: float) -> float:

@@ -37,6 +37,7 @@ def make_policy(
     factor_span: float = 0.0,
     masked_features: tuple[str, ...] = (),
     cooldown_fraction: float = 0.0,
+    warmup_fraction: float = 0.0,
 ) -> Policy:
     """A small policy with random weights, built the way `export_policy` builds one."""
     generator = torch.Generator().manual_seed(seed)
@@ -58,6 +59,7 @@ def make_policy(
         factor_span=factor_span,
         masked_features=masked_features,
         cooldown_fraction=cooldown_fraction,
+        warmup_fraction=warmup_fraction,
         hidden=hidden,
         normalization=None,
         training={},

@@ -132,6 +132,22 @@ def test_policy_file_keeps_its_cooldown_and_older_files_have_none(tmp_path):
         load_policy(policy.save(tmp_path / "bad"))
 
 
+def test_policy_file_keeps_its_warmup_and_older_files_have_none(tmp_path):
+    policy = make_policy(warmup_fraction=0.05)
+    warmed = load_policy(policy.save(tmp_path / "warmed"))
+    assert warmed.warmup_fraction == 0.05
+    assert warmed.applied_lr(1e-3, 0, total_steps=100) == pytest.approx(1e-3 / 5)
+    assert policy_env_config(warmed).warmup_fraction == 0.05  # replay and compare warm up
+    del policy.metadata["action"]["warmup_fraction"]  # as files from before the warmup
+    older = load_policy(policy.save(tmp_path / "older"))
+    assert older.warmup_fraction == 0.0
+    assert older.applied_lr(1e-3, 0, total_steps=100) == 1e-3
+    for bad in (1.0, True, "0.1"):
+        policy.metadata["action"]["warmup_fraction"] = bad
+        with pytest.raises(ConfigError, match=r"policy's warmup_fraction must be in \[0, 1\)"):
+            load_policy(policy.save(tmp_path / "bad"))
+
+
 def test_policy_file_keeps_its_continuous_range_and_older_files_have_x2(tmp_path):
     policy = make_policy(action_mode="continuous")
     policy.metadata["action"]["continuous_max_factor"] = 4.0

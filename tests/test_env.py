@@ -123,6 +123,24 @@ def test_cooldown_cools_each_step_below_the_controller_lr_down_to_the_end():
     assert lrs[2][0] < 0.1 * 1e-3  # the last step trains at under a tenth of the LR
 
 
+def test_warmup_ramps_each_step_up_to_the_controller_lr_over_the_first_steps():
+    task = Task("pydoc", "tiny", 0, 12, 4, 1e-3, 8)
+    env = make_env(warmup_fraction=0.5, cooldown_fraction=0.25)  # warmup over steps 0..5
+    env.reset(seed=0, options={"task": task})
+    lrs = []
+    for _ in range(2):
+        _, _, _, _, info = env.step(2)  # x1: the controller keeps 1e-3
+        lrs.append((env.last_stats.lr, env.last_stats.lr_mean))
+        assert info["lr"] == pytest.approx(1e-3)  # the controller's LR, not the warmed one
+
+    def warmed(step: int) -> float:
+        return 1e-3 * min(1.0, (step + 1) / 6)
+
+    assert lrs[0] == pytest.approx((warmed(3), np.mean([warmed(s) for s in range(4)])))
+    assert lrs[1] == pytest.approx((1e-3, np.mean([warmed(s) for s in range(4, 8)])))
+    assert warmed(0) == pytest.approx(1e-3 / 6)  # the first step trains at a sixth
+
+
 def test_actions_change_the_lr_multiplicatively_and_are_clipped():
     env = make_env(lr_min=1e-4, lr_max=2e-3)
     env.reset(seed=0, options={"task": Task("pydoc", "tiny", 0, 12, 4, 1e-3, 8)})
@@ -231,6 +249,12 @@ def test_render_ansi_is_one_line_per_interval():
         (lambda: LRControlEnv(gamma=0.9), "unknown environment setting"),
         (lambda: EnvConfig(factor_span=2.0), "factor_span must be in [0, 1], got 2.0"),
         (lambda: EnvConfig(cooldown_fraction=1.0), "cooldown_fraction must be in [0, 1), got"),
+        (lambda: EnvConfig(warmup_fraction=-0.1), "warmup_fraction must be in [0, 1), got -0.1"),
+        (lambda: EnvConfig(warmup_fraction=True), "warmup_fraction must be in [0, 1), got True"),
+        (
+            lambda: EnvConfig(warmup_fraction=0.5, cooldown_fraction=0.6),
+            "warmup_fraction + cooldown_fraction must be at most 1, got 0.5 + 0.6",
+        ),
         (lambda: EnvConfig(masked_features=("lr",)), "unknown feature(s) to mask: 'lr'"),
     ],
 )

@@ -211,9 +211,11 @@ def test_step_with_metrics_is_observe():
 TASK = Task("pydoc", "tiny", seed=5, total_steps=35, eval_every=10, start_lr=3e-3, batch_size=8)
 
 
-@pytest.mark.parametrize("cooldown_fraction", [0.0, 0.4])
-def test_scheduler_on_the_trainer_reproduces_the_env(cooldown_fraction):
-    policy = make_policy(seed=7, scale=3.0, cooldown_fraction=cooldown_fraction)
+@pytest.mark.parametrize(("warmup_fraction", "cooldown_fraction"), [(0.0, 0.0), (0.4, 0.4)])
+def test_scheduler_on_the_trainer_reproduces_the_env(warmup_fraction, cooldown_fraction):
+    policy = make_policy(
+        seed=7, scale=3.0, warmup_fraction=warmup_fraction, cooldown_fraction=cooldown_fraction
+    )
     env = LRControlEnv(
         EnvConfig(
             task_space=TaskSpace.fixed(TASK),
@@ -221,6 +223,7 @@ def test_scheduler_on_the_trainer_reproduces_the_env(cooldown_fraction):
             lr_min=policy.lr_min,
             lr_max=policy.lr_max,
             cooldown_fraction=policy.cooldown_fraction,
+            warmup_fraction=policy.warmup_fraction,
         )
     )
     env_rows = run_episode(env, policy, TASK).rows[1:]
@@ -256,8 +259,9 @@ def test_scheduler_on_the_trainer_reproduces_the_env(cooldown_fraction):
     np.testing.assert_allclose(scheduler_lrs, env_lrs, rtol=1e-12)
     if cooldown_fraction == 0:
         assert all(len(set(chunk)) == 1 for chunk in chunks)
-    else:  # the last interval (steps 30-34) lies in the cooldown (steps 21-34)
-        assert np.all(np.diff(chunks[-1]) < 0)
+    else:  # the warmup covers steps 0-13, the cooldown steps 21-34
+        assert np.all(np.diff(chunks[0]) > 0)  # the first interval warms up
+        assert np.all(np.diff(chunks[-1]) < 0)  # the last one cools down
         assert scheduler.last_stats.lr == lrs[-1] < scheduler.lr
 
 

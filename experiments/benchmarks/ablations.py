@@ -80,6 +80,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "actions: no cooldown (the LR of every step is the policy's)",
         {"cooldown_fraction": 0.0},
     ),
+    "no-warmup": (
+        "actions: no warmup (the first steps train at the policy's LR)",
+        {"warmup_fraction": 0.0},
+    ),
     "sees-lr-rel-start": (
         "features: `log_lr_rel_start` (LR over the start LR) not masked",
         {"masked_features": []},
