@@ -31,7 +31,7 @@ from lrpilot.env.actions import (
     DEFAULT_CONTINUOUS_MAX_FACTOR,
     applied_lr,
     check_continuous_max_factor,
-    check_fraction,
+    check_fractions,
     lr_factor,
     next_lr,
 )
@@ -63,11 +63,10 @@ class Policy:
         self.lr_max: float = metadata["action"]["lr_max"]
         self.factor_span: float = float(metadata["action"]["factor_span"])
         # Files written before the cooldown or the warmup existed have none.
-        self.cooldown_fraction: float = check_fraction(
-            "cooldown_fraction", metadata["action"].get("cooldown_fraction", 0.0), "policy's "
-        )
-        self.warmup_fraction: float = check_fraction(
-            "warmup_fraction", metadata["action"].get("warmup_fraction", 0.0), "policy's "
+        self.warmup_fraction, self.cooldown_fraction = check_fractions(
+            metadata["action"].get("warmup_fraction", 0.0),
+            metadata["action"].get("cooldown_fraction", 0.0),
+            "policy's ",
         )
         self.masked_features: tuple[str, ...] = check_masked_features(
             metadata["observation"]["masked"]
@@ -153,7 +152,7 @@ DEFAULT_POLICY = "default"  # the name of the policy shipped with lrpilot
 
 
 def default_policy_path() -> Path:
-    """The shipped policy, trained by `lrpilot train --preset controller`."""
+    """The shipped policy, trained by the `controller` preset (README: which commit's)."""
     return Path(str(resources.files("lrpilot.agents") / "policies" / "default.safetensors"))
 
 

@@ -313,8 +313,8 @@ class PolicyScheduler(LRScheduler):
         self._set_group_lrs()
 
     def _step_lr(self, step: int) -> float:
-        """The LR of step `step` (0-based): the policy's LR, in its warmup and cooldown
-        times their factors."""
+        """The LR of step `step` (0-based): the policy's LR times its warmup and cooldown
+        factors (1 outside them)."""
         return self.policy.applied_lr(self.lr, step, total_steps=self.total_steps)
 
     def _observation_builder(self, start_lr: float, initial_val_loss: float) -> ObservationBuilder:

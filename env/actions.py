@@ -21,9 +21,10 @@ The controller keeps acting; its own LR is what the observation shows.
 `cooldown_fraction = 0` (default): the controller's LR is the LR of every step.
 
 `warmup_fraction` is the same at the start: over the first `w` of the budget, each
-step trains at the controller's LR times WSD's linear warmup factor `(s + 1) / (w T)`,
-so a run started at a high LR does not take its first steps at that LR unwarmed.
-`warmup_fraction = 0` (default): no warmup.
+step `s < W` trains at the controller's LR times WSD's linear warmup factor
+`(s + 1) / W`, where `W = round(w T)` (at least 1), so a run started at a high LR does
+not take its first steps at that LR unwarmed. `warmup_fraction = 0` (default): no
+warmup. The two fractions sum to at most 1.
 """
 
 from __future__ import annotations
@@ -51,12 +52,19 @@ def check_continuous_max_factor(value: float, where: str = "") -> float:
     return float(value)
 
 
-def check_fraction(name: str, value: float, where: str = "") -> float:
-    """`value` as a float if it is a number in [0, 1) (bools excluded), else a
-    `ConfigError` naming it; for the warmup and cooldown fractions."""
-    if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 <= value < 1):
-        raise ConfigError(f"{where}{name} must be in [0, 1), got {value!r}")
-    return float(value)
+def check_fractions(warmup: float, cooldown: float, where: str = "") -> tuple[float, float]:
+    """The warmup and cooldown fractions as floats if each is a number in [0, 1) (bools
+    excluded) and they sum to at most 1, else a `ConfigError` naming the values
+    (`where` prefixes the names, e.g. "policy's ")."""
+    for name, value in (("warmup_fraction", warmup), ("cooldown_fraction", cooldown)):
+        if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 <= value < 1):
+            raise ConfigError(f"{where}{name} must be in [0, 1), got {value!r}")
+    if warmup + cooldown > 1:
+        raise ConfigError(
+            f"{where}warmup_fraction + cooldown_fraction must be at most 1, "
+            f"got {warmup!r} + {cooldown!r}"
+        )
+    return float(warmup), float(cooldown)
 
 
 def make_action_space(mode: str, factors: tuple[float, ...]) -> spaces.Space:
@@ -108,12 +116,13 @@ def applied_lr(
     *,
     total_steps: int,
     cooldown_fraction: float,
-    warmup_fraction: float = 0.0,
+    warmup_fraction: float,
 ) -> float:
     """The LR that step `step` (steps done so far) trains at, given the controller's `lr`.
 
     The one rule for the environment and `PolicyScheduler` (see the module docstring).
-    With both fractions 0 the factor is exactly 1 at every step.
+    With both fractions 0 the factor is exactly 1 at every step. Where rounding makes
+    the two windows share a step (only when the fractions sum to 1), both factors apply.
     """
     return (
         lr

@@ -120,7 +120,7 @@ class ObservationBuilder:
 
     def update(self, stats: IntervalStats, controller_lr: float) -> np.ndarray:
         """The observation after one interval whose LR the controller set to
-        `controller_lr` (in a cooldown its steps trained at less; the LR features show
+        `controller_lr` (in a warmup or cooldown its steps trained at less; the LR features show
         the controller's LR)."""
         val, mean = stats.val_loss, stats.train_loss_mean
         if math.isfinite(val):

@@ -29,7 +29,7 @@ from lrpilot.env.actions import (
     DEFAULT_FACTORS,
     applied_lr,
     check_continuous_max_factor,
-    check_fraction,
+    check_fractions,
     lr_factor,
     make_action_space,
     next_lr,
@@ -76,13 +76,7 @@ class EnvConfig:
         object.__setattr__(self, "masked_features", check_masked_features(self.masked_features))
         if not (0 <= self.factor_span <= 1):
             raise ConfigError(f"factor_span must be in [0, 1], got {self.factor_span!r}")
-        check_fraction("cooldown_fraction", self.cooldown_fraction)
-        check_fraction("warmup_fraction", self.warmup_fraction)
-        if self.warmup_fraction + self.cooldown_fraction > 1:
-            raise ConfigError(
-                "warmup_fraction + cooldown_fraction must be at most 1, got "
-                f"{self.warmup_fraction!r} + {self.cooldown_fraction!r}"
-            )
+        check_fractions(self.warmup_fraction, self.cooldown_fraction)
         if self.action_mode not in ACTION_MODES:
             raise ConfigError(
                 f"unknown action_mode {self.action_mode!r}; choose from {', '.join(ACTION_MODES)}"

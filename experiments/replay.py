@@ -114,7 +114,9 @@ def recorded_lr_function(trace: pd.DataFrame) -> Callable[[int], float]:
 
     Row `i > 0` of a trace covers the steps `(step_{i-1}, step_i]`; its `lr` is used
     for every step of that interval: exact for traces whose LR changes only between
-    intervals (policies without a warmup or cooldown), an approximation inside them.
+    intervals (policies without a warmup or cooldown), an approximation inside a
+    cooldown; a warmup within the first interval is not replayed at all (its last step
+    trains at the full LR, which the whole interval then gets).
     """
     rows = trace[trace["step"] > 0]
     ends = rows["step"].tolist()  # the global step count at each interval's end

@@ -146,6 +146,9 @@ def test_policy_file_keeps_its_warmup_and_older_files_have_none(tmp_path):
         policy.metadata["action"]["warmup_fraction"] = bad
         with pytest.raises(ConfigError, match=r"policy's warmup_fraction must be in \[0, 1\)"):
             load_policy(policy.save(tmp_path / "bad"))
+    policy.metadata["action"].update(warmup_fraction=0.6, cooldown_fraction=0.6)
+    with pytest.raises(ConfigError, match=r"policy's warmup_fraction \+ cooldown_fraction must"):
+        load_policy(policy.save(tmp_path / "overlapping"))
 
 
 def test_policy_file_keeps_its_continuous_range_and_older_files_have_x2(tmp_path):

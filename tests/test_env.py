@@ -8,9 +8,11 @@ import torch
 
 import lrpilot  # noqa: F401  (registers the environment)
 from lrpilot.env import EnvConfig, LRControlEnv, Task, TaskSpace
+from lrpilot.env.actions import applied_lr
 from lrpilot.env.features import FEATURE_NAMES, FEATURES
 from lrpilot.env.rewards import REWARD_NAMES, divergence_reward, instant_reward
 from lrpilot.errors import ConfigError
+from lrpilot.lm.schedules import schedule_curve
 
 SPACE = TaskSpace(total_steps=(12,), eval_every=4, batch_size=8, start_lr=(1e-3, 1e-2))
 
@@ -125,20 +127,31 @@ def test_cooldown_cools_each_step_below_the_controller_lr_down_to_the_end():
 
 def test_warmup_ramps_each_step_up_to_the_controller_lr_over_the_first_steps():
     task = Task("pydoc", "tiny", 0, 12, 4, 1e-3, 8)
-    env = make_env(warmup_fraction=0.5, cooldown_fraction=0.25)  # warmup over steps 0..5
+    env = make_env(warmup_fraction=0.5, cooldown_fraction=0.25)  # steps 0..5, then 9..11
     env.reset(seed=0, options={"task": task})
     lrs = []
-    for _ in range(2):
+    for _ in range(3):
         _, _, _, _, info = env.step(2)  # x1: the controller keeps 1e-3
         lrs.append((env.last_stats.lr, env.last_stats.lr_mean))
         assert info["lr"] == pytest.approx(1e-3)  # the controller's LR, not the warmed one
 
-    def warmed(step: int) -> float:
-        return 1e-3 * min(1.0, (step + 1) / 6)
+    def applied(step: int) -> float:  # 1e-3 warmed up over 6 steps, cooled over the last 3
+        return 1e-3 * min(1.0, (step + 1) / 6) * (1 - math.sqrt(max(step - 9, 0) / 3))
 
-    assert lrs[0] == pytest.approx((warmed(3), np.mean([warmed(s) for s in range(4)])))
-    assert lrs[1] == pytest.approx((1e-3, np.mean([warmed(s) for s in range(4, 8)])))
-    assert warmed(0) == pytest.approx(1e-3 / 6)  # the first step trains at a sixth
+    assert lrs[0] == pytest.approx((applied(3), np.mean([applied(s) for s in range(4)])))
+    assert lrs[0][0] == pytest.approx(1e-3 * 4 / 6)
+    assert lrs[1] == pytest.approx((1e-3, np.mean([applied(s) for s in range(4, 8)])))
+    assert lrs[2] == pytest.approx((applied(11), np.mean([applied(s) for s in range(8, 12)])))
+
+
+def test_the_controllers_warmup_and_cooldown_are_wsds():
+    wsd = schedule_curve("wsd", 1.0, 400, warmup=0.05, decay=0.2)
+    steps = range(400)
+    controlled = [
+        applied_lr(1.0, s, total_steps=400, cooldown_fraction=0.2, warmup_fraction=0.05)
+        for s in steps
+    ]
+    assert controlled == pytest.approx(wsd, rel=1e-12)
 
 
 def test_actions_change_the_lr_multiplicatively_and_are_clipped():

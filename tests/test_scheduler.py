@@ -211,7 +211,9 @@ def test_step_with_metrics_is_observe():
 TASK = Task("pydoc", "tiny", seed=5, total_steps=35, eval_every=10, start_lr=3e-3, batch_size=8)
 
 
-@pytest.mark.parametrize(("warmup_fraction", "cooldown_fraction"), [(0.0, 0.0), (0.4, 0.4)])
+@pytest.mark.parametrize(
+    ("warmup_fraction", "cooldown_fraction"), [(0.0, 0.0), (0.0, 0.4), (0.4, 0.4)]
+)
 def test_scheduler_on_the_trainer_reproduces_the_env(warmup_fraction, cooldown_fraction):
     policy = make_policy(
         seed=7, scale=3.0, warmup_fraction=warmup_fraction, cooldown_fraction=cooldown_fraction
@@ -259,9 +261,9 @@ def test_scheduler_on_the_trainer_reproduces_the_env(warmup_fraction, cooldown_f
     np.testing.assert_allclose(scheduler_lrs, env_lrs, rtol=1e-12)
     if cooldown_fraction == 0:
         assert all(len(set(chunk)) == 1 for chunk in chunks)
-    else:  # the warmup covers steps 0-13, the cooldown steps 21-34
-        assert np.all(np.diff(chunks[0]) > 0)  # the first interval warms up
-        assert np.all(np.diff(chunks[-1]) < 0)  # the last one cools down
+    else:  # the cooldown covers steps 21-34 (the warmup, with one, steps 0-13)
+        assert np.all(np.diff(chunks[0]) > 0) == (warmup_fraction > 0)  # warms up
+        assert np.all(np.diff(chunks[-1]) < 0)  # the last interval cools down
         assert scheduler.last_stats.lr == lrs[-1] < scheduler.lr
 
 
