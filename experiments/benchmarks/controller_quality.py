@@ -90,14 +90,43 @@ def measure(name: str, setting: dict, args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--policy", default="default", help="policy to measure")
-    parser.add_argument("--jobs", type=int, default=2, help="runs in parallel")
-    parser.add_argument("--eval-seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--settings", type=int, nargs="+", default=[1, 2, 3, 4])
-    parser.add_argument("--out", default="runs/controller_quality", help="compare folders")
-    parser.add_argument("--results", default="experiments/results", help="tables folder")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument(
+        "--policy",
+        default="default",
+        help="policy to measure: `default` (the shipped one), a policy file or a run folder",
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="LM runs in parallel (processes)")
+    parser.add_argument(
+        "--eval-seeds",
+        type=int,
+        nargs="+",
+        default=[1, 2, 3],
+        help="LM seeds the policy and the tuned schedules are compared on (default: 1 2 3)",
+    )
+    parser.add_argument(
+        "--settings",
+        type=int,
+        nargs="+",
+        default=[1, 2, 3, 4],
+        choices=range(1, len(SETTINGS) + 1),
+        metavar="N",
+        help="which settings to measure, by number: "
+        + "; ".join(f"{i} {name}" for i, name in enumerate(SETTINGS, 1)),
+    )
+    parser.add_argument(
+        "--out",
+        default="runs/controller_quality",
+        help="folder of the compare runs, one per setting (a cache: reruns reuse its runs)",
+    )
+    parser.add_argument(
+        "--results",
+        default="experiments/results",
+        help="folder for controller_quality.csv and .md (give another for an unshipped policy)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     names = list(SETTINGS)
     rows = [measure(names[i - 1], SETTINGS[names[i - 1]], args) for i in args.settings]
     table = pd.DataFrame(rows)
@@ -108,6 +137,10 @@ def main() -> None:
         f"python experiments/benchmarks/controller_quality.py --policy {args.policy} "
         f"--jobs {args.jobs}"
     )
+    if args.eval_seeds != [1, 2, 3]:
+        command += " --eval-seeds " + " ".join(map(str, args.eval_seeds))
+    if args.settings != [1, 2, 3, 4]:
+        command += " --settings " + " ".join(map(str, args.settings))
     text = f"# Controller quality\n\n`{command}`\n\n{markdown_table(table)}\n"
     atomic_write_text(results / "controller_quality.md", text)
     print(text)
