@@ -314,3 +314,16 @@ def test_the_shipped_default_policy_loads_with_its_training_record():
     # The shipped file is what the committed preset trains (retrain it to change either).
     assert TrainConfig.from_dict(training) == load_train_config("controller")
     assert 0 < done <= training["timesteps"]  # best/: any evaluation
+
+
+def test_every_ablation_variant_changes_the_controller_preset():
+    from lrpilot.agents.training import load_train_config
+    from lrpilot.experiments.benchmarks.ablations import VARIANTS, variant_config
+
+    preset = variant_config({}, timesteps=1600)
+    assert preset.env == load_train_config("controller").env  # "full": the preset itself
+    for name, (_, changes) in VARIANTS.items():
+        config = variant_config(changes, timesteps=1600)  # a valid config
+        if name == "full":
+            continue
+        assert (config.env, config.ppo) != (preset.env, preset.ppo), name

@@ -80,9 +80,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "actions: no cooldown (the LR of every step is the policy's)",
         {"cooldown_fraction": 0.0},
     ),
-    "no-warmup": (
-        "actions: no warmup (the first steps train at the policy's LR)",
-        {"warmup_fraction": 0.0},
+    "warmup": (
+        "actions: a fixed linear warmup over the first 5% of the budget (v6)",
+        {"warmup_fraction": 0.05},
     ),
     "sees-lr-rel-start": (
         "features: `log_lr_rel_start` (LR over the start LR) not masked",
