@@ -36,9 +36,6 @@ class FixedSchedule(LRScheduler):
         """Fraction of the run done, clipped to [0, 1]."""
         return min(max(step, 0), self.total_steps) / self.total_steps
 
-    def warmup_steps(self, fraction: float) -> int:
-        return warmup_steps(self.total_steps, fraction)
-
     def lr_at(self, step: int) -> float:
         """The LR of the first parameter group at `step` (pure: no state changes)."""
         return self.base_lrs[0] * self.factor(step)
@@ -153,7 +150,7 @@ class WarmupCosineSchedule(FixedSchedule):
         super().__init__(optimizer, total_steps, last_epoch)
 
     def factor(self, step: int) -> float:
-        w = self.warmup_steps(self.warmup)
+        w = warmup_steps(self.total_steps, self.warmup)
         if step < w:
             return _warmup_factor(step, w)
         q = (min(step, self.total_steps) - w) / max(1, self.total_steps - w)
@@ -183,7 +180,7 @@ class WSDSchedule(FixedSchedule):
         super().__init__(optimizer, total_steps, last_epoch)
 
     def factor(self, step: int) -> float:
-        w = self.warmup_steps(self.warmup)
+        w = warmup_steps(self.total_steps, self.warmup)
         if step < w:
             return _warmup_factor(step, w)
         if self.cooldown == "sqrt":
@@ -220,7 +217,7 @@ class OneCycleSchedule(FixedSchedule):
         super().__init__(optimizer, total_steps, last_epoch)
 
     def factor(self, step: int) -> float:
-        w = self.warmup_steps(self.warmup)
+        w = warmup_steps(self.total_steps, self.warmup)
         start = 1.0 / self.div_factor
         if step < w:
             q = step / max(1, w - 1)
@@ -237,7 +234,7 @@ class InverseSqrtSchedule(FixedSchedule):
         super().__init__(optimizer, total_steps, last_epoch)
 
     def factor(self, step: int) -> float:
-        w = max(1, self.warmup_steps(self.warmup))
+        w = max(1, warmup_steps(self.total_steps, self.warmup))
         if step < w:
             return _warmup_factor(step, w)
         return math.sqrt(w / (step + 1))
