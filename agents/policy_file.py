@@ -29,8 +29,10 @@ from safetensors.torch import save as save_safetensors
 from lrpilot.env.actions import (
     ACTION_MODES,
     DEFAULT_CONTINUOUS_MAX_FACTOR,
+    ActionRule,
     applied_lr,
     check_continuous_max_factor,
+    check_first_action_max_factor,
     check_fractions,
     lr_factor,
     next_lr,
@@ -62,6 +64,10 @@ class Policy:
         self.lr_min: float = metadata["action"]["lr_min"]
         self.lr_max: float = metadata["action"]["lr_max"]
         self.factor_span: float = float(metadata["action"]["factor_span"])
+        # Files written before the setting existed have a first action like the others.
+        self.first_action_max_factor: float = check_first_action_max_factor(
+            metadata["action"].get("first_action_max_factor", 0.0), self.action_mode, "policy's "
+        )
         # Files written before the cooldown or the warmup existed have none.
         self.warmup_fraction, self.cooldown_fraction = check_fractions(
             metadata["action"].get("warmup_fraction", 0.0),
@@ -113,16 +119,31 @@ class Policy:
         """The multiplicative LR change of an action of this policy."""
         return lr_factor(self.action_mode, self.factors, action, self.continuous_max_factor)
 
-    def next_lr(self, lr: float, action, *, interval_steps: int, total_steps: int) -> float:
-        """The LR of the next interval after `action`, as the training environment set it."""
-        return next_lr(
-            lr,
-            self.lr_factor(action),
-            interval_steps=interval_steps,
-            total_steps=total_steps,
+    @property
+    def action_rule(self) -> ActionRule:
+        """How this policy's actions change the LR, as in its training environment."""
+        return ActionRule(
+            mode=self.action_mode,
+            factors=self.factors,
+            continuous_max_factor=self.continuous_max_factor,
+            first_action_max_factor=self.first_action_max_factor,
             factor_span=self.factor_span,
             lr_min=self.lr_min,
             lr_max=self.lr_max,
+        )
+
+    def next_lr(
+        self, lr: float, action, *, first: bool, interval_steps: int, total_steps: int
+    ) -> float:
+        """The LR of the next interval after `action`, as the training environment set it
+        (`first`: the run's first action, taken before any step)."""
+        return next_lr(
+            lr,
+            action,
+            first=first,
+            interval_steps=interval_steps,
+            total_steps=total_steps,
+            rule=self.action_rule,
         )
 
     def applied_lr(self, lr: float, step: int, *, total_steps: int) -> float:
@@ -251,6 +272,7 @@ def policy_metadata(
     lr_min: float,
     lr_max: float,
     factor_span: float,
+    first_action_max_factor: float = 0.0,
     masked_features: tuple[str, ...],
     hidden: list[int],
     cooldown_fraction: float = 0.0,
@@ -275,6 +297,7 @@ def policy_metadata(
             "lr_min": lr_min,
             "lr_max": lr_max,
             "factor_span": factor_span,
+            "first_action_max_factor": first_action_max_factor,
             "cooldown_fraction": cooldown_fraction,
             "warmup_fraction": warmup_fraction,
         },

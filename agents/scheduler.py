@@ -307,6 +307,7 @@ class PolicyScheduler(LRScheduler):
         self.lr = self.policy.next_lr(
             self.lr,
             self.last_action,
+            first=self.last_epoch == 0,
             interval_steps=next_observation_at - self.last_epoch,
             total_steps=self.total_steps,
         )

@@ -289,6 +289,7 @@ def export_policy(model: PPO, venv: VecNormalize, config: TrainConfig) -> Policy
         lr_min=config.env.lr_min,
         lr_max=config.env.lr_max,
         factor_span=config.env.factor_span,
+        first_action_max_factor=config.env.first_action_max_factor,
         cooldown_fraction=config.env.cooldown_fraction,
         warmup_fraction=config.env.warmup_fraction,
         masked_features=config.env.masked_features,

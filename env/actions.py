@@ -13,6 +13,12 @@ so an interval of `n` steps in a run of `T` gets `factor ** (n / (f * T))`. The 
 actions then trace the same LR curve against progress whatever the budget or the
 evaluation interval. `factor_span = 0` applies each factor once per interval.
 
+`first_action_max_factor` (continuous actions only) widens the first action, the one
+taken from the observation at reset before any step: it multiplies the start LR by
+`first_action_max_factor**a` in full, whatever the budget (`factor_span` does not
+apply), so one action can correct an untuned start LR by up to that factor either way.
+`first_action_max_factor = 0` (default): the first action is like the others.
+
 `cooldown_fraction` makes the controller a learned LR with a fixed cooldown: over the
 last `c` of the budget, each step trains at the controller's LR times WSD's
 `1 - sqrt(q)` cooldown factor (`lrpilot.lm.schedules.sqrt_cooldown`), which falls to
@@ -30,6 +36,7 @@ warmup. The two fractions sum to at most 1.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from gymnasium import spaces
@@ -49,6 +56,19 @@ def check_continuous_max_factor(value: float, where: str = "") -> float:
         raise ConfigError(
             f"{where}continuous_max_factor must be a finite number > 1, got {value!r}"
         )
+    return float(value)
+
+
+def check_first_action_max_factor(value: float, mode: str, where: str = "") -> float:
+    """`value` as a float if it is 0 (off) or a finite number > 1 with continuous
+    actions (bools excluded), else a `ConfigError` naming it."""
+    name = f"{where}first_action_max_factor"
+    if isinstance(value, bool) or not (
+        isinstance(value, (int, float)) and (value == 0 or 1 < value < math.inf)
+    ):
+        raise ConfigError(f"{name} must be 0 (off) or a finite number > 1, got {value!r}")
+    if value and mode != "continuous":
+        raise ConfigError(f"{name} needs continuous actions, got action mode {mode!r}")
     return float(value)
 
 
@@ -91,23 +111,41 @@ def lr_factor(
     return float(continuous_max_factor**exponent) if math.isfinite(exponent) else 1.0
 
 
+@dataclass(frozen=True)
+class ActionRule:
+    """How an action changes the controller's LR: the settings `next_lr` needs, shared
+    by the environment (`EnvConfig.action_rule`) and a policy file (`Policy.action_rule`)."""
+
+    mode: str
+    factors: tuple[float, ...]
+    continuous_max_factor: float
+    first_action_max_factor: float  # 0: the first action is like the others
+    factor_span: float
+    lr_min: float
+    lr_max: float
+
+
 def next_lr(
     lr: float,
-    factor: float,
+    action,
     *,
+    first: bool,
     interval_steps: int,
     total_steps: int,
-    factor_span: float,
-    lr_min: float,
-    lr_max: float,
+    rule: ActionRule,
 ) -> float:
     """The LR of the next interval: `lr` times the action's factor, clipped to the bounds.
+    `first` marks the first action of a run (taken at reset, before any step).
 
     The one rule for the environment, open-loop replay and `PolicyScheduler`.
     """
-    if factor_span > 0:
-        factor = factor ** (interval_steps / (factor_span * total_steps))
-    return float(np.clip(lr * factor, lr_min, lr_max))
+    if first and rule.first_action_max_factor:
+        factor = lr_factor(rule.mode, rule.factors, action, rule.first_action_max_factor)
+    else:
+        factor = lr_factor(rule.mode, rule.factors, action, rule.continuous_max_factor)
+        if rule.factor_span > 0:
+            factor = factor ** (interval_steps / (rule.factor_span * total_steps))
+    return float(np.clip(lr * factor, rule.lr_min, rule.lr_max))
 
 
 def applied_lr(

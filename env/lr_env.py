@@ -27,10 +27,11 @@ from lrpilot.env.actions import (
     ACTION_MODES,
     DEFAULT_CONTINUOUS_MAX_FACTOR,
     DEFAULT_FACTORS,
+    ActionRule,
     applied_lr,
     check_continuous_max_factor,
+    check_first_action_max_factor,
     check_fractions,
-    lr_factor,
     make_action_space,
     next_lr,
 )
@@ -59,6 +60,8 @@ class EnvConfig:
     # continuous actions: a in [-1, 1] multiplies the LR by continuous_max_factor**a
     continuous_max_factor: float = DEFAULT_CONTINUOUS_MAX_FACTOR
     factor_span: float = 0.0  # budget fraction a factor applies over; 0: once per interval
+    # the first action multiplies the start LR by first_action_max_factor**a; 0: off
+    first_action_max_factor: float = 0.0
     cooldown_fraction: float = 0.0  # last budget fraction cooled to 0 (1 - sqrt); 0: none
     warmup_fraction: float = 0.0  # first budget fraction warmed up linearly; 0: none
     lr_min: float = 1e-5
@@ -84,6 +87,7 @@ class EnvConfig:
         if not self.factors or any(not (f > 0 and math.isfinite(f)) for f in self.factors):
             raise ConfigError(f"factors must be positive numbers, got {self.factors!r}")
         check_continuous_max_factor(self.continuous_max_factor)
+        check_first_action_max_factor(self.first_action_max_factor, self.action_mode)
         if not (0 < self.lr_min < self.lr_max and math.isfinite(self.lr_max)):
             raise ConfigError(
                 f"need 0 < lr_min < lr_max, got lr_min={self.lr_min!r}, lr_max={self.lr_max!r}"
@@ -93,6 +97,19 @@ class EnvConfig:
             raise ConfigError(f"divergence_factor must be > 1, got {self.divergence_factor!r}")
         if not self.divergence_penalty >= 0:
             raise ConfigError(f"divergence_penalty must be >= 0, got {self.divergence_penalty!r}")
+
+    @property
+    def action_rule(self) -> ActionRule:
+        """How this environment's actions change the LR."""
+        return ActionRule(
+            mode=self.action_mode,
+            factors=self.factors,
+            continuous_max_factor=self.continuous_max_factor,
+            first_action_max_factor=self.first_action_max_factor,
+            factor_span=self.factor_span,
+            lr_min=self.lr_min,
+            lr_max=self.lr_max,
+        )
 
 
 class LRControlEnv(gym.Env):
@@ -151,17 +168,11 @@ class LRControlEnv(gym.Env):
         steps = self.task.interval_steps(self.interval)
         self.lr = next_lr(
             self.lr,
-            lr_factor(
-                self.config.action_mode,
-                self.config.factors,
-                action,
-                self.config.continuous_max_factor,
-            ),
+            action,
+            first=self.interval == 0,
             interval_steps=steps,
             total_steps=self.task.total_steps,
-            factor_span=self.config.factor_span,
-            lr_min=self.config.lr_min,
-            lr_max=self.config.lr_max,
+            rule=self.config.action_rule,
         )
         stats = self.trainer.run_interval(steps, self._step_lr)
         self.interval += 1

@@ -51,6 +51,7 @@ def policy_env_config(policy: Policy, device: str = "cpu") -> EnvConfig:
         lr_min=policy.lr_min,
         lr_max=policy.lr_max,
         factor_span=policy.factor_span,
+        first_action_max_factor=policy.first_action_max_factor,
         cooldown_fraction=policy.cooldown_fraction,
         warmup_fraction=policy.warmup_fraction,
         masked_features=policy.masked_features,

@@ -38,6 +38,7 @@ def make_policy(
     masked_features: tuple[str, ...] = (),
     cooldown_fraction: float = 0.0,
     warmup_fraction: float = 0.0,
+    first_action_max_factor: float = 0.0,
 ) -> Policy:
     """A small policy with random weights, built the way `export_policy` builds one."""
     generator = torch.Generator().manual_seed(seed)
@@ -57,6 +58,7 @@ def make_policy(
         lr_min=LR_MIN,
         lr_max=LR_MAX,
         factor_span=factor_span,
+        first_action_max_factor=first_action_max_factor,
         masked_features=masked_features,
         cooldown_fraction=cooldown_fraction,
         warmup_fraction=warmup_fraction,

@@ -151,12 +151,36 @@ def test_policy_file_keeps_its_warmup_and_older_files_have_none(tmp_path):
         load_policy(policy.save(tmp_path / "overlapping"))
 
 
+def test_policy_file_keeps_its_first_action_range_and_older_files_have_none(tmp_path):
+    policy = make_policy(action_mode="continuous", factor_span=0.5, first_action_max_factor=100.0)
+    wide = load_policy(policy.save(tmp_path / "wide"))
+    assert wide.first_action_max_factor == 100.0
+    assert policy_env_config(wide).first_action_max_factor == 100.0  # replay and compare
+    half = np.array([0.5])
+    assert wide.next_lr(0.01, half, first=True, interval_steps=10, total_steps=40) == (
+        pytest.approx(0.1)  # x100**0.5 in full
+    )
+    assert wide.next_lr(0.01, half, first=False, interval_steps=10, total_steps=40) == (
+        pytest.approx(0.01 * 2 ** (0.5 * 10 / 20))  # x2**0.5 per half budget
+    )
+    del policy.metadata["action"]["first_action_max_factor"]  # as files from before it
+    older = load_policy(policy.save(tmp_path / "older"))
+    assert older.first_action_max_factor == 0.0
+    assert older.next_lr(0.01, half, first=True, interval_steps=10, total_steps=40) == (
+        pytest.approx(0.01 * 2 ** (0.5 * 10 / 20))
+    )
+    for bad in (0.5, True, "10"):
+        policy.metadata["action"]["first_action_max_factor"] = bad
+        with pytest.raises(ConfigError, match="policy's first_action_max_factor must be 0"):
+            load_policy(policy.save(tmp_path / "bad"))
+
+
 def test_policy_file_keeps_its_continuous_range_and_older_files_have_x2(tmp_path):
     policy = make_policy(action_mode="continuous")
     policy.metadata["action"]["continuous_max_factor"] = 4.0
     wide = load_policy(policy.save(tmp_path / "wide"))
     assert wide.lr_factor(np.array([-1.0])) == pytest.approx(0.25)
-    assert wide.next_lr(1e-3, np.array([0.5]), interval_steps=10, total_steps=40) == (
+    assert wide.next_lr(1e-3, np.array([0.5]), first=False, interval_steps=10, total_steps=40) == (
         pytest.approx(2e-3)
     )
     # Replay and compare build the policy's env from the file: x4**a there too.
@@ -179,7 +203,12 @@ def test_policy_file_keeps_its_continuous_range_and_older_files_have_x2(tmp_path
 
 def test_continuous_training_uses_the_range_and_the_initial_std(tmp_path):
     config = load_train_config("tiny", timesteps=32, eval_every=32)
-    env = dataclasses.replace(config.env, action_mode="continuous", continuous_max_factor=4.0)
+    env = dataclasses.replace(
+        config.env,
+        action_mode="continuous",
+        continuous_max_factor=4.0,
+        first_action_max_factor=10.0,
+    )
     ppo = dataclasses.replace(config.ppo, log_std_init=-0.7)
     config = dataclasses.replace(config, env=env, ppo=ppo)
     model, venv = make_model(config)
@@ -188,6 +217,7 @@ def test_continuous_training_uses_the_range_and_the_initial_std(tmp_path):
     policy = train(config, tmp_path / "run", progress=False)
     assert policy.continuous_max_factor == 4.0
     assert policy.lr_factor(np.array([1.0])) == 4.0
+    assert policy.first_action_max_factor == 10.0  # exported with the policy
     assert abs(float(policy.weights["log_std"]) + 0.7) < 0.1  # one PPO update away from it
 
 

@@ -144,6 +144,20 @@ def test_warmup_ramps_each_step_up_to_the_controller_lr_over_the_first_steps():
     assert lrs[2] == pytest.approx((applied(11), np.mean([applied(s) for s in range(8, 12)])))
 
 
+def test_the_first_action_corrects_the_start_lr_in_full_and_later_ones_per_span():
+    task = Task("pydoc", "tiny", 0, 12, 4, 1e-3, 8)
+    half = np.array([0.5], dtype=np.float32)
+    for first_factor, expected_first in ((100.0, 1e-3 * 10), (0.0, 1e-3 * 2 ** (0.5 * 4 / 6))):
+        env = make_env(
+            action_mode="continuous", factor_span=0.5, first_action_max_factor=first_factor
+        )
+        env.reset(seed=0, options={"task": task})
+        # a = 0.5: x100**0.5 = x10 in full, or without the setting x2**0.5 per half budget
+        first_lr = env.step(half)[4]["lr"]
+        assert first_lr == pytest.approx(expected_first)
+        assert env.step(half)[4]["lr"] == pytest.approx(first_lr * 2 ** (0.5 * 4 / 6))
+
+
 def test_the_controllers_warmup_and_cooldown_are_wsds():
     wsd = schedule_curve("wsd", 1.0, 400, warmup=0.05, decay=0.2)
     steps = range(400)
@@ -269,6 +283,18 @@ def test_render_ansi_is_one_line_per_interval():
             "warmup_fraction + cooldown_fraction must be at most 1, got 0.5 + 0.6",
         ),
         (lambda: EnvConfig(masked_features=("lr",)), "unknown feature(s) to mask: 'lr'"),
+        (
+            lambda: EnvConfig(first_action_max_factor=10.0),
+            "first_action_max_factor needs continuous actions, got action mode 'discrete'",
+        ),
+        (
+            lambda: EnvConfig(action_mode="continuous", first_action_max_factor=1.0),
+            "first_action_max_factor must be 0 (off) or a finite number > 1, got 1.0",
+        ),
+        (
+            lambda: EnvConfig(action_mode="continuous", first_action_max_factor=True),
+            "first_action_max_factor must be 0 (off) or a finite number > 1, got True",
+        ),
     ],
 )
 def test_bad_configuration_raises_value_error_naming_field_and_value(make, message):

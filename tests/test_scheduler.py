@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 
@@ -12,10 +13,11 @@ from conftest import LR_MAX, LR_MIN, make_policy
 
 from lrpilot.agents.rollout import run_episode
 from lrpilot.agents.scheduler import PolicyScheduler
-from lrpilot.env import EnvConfig, LRControlEnv, Task, TaskSpace
+from lrpilot.env import LRControlEnv, Task, TaskSpace
 from lrpilot.env.actions import next_lr
 from lrpilot.env.features import ObservationBuilder
 from lrpilot.errors import ConfigError
+from lrpilot.experiments.replay import policy_env_config
 from lrpilot.lm.corpus import load_corpus
 from lrpilot.lm.model import model_preset
 from lrpilot.lm.trainer import IntervalStats, Trainer, TrainerConfig, weight_update_ratio
@@ -115,16 +117,16 @@ def replay_policy(policy, initial_val_loss: float, intervals: list[dict]) -> lis
     lr = float(np.clip(0.05, policy.lr_min, policy.lr_max))
     features = ObservationBuilder(lr, initial_val_loss, TOTAL, policy.masked_features)
     observation = features.initial()
+    rule = policy.action_rule
     lrs = []
-    for interval in intervals:
+    for index, interval in enumerate(intervals):
         lr = next_lr(
             lr,
-            policy.lr_factor(policy.act(observation)),
+            policy.act(observation),
+            first=index == 0,
             interval_steps=len(interval["losses"]),
             total_steps=TOTAL,
-            factor_span=policy.factor_span,
-            lr_min=LR_MIN,
-            lr_max=LR_MAX,
+            rule=rule,
         )
         lrs.append(lr)
         losses = np.asarray(interval["losses"])
@@ -212,22 +214,23 @@ TASK = Task("pydoc", "tiny", seed=5, total_steps=35, eval_every=10, start_lr=3e-
 
 
 @pytest.mark.parametrize(
-    ("warmup_fraction", "cooldown_fraction"), [(0.0, 0.0), (0.0, 0.4), (0.4, 0.4)]
+    ("warmup_fraction", "cooldown_fraction", "first_action_max_factor"),
+    [(0.0, 0.0, 0.0), (0.0, 0.4, 0.0), (0.4, 0.4, 0.0), (0.0, 0.4, 100.0)],
 )
-def test_scheduler_on_the_trainer_reproduces_the_env(warmup_fraction, cooldown_fraction):
+def test_scheduler_on_the_trainer_reproduces_the_env(
+    warmup_fraction, cooldown_fraction, first_action_max_factor
+):
     policy = make_policy(
-        seed=7, scale=3.0, warmup_fraction=warmup_fraction, cooldown_fraction=cooldown_fraction
+        seed=7,
+        scale=3.0,
+        action_mode="continuous" if first_action_max_factor else "discrete",
+        factor_span=0.2 if first_action_max_factor else 0.0,
+        warmup_fraction=warmup_fraction,
+        cooldown_fraction=cooldown_fraction,
+        first_action_max_factor=first_action_max_factor,
     )
-    env = LRControlEnv(
-        EnvConfig(
-            task_space=TaskSpace.fixed(TASK),
-            factors=policy.factors,
-            lr_min=policy.lr_min,
-            lr_max=policy.lr_max,
-            cooldown_fraction=policy.cooldown_fraction,
-            warmup_fraction=policy.warmup_fraction,
-        )
-    )
+    env_config = dataclasses.replace(policy_env_config(policy), task_space=TaskSpace.fixed(TASK))
+    env = LRControlEnv(env_config)
     env_rows = run_episode(env, policy, TASK).rows[1:]
     env_lrs = [(row["lr"], row["lr_mean"]) for row in env_rows]  # last-step and mean LR
     assert len(set(env_lrs)) > 1, "the test policy should move the LR"
