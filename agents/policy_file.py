@@ -122,15 +122,7 @@ class Policy:
     @property
     def action_rule(self) -> ActionRule:
         """How this policy's actions change the LR, as in its training environment."""
-        return ActionRule(
-            mode=self.action_mode,
-            factors=self.factors,
-            continuous_max_factor=self.continuous_max_factor,
-            first_action_max_factor=self.first_action_max_factor,
-            factor_span=self.factor_span,
-            lr_min=self.lr_min,
-            lr_max=self.lr_max,
-        )
+        return ActionRule.of(self)
 
     def next_lr(
         self, lr: float, action, *, first: bool, interval_steps: int, total_steps: int

@@ -88,7 +88,8 @@ class PolicyScheduler(LRScheduler):
         optimizer: any torch optimizer. Every param group's LR becomes its initial
             LR x (policy LR / `start_lr`), so groups keep their ratios.
         policy: an lrpilot `Policy` (`load_policy(path)`), or any object with `act`,
-            `next_lr`, `applied_lr`, `lr_min`, `lr_max` and `masked_features`.
+            `next_lr` (with the keyword `first`: the run's first action), `applied_lr`,
+            `lr_min`, `lr_max` and `masked_features`.
         total_steps: the run's optimizer steps (the `progress` feature is step / T).
         eval_interval: steps between observations; the last interval takes the rest.
         start_lr: the LR the policy starts from; the first group's initial LR by

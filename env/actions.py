@@ -124,6 +124,20 @@ class ActionRule:
     lr_min: float
     lr_max: float
 
+    @classmethod
+    def of(cls, settings) -> ActionRule:
+        """The rule of anything with these settings as attributes, `action_mode` for
+        `mode` (an `EnvConfig` or a `Policy`)."""
+        return cls(
+            mode=settings.action_mode,
+            factors=tuple(settings.factors),
+            continuous_max_factor=settings.continuous_max_factor,
+            first_action_max_factor=settings.first_action_max_factor,
+            factor_span=settings.factor_span,
+            lr_min=settings.lr_min,
+            lr_max=settings.lr_max,
+        )
+
 
 def next_lr(
     lr: float,

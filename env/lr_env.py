@@ -101,15 +101,7 @@ class EnvConfig:
     @property
     def action_rule(self) -> ActionRule:
         """How this environment's actions change the LR."""
-        return ActionRule(
-            mode=self.action_mode,
-            factors=self.factors,
-            continuous_max_factor=self.continuous_max_factor,
-            first_action_max_factor=self.first_action_max_factor,
-            factor_span=self.factor_span,
-            lr_min=self.lr_min,
-            lr_max=self.lr_max,
-        )
+        return ActionRule.of(self)
 
 
 class LRControlEnv(gym.Env):
