@@ -84,6 +84,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "actions: a fixed linear warmup over the first 5% of the budget (v6)",
         {"warmup_fraction": 0.05},
     ),
+    "first-action": (
+        "actions: a wide first action, x100**a at reset in full (v7)",
+        {"first_action_max_factor": 100.0},
+    ),
     "sees-lr-rel-start": (
         "features: `log_lr_rel_start` (LR over the start LR) not masked",
         {"masked_features": []},
@@ -94,11 +98,20 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     ),
     "discrete": (
         "actions: discrete x0.25, x0.5, x0.8, x1, x1.25, x2, x4 (the v4 policy's)",
-        {"action_mode": "discrete", "factors": [0.25, 0.5, 0.8, 1.0, 1.25, 2.0, 4.0]},
+        {
+            "action_mode": "discrete",
+            "factors": [0.25, 0.5, 0.8, 1.0, 1.25, 2.0, 4.0],
+            "first_action_max_factor": 0.0,
+        },
     ),
     "per-interval": (
         "actions: x0.5 ... x2 once per interval (no `factor_span`): the first policy's actions",
-        {"action_mode": "discrete", "factors": [0.5, 0.8, 1.0, 1.25, 2.0], "factor_span": 0.0},
+        {
+            "action_mode": "discrete",
+            "factors": [0.5, 0.8, 1.0, 1.25, 2.0],
+            "factor_span": 0.0,
+            "first_action_max_factor": 0.0,  # discrete actions have no wide first action
+        },
     ),
 }
 
