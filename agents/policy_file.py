@@ -116,7 +116,8 @@ class Policy:
         return np.clip(mean, -1.0, 1.0).astype(np.float32)
 
     def lr_factor(self, action) -> float:
-        """The multiplicative LR change of an action of this policy."""
+        """The multiplicative LR change an action of this policy asks for, before
+        `factor_span` (every action but a wide first one: see `next_lr`)."""
         return lr_factor(self.action_mode, self.factors, action, self.continuous_max_factor)
 
     @property

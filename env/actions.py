@@ -124,6 +124,10 @@ class ActionRule:
     lr_min: float
     lr_max: float
 
+    def __post_init__(self) -> None:
+        check_continuous_max_factor(self.continuous_max_factor)
+        check_first_action_max_factor(self.first_action_max_factor, self.mode)
+
     @classmethod
     def of(cls, settings) -> ActionRule:
         """The rule of anything with these settings as attributes, `action_mode` for
@@ -151,7 +155,8 @@ def next_lr(
     """The LR of the next interval: `lr` times the action's factor, clipped to the bounds.
     `first` marks the first action of a run (taken at reset, before any step).
 
-    The one rule for the environment, open-loop replay and `PolicyScheduler`.
+    The one rule for the environment and `PolicyScheduler` (open-loop replay follows
+    recorded LRs instead).
     """
     if first and rule.first_action_max_factor:
         factor = lr_factor(rule.mode, rule.factors, action, rule.first_action_max_factor)

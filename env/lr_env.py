@@ -1,7 +1,8 @@
 """`LRControlEnv`: one episode is one LM training run, one step is one evaluation interval.
 
     reset(seed)   -> sample a Task, build the Trainer, measure L_0, observe
-    step(action)  -> lr <- clip(lr * factor(action)); train one interval at lr
+    step(action)  -> lr <- clip(lr * factor(action)) (the first action's factor
+                     may be wider: `first_action_max_factor`); train one interval at lr
                      (times the warmup and cooldown factors, with
                      `warmup_fraction` and `cooldown_fraction`);
                      observation, instant reward, terminated, truncated, info

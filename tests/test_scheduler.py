@@ -152,12 +152,23 @@ def replay_policy(policy, initial_val_loss: float, intervals: list[dict]) -> lis
 
 
 @pytest.mark.parametrize(
-    ("action_mode", "factor_span", "masked"),
-    [("discrete", 0.0, ()), ("continuous", 0.0, ()), ("discrete", 0.3, ("log_grad_norm",))],
+    ("action_mode", "factor_span", "masked", "first_action_max_factor"),
+    [
+        ("discrete", 0.0, (), 0.0),
+        ("continuous", 0.0, (), 0.0),
+        ("discrete", 0.3, ("log_grad_norm",), 0.0),
+        ("continuous", 0.2, (), 100.0),
+    ],
 )
-def test_plain_pytorch_loop_follows_the_policy(action_mode, factor_span, masked):
+def test_plain_pytorch_loop_follows_the_policy(
+    action_mode, factor_span, masked, first_action_max_factor
+):
     policy = make_policy(
-        seed=7, action_mode=action_mode, factor_span=factor_span, masked_features=masked
+        seed=7,
+        action_mode=action_mode,
+        factor_span=factor_span,
+        masked_features=masked,
+        first_action_max_factor=first_action_max_factor,
     )
     record = train_mlp(policy)
     lrs = record["lrs"]
@@ -193,9 +204,15 @@ def _plain(value) -> bool:
     return value is None or isinstance(value, (bool, int, float, str))
 
 
+@pytest.mark.parametrize("first_action_max_factor", [0.0, 100.0])
 @pytest.mark.parametrize("stop_at", [0, 19, 25, 30])
-def test_state_dict_round_trip_continues_identically(stop_at):
+def test_state_dict_round_trip_continues_identically(stop_at, first_action_max_factor):
+    # With a wide first action, a resumed scheduler must not take it a second time.
     policy = make_policy(seed=3)
+    if first_action_max_factor:
+        policy = make_policy(
+            seed=3, action_mode="continuous", factor_span=0.2, first_action_max_factor=100.0
+        )
     uninterrupted = train_mlp(policy)["lrs"]
     checkpoint = train_mlp(policy, stop_at=stop_at)
     assert _plain(checkpoint["scheduler"])
@@ -234,6 +251,10 @@ def test_scheduler_on_the_trainer_reproduces_the_env(
     env_rows = run_episode(env, policy, TASK).rows[1:]
     env_lrs = [(row["lr"], row["lr_mean"]) for row in env_rows]  # last-step and mean LR
     assert len(set(env_lrs)) > 1, "the test policy should move the LR"
+    if first_action_max_factor:  # the first action took the wide rule: x100**a in full
+        exponent = float(np.asarray(env_rows[0]["action"]).reshape(-1)[0])
+        wide = min(max(TASK.start_lr * 100.0**exponent, policy.lr_min), policy.lr_max)
+        assert env_rows[0]["lr"] == pytest.approx(wide)  # steps 0-9: no warmup or cooldown
 
     config = TrainerConfig(  # as LRControlEnv makes it
         model=model_preset(TASK.model), batch_size=TASK.batch_size, seed=TASK.seed, device="cpu"
