@@ -316,6 +316,19 @@ def test_the_shipped_default_policy_loads_with_its_training_record():
     assert 0 < done <= training["timesteps"]  # best/: any evaluation
 
 
+def test_the_v7_preset_is_the_controller_preset_with_a_wide_first_action():
+    import dataclasses
+
+    from lrpilot.agents.training import load_train_config
+
+    v7 = load_train_config("controller_v7")
+    controller = load_train_config("controller")
+    assert v7.env.first_action_max_factor == 100.0
+    assert v7 == dataclasses.replace(
+        controller, env=dataclasses.replace(controller.env, first_action_max_factor=100.0)
+    )
+
+
 def test_every_ablation_variant_changes_the_controller_preset():
     from lrpilot.agents.training import load_train_config
     from lrpilot.experiments.benchmarks.ablations import VARIANTS, variant_config
