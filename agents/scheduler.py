@@ -43,6 +43,7 @@ the features are scale-free (ratios and logs of losses), but losses must be > 0.
 
 from __future__ import annotations
 
+import inspect
 import math
 import weakref
 from collections.abc import Mapping, Sequence
@@ -121,6 +122,14 @@ class PolicyScheduler(LRScheduler):
             raise ConfigError(
                 f"policy must be an lrpilot Policy (load_policy(path)), got "
                 f"{type(policy).__name__} without {', '.join(missing)}"
+            )
+        parameters = inspect.signature(policy.next_lr).parameters
+        if "first" not in parameters and not any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+        ):
+            raise ConfigError(
+                f"policy's next_lr must take the keyword first (the run's first action), as "
+                f"Policy.next_lr does; {type(policy).__name__}.next_lr does not"
             )
         require_positive_int("total_steps", total_steps)
         require_positive_int("eval_interval", eval_interval)

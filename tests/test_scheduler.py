@@ -298,6 +298,21 @@ def _optimizer():
     return torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.01)
 
 
+class _PolicyWithoutFirst:
+    """A duck-typed policy whose next_lr predates the first action's keyword."""
+
+    lr_min, lr_max, masked_features = 1e-3, 0.2, ()
+
+    def act(self, observation):
+        return 2
+
+    def next_lr(self, lr, action, *, interval_steps, total_steps):
+        return lr
+
+    def applied_lr(self, lr, step, *, total_steps):
+        return lr
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -306,6 +321,7 @@ def _optimizer():
         ({"eval_interval": True}, "eval_interval must be a positive integer, got True"),
         ({"eval_interval": 20}, "eval_interval (20) is larger than total_steps (10)"),
         ({"policy": "policy.safetensors"}, "policy must be an lrpilot Policy"),
+        ({"policy": _PolicyWithoutFirst()}, "policy's next_lr must take the keyword first"),
         ({"optimizer": [torch.zeros(1)]}, "optimizer must be a torch Optimizer, got list"),
         ({"start_lr": 0.0}, "start_lr must be a positive finite number, got 0.0"),
         ({"start_lr": "fast"}, "start_lr must be a positive number, got 'fast'"),
