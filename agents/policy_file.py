@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,6 @@ from lrpilot.env.actions import (
     check_continuous_max_factor,
     check_first_action_max_factor,
     check_fractions,
-    lr_factor,
     next_lr,
 )
 from lrpilot.env.features import FEATURE_NAMES, FEATURE_VERSION, check_masked_features
@@ -115,14 +115,10 @@ class Policy:
             mean = mean + np.exp(self.weights["log_std"].numpy()) * rng.standard_normal(mean.shape)
         return np.clip(mean, -1.0, 1.0).astype(np.float32)
 
-    def lr_factor(self, action) -> float:
-        """The multiplicative LR change an action of this policy asks for, before
-        `factor_span` (every action but a wide first one: see `next_lr`)."""
-        return lr_factor(self.action_mode, self.factors, action, self.continuous_max_factor)
-
-    @property
+    @cached_property
     def action_rule(self) -> ActionRule:
-        """How this policy's actions change the LR, as in its training environment."""
+        """How this policy's actions change the LR, as in its training environment
+        (built once: `next_lr` runs at every interval)."""
         return ActionRule.of(self)
 
     def next_lr(

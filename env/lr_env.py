@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import ClassVar
 
 import gymnasium as gym
@@ -99,9 +100,9 @@ class EnvConfig:
         if not self.divergence_penalty >= 0:
             raise ConfigError(f"divergence_penalty must be >= 0, got {self.divergence_penalty!r}")
 
-    @property
+    @cached_property
     def action_rule(self) -> ActionRule:
-        """How this environment's actions change the LR."""
+        """How this environment's actions change the LR (built once: `step` uses it)."""
         return ActionRule.of(self)
 
 

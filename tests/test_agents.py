@@ -27,6 +27,7 @@ from lrpilot.agents.rollout import run_episode
 from lrpilot.agents.training import load_train_config, make_model, resume, train
 from lrpilot.cli import main
 from lrpilot.env import EnvConfig, LRControlEnv, Task, TaskSpace
+from lrpilot.env.actions import next_lr
 from lrpilot.env.features import FEATURE_NAMES, NUM_FEATURES
 from lrpilot.errors import ConfigError
 from lrpilot.experiments.replay import policy_env_config
@@ -179,7 +180,10 @@ def test_policy_file_keeps_its_continuous_range_and_older_files_have_x2(tmp_path
     policy = make_policy(action_mode="continuous")
     policy.metadata["action"]["continuous_max_factor"] = 4.0
     wide = load_policy(policy.save(tmp_path / "wide"))
-    assert wide.lr_factor(np.array([-1.0])) == pytest.approx(0.25)
+    # x4**-1 = x0.25 (no factor_span here)
+    assert wide.next_lr(0.01, np.array([-1.0]), first=False, interval_steps=10, total_steps=40) == (
+        pytest.approx(0.0025)
+    )
     assert wide.next_lr(1e-3, np.array([0.5]), first=False, interval_steps=10, total_steps=40) == (
         pytest.approx(2e-3)
     )
@@ -193,7 +197,9 @@ def test_policy_file_keeps_its_continuous_range_and_older_files_have_x2(tmp_path
     assert len({round(math.log(r["lr"] / p["lr"]), 6) for p, r in itertools.pairwise(rows)}) > 1
     del policy.metadata["action"]["continuous_max_factor"]  # as files from before it
     older = load_policy(policy.save(tmp_path / "older"))
-    assert older.lr_factor(np.array([-1.0])) == pytest.approx(0.5)
+    assert older.next_lr(
+        0.01, np.array([-1.0]), first=False, interval_steps=10, total_steps=40
+    ) == pytest.approx(0.005)  # x2**-1
     policy.metadata["action"]["continuous_max_factor"] = 1.0
     with pytest.raises(
         ConfigError, match=r"policy's continuous_max_factor must be a finite number > 1, got 1\.0"
@@ -216,7 +222,10 @@ def test_continuous_training_uses_the_range_and_the_initial_std(tmp_path):
     venv.close()
     policy = train(config, tmp_path / "run", progress=False)
     assert policy.continuous_max_factor == 4.0
-    assert policy.lr_factor(np.array([1.0])) == 4.0
+    rule = dataclasses.replace(policy.action_rule, factor_span=0.0)  # one factor in full
+    assert next_lr(
+        1e-3, np.array([1.0]), first=False, interval_steps=1, total_steps=1, rule=rule
+    ) == pytest.approx(4e-3)
     assert policy.first_action_max_factor == 10.0  # exported with the policy
     assert abs(float(policy.weights["log_std"]) + 0.7) < 0.1  # one PPO update away from it
 
