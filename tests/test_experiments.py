@@ -316,16 +316,17 @@ def test_the_shipped_default_policy_loads_with_its_training_record():
     assert 0 < done <= training["timesteps"]  # best/: any evaluation
 
 
-def test_the_v7_preset_is_the_controller_preset_with_a_wide_first_action():
+@pytest.mark.parametrize("preset, factor", [("controller_v7", 100.0), ("controller_v8", 10.0)])
+def test_a_candidate_preset_is_the_controller_preset_with_a_wide_first_action(preset, factor):
     import dataclasses
 
     from lrpilot.agents.training import load_train_config
 
-    v7 = load_train_config("controller_v7")
+    candidate = load_train_config(preset)
     controller = load_train_config("controller")
-    assert v7.env.first_action_max_factor == 100.0
-    assert v7 == dataclasses.replace(
-        controller, env=dataclasses.replace(controller.env, first_action_max_factor=100.0)
+    assert candidate.env.first_action_max_factor == factor
+    assert candidate == dataclasses.replace(
+        controller, env=dataclasses.replace(controller.env, first_action_max_factor=factor)
     )
 
 
