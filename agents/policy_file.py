@@ -9,6 +9,11 @@ the small MLP itself.
 Tensor names: `hidden.{i}.weight`, `hidden.{i}.bias` for each hidden layer (tanh),
 `output.weight`, `output.bias` (action logits, or the mean of the continuous action)
 and, for continuous policies, `log_std`.
+
+Format versions: a file is written as version 2 if its policy takes a wide first
+action (`action.first_action_max_factor > 0`), which a reader of version 1 alone would
+silently ignore, and as version 1 otherwise, so that such readers still load it. This
+lrpilot reads both.
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ from lrpilot.errors import ConfigError
 from lrpilot.files import atomic_write_bytes
 
 FORMAT = "lrpilot-policy"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest version this lrpilot writes
+READABLE_FORMAT_VERSIONS = (1, 2)
 POLICY_FILENAME = "policy.safetensors"
 METADATA_KEY = "lrpilot"
 
@@ -214,10 +220,10 @@ def policy_from_bytes(data: bytes, source: str = "<bytes>") -> Policy:
 def _check_metadata(metadata: dict[str, Any]) -> None:
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise ConfigError("metadata is not an lrpilot policy's")
-    if metadata.get("format_version") != FORMAT_VERSION:
+    if metadata.get("format_version") not in READABLE_FORMAT_VERSIONS:
         raise ConfigError(
             f"policy format version {metadata.get('format_version')!r} is not supported "
-            f"(this lrpilot reads {FORMAT_VERSION})"
+            f"(this lrpilot reads {', '.join(map(str, READABLE_FORMAT_VERSIONS))})"
         )
     if metadata.get("feature_version") != FEATURE_VERSION:
         raise ConfigError(
@@ -253,6 +259,12 @@ def _build_layers(weights: dict[str, torch.Tensor], metadata: dict[str, Any]):
     return layers
 
 
+def format_version(first_action_max_factor: float) -> int:
+    """The oldest format version that describes a policy: 2 if it takes a wide first
+    action (which a version-1 reader would ignore and so misread), else 1."""
+    return FORMAT_VERSION if first_action_max_factor else 1
+
+
 def policy_metadata(
     *,
     action_mode: str,
@@ -272,7 +284,7 @@ def policy_metadata(
     """The JSON metadata of a policy file (see the module docstring)."""
     return {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version(first_action_max_factor),
         "feature_version": FEATURE_VERSION,
         "observation": {
             "features": list(FEATURE_NAMES),

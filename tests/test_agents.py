@@ -28,7 +28,7 @@ from lrpilot.agents.training import load_train_config, make_model, resume, train
 from lrpilot.cli import main
 from lrpilot.env import EnvConfig, LRControlEnv, Task, TaskSpace
 from lrpilot.env.actions import next_lr
-from lrpilot.env.features import FEATURE_NAMES, NUM_FEATURES
+from lrpilot.env.features import FEATURE_NAMES, FEATURE_VERSION, NUM_FEATURES
 from lrpilot.errors import ConfigError
 from lrpilot.experiments.replay import policy_env_config
 
@@ -119,6 +119,10 @@ def test_truncated_and_mismatched_files_are_refused(trained_run, tmp_path):
     policy.save(tmp_path / "old")
     with pytest.raises(ConfigError, match="feature set 'v0'"):
         load_policy(tmp_path / "old")
+    policy.metadata.update(feature_version=FEATURE_VERSION, format_version=3)
+    policy.save(tmp_path / "newer")
+    with pytest.raises(ConfigError, match="policy format version 3 is not supported"):
+        load_policy(tmp_path / "newer")
 
 
 def test_policy_file_keeps_its_cooldown_and_older_files_have_none(tmp_path):
@@ -156,6 +160,10 @@ def test_policy_file_keeps_its_first_action_range_and_older_files_have_none(tmp_
     policy = make_policy(action_mode="continuous", factor_span=0.5, first_action_max_factor=100.0)
     wide = load_policy(policy.save(tmp_path / "wide"))
     assert wide.first_action_max_factor == 100.0
+    # Version 2, which a version-1 reader refuses instead of ignoring the first action.
+    assert wide.metadata["format_version"] == 2
+    assert make_policy(action_mode="continuous").metadata["format_version"] == 1
+    assert load_policy("default").metadata["format_version"] == 1
     assert policy_env_config(wide).first_action_max_factor == 100.0  # replay and compare
     half = np.array([0.5])
     assert wide.next_lr(0.01, half, first=True, interval_steps=10, total_steps=40) == (
