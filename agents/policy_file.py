@@ -13,7 +13,8 @@ and, for continuous policies, `log_std`.
 Format versions: a file is written as version 2 if its policy takes a wide first
 action (`action.first_action_max_factor > 0`), which a reader of version 1 alone would
 silently ignore, and as version 1 otherwise, so that such readers still load it. This
-lrpilot reads both.
+lrpilot reads both; files written before version 2 existed that take a wide first
+action (version 1) are read correctly and re-saved as version 2.
 """
 
 from __future__ import annotations
@@ -158,7 +159,12 @@ class Policy:
         if path.suffix != ".safetensors":
             path.mkdir(parents=True, exist_ok=True)
             path = path / POLICY_FILENAME
-        text = json.dumps(self.metadata, sort_keys=True)
+        metadata = dict(self.metadata)
+        version = metadata.get("format_version")
+        if version in READABLE_FORMAT_VERSIONS and not isinstance(version, bool):
+            needed = format_version(metadata["action"].get("first_action_max_factor", 0.0))
+            metadata["format_version"] = max(version, needed)
+        text = json.dumps(metadata, sort_keys=True)
         tensors = {name: t.contiguous() for name, t in self.weights.items()}
         atomic_write_bytes(path, save_safetensors(tensors, metadata={METADATA_KEY: text}))
         return path
@@ -220,7 +226,8 @@ def policy_from_bytes(data: bytes, source: str = "<bytes>") -> Policy:
 def _check_metadata(metadata: dict[str, Any]) -> None:
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise ConfigError("metadata is not an lrpilot policy's")
-    if metadata.get("format_version") not in READABLE_FORMAT_VERSIONS:
+    version = metadata.get("format_version")
+    if isinstance(version, bool) or version not in READABLE_FORMAT_VERSIONS:
         raise ConfigError(
             f"policy format version {metadata.get('format_version')!r} is not supported "
             f"(this lrpilot reads {', '.join(map(str, READABLE_FORMAT_VERSIONS))})"
@@ -262,7 +269,7 @@ def _build_layers(weights: dict[str, torch.Tensor], metadata: dict[str, Any]):
 def format_version(first_action_max_factor: float) -> int:
     """The oldest format version that describes a policy: 2 if it takes a wide first
     action (which a version-1 reader would ignore and so misread), else 1."""
-    return FORMAT_VERSION if first_action_max_factor else 1
+    return 2 if first_action_max_factor else 1
 
 
 def policy_metadata(

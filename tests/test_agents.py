@@ -22,13 +22,13 @@ from lrpilot.agents.controllers import (
     ScheduleController,
     action_for_factor,
 )
-from lrpilot.agents.policy_file import POLICY_FILENAME
+from lrpilot.agents.policy_file import POLICY_FILENAME, Policy, format_version
 from lrpilot.agents.rollout import run_episode
 from lrpilot.agents.training import load_train_config, make_model, resume, train
 from lrpilot.cli import main
 from lrpilot.env import EnvConfig, LRControlEnv, Task, TaskSpace
 from lrpilot.env.actions import next_lr
-from lrpilot.env.features import FEATURE_NAMES, FEATURE_VERSION, NUM_FEATURES
+from lrpilot.env.features import FEATURE_NAMES, NUM_FEATURES
 from lrpilot.errors import ConfigError
 from lrpilot.experiments.replay import policy_env_config
 
@@ -119,10 +119,6 @@ def test_truncated_and_mismatched_files_are_refused(trained_run, tmp_path):
     policy.save(tmp_path / "old")
     with pytest.raises(ConfigError, match="feature set 'v0'"):
         load_policy(tmp_path / "old")
-    policy.metadata.update(feature_version=FEATURE_VERSION, format_version=3)
-    policy.save(tmp_path / "newer")
-    with pytest.raises(ConfigError, match="policy format version 3 is not supported"):
-        load_policy(tmp_path / "newer")
 
 
 def test_policy_file_keeps_its_cooldown_and_older_files_have_none(tmp_path):
@@ -160,10 +156,6 @@ def test_policy_file_keeps_its_first_action_range_and_older_files_have_none(tmp_
     policy = make_policy(action_mode="continuous", factor_span=0.5, first_action_max_factor=100.0)
     wide = load_policy(policy.save(tmp_path / "wide"))
     assert wide.first_action_max_factor == 100.0
-    # Version 2, which a version-1 reader refuses instead of ignoring the first action.
-    assert wide.metadata["format_version"] == 2
-    assert make_policy(action_mode="continuous").metadata["format_version"] == 1
-    assert load_policy("default").metadata["format_version"] == 1
     assert policy_env_config(wide).first_action_max_factor == 100.0  # replay and compare
     half = np.array([0.5])
     assert wide.next_lr(0.01, half, first=True, interval_steps=10, total_steps=40) == (
@@ -173,6 +165,7 @@ def test_policy_file_keeps_its_first_action_range_and_older_files_have_none(tmp_
         pytest.approx(0.01 * 2 ** (0.5 * 10 / 20))  # x2**0.5 per half budget
     )
     del policy.metadata["action"]["first_action_max_factor"]  # as files from before it
+    policy.metadata["format_version"] = 1
     older = load_policy(policy.save(tmp_path / "older"))
     assert older.first_action_max_factor == 0.0
     assert older.next_lr(0.01, half, first=True, interval_steps=10, total_steps=40) == (
@@ -182,6 +175,26 @@ def test_policy_file_keeps_its_first_action_range_and_older_files_have_none(tmp_
         policy.metadata["action"]["first_action_max_factor"] = bad
         with pytest.raises(ConfigError, match="policy's first_action_max_factor must be 0"):
             load_policy(policy.save(tmp_path / "bad"))
+
+
+def test_policy_format_version_is_2_only_for_a_wide_first_action(tmp_path):
+    # Version 2, which a version-1 reader refuses instead of ignoring the first action.
+    wide = make_policy(action_mode="continuous", first_action_max_factor=100.0)
+    assert wide.metadata["format_version"] == 2
+    assert make_policy(action_mode="continuous").metadata["format_version"] == 1
+    shipped = load_policy("default")
+    assert shipped.metadata["format_version"] == format_version(shipped.first_action_max_factor)
+    # Files written before version 2 existed: read with their wide first action,
+    # re-saved as version 2.
+    older = Policy(wide.weights, {**wide.metadata, "format_version": 1})  # as read from one
+    assert older.next_lr(0.01, np.array([0.5]), first=True, interval_steps=10, total_steps=40) == (
+        pytest.approx(0.1)  # x100**0.5 in full
+    )
+    assert load_policy(older.save(tmp_path / "older")).metadata["format_version"] == 2
+    for bad in (3, True, "2"):
+        wide.metadata["format_version"] = bad
+        with pytest.raises(ConfigError, match=rf"policy format version {bad!r} is not supported "):
+            load_policy(wide.save(tmp_path / "newer"))
 
 
 def test_policy_file_keeps_its_continuous_range_and_older_files_have_x2(tmp_path):
