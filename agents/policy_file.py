@@ -48,7 +48,6 @@ from lrpilot.errors import ConfigError
 from lrpilot.files import atomic_write_bytes
 
 FORMAT = "lrpilot-policy"
-FORMAT_VERSION = 2  # the newest version this lrpilot writes
 READABLE_FORMAT_VERSIONS = (1, 2)
 POLICY_FILENAME = "policy.safetensors"
 METADATA_KEY = "lrpilot"
@@ -161,7 +160,7 @@ class Policy:
             path = path / POLICY_FILENAME
         metadata = dict(self.metadata)
         version = metadata.get("format_version")
-        if version in READABLE_FORMAT_VERSIONS and not isinstance(version, bool):
+        if _readable_format_version(version):  # an unreadable one is written as it is
             needed = format_version(metadata["action"].get("first_action_max_factor", 0.0))
             metadata["format_version"] = max(version, needed)
         text = json.dumps(metadata, sort_keys=True)
@@ -227,9 +226,9 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
         raise ConfigError("metadata is not an lrpilot policy's")
     version = metadata.get("format_version")
-    if isinstance(version, bool) or version not in READABLE_FORMAT_VERSIONS:
+    if not _readable_format_version(version):
         raise ConfigError(
-            f"policy format version {metadata.get('format_version')!r} is not supported "
+            f"policy format version {version!r} is not supported "
             f"(this lrpilot reads {', '.join(map(str, READABLE_FORMAT_VERSIONS))})"
         )
     if metadata.get("feature_version") != FEATURE_VERSION:
@@ -264,6 +263,11 @@ def _build_layers(weights: dict[str, torch.Tensor], metadata: dict[str, Any]):
     if action["mode"] == "continuous" and "log_std" not in weights:
         raise ConfigError("continuous policy file lacks tensor log_std")
     return layers
+
+
+def _readable_format_version(version: Any) -> bool:
+    """Whether this lrpilot reads format `version` (bools excluded: True == 1)."""
+    return not isinstance(version, bool) and version in READABLE_FORMAT_VERSIONS
 
 
 def format_version(first_action_max_factor: float) -> int:
