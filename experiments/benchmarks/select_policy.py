@@ -1,0 +1,133 @@
+"""Choose which trained policy to ship, by issue 6's targets on validation seeds.
+
+Each candidate policy is measured exactly as `controller_quality.py` measures the
+shipped one (the same four settings, the same tuned schedules, the same code), but on
+the validation LM seeds 100001, 100002, 100003 instead of the comparison seeds 1, 2, 3,
+which must never choose what ships. Schedules are tuned on seed 0 as there.
+
+A candidate's margin is its worst ratio to a target over the eight (four settings x
+quality and robustness):
+
+    margin = max over settings of max(quality / 0.99, robustness / 1.02)
+
+so a margin <= 1 meets every target on the validation seeds. The candidate with the
+smallest margin is chosen; a tie goes to the one listed first (list the incumbent
+first). Unlike checkpoint selection during training (400-step `tiny` tasks only), this
+sees the larger model and the 2x budget, on other seeds; the README says so.
+
+Written to `experiments/results/policy_selection.{csv,md}` and printed:
+
+    python experiments/benchmarks/select_policy.py --jobs 2 \\
+        --candidate v5=default --candidate v8=runs/controller_v8/best
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from lrpilot.agents.policy_file import resolve_policy_path
+from lrpilot.errors import ConfigError
+from lrpilot.experiments.benchmarks.controller_quality import SETTINGS, measure
+from lrpilot.experiments.report import markdown_table
+from lrpilot.files import atomic_write_csv, atomic_write_text
+
+VALIDATION_SEEDS = (100001, 100002, 100003)  # the training run's evaluation seeds
+QUALITY_TARGET = 0.99
+ROBUSTNESS_TARGET = 1.02
+QUALITY = "quality (policy / best, <= 0.99)"
+ROBUSTNESS = "policy worst / best over start LRs (<= 1.02)"
+
+
+def short_name(setting: str) -> str:
+    """'held-out seeds (pydoc, tiny, 400 steps)' -> 'held-out seeds'."""
+    return setting.split(" (")[0]
+
+
+def selection_row(candidate: str, path: str, settings: list[dict]) -> dict:
+    """One candidate's eight figures, how many targets they meet and its margin."""
+    row: dict = {"candidate": candidate, "policy": path}
+    ratios = []
+    for setting in settings:
+        name = short_name(setting["setting"])
+        quality, robustness = setting[QUALITY], setting[ROBUSTNESS]
+        row[f"{name}: quality"] = quality
+        row[f"{name}: robustness"] = robustness
+        ratios += [quality / QUALITY_TARGET, robustness / ROBUSTNESS_TARGET]
+    row["targets met"] = sum(r <= 1 for r in ratios)
+    row["margin"] = round(max(ratios), 4)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--candidate",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="a candidate policy (`default`, a policy file or a folder holding one); "
+        "repeat for each; ties go to the first",
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="LM runs in parallel (processes)")
+    parser.add_argument(
+        "--out",
+        default="runs/policy_selection",
+        help="folder of the compare runs, one per setting (a cache: reruns reuse its runs)",
+    )
+    parser.add_argument(
+        "--results",
+        default="experiments/results",
+        help="folder for policy_selection.csv and .md",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    candidates = []
+    for item in args.candidate:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"--candidate must be NAME=PATH, got {item!r}")
+        try:
+            resolve_policy_path(path)  # a missing policy fails now, not after hours
+        except ConfigError as error:
+            parser.error(str(error))
+        candidates.append((name, path))
+    if len({name for name, _ in candidates}) != len(candidates):
+        parser.error(f"candidate names must differ, got {[n for n, _ in candidates]!r}")
+
+    rows = []
+    for name, path in candidates:
+        settings = []
+        for setting, values in SETTINGS.items():
+            measured = argparse.Namespace(
+                policy=path,
+                jobs=args.jobs,
+                eval_seeds=list(VALIDATION_SEEDS),
+                out=args.out,
+                quiet=args.quiet,
+            )
+            settings.append(measure(setting, values, measured))
+        rows.append(selection_row(name, path, settings))
+        print(f"{name}: margin {rows[-1]['margin']}, {rows[-1]['targets met']} of 8 targets met")
+    table = pd.DataFrame(rows)
+    chosen = table.loc[table["margin"].idxmin(), "candidate"]  # idxmin: the first of ties
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    atomic_write_csv(results / "policy_selection.csv", table)
+    command = "python experiments/benchmarks/select_policy.py --jobs {} {}".format(
+        args.jobs, " ".join(f"--candidate {n}={p}" for n, p in candidates)
+    )
+    text = (
+        f"# Policy selection (validation seeds {', '.join(map(str, VALIDATION_SEEDS))})\n\n"
+        f"`{command}`\n\n{markdown_table(table)}\n\nChosen: **{chosen}** (smallest margin).\n"
+    )
+    atomic_write_text(results / "policy_selection.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
