@@ -18,7 +18,7 @@ sees the larger model and the 2x budget, on other seeds; the README says so.
 Written to `experiments/results/policy_selection.{csv,md}` and printed:
 
     python experiments/benchmarks/select_policy.py --jobs 2 \\
-        --candidate v5=default --candidate v8=runs/controller_v8/best
+        --candidate current=default --candidate v9=runs/controller_v9/best
 """
 
 from __future__ import annotations
