@@ -361,3 +361,31 @@ def test_policy_selection_margin_is_the_worst_ratio_to_a_target():
     assert row["margin"] == round(1.0404 / 1.02, 4)  # robustness misses by more than quality
     settings[1][ROBUSTNESS] = 1.0
     assert selection_row("v9", "p", settings)["margin"] == round(0.9999 / 0.99, 4)
+
+
+@pytest.mark.parametrize(
+    "candidates, message",
+    [
+        (["v9"], "--candidate must be NAME=PATH, got 'v9'"),
+        (["v9=/no/such/policy"], "policy file not found: '/no/such/policy'"),
+        (["a=default", "a=default"], "candidate names must differ"),
+    ],
+)
+def test_policy_selection_refuses_bad_candidates_before_measuring(
+    candidates, message, tmp_path, monkeypatch, capsys
+):
+    from lrpilot.experiments.benchmarks import select_policy
+
+    def fail(*args, **kwargs):
+        raise AssertionError("measured a candidate despite bad input")
+
+    monkeypatch.setattr(select_policy, "measure", fail)
+    argv = ["select_policy.py", "--results", str(tmp_path)]
+    for candidate in candidates:
+        argv += ["--candidate", candidate]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        select_policy.main()
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing written
