@@ -188,6 +188,21 @@ float_list = comma_list(float, "numbers")
 name_list = comma_list(str, "names")
 
 
+def named_policy(text: str) -> tuple[str, str]:
+    """An argparse type for `NAME=PATH` (PATH: `default`, a policy file or a folder
+    holding one), checked now so a missing policy fails before hours of work."""
+    from lrpilot.agents.policy_file import resolve_policy_path  # torch: only when used
+
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    try:
+        resolve_policy_path(path)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return name, path
+
+
 def _add_task_flags(
     p: argparse.ArgumentParser, steps: int, eval_every: int, device: str = "cpu"
 ) -> None:

@@ -366,7 +366,7 @@ def test_policy_selection_margin_is_the_worst_ratio_to_a_target():
 @pytest.mark.parametrize(
     "candidates, message",
     [
-        (["v9"], "--candidate must be NAME=PATH, got 'v9'"),
+        (["v9"], "NAME=PATH, got 'v9'"),
         (["v9=/no/such/policy"], "policy file not found: '/no/such/policy'"),
         (["a=default", "a=default"], "candidate names must differ"),
     ],
@@ -389,3 +389,19 @@ def test_policy_selection_refuses_bad_candidates_before_measuring(
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_ablations_refuse_a_bad_policy_before_training(tmp_path, monkeypatch, capsys):
+    from lrpilot.experiments.benchmarks import ablations
+
+    def fail(*args, **kwargs):
+        raise AssertionError("trained a variant despite bad input")
+
+    monkeypatch.setattr(ablations, "trained_policy", fail)
+    argv = ["ablations.py", "--results", str(tmp_path), "--policy", "v9=/no/such/policy"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        ablations.main()
+    assert exit_info.value.code == 2
+    assert "policy file not found: '/no/such/policy'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())

@@ -33,7 +33,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from lrpilot.agents.policy_file import Policy, load_policy, resolve_policy_path
+from lrpilot.agents.policy_file import Policy, load_policy
 from lrpilot.agents.training import (
     CONFIG_FILE,
     EvalSettings,
@@ -44,6 +44,7 @@ from lrpilot.agents.training import (
     start_lr_column,
     train,
 )
+from lrpilot.cli import named_policy
 from lrpilot.env.lr_env import LRControlEnv
 from lrpilot.errors import ConfigError
 from lrpilot.experiments.replay import policy_env_config
@@ -194,6 +195,7 @@ def main() -> None:
         "--policy",
         action="append",
         default=[],
+        type=named_policy,
         metavar="NAME=PATH",
         help="also measure a trained policy (path, or `default`); repeatable",
     )
@@ -213,9 +215,8 @@ def main() -> None:
         row |= measure(policy, settings) | {"training minutes": round(seconds / 60, 1)}
         rows.append(row)
         print(row, f"({(time.perf_counter() - start) / 60:.1f} min)", flush=True)
-    for spec in args.policy:
-        name, _, path = spec.partition("=")
-        policy = load_policy(resolve_policy_path(path))
+    for name, path in args.policy:
+        policy = load_policy(path)
         timesteps = policy.metadata["training"].get("timesteps_done")
         row = {"variant": name, "what changes": f"trained policy `{path}`", "timesteps": timesteps}
         rows.append(row | measure(policy, settings) | {"training minutes": None})
@@ -225,7 +226,7 @@ def main() -> None:
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(results / "ablations.csv", table)
-    options = [f"--timesteps {args.timesteps}"] + [f'--policy "{p}"' for p in args.policy]
+    options = [f"--timesteps {args.timesteps}"] + [f'--policy "{n}={p}"' for n, p in args.policy]
     if args.variants != DEFAULT_VARIANTS:
         options.append("--variants " + " ".join(args.variants))
     command = "python experiments/benchmarks/ablations.py " + " ".join(options)

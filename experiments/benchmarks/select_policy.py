@@ -28,22 +28,20 @@ from pathlib import Path
 
 import pandas as pd
 
-from lrpilot.agents.policy_file import resolve_policy_path
-from lrpilot.errors import ConfigError
-from lrpilot.experiments.benchmarks.controller_quality import SETTINGS, measure
+from lrpilot.cli import named_policy
+from lrpilot.experiments.benchmarks.controller_quality import (
+    QUALITY,
+    QUALITY_TARGET,
+    ROBUSTNESS,
+    ROBUSTNESS_TARGET,
+    SETTINGS,
+    measure,
+    short_name,
+)
 from lrpilot.experiments.report import markdown_table
 from lrpilot.files import atomic_write_csv, atomic_write_text
 
 VALIDATION_SEEDS = (100001, 100002, 100003)  # the training run's evaluation seeds
-QUALITY_TARGET = 0.99
-ROBUSTNESS_TARGET = 1.02
-QUALITY = "quality (policy / best, <= 0.99)"
-ROBUSTNESS = "policy worst / best over start LRs (<= 1.02)"
-
-
-def short_name(setting: str) -> str:
-    """'held-out seeds (pydoc, tiny, 400 steps)' -> 'held-out seeds'."""
-    return setting.split(" (")[0]
 
 
 def selection_row(candidate: str, path: str, settings: list[dict]) -> dict:
@@ -67,6 +65,7 @@ def main() -> None:
         "--candidate",
         action="append",
         required=True,
+        type=named_policy,
         metavar="NAME=PATH",
         help="a candidate policy (`default`, a policy file or a folder holding one); "
         "repeat for each; ties go to the first",
@@ -86,31 +85,24 @@ def main() -> None:
     args = parser.parse_args()
     if args.jobs < 1:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
-    candidates = []
-    for item in args.candidate:
-        name, sep, path = item.partition("=")
-        if not sep or not name or not path:
-            parser.error(f"--candidate must be NAME=PATH, got {item!r}")
-        try:
-            resolve_policy_path(path)  # a missing policy fails now, not after hours
-        except ConfigError as error:
-            parser.error(str(error))
-        candidates.append((name, path))
+    candidates = args.candidate  # (name, path) pairs, each path checked by named_policy
     if len({name for name, _ in candidates}) != len(candidates):
         parser.error(f"candidate names must differ, got {[n for n, _ in candidates]!r}")
 
     rows = []
     for name, path in candidates:
-        settings = []
-        for setting, values in SETTINGS.items():
-            measured = argparse.Namespace(
+        settings = [
+            measure(
+                setting,
+                values,
                 policy=path,
+                eval_seeds=VALIDATION_SEEDS,
                 jobs=args.jobs,
-                eval_seeds=list(VALIDATION_SEEDS),
                 out=args.out,
                 quiet=args.quiet,
             )
-            settings.append(measure(setting, values, measured))
+            for setting, values in SETTINGS.items()
+        ]
         rows.append(selection_row(name, path, settings))
         print(f"{name}: margin {rows[-1]['margin']}, {rows[-1]['targets met']} of 8 targets met")
     table = pd.DataFrame(rows)
