@@ -380,9 +380,10 @@ class CheckpointAndEvalCallback(BaseCallback):
     """Checkpoints every `checkpoint_every` timesteps; evaluation and best policy every
     `eval_every`.
 
-    Evaluations run when a rollout starts, after PPO's update on the one before: the
-    policy evaluated at timestep t has learnt from all t timesteps (mid-rollout, it
-    would be one update behind its label). The final policy is evaluated by `_learn`.
+    Both happen when a rollout starts, after PPO's update on the one before: the policy
+    saved or evaluated at timestep t has learnt from all t timesteps (mid-rollout, it
+    would be one update behind its label). The final policy is saved and evaluated by
+    `_learn`.
     """
 
     def __init__(self, run: TrainingRun) -> None:
@@ -402,12 +403,15 @@ class CheckpointAndEvalCallback(BaseCallback):
             self.run.evaluate(self.model)
 
     def _on_step(self) -> bool:
-        if self.num_timesteps >= self.next_checkpoint:
-            self.run.checkpoint(self.model)
-            self.next_checkpoint = self._next_multiple(self.run.config.checkpoint_every)
         return True
 
     def _on_rollout_start(self) -> None:
+        # Checkpoints too wait for a rollout's start: mid-rollout, the timesteps since the
+        # last update would be counted as done but lost with the rollout buffer, and a
+        # resumed run would end up to one rollout past its `timesteps`.
+        if self.num_timesteps >= self.next_checkpoint:
+            self.run.checkpoint(self.model)
+            self.next_checkpoint = self._next_multiple(self.run.config.checkpoint_every)
         if self.num_timesteps >= self.next_eval:
             self.run.evaluate(self.model)
             self.next_eval = self._next_multiple(self.run.config.eval_every)
@@ -426,6 +430,12 @@ class TrainingRun:
         self.evaluations: list[dict[str, Any]] = []
         self.venv: VecNormalize | None = None
         self.eval_env = LRControlEnv(config.env)  # reused, so corpora load once per run
+        self.seconds_before = 0.0  # training time of earlier sessions, to their last checkpoint
+        self.session_start = time.perf_counter()
+
+    def seconds(self) -> float:
+        """Wall time spent training this run so far, over all its sessions."""
+        return self.seconds_before + time.perf_counter() - self.session_start
 
     # paths
     @property
@@ -451,7 +461,12 @@ class TrainingRun:
         previous = self.latest_checkpoint()
         atomic_write_json(
             self.checkpoints / "latest.json",
-            {"timesteps": steps, "model": model_path.name, "vecnormalize": norm_path.name},
+            {
+                "timesteps": steps,
+                "model": model_path.name,
+                "vecnormalize": norm_path.name,
+                "seconds": self.seconds(),
+            },
         )
         if previous and previous["timesteps"] != steps:
             for name in (previous["model"], previous["vecnormalize"]):
@@ -507,6 +522,7 @@ class TrainingRun:
         if (self.out / "evaluations.csv").is_file():
             self.evaluations = pd.read_csv(self.out / "evaluations.csv").to_dict("records")
         venv = make_vec_env(self.config, self.backend)
+        self.seconds_before = latest.get("seconds", 0.0)  # absent in older run folders
         self.venv = VecNormalize.load(str(self.checkpoints / latest["vecnormalize"]), venv)
         model = PPO.load(self.checkpoints / latest["model"], env=self.venv, device="cpu")
         # PPO.load re-seeds with the original seed; draw new tasks and noise instead.
@@ -520,7 +536,7 @@ class TrainingRun:
         callbacks: list[BaseCallback] = [CheckpointAndEvalCallback(self)]
         if progress:
             callbacks.append(ProgressBarCallback(self.config.timesteps))
-        start = time.perf_counter()
+        self.session_start = time.perf_counter()
         try:
             if remaining > 0:
                 model.learn(remaining, callback=CallbackList(callbacks), reset_num_timesteps=False)
@@ -535,7 +551,8 @@ class TrainingRun:
             self.out / "training.json",
             {
                 "timesteps": int(model.num_timesteps),
-                "seconds_this_session": time.perf_counter() - start,
+                "seconds_this_session": time.perf_counter() - self.session_start,
+                "seconds": self.seconds(),
             },
         )
         return policy

@@ -325,10 +325,34 @@ def test_resume_after_kill_9_continues_from_the_last_checkpoint(tmp_path):
     policy = resume(out, timesteps=saved + 64, progress=False)
     assert policy.metadata["training"]["timesteps_done"] == saved + 64
     assert (out / "progress.1.csv").exists()  # the killed session's log is kept
+    # The killed session's time, to its last checkpoint, is counted in the run's cost.
+    timing = json.loads((out / "training.json").read_text())
+    assert timing["seconds"] > timing["seconds_this_session"] > 0
     with pytest.raises(ConfigError, match="no checkpoint"):
         (tmp_path / "empty").mkdir()
         (tmp_path / "empty" / "config.toml").write_text((out / "config.toml").read_text())
         resume(tmp_path / "empty", progress=False)
+
+
+def test_checkpoints_wait_for_a_rollout_start(tmp_path, monkeypatch):
+    """A checkpoint holds only timesteps PPO has learnt from, so resuming one ends the run
+    at its `timesteps`; mid-rollout (48 of a 32-step rollout) that would not hold."""
+    from lrpilot.agents.training import TrainingRun
+
+    saved = []
+    checkpoint = TrainingRun.checkpoint
+
+    def recording_checkpoint(self, model):
+        saved.append(int(model.num_timesteps))
+        return checkpoint(self, model)
+
+    monkeypatch.setattr(TrainingRun, "checkpoint", recording_checkpoint)
+    config = load_train_config("tiny", timesteps=96, checkpoint_every=48)  # rollout: 32
+    train(config, tmp_path / "run", progress=False)
+    assert saved == [64, 96]
+    policy = resume(tmp_path / "run", timesteps=160, progress=False)
+    assert saved == [64, 96, 160]  # next multiple of 48 after 96 is 144: rollout start 160
+    assert policy.metadata["training"]["timesteps_done"] == 160
 
 
 @pytest.mark.slow
