@@ -351,14 +351,15 @@ def test_policy_selection_margin_is_the_worst_ratio_to_a_target():
     )
 
     settings = [
-        {"setting": "held-out seeds (pydoc, tiny, 400 steps)", QUALITY: 0.95, ROBUSTNESS: 1.01},
-        {"setting": "larger model (small)", QUALITY: 0.9999, ROBUSTNESS: 1.0404},
+        {"setting": "held-out seeds", QUALITY: 0.95, ROBUSTNESS: 1.01, "minutes": 0.8},
+        {"setting": "larger model (small)", QUALITY: 0.9999, ROBUSTNESS: 1.0404, "minutes": 3.1},
     ]
     row = selection_row("v9", "runs/v9/best", settings)
     assert row["held-out seeds: quality"] == 0.95
     assert row["larger model: robustness"] == 1.0404
     assert row["targets met"] == 2  # 0.95 and 1.01 meet theirs; 0.9999 and 1.0404 do not
     assert row["margin"] == round(1.0404 / 1.02, 4)  # robustness misses by more than quality
+    assert row["minutes"] == 3.9
     settings[1][ROBUSTNESS] = 1.0
     assert selection_row("v9", "p", settings)["margin"] == round(0.9999 / 0.99, 4)
 
