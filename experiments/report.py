@@ -7,6 +7,7 @@ One implementation for `lrpilot compare`, the demo and the benchmarks.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -146,3 +147,20 @@ def summary_markdown(summary: pd.DataFrame, title: str, notes: list[str]) -> str
     lines = [f"# {title}", "", markdown_table(table), ""]
     lines += [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
+
+
+def write_result_table(
+    folder: str | Path, stem: str, table: pd.DataFrame, title: str, command: str, footer: str = ""
+) -> str:
+    """Write a benchmark's table as `stem.csv` and `stem.md` (title, the command that
+    reproduces it, the table, `footer`), each atomically; returns the Markdown."""
+    from lrpilot.files import atomic_write_csv, atomic_write_text
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_csv(folder / f"{stem}.csv", table)
+    text = f"# {title}\n\n`{command}`\n\n{markdown_table(table)}\n"
+    if footer:
+        text += f"\n{footer}\n"
+    atomic_write_text(folder / f"{stem}.md", text)
+    return text

@@ -406,3 +406,17 @@ def test_ablations_refuse_a_bad_policy_before_training(tmp_path, monkeypatch, ca
     assert exit_info.value.code == 2
     assert "policy file not found: '/no/such/policy'" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_result_table_is_written_as_csv_and_markdown(tmp_path):
+    from lrpilot.experiments.report import write_result_table
+
+    table = pd.DataFrame({"setting": ["held-out seeds"], "policy / WSD": [1.0124]})
+    text = write_result_table(
+        tmp_path / "results", "check", table, "A check", "python check.py", footer="3.1 min"
+    )
+    assert (tmp_path / "results" / "check.md").read_text() == text
+    assert text.startswith("# A check\n\n`python check.py`\n\n| setting | policy / WSD |")
+    assert text.endswith("\n\n3.1 min\n")
+    assert pd.read_csv(tmp_path / "results" / "check.csv").equals(table)
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["check.csv", "check.md"]

@@ -31,8 +31,7 @@ from pathlib import Path
 import pandas as pd
 
 from lrpilot.experiments.compare import CompareConfig, compare
-from lrpilot.experiments.report import markdown_table
-from lrpilot.files import atomic_write_csv, atomic_write_text
+from lrpilot.experiments.report import write_result_table
 
 SETTINGS = {
     "held-out seeds (pydoc, tiny, 400 steps)": {"corpus": "pydoc", "model": "tiny", "steps": 400},
@@ -157,10 +156,6 @@ def main() -> None:
         )
         for i in args.settings
     ]
-    table = pd.DataFrame(rows)
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    atomic_write_csv(results / "controller_quality.csv", table)
     command = (
         f"python experiments/benchmarks/controller_quality.py --policy {args.policy} "
         f"--jobs {args.jobs}"
@@ -169,8 +164,9 @@ def main() -> None:
         command += " --eval-seeds " + " ".join(map(str, args.eval_seeds))
     if args.settings != [1, 2, 3, 4]:
         command += " --settings " + " ".join(map(str, args.settings))
-    text = f"# Controller quality\n\n`{command}`\n\n{markdown_table(table)}\n"
-    atomic_write_text(results / "controller_quality.md", text)
+    text = write_result_table(
+        args.results, "controller_quality", pd.DataFrame(rows), "Controller quality", command
+    )
     print(text)
 
 

@@ -24,7 +24,6 @@ Written to `experiments/results/policy_selection.{csv,md}` and printed:
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import pandas as pd
 
@@ -38,8 +37,7 @@ from lrpilot.experiments.benchmarks.controller_quality import (
     measure,
     short_name,
 )
-from lrpilot.experiments.report import markdown_table
-from lrpilot.files import atomic_write_csv, atomic_write_text
+from lrpilot.experiments.report import write_result_table
 
 VALIDATION_SEEDS = (100001, 100002, 100003)  # the training run's evaluation seeds
 
@@ -109,17 +107,17 @@ def main() -> None:
         print(f"{name}: margin {rows[-1]['margin']}, {rows[-1]['targets met']} of 8 targets met")
     table = pd.DataFrame(rows)
     chosen = table.loc[table["margin"].idxmin(), "candidate"]  # idxmin: the first of ties
-    results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    atomic_write_csv(results / "policy_selection.csv", table)
     command = "python experiments/benchmarks/select_policy.py --jobs {} {}".format(
         args.jobs, " ".join(f"--candidate {n}={p}" for n, p in candidates)
     )
-    text = (
-        f"# Policy selection (validation seeds {', '.join(map(str, VALIDATION_SEEDS))})\n\n"
-        f"`{command}`\n\n{markdown_table(table)}\n\nChosen: **{chosen}** (smallest margin).\n"
+    text = write_result_table(
+        args.results,
+        "policy_selection",
+        table,
+        f"Policy selection (validation seeds {', '.join(map(str, VALIDATION_SEEDS))})",
+        command,
+        footer=f"Chosen: **{chosen}** (smallest margin).",
     )
-    atomic_write_text(results / "policy_selection.md", text)
     print(text)
 
 
