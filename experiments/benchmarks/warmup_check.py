@@ -34,7 +34,7 @@ from lrpilot.experiments.runs import RunConfig, make_trainer, train_intervals
 from lrpilot.lm.schedules import WSDSchedule
 from lrpilot.lm.trace import scored_final_loss
 
-WARMUPS = (0.05, 0.1, 0.2)  # fractions of the run; 0.05 is the benchmark's
+WARMUPS = (0.05, 0.1, 0.2, 0.3)  # fractions of the run; 0.05 is the benchmark's
 PEAK_GRID = tuple(float(x) for x in np.geomspace(1e-3, 1.6e-2, 5))  # the benchmark's grid
 TUNING_SEED = 0
 VALIDATION_SEEDS = (100001, 100002, 100003)
