@@ -118,14 +118,16 @@ def train_intervals(
     return pd.DataFrame(rows)
 
 
-def run_schedule(config: RunConfig, out_dir: str | Path | None = None, progress: bool = True):
+def run_schedule(
+    config: RunConfig, out_dir: str | Path | None = None, progress: bool = True, **options
+):
     """Train one run under a fixed schedule; return its trace as a DataFrame, writing the
-    run folder if given."""
+    run folder if given. `options` go to the schedule (e.g. `warmup=0.2`)."""
     trainer = make_trainer(config)
     out = ensure_writable_dir(out_dir) if out_dir is not None else None
     if out is not None:
         atomic_write_json(out / "config.json", dataclasses.asdict(config))
-    scheduler = make_schedule(config.schedule, trainer.optimizer, config.steps)
+    scheduler = make_schedule(config.schedule, trainer.optimizer, config.steps, **options)
 
     def step_plateau(_interval: int, stats: IntervalStats, _rows: list[dict]) -> bool:
         scheduler.step(stats.val_loss)

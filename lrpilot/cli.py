@@ -188,6 +188,17 @@ float_list = comma_list(float, "numbers")
 name_list = comma_list(str, "names")
 
 
+def positive_int(text: str) -> int:
+    """An argparse type for a count such as `--jobs`: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def named_policy(text: str) -> tuple[str, str]:
     """An argparse type for `NAME=PATH` (PATH: `default`, a policy file or a folder
     holding one), checked now so a missing policy fails before hours of work."""

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from lrpilot.cli import positive_int
 from lrpilot.experiments.compare import CompareConfig, compare
 from lrpilot.experiments.report import write_result_table
 
@@ -52,18 +53,16 @@ def short_name(setting: str) -> str:
     return setting.split(" (")[0]
 
 
-def measure(
-    name: str,
-    setting: dict,
-    policy: str,
-    eval_seeds: tuple[int, ...],
-    jobs: int,
-    out: str,
-    quiet: bool,
-) -> dict:
-    """One setting's row of the table: `policy` against the tuned schedules on
-    `eval_seeds`, its compare runs kept (and reused) under `out`."""
-    config = CompareConfig(
+def setting_folder(out: str | Path, setting: str) -> Path:
+    """The compare folder of one setting under `out` (its runs are the cache)."""
+    return Path(out) / short_name(setting).replace(" ", "_")
+
+
+def compare_config(
+    setting: dict, policy: str, eval_seeds: tuple[int, ...], jobs: int
+) -> CompareConfig:
+    """The benchmark's comparison in one setting: its schedules, peak-LR grid and seeds."""
+    return CompareConfig(
         schedules=("constant", "warmup_cosine", "wsd"),
         policy=policy,
         eval_every=20,
@@ -76,7 +75,21 @@ def measure(
         device="cpu",
         **setting,
     )
-    folder = Path(out) / short_name(name).replace(" ", "_")
+
+
+def measure(
+    name: str,
+    setting: dict,
+    policy: str,
+    eval_seeds: tuple[int, ...],
+    jobs: int,
+    out: str,
+    quiet: bool,
+) -> dict:
+    """One setting's row of the table: `policy` against the tuned schedules on
+    `eval_seeds`, its compare runs kept (and reused) under `out`."""
+    config = compare_config(setting, policy, eval_seeds, jobs)
+    folder = setting_folder(out, name)
     start = time.perf_counter()
     summary = compare(config, folder, progress=not quiet).set_index("label")
     results = pd.read_csv(folder / "results.csv")
@@ -111,7 +124,9 @@ def main() -> None:
         default="default",
         help="policy to measure: `default` (the shipped one), a policy file or a run folder",
     )
-    parser.add_argument("--jobs", type=int, default=2, help="LM runs in parallel (processes)")
+    parser.add_argument(
+        "--jobs", type=positive_int, default=2, help="LM runs in parallel (processes)"
+    )
     parser.add_argument(
         "--eval-seeds",
         type=int,
@@ -141,8 +156,6 @@ def main() -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args()
-    if args.jobs < 1:
-        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     names = list(SETTINGS)
     rows = [
         measure(

@@ -27,7 +27,7 @@ import argparse
 
 import pandas as pd
 
-from lrpilot.cli import named_policy
+from lrpilot.cli import named_policy, positive_int
 from lrpilot.experiments.benchmarks.controller_quality import (
     QUALITY,
     QUALITY_TARGET,
@@ -70,7 +70,9 @@ def main() -> None:
         help="a candidate policy (`default`, a policy file or a folder holding one); "
         "repeat for each; ties go to the first",
     )
-    parser.add_argument("--jobs", type=int, default=2, help="LM runs in parallel (processes)")
+    parser.add_argument(
+        "--jobs", type=positive_int, default=2, help="LM runs in parallel (processes)"
+    )
     parser.add_argument(
         "--out",
         default="runs/policy_selection",
@@ -83,8 +85,6 @@ def main() -> None:
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args()
-    if args.jobs < 1:
-        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     candidates = args.candidate  # (name, path) pairs, each path checked by named_policy
     if len({name for name, _ in candidates}) != len(candidates):
         parser.error(f"candidate names must differ, got {[n for n, _ in candidates]!r}")

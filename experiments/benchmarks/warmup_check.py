@@ -28,16 +28,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lrpilot.experiments.benchmarks.controller_quality import SETTINGS, measure, short_name
+from lrpilot.cli import positive_int
+from lrpilot.experiments.benchmarks.controller_quality import (
+    SETTINGS,
+    compare_config,
+    measure,
+    short_name,
+)
+from lrpilot.experiments.benchmarks.select_policy import VALIDATION_SEEDS
 from lrpilot.experiments.report import write_result_table
-from lrpilot.experiments.runs import RunConfig, make_trainer, train_intervals
-from lrpilot.lm.schedules import WSDSchedule
+from lrpilot.experiments.runs import RunConfig, run_schedule
 from lrpilot.lm.trace import scored_final_loss
 
 WARMUPS = (0.05, 0.1, 0.2, 0.3)  # fractions of the run; 0.05 is the benchmark's
-PEAK_GRID = tuple(float(x) for x in np.geomspace(1e-3, 1.6e-2, 5))  # the benchmark's grid
-TUNING_SEED = 0
-VALIDATION_SEEDS = (100001, 100002, 100003)
 
 
 def wsd_final_loss(setting: str, warmup: float, peak: float, seed: int) -> float:
@@ -45,30 +48,40 @@ def wsd_final_loss(setting: str, warmup: float, peak: float, seed: int) -> float
     on one torch thread as in `compare`'s workers."""
     torch.set_num_threads(1)
     config = RunConfig(schedule="wsd", lr=peak, seed=seed, device="cpu", **SETTINGS[setting])
-    trainer = make_trainer(config)
-    schedule = WSDSchedule(trainer.optimizer, config.steps, warmup=warmup)
-    trace = train_intervals(
-        trainer, config.steps, config.eval_every, schedule.lr_at, progress=False
-    )
+    trace = run_schedule(config, progress=False, warmup=warmup)
     return scored_final_loss(trace["val_loss"].tolist(), trace["nonfinite"].tolist())
 
 
-def tuned_wsd(setting: str, warmup: float, pool: ProcessPoolExecutor) -> tuple[float, float, float]:
-    """(best peak on the tuning seed, its loss there, its mean loss on the validation seeds)."""
+def tuned_wsd(setting: str, warmup: float, policy_loss: float, pool: ProcessPoolExecutor) -> dict:
+    """WSD with `warmup`, its peak tuned on the benchmark's peak-LR grid and tuning seed:
+    the peak, its loss there, its mean final loss on the validation seeds, and the
+    policy's mean final loss over it."""
+    benchmark = compare_config(SETTINGS[setting], "default", VALIDATION_SEEDS, jobs=1)
+    grid, tuning_seed = benchmark.grid(), benchmark.tune_seeds[0]
     tuning = list(
-        pool.map(wsd_final_loss, repeat(setting), repeat(warmup), PEAK_GRID, repeat(TUNING_SEED))
+        pool.map(wsd_final_loss, repeat(setting), repeat(warmup), grid, repeat(tuning_seed))
     )
-    peak = PEAK_GRID[int(np.argmin(tuning))]  # unlike the benchmark, no widening at an edge
+    peak = grid[int(np.argmin(tuning))]  # unlike the benchmark, no widening at an edge
     finals = pool.map(
         wsd_final_loss, repeat(setting), repeat(warmup), repeat(peak), VALIDATION_SEEDS
     )
-    return peak, min(tuning), float(np.mean(list(finals)))
+    loss = float(np.mean(list(finals)))
+    return {
+        "tuned peak": round(peak, 4),
+        "peak on a grid edge": peak in (grid[0], grid[-1]),
+        f"WSD loss on tuning seed {tuning_seed}": round(min(tuning), 4),
+        "WSD mean final loss": round(loss, 4),
+        "policy (start 1e-3)": policy_loss,
+        "policy / WSD": round(policy_loss / loss, 4),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--policy", default="default", help="policy to compare with")
-    parser.add_argument("--jobs", type=int, default=2, help="LM runs in parallel (processes)")
+    parser.add_argument(
+        "--jobs", type=positive_int, default=2, help="LM runs in parallel (processes)"
+    )
     parser.add_argument(
         "--out",
         default="runs/policy_selection",
@@ -78,8 +91,6 @@ def main() -> None:
         "--results", default="experiments/results", help="folder for warmup_check.csv and .md"
     )
     args = parser.parse_args()
-    if args.jobs < 1:
-        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     start = time.perf_counter()
     rows = []
     with ProcessPoolExecutor(args.jobs) as pool:
@@ -93,21 +104,10 @@ def main() -> None:
                 out=args.out,
                 quiet=True,
             )
-            policy_loss = reference["policy loss (start 1e-3)"]
+            policy_loss = float(reference["policy loss (start 1e-3)"])
             for warmup in WARMUPS:
-                peak, tuning_loss, loss = tuned_wsd(setting, warmup, pool)
-                rows.append(
-                    {
-                        "setting": short_name(setting),
-                        "WSD warmup": warmup,
-                        "tuned peak": round(peak, 4),
-                        "peak on a grid edge": peak in (PEAK_GRID[0], PEAK_GRID[-1]),
-                        "WSD loss on tuning seed 0": round(tuning_loss, 4),
-                        "WSD mean final loss": round(loss, 4),
-                        "policy (start 1e-3)": float(policy_loss),
-                        "policy / WSD": round(float(policy_loss) / loss, 4),
-                    }
-                )
+                wsd = tuned_wsd(setting, warmup, policy_loss, pool)
+                rows.append({"setting": short_name(setting), "WSD warmup": warmup} | wsd)
                 print(rows[-1])
     minutes = (time.perf_counter() - start) / 60
     command = (
