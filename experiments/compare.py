@@ -4,8 +4,10 @@ The protocol (DESIGN.md, in the spirit of AlgoPerf):
 
 1. every fixed schedule gets the same tuning budget: a log-spaced grid of peak LRs,
    each run on the tuning seeds; if the best peak lies on the edge of the grid, the
-   grid is widened by one step on that side and the new point is run too;
-2. each schedule's best peak (lowest mean final loss over the tuning seeds) is run
+   grid is widened by one step on that side and the new point is run too. With
+   `warmups`, a schedule that has a warmup is tuned over every (peak, warmup) pair:
+   for runs of a few hundred steps the warmup matters as much as the peak;
+2. each schedule's best setting (lowest mean final loss over the tuning seeds) is run
    on the evaluation seeds, which the tuning never saw;
 3. the policy (and any baseline controller) runs closed-loop on the same evaluation
    seeds from each given start LR, untuned, with no tuning runs of its own.
@@ -57,7 +59,7 @@ from lrpilot.files import (
     ensure_writable_dir,
 )
 from lrpilot.lm.corpus import load_corpus
-from lrpilot.lm.schedules import SCHEDULE_NAMES
+from lrpilot.lm.schedules import SCHEDULE_NAMES, default_warmup
 from lrpilot.lm.trace import DIVERGENCE_FACTOR, run_diverged, scored_final_loss
 from lrpilot.lm.trainer import resolve_device
 from lrpilot.ray_backend import MAX_RETRIES, RayBackend, import_ray, ray_session
@@ -81,6 +83,9 @@ class CompareConfig:
     batch_size: int = 64
     lr_grid: int = 5  # peak LRs per schedule, log-spaced over lr_range
     lr_range: tuple[float, float] = (1e-3, 1e-2)
+    # warmup fractions tuned with the peak, for schedules with a warmup; () keeps each
+    # schedule's own (5% for warmup_cosine and wsd)
+    warmups: tuple[float, ...] = ()
     tune_seeds: tuple[int, ...] = (0,)
     eval_seeds: tuple[int, ...] = (1, 2, 3)
     start_lrs: tuple[float, ...] = (1e-3,)  # untuned start LRs of policy and controllers
@@ -88,7 +93,8 @@ class CompareConfig:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        for name in ("schedules", "controllers", "tune_seeds", "eval_seeds", "start_lrs"):
+        lists = ("schedules", "controllers", "warmups", "tune_seeds", "eval_seeds", "start_lrs")
+        for name in lists:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "lr_range", tuple(self.lr_range))
         if not self.schedules:
@@ -110,6 +116,10 @@ class CompareConfig:
         low, high = self.lr_range if len(self.lr_range) == 2 else (math.nan, math.nan)
         if not (0 < low < high and math.isfinite(high)):
             raise ConfigError(f"lr_range must be LOW,HIGH with 0 < LOW < HIGH, got {self.lr_range}")
+        if any(not 0 < w < 1 for w in self.warmups):
+            raise ConfigError(f"warmups must be fractions of the run in (0, 1), got {self.warmups}")
+        if len({f"{w:.3g}" for w in self.warmups}) != len(self.warmups):
+            raise ConfigError(f"warmups must differ in 3 significant digits, got {self.warmups}")
         if not self.tune_seeds or not self.eval_seeds:
             raise ConfigError("tune_seeds and eval_seeds must not be empty")
         for seed in (*self.tune_seeds, *self.eval_seeds):
@@ -148,6 +158,14 @@ class CompareConfig:
         low, high = self.lr_range
         return [float(lr) for lr in np.geomspace(low, high, self.lr_grid)]
 
+    def warmup_grid(self, schedule: str) -> list[float | None]:
+        """The warmups `schedule` is tuned over; None stands for its own warmup (or none).
+        A warmup equal to the schedule's own is None too, so it is the same cached run."""
+        own = default_warmup(schedule)
+        if own is None or not self.warmups:
+            return [None]
+        return [None if math.isclose(w, own) else w for w in self.warmups]
+
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -165,12 +183,26 @@ class RunSpec:
     device: str
     corpus_sha256: str = ""  # the corpus bytes' digest: an edited corpus is a new run
     policy_sha256: str = ""  # the policy file's digest: a new policy is a new run
+    warmup: float | None = None  # a schedule's warmup fraction; None: the schedule's own
 
     @property
     def key(self) -> str:
-        """The cache key: a hash of the spec and the cache format."""
-        text = json.dumps(dataclasses.asdict(self) | {"cache": CACHE_VERSION}, sort_keys=True)
+        """The cache key: a hash of the spec and the cache format. A spec with the
+        schedule's own warmup (None) hashes without the field, as before warmups could
+        be tuned, so those cached runs keep their keys."""
+        fields = dataclasses.asdict(self)
+        if fields["warmup"] is None:
+            del fields["warmup"]
+        text = json.dumps(fields | {"cache": CACHE_VERSION}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    @property
+    def warmup_used(self) -> float:
+        """The warmup fraction this run has (NaN for runs without a fixed schedule's)."""
+        if self.warmup is not None:
+            return self.warmup
+        own = default_warmup(self.method) if self.kind == "schedule" else None
+        return math.nan if own is None else own
 
     @property
     def label(self) -> str:
@@ -213,7 +245,9 @@ def execute(spec: RunSpec, policy_bytes: bytes | None) -> pd.DataFrame:
             batch_size=spec.batch_size,
             device=spec.device,
         )
-        return run_schedule(config, progress=False).reindex(columns=list(REPLAY_COLUMNS))
+        options = {} if spec.warmup is None else {"warmup": spec.warmup}
+        trace = run_schedule(config, progress=False, **options)
+        return trace.reindex(columns=list(REPLAY_COLUMNS))
     if spec.kind == "policy":
         assert policy_bytes is not None
         policy = policy_from_bytes(policy_bytes, "the compared policy")
@@ -366,8 +400,8 @@ def compare(
         raise ConfigError("device cuda on Ray needs --gpus-per-worker > 0 (Ray hides GPUs)")
     atomic_write_json(out / "config.json", dataclasses.asdict(config))
 
-    def schedule_spec(name: str, lr: float, seed: int) -> RunSpec:
-        return RunSpec("schedule", name, lr, seed, **common)
+    def schedule_spec(name: str, lr: float, seed: int, warmup: float | None) -> RunSpec:
+        return RunSpec("schedule", name, lr, seed, **common, warmup=warmup)
 
     controlled = [
         RunSpec("policy", "policy", lr, seed, **common, policy_sha256=policy_sha256)
@@ -384,25 +418,30 @@ def compare(
     ratio = grids[config.schedules[0]][1] / grids[config.schedules[0]][0]  # one grid step
 
     def tuning_runs(name: str) -> list[RunSpec]:
-        return [schedule_spec(name, lr, seed) for lr in grids[name] for seed in config.tune_seeds]
+        return [
+            schedule_spec(name, lr, seed, warmup)
+            for lr in grids[name]
+            for warmup in config.warmup_grid(name)
+            for seed in config.tune_seeds
+        ]
 
     cache = RunCache(out, config.jobs, policy_bytes, progress, backend)
     with ray_session(backend):
         try:
             # 1. the tuning grids, and the untuned controllers (they need no tuning)
             cache.run([spec for name in grids for spec in tuning_runs(name)] + controlled)
-            # 2. one more grid step where the best peak lies on an edge
+            # 2. one more grid step (for every warmup) where the best peak lies on an edge
             for name, grid in grids.items():
-                best = _best_peak(cache, tuning_runs(name))
+                best, _ = _best_setting(cache, tuning_runs(name))
                 if best == grid[0]:
                     grid.insert(0, grid[0] / ratio)
                 elif best == grid[-1]:
                     grid.append(grid[-1] * ratio)
             cache.run([spec for name in grids for spec in tuning_runs(name)])  # only the new ones
-            # 3. each schedule at its best peak on the evaluation seeds
-            best_peaks = {name: _best_peak(cache, tuning_runs(name)) for name in grids}
+            # 3. each schedule at its best peak (and warmup) on the evaluation seeds
+            best = {name: _best_setting(cache, tuning_runs(name)) for name in grids}
             evaluation = [
-                schedule_spec(name, best_peaks[name], seed)
+                schedule_spec(name, best[name][0], seed, warmup=best[name][1])
                 for name in config.schedules
                 for seed in config.eval_seeds
             ]
@@ -414,7 +453,7 @@ def compare(
     phases = [("tune", s) for s in tuning_specs] + [("eval", s) for s in evaluation + controlled]
     results, runs = _assemble(cache, phases)
     summary = summarize(runs)
-    notes = _notes(config, grids, best_peaks)
+    notes = _notes(config, grids, best)
     atomic_write_csv(out / "results.csv", results)
     atomic_write_csv(out / "summary.csv", summary)
     title = f"{config.corpus} / {config.model} / {config.steps} steps"
@@ -423,14 +462,16 @@ def compare(
     return summary
 
 
-def _best_peak(cache: RunCache, specs: list[RunSpec]) -> float:
-    """The peak LR with the lowest mean score over the tuning seeds (ties: the lower LR)."""
-    scores: dict[float, list[float]] = {}
+def _best_setting(cache: RunCache, specs: list[RunSpec]) -> tuple[float, float | None]:
+    """The (peak LR, warmup) with the lowest mean score over the tuning seeds (ties: the
+    lower LR, then the shorter warmup)."""
+    scores: dict[tuple[float, float | None], list[float]] = {}
     for spec in specs:
         trace = cache.trace(spec)
         score = scored_final_loss(trace["val_loss"].tolist(), trace["nonfinite"].tolist())
-        scores.setdefault(spec.lr, []).append(score)
-    return min(scores, key=lambda lr: (float(np.mean(scores[lr])), lr))
+        scores.setdefault((spec.lr, spec.warmup), []).append(score)
+    warmups = {(spec.lr, spec.warmup): spec.warmup_used for spec in specs}
+    return min(scores, key=lambda s: (float(np.mean(scores[s])), s[0], warmups[s]))
 
 
 def _assemble(cache: RunCache, phases: list[tuple[str, RunSpec]]):
@@ -445,6 +486,7 @@ def _assemble(cache: RunCache, phases: list[tuple[str, RunSpec]]):
             "phase": phase,
             "seed": spec.seed,
             "peak_or_start_lr": spec.lr,
+            "warmup": spec.warmup_used,
             "run": spec.key,
         }
         frames.append(trace.assign(**about)[[*about, *REPLAY_COLUMNS]])
@@ -455,6 +497,7 @@ def _assemble(cache: RunCache, phases: list[tuple[str, RunSpec]]):
                 "phase": phase,
                 "seed": spec.seed,
                 "lr": spec.lr,
+                "warmup": spec.warmup_used,
                 "score": scored_final_loss(trace["val_loss"].tolist(), trace["nonfinite"].tolist()),
                 "steps": int(trace["step"].iloc[-1]),
                 "diverged": run_diverged(
@@ -466,20 +509,29 @@ def _assemble(cache: RunCache, phases: list[tuple[str, RunSpec]]):
 
 
 def _notes(
-    config: CompareConfig, grids: dict[str, list[float]], best: dict[str, float]
+    config: CompareConfig,
+    grids: dict[str, list[float]],
+    best: dict[str, tuple[float, float | None]],
 ) -> list[str]:
     grid = ", ".join(f"{lr:.3g}" for lr in config.grid())
+    warmups = ", ".join(f"{w:.3g}" for w in config.warmups)
+    tuned = [name for name in config.schedules if config.warmup_grid(name) != [None]]
     notes = [
         f"Schedules tuned over peak LRs {grid} on tuning seed(s) "
         f"{', '.join(map(str, config.tune_seeds))}; evaluated on held-out seed(s) "
         f"{', '.join(map(str, config.eval_seeds))}.",
+        *(
+            [f"{', '.join(tuned)}: tuned over warmups {warmups} of the run too (every pair)."]
+            if tuned
+            else []
+        ),
         "Policy and controllers start from the given LR, untuned, with no tuning runs.",
         "Final loss: validation loss (nats/byte) after the last step; a diverged run scores "
         f"{DIVERGENCE_FACTOR:g} x its initial loss.",
     ]
     for name, grid in grids.items():
         if len(grid) > config.lr_grid:
-            edge = "still on the widened edge" if best[name] in (grid[0], grid[-1]) else "inside"
+            edge = "still on the widened edge" if best[name][0] in (grid[0], grid[-1]) else "inside"
             notes.append(
                 f"{name}: grid widened to {grid[0]:.3g}..{grid[-1]:.3g}; best peak {edge}."
             )

@@ -45,6 +45,7 @@ SUMMARY_COLUMNS = (
     "label",
     "kind",
     "lr",
+    "warmup",
     "seeds",
     "mean",
     "std",
@@ -65,10 +66,10 @@ SUMMARY_COLUMNS = (
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """Per method, over the evaluation seeds.
 
-    `runs` has one row per run: label, kind, phase, seed, lr, score (the scored final
-    validation loss), steps and diverged. The reference is the tuned schedule with the
-    lowest mean score; every method is compared with it seed by seed (a win is a
-    strictly lower final loss on that seed).
+    `runs` has one row per run: label, kind, phase, seed, lr, warmup (a schedule's warmup
+    fraction; NaN if none), score (the scored final validation loss), steps and diverged.
+    The reference is the tuned schedule with the lowest mean score; every method is
+    compared with it seed by seed (a win is a strictly lower final loss on that seed).
     """
     evaluation = runs[runs["phase"] == "eval"]
     scores = evaluation.pivot_table(index="seed", columns="label", values="score")
@@ -87,6 +88,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
                 "label": label,
                 "kind": group["kind"].iloc[0],
                 "lr": float(group["lr"].iloc[0]),
+                "warmup": float(group["warmup"].iloc[0]),
                 "seeds": len(mine),
                 "mean": float(mine.mean()),
                 "std": float(mine.std(ddof=1)) if len(mine) > 1 else math.nan,
@@ -128,6 +130,7 @@ def summary_markdown(summary: pd.DataFrame, title: str, notes: list[str]) -> str
         {
             "method": summary["label"],
             "peak / start LR": summary["lr"].map(lambda v: f"{v:.3g}"),
+            "warmup": summary["warmup"].map(lambda v: "—" if math.isnan(v) else f"{v:.0%}"),
             "final val loss (mean ± std)": [
                 f"{m:.4f} ± {s:.4f}" if not math.isnan(s) else f"{m:.4f}"
                 for m, s in zip(summary["mean"], summary["std"], strict=True)

@@ -12,6 +12,7 @@ Progress runs from step 0 to `total_steps`; decays reach their floor at
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -266,6 +267,15 @@ def make_schedule(
     if name not in SCHEDULES:
         raise ConfigError(f"unknown schedule {name!r}; choose from {', '.join(SCHEDULE_NAMES)}")
     return SCHEDULES[name](optimizer, total_steps, **options)
+
+
+def default_warmup(name: str) -> float | None:
+    """The warmup fraction a schedule uses unless told otherwise; None if it has no
+    warmup to tune (e.g. `constant`, `cosine`, `plateau`)."""
+    if name not in SCHEDULES:
+        return None
+    option = inspect.signature(SCHEDULES[name].__init__).parameters.get("warmup")
+    return None if option is None else float(option.default)
 
 
 def lr_function(

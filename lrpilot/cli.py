@@ -323,6 +323,14 @@ def _add_compare(subparsers) -> None:
         help="LOW,HIGH ends of the log-spaced peak-LR grid",
     )
     p.add_argument(
+        "--warmups",
+        type=float_list,
+        default="",
+        help="warmup fractions to tune with the peak, for schedules with a warmup, e.g. "
+        "0.05,0.1,0.2,0.3 (every peak x warmup pair is a tuning run); empty: each "
+        "schedule's own warmup (5%% for warmup_cosine and wsd)",
+    )
+    p.add_argument(
         "--tune-seeds", type=int_list, default=",".join(map(str, d.tune_seeds)), help="tuning seeds"
     )
     p.add_argument(
@@ -358,6 +366,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         lr_grid=args.lr_grid,
         lr_range=tuple(args.lr_range),
+        warmups=tuple(args.warmups),
         tune_seeds=tuple(args.tune_seeds),
         eval_seeds=tuple(args.eval_seeds),
         start_lrs=tuple(args.start_lr),

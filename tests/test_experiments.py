@@ -240,6 +240,39 @@ def test_compare_killed_and_restarted_equals_an_uninterrupted_one(compared, poli
     assert (tmp_path / "summary.md").read_text() == (compared / "summary.md").read_text()
 
 
+def test_compare_tunes_the_warmup_with_the_peak_and_reuses_the_own_warmups_runs(tmp_path):
+    import dataclasses
+
+    peaks_only = dataclasses.replace(small_compare(None), controllers=())
+    compare(peaks_only, tmp_path, progress=False)
+    cached = {f: f.stat().st_mtime_ns for f in (tmp_path / RUNS_DIR).glob("*/run.json")}
+    both = dataclasses.replace(peaks_only, warmups=(0.05, 0.5))  # 0.05: wsd's own warmup
+    compare(both, tmp_path, progress=False)
+    assert all(f.stat().st_mtime_ns == stamp for f, stamp in cached.items())  # not rerun
+
+    runs = pd.read_csv(tmp_path / "results.csv").groupby("run").last()
+    tune = runs[runs["phase"] == "tune"]
+    wsd = tune[tune["method"] == "wsd"]
+    pairs = set(zip(wsd["peak_or_start_lr"].round(6), wsd["warmup"], strict=True))
+    assert pairs == {(lr, w) for lr in (1e-4, 1e-3, 1e-2) for w in (0.05, 0.5)}  # widened too
+    constant = tune[tune["method"] == "constant"]
+    assert len(constant) == 3 and constant["warmup"].isna().all()  # no warmup to tune
+    scores = {
+        (lr, w): scored_final_loss(run["val_loss"].tolist(), run["nonfinite"].tolist())
+        for (lr, w), run in pd.read_csv(tmp_path / "results.csv")
+        .query("phase == 'tune' and method == 'wsd'")
+        .groupby(["peak_or_start_lr", "warmup"])
+    }
+    best_lr, best_warmup = min(scores, key=scores.get)
+    chosen = runs[(runs["phase"] == "eval") & (runs["method"] == "wsd")]
+    assert chosen["peak_or_start_lr"].tolist() == pytest.approx([best_lr] * 2)
+    assert chosen["warmup"].tolist() == [best_warmup] * 2
+    summary = pd.read_csv(tmp_path / "summary.csv").set_index("label")
+    assert summary.loc["wsd", "warmup"] == best_warmup
+    assert summary.loc["wsd", "tuning_steps"] == 6 * 20  # 3 peaks x 2 warmups
+    assert "tuned over warmups 0.05, 0.5" in (tmp_path / "summary.md").read_text()
+
+
 def test_compare_bad_input_is_one_line_exit_2(tmp_path, capsys):
     not_a_policy = tmp_path / "policy.safetensors"
     not_a_policy.write_bytes(b"\x00" * 64)
@@ -252,6 +285,8 @@ def test_compare_bad_input_is_one_line_exit_2(tmp_path, capsys):
         (["--controllers", "oracle"], "unknown controller(s) 'oracle'"),
         (["--tune-seeds", "1", "--eval-seeds", "1,2"], "both tuning and evaluation seeds"),
         (["--lr-range", "1e-2,1e-3"], "lr_range must be LOW,HIGH"),
+        (["--warmups", "0.1,1"], "warmups must be fractions of the run in (0, 1), got (0.1, 1.0)"),
+        (["--warmups", "0.1,0.1"], "warmups must differ in 3 significant digits"),
         (["--jobs", "0"], "jobs must be a positive integer"),
         (["--eval-seeds=-1,2"], "seed must be an integer in [0, 2**32), got -1"),
         (["--eval-seeds", "1,2,2"], "eval_seeds lists a value twice"),
@@ -390,6 +425,32 @@ def test_policy_selection_refuses_bad_candidates_before_measuring(
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--warmups", "0.1", "1"], "warmups must be fractions of the run in (0, 1)"),
+        (["--eval-seeds", "0", "1"], "seed(s) 0 are both tuning and evaluation seeds"),
+    ],
+)
+def test_controller_quality_refuses_bad_input_before_measuring(
+    flags, message, tmp_path, monkeypatch, capsys
+):
+    from lrpilot.experiments.benchmarks import controller_quality
+
+    def fail(*args, **kwargs):
+        raise AssertionError("measured a setting despite bad input")
+
+    monkeypatch.setattr(controller_quality, "measure", fail)
+    argv = ["controller_quality.py", "--results", str(tmp_path), "--out", str(tmp_path), *flags]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as exit_info:
+        controller_quality.main()
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.strip().splitlines()[-1].startswith("controller_quality.py")
+    assert not list(tmp_path.iterdir())
 
 
 def test_ablations_refuse_a_bad_policy_before_training(tmp_path, monkeypatch, capsys):

@@ -8,6 +8,7 @@ from lrpilot.errors import ConfigError
 from lrpilot.lm.schedules import (
     SCHEDULE_NAMES,
     SCHEDULES,
+    default_warmup,
     lr_function,
     make_schedule,
     schedule_curve,
@@ -134,3 +135,12 @@ def test_unknown_schedule_and_bad_steps():
         make_schedule("cosin", _optimizer(), T)
     with pytest.raises(ConfigError, match="total_steps"):
         make_schedule("cosine", _optimizer(), 0)
+
+
+def test_default_warmup_is_the_schedules_own_or_none():
+    assert default_warmup("wsd") == default_warmup("warmup_cosine") == 0.05
+    assert default_warmup("one_cycle") == 0.3
+    assert default_warmup("constant") is None and default_warmup("plateau") is None
+    # the value reported is the one a schedule made without options uses
+    curve = schedule_curve("wsd", 1.0, 100)
+    assert curve[4] == 1.0 and curve[3] < 1.0  # 5 warmup steps of 100

@@ -1,7 +1,8 @@
 """Where in a run the policy gains on tuned WSD: val-loss differences along the run.
 
 Reads the compare runs a measurement left under `--out` (by default those of
-`select_policy.py` on the validation seeds; run it first) and prints, per LM seed, the
+`select_policy.py` on the validation seeds; run it first). That folder holds the runs of
+the policy measured last there, which is named first. Then it prints, per LM seed, the
 policy's val loss from 1e-3 minus tuned WSD's at 10%, 25%, 50%, 75%, 90% and 100% of the
 run, in the 400-step and 800-step settings, and the policy's LR range between the first
 20% and the last 20% of the run. No run is trained here.
@@ -12,6 +13,7 @@ run, in the 400-step and 800-step settings, and the policy's LR range between th
 from __future__ import annotations
 
 import argparse
+import json
 
 import pandas as pd
 
@@ -57,10 +59,12 @@ def main() -> None:
     args = parser.parse_args()
     rows = []
     for setting in SETTINGS:
-        path = setting_folder(args.out, setting) / "results.csv"
-        if not path.is_file():
-            parser.error(f"no compare runs at {str(path)!r}; run select_policy.py first")
-        rows += lead_rows(pd.read_csv(path), setting)
+        folder = setting_folder(args.out, setting)
+        if not (folder / "results.csv").is_file():
+            parser.error(f"no compare runs in {str(folder)!r}; run select_policy.py first")
+        policy = json.loads((folder / "config.json").read_text())["policy"]
+        print(f"{short_name(setting)}: policy {policy}")
+        rows += lead_rows(pd.read_csv(folder / "results.csv"), setting)
     print(markdown_table(pd.DataFrame(rows)))
 
 
