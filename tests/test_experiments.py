@@ -365,6 +365,18 @@ def test_a_candidate_preset_is_the_controller_preset_with_a_wide_first_action(pr
     )
 
 
+def test_the_v9_preset_is_v8_with_less_exploration_noise():
+    import dataclasses
+
+    from lrpilot.agents.training import load_train_config
+
+    v8, v9 = load_train_config("controller_v8"), load_train_config("controller_v9")
+    assert v9.ppo.log_std_init == pytest.approx(-1.386) and v9.ppo.ent_coef == 0.0
+    assert v9 == dataclasses.replace(
+        v8, ppo=dataclasses.replace(v8.ppo, log_std_init=-1.386, ent_coef=0.0)
+    )
+
+
 def test_every_ablation_variant_changes_the_controller_preset():
     from lrpilot.agents.training import load_train_config
     from lrpilot.experiments.benchmarks.ablations import VARIANTS, variant_config
