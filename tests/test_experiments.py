@@ -377,6 +377,17 @@ def test_the_v9_preset_is_v8_with_less_exploration_noise():
     )
 
 
+def test_the_v10_preset_is_v9_with_a_wider_first_action():
+    import dataclasses
+
+    from lrpilot.agents.training import load_train_config
+
+    v9, v10 = load_train_config("controller_v9"), load_train_config("controller_v10")
+    assert v10 == dataclasses.replace(
+        v9, env=dataclasses.replace(v9.env, first_action_max_factor=30.0)
+    )
+
+
 def test_every_ablation_variant_changes_the_controller_preset():
     from lrpilot.agents.training import load_train_config
     from lrpilot.experiments.benchmarks.ablations import VARIANTS, variant_config
