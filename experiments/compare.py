@@ -159,12 +159,12 @@ class CompareConfig:
         return [float(lr) for lr in np.geomspace(low, high, self.lr_grid)]
 
     def warmup_grid(self, schedule: str) -> list[float | None]:
-        """The warmups `schedule` is tuned over; None stands for its own warmup (or none).
-        A warmup equal to the schedule's own is None too, so it is the same cached run."""
+        """The warmups `schedule` is tuned over: `warmups`, else its own; [None] if it has
+        no warmup."""
         own = default_warmup(schedule)
-        if own is None or not self.warmups:
+        if own is None:
             return [None]
-        return [None if math.isclose(w, own) else w for w in self.warmups]
+        return list(self.warmups) or [own]
 
 
 @dataclass(frozen=True)
@@ -183,26 +183,19 @@ class RunSpec:
     device: str
     corpus_sha256: str = ""  # the corpus bytes' digest: an edited corpus is a new run
     policy_sha256: str = ""  # the policy file's digest: a new policy is a new run
-    warmup: float | None = None  # a schedule's warmup fraction; None: the schedule's own
+    warmup: float | None = None  # a schedule's warmup fraction; None: it has none
 
     @property
     def key(self) -> str:
-        """The cache key: a hash of the spec and the cache format. A spec with the
-        schedule's own warmup (None) hashes without the field, as before warmups could
-        be tuned, so those cached runs keep their keys."""
+        """The cache key: a hash of the spec and the cache format. A run with no warmup,
+        or with its schedule's own, hashes without the field, as before warmups could be
+        tuned, so those cached runs keep their keys."""
         fields = dataclasses.asdict(self)
-        if fields["warmup"] is None:
+        own = default_warmup(self.method) if self.kind == "schedule" else None
+        if self.warmup is None or (own is not None and math.isclose(self.warmup, own)):
             del fields["warmup"]
         text = json.dumps(fields | {"cache": CACHE_VERSION}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-    @property
-    def warmup_used(self) -> float:
-        """The warmup fraction this run has (NaN for runs without a fixed schedule's)."""
-        if self.warmup is not None:
-            return self.warmup
-        own = default_warmup(self.method) if self.kind == "schedule" else None
-        return math.nan if own is None else own
 
     @property
     def label(self) -> str:
@@ -470,8 +463,7 @@ def _best_setting(cache: RunCache, specs: list[RunSpec]) -> tuple[float, float |
         trace = cache.trace(spec)
         score = scored_final_loss(trace["val_loss"].tolist(), trace["nonfinite"].tolist())
         scores.setdefault((spec.lr, spec.warmup), []).append(score)
-    warmups = {(spec.lr, spec.warmup): spec.warmup_used for spec in specs}
-    return min(scores, key=lambda s: (float(np.mean(scores[s])), s[0], warmups[s]))
+    return min(scores, key=lambda s: (float(np.mean(scores[s])), s[0], s[1] or 0.0))
 
 
 def _assemble(cache: RunCache, phases: list[tuple[str, RunSpec]]):
@@ -479,6 +471,7 @@ def _assemble(cache: RunCache, phases: list[tuple[str, RunSpec]]):
     frames, runs = [], []
     for phase, spec in phases:
         trace = cache.trace(spec)
+        warmup = math.nan if spec.warmup is None else spec.warmup
         about = {
             "label": spec.label,
             "kind": spec.kind,
@@ -486,7 +479,7 @@ def _assemble(cache: RunCache, phases: list[tuple[str, RunSpec]]):
             "phase": phase,
             "seed": spec.seed,
             "peak_or_start_lr": spec.lr,
-            "warmup": spec.warmup_used,
+            "warmup": warmup,
             "run": spec.key,
         }
         frames.append(trace.assign(**about)[[*about, *REPLAY_COLUMNS]])
@@ -497,7 +490,7 @@ def _assemble(cache: RunCache, phases: list[tuple[str, RunSpec]]):
                 "phase": phase,
                 "seed": spec.seed,
                 "lr": spec.lr,
-                "warmup": spec.warmup_used,
+                "warmup": warmup,
                 "score": scored_final_loss(trace["val_loss"].tolist(), trace["nonfinite"].tolist()),
                 "steps": int(trace["step"].iloc[-1]),
                 "diverged": run_diverged(
@@ -514,17 +507,18 @@ def _notes(
     best: dict[str, tuple[float, float | None]],
 ) -> list[str]:
     grid = ", ".join(f"{lr:.3g}" for lr in config.grid())
-    warmups = ", ".join(f"{w:.3g}" for w in config.warmups)
-    tuned = [name for name in config.schedules if config.warmup_grid(name) != [None]]
     notes = [
         f"Schedules tuned over peak LRs {grid} on tuning seed(s) "
         f"{', '.join(map(str, config.tune_seeds))}; evaluated on held-out seed(s) "
         f"{', '.join(map(str, config.eval_seeds))}.",
-        *(
-            [f"{', '.join(tuned)}: tuned over warmups {warmups} of the run too (every pair)."]
-            if tuned
-            else []
-        ),
+    ]
+    tuned = [name for name in config.schedules if default_warmup(name) is not None]
+    if config.warmups and tuned:
+        warmups = ", ".join(f"{w:.3g}" for w in config.warmups)
+        notes.append(
+            f"{', '.join(tuned)}: tuned over warmups {warmups} of the run too (every pair)."
+        )
+    notes += [
         "Policy and controllers start from the given LR, untuned, with no tuning runs.",
         "Final loss: validation loss (nats/byte) after the last step; a diverged run scores "
         f"{DIVERGENCE_FACTOR:g} x its initial loss.",

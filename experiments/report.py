@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from lrpilot.files import atomic_write_csv, atomic_write_text
+
 # Two-sided 95% critical values of Student's t for 1..30 degrees of freedom (standard
 # table values); above 30 the Cornish-Fisher expansion below is within 1e-3 of them.
 _T_975 = (
@@ -157,8 +159,6 @@ def write_result_table(
 ) -> str:
     """Write a benchmark's table as `stem.csv` and `stem.md` (title, the command that
     reproduces it, the table, `footer`), each atomically; returns the Markdown."""
-    from lrpilot.files import atomic_write_csv, atomic_write_text
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(folder / f"{stem}.csv", table)
