@@ -351,18 +351,22 @@ def test_the_shipped_default_policy_loads_with_its_training_record():
     assert 0 < done <= training["timesteps"]  # best/: any evaluation
 
 
-@pytest.mark.parametrize("preset, factor", [("controller_v7", 100.0), ("controller_v8", 10.0)])
-def test_a_candidate_preset_is_the_controller_preset_with_a_wide_first_action(preset, factor):
+def test_the_v7_preset_is_v8_with_a_wider_first_action():
     import dataclasses
 
     from lrpilot.agents.training import load_train_config
 
-    candidate = load_train_config(preset)
-    controller = load_train_config("controller")
-    assert candidate.env.first_action_max_factor == factor
-    assert candidate == dataclasses.replace(
-        controller, env=dataclasses.replace(controller.env, first_action_max_factor=factor)
+    v7, v8 = load_train_config("controller_v7"), load_train_config("controller_v8")
+    assert v8.env.first_action_max_factor == 10.0
+    assert v7 == dataclasses.replace(
+        v8, env=dataclasses.replace(v8.env, first_action_max_factor=100.0)
     )
+
+
+def test_the_controller_preset_is_v10_which_trained_the_shipped_policy():
+    from lrpilot.agents.training import load_train_config
+
+    assert load_train_config("controller") == load_train_config("controller_v10")
 
 
 def test_the_v9_preset_is_v8_with_less_exploration_noise():
@@ -386,6 +390,15 @@ def test_the_v10_preset_is_v9_with_a_wider_first_action():
     assert v10 == dataclasses.replace(
         v9, env=dataclasses.replace(v9.env, first_action_max_factor=30.0)
     )
+
+
+def test_the_v11_preset_is_v10_with_less_exploration_noise():
+    import dataclasses
+
+    from lrpilot.agents.training import load_train_config
+
+    v10, v11 = load_train_config("controller_v10"), load_train_config("controller_v11")
+    assert v11 == dataclasses.replace(v10, ppo=dataclasses.replace(v10.ppo, log_std_init=-2.079))
 
 
 def test_every_ablation_variant_changes_the_controller_preset():
@@ -423,15 +436,23 @@ def test_policy_selection_margin_is_the_worst_ratio_to_a_target():
 
 
 @pytest.mark.parametrize(
-    "candidates, message",
+    "flags, message",
     [
-        (["v9"], "NAME=PATH, got 'v9'"),
-        (["v9=/no/such/policy"], "policy file not found: '/no/such/policy'"),
-        (["a=default", "a=default"], "candidate names must differ"),
+        (["--candidate", "v9"], "NAME=PATH, got 'v9'"),
+        (["--candidate", "v9=/no/such/policy"], "policy file not found: '/no/such/policy'"),
+        (["--candidate", "a=default", "--candidate", "a=default"], "candidate names must differ"),
+        (
+            ["--candidate", "a=default", "--validation-seeds", "100001", "2"],
+            "validation seeds must not include the comparison seeds 1, 2, 3, got (100001, 2)",
+        ),
+        (
+            ["--candidate", "a=default", "--validation-seeds", "0", "100001"],
+            "seed(s) 0 are both tuning and evaluation seeds",
+        ),
     ],
 )
-def test_policy_selection_refuses_bad_candidates_before_measuring(
-    candidates, message, tmp_path, monkeypatch, capsys
+def test_policy_selection_refuses_bad_input_before_measuring(
+    flags, message, tmp_path, monkeypatch, capsys
 ):
     from lrpilot.experiments.benchmarks import select_policy
 
@@ -439,15 +460,38 @@ def test_policy_selection_refuses_bad_candidates_before_measuring(
         raise AssertionError("measured a candidate despite bad input")
 
     monkeypatch.setattr(select_policy, "measure", fail)
-    argv = ["select_policy.py", "--results", str(tmp_path)]
-    for candidate in candidates:
-        argv += ["--candidate", candidate]
-    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(sys, "argv", ["select_policy.py", "--results", str(tmp_path), *flags])
     with pytest.raises(SystemExit) as exit_info:
         select_policy.main()
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_policy_selection_judges_every_candidate_on_the_validation_seeds_given(
+    tmp_path, monkeypatch
+):
+    from lrpilot.experiments.benchmarks import select_policy
+    from lrpilot.experiments.benchmarks.select_policy import QUALITY, ROBUSTNESS
+
+    seen = []
+
+    def fake_measure(name, setting, policy, eval_seeds, **kwargs):
+        seen.append((policy, eval_seeds))
+        return {"setting": name, QUALITY: 0.97, ROBUSTNESS: 1.0, "minutes": 0.0}
+
+    monkeypatch.setattr(select_policy, "measure", fake_measure)
+    seeds = ["100001", "100002", "100003", "100004", "100005", "100006"]
+    argv = ["select_policy.py", "--results", str(tmp_path), "--candidate", "old=default"]
+    argv += ["--candidate", "new=default", "--validation-seeds", *seeds]
+    monkeypatch.setattr(sys, "argv", argv)
+    select_policy.main()
+    assert {s for _, s in seen} == {tuple(map(int, seeds))}
+    assert len(seen) == 2 * len(select_policy.SETTINGS)
+    text = (tmp_path / "policy_selection.md").read_text()
+    assert "validation seeds 100001, 100002, 100003, 100004, 100005, 100006" in text
+    assert "--validation-seeds " + " ".join(seeds) in text  # the command that reproduces it
+    assert "Chosen: **old**" in text  # a tie goes to the first listed
 
 
 @pytest.mark.parametrize(

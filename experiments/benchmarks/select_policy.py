@@ -2,8 +2,9 @@
 
 Each candidate policy is measured exactly as `controller_quality.py` measures the
 shipped one (the same four settings, the same tuned schedules, the same code), but on
-the validation LM seeds 100001, 100002, 100003 instead of the comparison seeds 1, 2, 3,
-which must never choose what ships. Schedules are tuned on seed 0 as there.
+the validation LM seeds (100001, 100002, 100003 by default; `--validation-seeds` for
+more) instead of the comparison seeds 1, 2, 3, which must never choose what ships and
+are refused here. Schedules are tuned on seed 0 as there.
 
 A candidate's margin is its worst ratio to a target over the eight (four settings x
 quality and robustness):
@@ -28,18 +29,21 @@ import argparse
 import pandas as pd
 
 from lrpilot.cli import named_policy, positive_int
+from lrpilot.errors import ConfigError
 from lrpilot.experiments.benchmarks.controller_quality import (
     QUALITY,
     QUALITY_TARGET,
     ROBUSTNESS,
     ROBUSTNESS_TARGET,
     SETTINGS,
+    compare_config,
     measure,
     short_name,
 )
 from lrpilot.experiments.report import write_result_table
 
 VALIDATION_SEEDS = (100001, 100002, 100003)  # the training run's evaluation seeds
+COMPARISON_SEEDS = (1, 2, 3)  # controller_quality.py's: they never choose what ships
 
 
 def selection_row(candidate: str, path: str, settings: list[dict]) -> dict:
@@ -83,11 +87,27 @@ def main() -> None:
         default="experiments/results",
         help="folder for policy_selection.csv and .md",
     )
+    parser.add_argument(
+        "--validation-seeds",
+        type=int,
+        nargs="+",
+        default=list(VALIDATION_SEEDS),
+        metavar="SEED",
+        help="LM seeds the candidates are judged on (default: 100001 100002 100003); "
+        "never the comparison seeds 1, 2, 3 nor the tuning seed 0",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args()
     candidates = args.candidate  # (name, path) pairs, each path checked by named_policy
     if len({name for name, _ in candidates}) != len(candidates):
         parser.error(f"candidate names must differ, got {[n for n, _ in candidates]!r}")
+    seeds = tuple(args.validation_seeds)
+    if set(seeds) & set(COMPARISON_SEEDS):
+        parser.error(f"validation seeds must not include the comparison seeds 1, 2, 3, got {seeds}")
+    try:  # bad seeds (the tuning seed, duplicates): one line now, before any measuring
+        compare_config(next(iter(SETTINGS.values())), "default", seeds, args.jobs)
+    except ConfigError as error:
+        parser.error(str(error))
 
     rows = []
     for name, path in candidates:
@@ -96,7 +116,7 @@ def main() -> None:
                 setting,
                 values,
                 policy=path,
-                eval_seeds=VALIDATION_SEEDS,
+                eval_seeds=seeds,
                 jobs=args.jobs,
                 out=args.out,
                 quiet=args.quiet,
@@ -110,11 +130,15 @@ def main() -> None:
     command = "python experiments/benchmarks/select_policy.py --jobs {} {}".format(
         args.jobs, " ".join(f"--candidate {n}={p}" for n, p in candidates)
     )
+    if seeds != VALIDATION_SEEDS:
+        command += " --validation-seeds " + " ".join(map(str, seeds))
+    if args.results != "experiments/results":
+        command += f" --results {args.results}"
     text = write_result_table(
         args.results,
         "policy_selection",
         table,
-        f"Policy selection (validation seeds {', '.join(map(str, VALIDATION_SEEDS))})",
+        f"Policy selection (validation seeds {', '.join(map(str, seeds))})",
         command,
         footer=f"Chosen: **{chosen}** (smallest margin).",
     )
