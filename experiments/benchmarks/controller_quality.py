@@ -47,6 +47,7 @@ SETTINGS = {
     "2x step budget (800 steps)": {"corpus": "pydoc", "model": "tiny", "steps": 800},
 }
 START_LRS = (1e-4, 1e-3, 1e-2)
+COMPARISON_SEEDS = (1, 2, 3)  # the held-out LM seeds of the benchmark; they never choose
 UNTUNED_START = 1e-3  # the start LR the quality figure uses
 QUALITY_TARGET = 0.99  # policy from UNTUNED_START / best tuned schedule, at most
 ROBUSTNESS_TARGET = 1.02  # policy's worst / best over START_LRS, at most
@@ -146,7 +147,7 @@ def main() -> None:
         "--eval-seeds",
         type=int,
         nargs="+",
-        default=[1, 2, 3],
+        default=list(COMPARISON_SEEDS),
         help="LM seeds the policy and the tuned schedules are compared on (default: 1 2 3)",
     )
     parser.add_argument(
@@ -201,7 +202,7 @@ def main() -> None:
         f"python experiments/benchmarks/controller_quality.py --policy {args.policy} "
         f"--jobs {args.jobs}"
     )
-    if args.eval_seeds != [1, 2, 3]:
+    if tuple(args.eval_seeds) != COMPARISON_SEEDS:
         command += " --eval-seeds " + " ".join(map(str, args.eval_seeds))
     if args.settings != [1, 2, 3, 4]:
         command += " --settings " + " ".join(map(str, args.settings))

@@ -31,6 +31,7 @@ import pandas as pd
 from lrpilot.cli import named_policy, positive_int
 from lrpilot.errors import ConfigError
 from lrpilot.experiments.benchmarks.controller_quality import (
+    COMPARISON_SEEDS,
     QUALITY,
     QUALITY_TARGET,
     ROBUSTNESS,
@@ -43,7 +44,6 @@ from lrpilot.experiments.benchmarks.controller_quality import (
 from lrpilot.experiments.report import write_result_table
 
 VALIDATION_SEEDS = (100001, 100002, 100003)  # the training run's evaluation seeds
-COMPARISON_SEEDS = (1, 2, 3)  # controller_quality.py's: they never choose what ships
 
 
 def selection_row(candidate: str, path: str, settings: list[dict]) -> dict:
@@ -103,7 +103,10 @@ def main() -> None:
         parser.error(f"candidate names must differ, got {[n for n, _ in candidates]!r}")
     seeds = tuple(args.validation_seeds)
     if set(seeds) & set(COMPARISON_SEEDS):
-        parser.error(f"validation seeds must not include the comparison seeds 1, 2, 3, got {seeds}")
+        comparison = ", ".join(map(str, COMPARISON_SEEDS))
+        parser.error(
+            f"validation seeds must not include the comparison seeds {comparison}, got {seeds}"
+        )
     try:  # bad seeds (the tuning seed, duplicates): one line now, before any measuring
         compare_config(next(iter(SETTINGS.values())), "default", seeds, args.jobs)
     except ConfigError as error:
