@@ -401,6 +401,16 @@ def test_the_v11_preset_is_v10_with_less_exploration_noise():
     assert v11 == dataclasses.replace(v10, ppo=dataclasses.replace(v10.ppo, log_std_init=-2.079))
 
 
+def test_the_v12_preset_is_v10_with_another_ppo_seed():
+    import dataclasses
+
+    from lrpilot.agents.training import load_train_config
+
+    v10, v12 = load_train_config("controller_v10"), load_train_config("controller_v12")
+    assert v12.seed == 1 and v10.seed == 0
+    assert v12 == dataclasses.replace(v10, seed=1)
+
+
 def test_every_ablation_variant_changes_the_controller_preset():
     from lrpilot.agents.training import load_train_config
     from lrpilot.experiments.benchmarks.ablations import VARIANTS, variant_config
