@@ -411,6 +411,15 @@ def test_the_v12_preset_is_v10_with_another_ppo_seed():
     assert v12 == dataclasses.replace(v10, seed=1)
 
 
+def test_the_v13_preset_is_v10_with_a_third_ppo_seed():
+    import dataclasses
+
+    from lrpilot.agents.training import load_train_config
+
+    v10, v13 = load_train_config("controller_v10"), load_train_config("controller_v13")
+    assert v13 == dataclasses.replace(v10, seed=2)
+
+
 def test_every_ablation_variant_changes_the_controller_preset():
     from lrpilot.agents.training import load_train_config
     from lrpilot.experiments.benchmarks.ablations import VARIANTS, variant_config
