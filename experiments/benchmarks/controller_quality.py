@@ -148,7 +148,9 @@ def main() -> None:
         type=int,
         nargs="+",
         default=list(COMPARISON_SEEDS),
-        help="LM seeds the policy and the tuned schedules are compared on (default: 1 2 3)",
+        help="LM seeds the policy and the tuned schedules are compared on (default: "
+        + " ".join(map(str, COMPARISON_SEEDS))
+        + ")",
     )
     parser.add_argument(
         "--settings",
