@@ -152,6 +152,20 @@ class Policy:
             warmup_fraction=self.warmup_fraction,
         )
 
+    def with_fractions(
+        self, *, warmup_fraction: float | None = None, cooldown_fraction: float | None = None
+    ) -> Policy:
+        """The same network with another fixed warmup or cooldown (None keeps this
+        policy's). The network was trained with its own fractions; the new ones are a
+        variant to measure, and `training` in the metadata still says how it was trained."""
+        action = dict(self.metadata["action"])
+        if warmup_fraction is not None:
+            action["warmup_fraction"] = warmup_fraction
+        if cooldown_fraction is not None:
+            action["cooldown_fraction"] = cooldown_fraction
+        check_fractions(action.get("warmup_fraction", 0.0), action.get("cooldown_fraction", 0.0))
+        return Policy(self.weights, {**self.metadata, "action": action})
+
     def save(self, path: str | os.PathLike) -> Path:
         """Write the policy file (atomically); `path` is a file or a folder."""
         path = Path(path)

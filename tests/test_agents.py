@@ -152,6 +152,20 @@ def test_policy_file_keeps_its_warmup_and_older_files_have_none(tmp_path):
         load_policy(policy.save(tmp_path / "overlapping"))
 
 
+def test_a_policy_with_other_fractions_acts_the_same_and_cools_down_longer(tmp_path):
+    policy = make_policy(cooldown_fraction=0.2)
+    variant = load_policy(policy.with_fractions(cooldown_fraction=0.3).save(tmp_path / "v"))
+    assert (variant.cooldown_fraction, variant.warmup_fraction) == (0.3, 0.0)
+    assert policy.cooldown_fraction == 0.2  # the original is unchanged
+    observation = np.linspace(-1, 1, len(FEATURE_NAMES)).astype(np.float32)
+    assert np.array_equal(variant.act(observation), policy.act(observation))
+    assert policy.applied_lr(1e-3, 75, total_steps=100) == 1e-3  # before its cooldown
+    assert variant.applied_lr(1e-3, 75, total_steps=100) < 1e-3  # in the longer one
+    assert variant.metadata["training"] == policy.metadata["training"]
+    with pytest.raises(ConfigError, match=r"cooldown_fraction must be in \[0, 1\), got 1.2"):
+        policy.with_fractions(cooldown_fraction=1.2)
+
+
 def test_policy_file_keeps_its_first_action_range_and_older_files_have_none(tmp_path):
     policy = make_policy(action_mode="continuous", factor_span=0.5, first_action_max_factor=100.0)
     wide = load_policy(policy.save(tmp_path / "wide"))
