@@ -19,6 +19,7 @@ action (version 1) are read correctly and re-saved as version 2.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -158,13 +159,12 @@ class Policy:
         """The same network with another fixed warmup or cooldown (None keeps this
         policy's). The network was trained with its own fractions; the new ones are a
         variant to measure, and `training` in the metadata still says how it was trained."""
-        action = dict(self.metadata["action"])
+        metadata = copy.deepcopy(self.metadata)  # the variant shares nothing mutable
         if warmup_fraction is not None:
-            action["warmup_fraction"] = warmup_fraction
+            metadata["action"]["warmup_fraction"] = warmup_fraction
         if cooldown_fraction is not None:
-            action["cooldown_fraction"] = cooldown_fraction
-        check_fractions(action.get("warmup_fraction", 0.0), action.get("cooldown_fraction", 0.0))
-        return Policy(self.weights, {**self.metadata, "action": action})
+            metadata["action"]["cooldown_fraction"] = cooldown_fraction
+        return Policy(self.weights, metadata)  # which checks the fractions
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the policy file (atomically); `path` is a file or a folder."""

@@ -153,17 +153,24 @@ def test_policy_file_keeps_its_warmup_and_older_files_have_none(tmp_path):
 
 
 def test_a_policy_with_other_fractions_acts_the_same_and_cools_down_longer(tmp_path):
-    policy = make_policy(cooldown_fraction=0.2)
+    policy = make_policy(cooldown_fraction=0.2, warmup_fraction=0.05)
+    policy.metadata["training"] = {"env": {"cooldown_fraction": 0.2, "warmup_fraction": 0.05}}
     variant = load_policy(policy.with_fractions(cooldown_fraction=0.3).save(tmp_path / "v"))
-    assert (variant.cooldown_fraction, variant.warmup_fraction) == (0.3, 0.0)
-    assert policy.cooldown_fraction == 0.2  # the original is unchanged
+    assert (variant.cooldown_fraction, variant.warmup_fraction) == (0.3, 0.05)  # warmup kept
+    assert (policy.cooldown_fraction, policy.metadata["action"]["cooldown_fraction"]) == (0.2, 0.2)
     observation = np.linspace(-1, 1, len(FEATURE_NAMES)).astype(np.float32)
     assert np.array_equal(variant.act(observation), policy.act(observation))
     assert policy.applied_lr(1e-3, 75, total_steps=100) == 1e-3  # before its cooldown
     assert variant.applied_lr(1e-3, 75, total_steps=100) < 1e-3  # in the longer one
+    # The training record still says what the network was trained with.
     assert variant.metadata["training"] == policy.metadata["training"]
+    assert variant.metadata["training"]["env"]["cooldown_fraction"] == 0.2
+    warmed = policy.with_fractions(warmup_fraction=0.1)
+    assert (warmed.cooldown_fraction, warmed.warmup_fraction) == (0.2, 0.1)  # cooldown kept
     with pytest.raises(ConfigError, match=r"cooldown_fraction must be in \[0, 1\), got 1.2"):
         policy.with_fractions(cooldown_fraction=1.2)
+    with pytest.raises(ConfigError, match=r"warmup_fraction \+ cooldown_fraction must be at most"):
+        policy.with_fractions(warmup_fraction=0.5, cooldown_fraction=0.6)
 
 
 def test_policy_file_keeps_its_first_action_range_and_older_files_have_none(tmp_path):
