@@ -422,6 +422,16 @@ def test_the_v14_preset_is_v10_with_a_fixed_warmup():
     assert v14 == dataclasses.replace(v10, env=dataclasses.replace(v10.env, warmup_fraction=0.2))
 
 
+def test_the_v15_preset_is_v10_with_a_longer_cooldown():
+    import dataclasses
+
+    from lrpilot.agents.training import load_train_config
+
+    v10, v15 = load_train_config("controller_v10"), load_train_config("controller_v15")
+    assert v10.env.cooldown_fraction == 0.2
+    assert v15 == dataclasses.replace(v10, env=dataclasses.replace(v10.env, cooldown_fraction=0.3))
+
+
 def test_v12_and_v13_are_the_v10_preset_with_another_ppo_seed():
     """`lrpilot train --preset controller_v10 --seed S` trained them: the flag changes
     the seed and nothing else."""
