@@ -412,24 +412,19 @@ def test_the_v11_preset_is_v10_with_less_exploration_noise():
     assert v11 == dataclasses.replace(v10, ppo=dataclasses.replace(v10.ppo, log_std_init=-2.079))
 
 
-def test_the_v14_preset_is_v10_with_a_fixed_warmup():
+@pytest.mark.parametrize(
+    ("preset", "env_change"),
+    [("controller_v14", {"warmup_fraction": 0.2}), ("controller_v15", {"cooldown_fraction": 0.3})],
+)
+def test_the_v14_and_v15_presets_are_v10_with_one_env_change(preset, env_change):
+    """v14: a fixed 20% warmup (v10 has none); v15: a 30% cooldown (v10's is 20%)."""
     import dataclasses
 
     from lrpilot.agents.training import load_train_config
 
-    v10, v14 = load_train_config("controller_v10"), load_train_config("controller_v14")
-    assert v10.env.warmup_fraction == 0
-    assert v14 == dataclasses.replace(v10, env=dataclasses.replace(v10.env, warmup_fraction=0.2))
-
-
-def test_the_v15_preset_is_v10_with_a_longer_cooldown():
-    import dataclasses
-
-    from lrpilot.agents.training import load_train_config
-
-    v10, v15 = load_train_config("controller_v10"), load_train_config("controller_v15")
-    assert v10.env.cooldown_fraction == 0.2
-    assert v15 == dataclasses.replace(v10, env=dataclasses.replace(v10.env, cooldown_fraction=0.3))
+    v10, candidate = load_train_config("controller_v10"), load_train_config(preset)
+    assert (v10.env.warmup_fraction, v10.env.cooldown_fraction) == (0, 0.2)
+    assert candidate == dataclasses.replace(v10, env=dataclasses.replace(v10.env, **env_change))
 
 
 def test_v12_and_v13_are_the_v10_preset_with_another_ppo_seed():
