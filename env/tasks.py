@@ -61,13 +61,16 @@ class TaskSpace:
 
     Each tuple is a set to choose from uniformly; `start_lr` is a log-uniform range
     (pin it with equal ends); `seeds=None` draws a fresh LM seed at every reset.
+    `eval_every` is one interval length, or a tuple to choose from: a run of the same
+    budget then shows the controller finer or coarser decisions (a tuple draws one more
+    value, after the others, so a space with one int draws what it always drew).
     """
 
     corpora: tuple[str, ...] = ("pydoc",)
     models: tuple[str, ...] = ("tiny",)
     seeds: tuple[int, ...] | None = None
     total_steps: tuple[int, ...] = (400,)
-    eval_every: int = 20
+    eval_every: int | tuple[int, ...] = 20
     start_lr: tuple[float, float] = (1e-4, 1e-2)
     batch_size: int = 64
 
@@ -90,12 +93,17 @@ class TaskSpace:
             raise ConfigError("TaskSpace.total_steps is empty: give at least one step budget")
         for steps in self.total_steps:
             require_positive_int("TaskSpace.total_steps", steps)
-        require_positive_int("TaskSpace.eval_every", self.eval_every)
-        if self.eval_every > min(self.total_steps):
-            raise ConfigError(
-                f"TaskSpace.eval_every ({self.eval_every}) is larger than the step budget "
-                f"({min(self.total_steps)})"
-            )
+        if isinstance(self.eval_every, list | tuple):
+            object.__setattr__(self, "eval_every", tuple(self.eval_every))
+            if not self.eval_every:
+                raise ConfigError("TaskSpace.eval_every is empty: give at least one length")
+        for eval_every in self.eval_every_choices:
+            require_positive_int("TaskSpace.eval_every", eval_every)
+            if eval_every > min(self.total_steps):
+                raise ConfigError(
+                    f"TaskSpace.eval_every ({eval_every}) is larger than the step budget "
+                    f"({min(self.total_steps)})"
+                )
         low, high = self.start_lr if len(self.start_lr) == 2 else (math.nan, math.nan)
         if not (0 < low <= high and math.isfinite(high)):
             raise ConfigError(
@@ -103,6 +111,11 @@ class TaskSpace:
                 f"got {self.start_lr!r}"
             )
         require_positive_int("TaskSpace.batch_size", self.batch_size)
+
+    @property
+    def eval_every_choices(self) -> tuple[int, ...]:
+        """The interval lengths a task may get."""
+        return self.eval_every if isinstance(self.eval_every, tuple) else (self.eval_every,)
 
     @classmethod
     def fixed(cls, task: Task) -> TaskSpace:
@@ -128,12 +141,15 @@ class TaskSpace:
         start_lr = float(math.exp(rng.uniform(math.log(low), math.log(high))))
         if low == high:
             start_lr = float(low)
+        eval_every = self.eval_every
+        if isinstance(eval_every, tuple):
+            eval_every = eval_every[rng.integers(len(eval_every))]
         return Task(
             corpus=corpus,
             model=model,
             seed=int(seed),
             total_steps=int(steps),
-            eval_every=self.eval_every,
+            eval_every=int(eval_every),
             start_lr=start_lr,
             batch_size=self.batch_size,
         )

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 import warnings
 
@@ -264,10 +265,27 @@ def test_render_ansi_is_one_line_per_interval():
     assert "\n" not in line and "lr" in line and "val" in line and "reward" in line
 
 
+def test_a_task_space_with_several_interval_lengths_draws_each_after_the_other_values():
+    """A tuple of `eval_every` draws one more value, last: the first task of a space is
+    the same as with one length, and every length turns up."""
+    one = TaskSpace(total_steps=(40, 80), eval_every=10)
+    several = TaskSpace(total_steps=(40, 80), eval_every=[5, 10])
+    assert several.eval_every == (5, 10) and several.eval_every_choices == (5, 10)
+    first_one = one.sample(np.random.default_rng(3))
+    first_several = several.sample(np.random.default_rng(3))
+    assert dataclasses.replace(first_several, eval_every=10) == first_one
+    rng = np.random.default_rng(0)
+    drawn = {several.sample(rng).eval_every for _ in range(40)}
+    assert drawn == {5, 10}
+
+
 @pytest.mark.parametrize(
     "make, message",
     [
         (lambda: TaskSpace(total_steps=(10,), eval_every=20), "eval_every (20)"),
+        (lambda: TaskSpace(total_steps=(10,), eval_every=[5, 20]), "eval_every (20)"),
+        (lambda: TaskSpace(eval_every=[]), "eval_every is empty"),
+        (lambda: TaskSpace(eval_every=[10, 0]), "eval_every must be a positive integer, got 0"),
         (lambda: TaskSpace(corpora=()), "corpora is empty"),
         (lambda: TaskSpace(start_lr=(1e-2, 1e-3)), "start_lr"),
         (lambda: EnvConfig(lr_min=1e-2, lr_max=1e-3), "lr_min=0.01"),

@@ -427,6 +427,17 @@ def test_the_v14_and_v15_presets_are_v10_with_one_env_change(preset, env_change)
     assert candidate == dataclasses.replace(v10, env=dataclasses.replace(v10.env, **env_change))
 
 
+def test_the_v16_preset_is_v10_with_two_interval_lengths_in_training():
+    import dataclasses
+
+    from lrpilot.agents.training import load_train_config
+
+    v10, v16 = load_train_config("controller_v10"), load_train_config("controller_v16")
+    assert v10.env.task_space.eval_every == 20 and v16.eval.eval_every == 20
+    task_space = dataclasses.replace(v10.env.task_space, eval_every=(10, 20))
+    assert v16 == dataclasses.replace(v10, env=dataclasses.replace(v10.env, task_space=task_space))
+
+
 def test_v12_and_v13_are_the_v10_preset_with_another_ppo_seed():
     """`lrpilot train --preset controller_v10 --seed S` trained them: the flag changes
     the seed and nothing else."""
