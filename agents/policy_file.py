@@ -10,11 +10,19 @@ Tensor names: `hidden.{i}.weight`, `hidden.{i}.bias` for each hidden layer (tanh
 `output.weight`, `output.bias` (action logits, or the mean of the continuous action)
 and, for continuous policies, `log_std`.
 
-Format versions: a file is written as version 2 if its policy takes a wide first
-action (`action.first_action_max_factor > 0`), which a reader of version 1 alone would
-silently ignore, and as version 1 otherwise, so that such readers still load it. This
-lrpilot reads both; files written before version 2 existed that take a wide first
-action (version 1) are read correctly and re-saved as version 2.
+Ensembles: a file may hold several networks of the same shape and action rule (PPO
+runs with other seeds, say). The first is stored as above; network k >= 1 under the
+tensor names `ensemble.{k}.hidden.{i}.weight`, ..., with its normalisation statistics
+and training record in the metadata list `ensemble` (entry k - 1). The action is the
+mean of the networks' outputs.
+
+Format versions: a file is written as version 3 if it holds an ensemble, else as
+version 2 if its policy takes a wide first action (`action.first_action_max_factor >
+0`), else as version 1: the oldest version whose readers act as it means (a reader of
+version 1 alone would silently ignore the wide first action, and one of version 2 the
+other networks), so older readers refuse what they would misread. This lrpilot reads
+all three; files written before version 2 existed that take a wide first action
+(version 1) are read correctly and re-saved as version 2.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import copy
 import json
 import math
 import os
+from collections.abc import Sequence
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -49,7 +58,8 @@ from lrpilot.errors import ConfigError
 from lrpilot.files import atomic_write_bytes
 
 FORMAT = "lrpilot-policy"
-READABLE_FORMAT_VERSIONS = (1, 2)
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
+ENSEMBLE_PREFIX = "ensemble."  # tensor names of network k >= 1: "ensemble.{k}.hidden.0.weight"
 POLICY_FILENAME = "policy.safetensors"
 METADATA_KEY = "lrpilot"
 
@@ -84,30 +94,33 @@ class Policy:
         self.masked_features: tuple[str, ...] = check_masked_features(
             metadata["observation"]["masked"]
         )
-        self.layers = _build_layers(self.weights, metadata)
-        norm = metadata.get("normalization")
-        if norm and not len(norm["mean"]) == len(norm["var"]) == len(FEATURE_NAMES):
-            raise ConfigError("policy normalisation statistics do not match the features")
-        self._obs_mean = np.asarray(norm["mean"], dtype=np.float64) if norm else None
-        self._obs_std = np.sqrt(np.asarray(norm["var"]) + norm["epsilon"]) if norm else None
-        self._obs_clip = norm["clip_obs"] if norm else math.inf
+        if self.action_mode == "continuous" and "log_std" not in self.weights:
+            raise ConfigError("continuous policy file lacks tensor log_std")
+        others = metadata.get("ensemble", [])
+        if not isinstance(others, list):
+            raise ConfigError(f"policy metadata 'ensemble' must be a list, got {others!r}")
+        self.networks: list[_Network] = [
+            _Network(_member_weights(self.weights, k), member.get("normalization"), metadata)
+            for k, member in enumerate([metadata, *others])
+        ]
+        unused = (
+            set(self.weights)
+            - {"log_std"}
+            - {name for k in range(len(self.networks)) for name in _member_names(k, metadata)}
+        )
+        if unused:
+            raise ConfigError(f"policy file has tensors no network uses: {sorted(unused)}")
 
     def normalize(self, observation: np.ndarray) -> np.ndarray:
-        """The observation as the network saw it in training (VecNormalize statistics)."""
-        obs = np.asarray(observation, dtype=np.float64)
-        if self._obs_mean is None:
-            return obs
-        return np.clip((obs - self._obs_mean) / self._obs_std, -self._obs_clip, self._obs_clip)
+        """The observation as the (first) network saw it in training (VecNormalize
+        statistics)."""
+        return self.networks[0].normalize(observation)
 
     @torch.no_grad()
     def forward(self, observation: np.ndarray) -> torch.Tensor:
-        """Raw network output: action logits (discrete) or action mean (continuous)."""
-        x = torch.as_tensor(self.normalize(observation), dtype=torch.float32)
-        for i, (weight, bias) in enumerate(self.layers):
-            x = torch.nn.functional.linear(x, weight, bias)
-            if i < len(self.layers) - 1:
-                x = torch.tanh(x)
-        return x
+        """Raw output, the mean over the networks: action logits (discrete) or action mean
+        (continuous)."""
+        return torch.stack([network(observation) for network in self.networks]).mean(dim=0)
 
     def act(self, observation: np.ndarray, rng: np.random.Generator | None = None):
         """The action for one raw env observation; deterministic unless `rng` is given."""
@@ -175,12 +188,95 @@ class Policy:
         metadata = dict(self.metadata)
         version = metadata.get("format_version")
         if _readable_format_version(version):  # an unreadable one is written as it is
-            needed = format_version(metadata["action"].get("first_action_max_factor", 0.0))
+            needed = format_version(
+                metadata["action"].get("first_action_max_factor", 0.0),
+                ensemble=bool(metadata.get("ensemble")),
+            )
             metadata["format_version"] = max(version, needed)
         text = json.dumps(metadata, sort_keys=True)
         tensors = {name: t.contiguous() for name, t in self.weights.items()}
         atomic_write_bytes(path, save_safetensors(tensors, metadata={METADATA_KEY: text}))
         return path
+
+
+def ensemble_policy(policies: Sequence[Policy]) -> Policy:
+    """One policy whose action is the mean of these policies' network outputs (their
+    action means, for continuous actions). They must see the same features and share the
+    network shape and action rule (the same preset trained with other seeds, say); the
+    first one's metadata, `log_std` and training record lead, the others' networks,
+    normalisation and training records are kept in `ensemble`."""
+    if not policies:
+        raise ConfigError("an ensemble needs at least one policy")
+    first = policies[0]
+    weights = dict(first.weights)
+    others = list(first.metadata.get("ensemble", []))
+    for policy in policies[1:]:
+        for key in ("action", "observation", "network"):
+            if policy.metadata[key] != first.metadata[key]:
+                raise ConfigError(
+                    f"ensemble members differ in their {key} settings: "
+                    f"{policy.metadata[key]!r} against {first.metadata[key]!r}"
+                )
+        for network in policy.networks:
+            others.append(
+                {"normalization": network.normalization, "training": policy.metadata["training"]}
+            )
+            for name in _member_names(0, first.metadata):
+                weights[f"{ENSEMBLE_PREFIX}{len(others)}.{name}"] = network.weights[name]
+    metadata = copy.deepcopy(first.metadata)
+    metadata["ensemble"] = others
+    metadata["format_version"] = max(
+        metadata["format_version"], format_version(0.0, ensemble=bool(others))
+    )
+    return Policy(weights, metadata)
+
+
+class _Network:
+    """One MLP with the observation normalisation it was trained with."""
+
+    def __init__(
+        self,
+        weights: dict[str, torch.Tensor],
+        normalization: dict[str, Any] | None,
+        metadata: dict[str, Any],
+    ) -> None:
+        self.weights = weights
+        self.layers = _build_layers(weights, metadata)
+        norm = self.normalization = normalization
+        if norm and not len(norm["mean"]) == len(norm["var"]) == len(FEATURE_NAMES):
+            raise ConfigError("policy normalisation statistics do not match the features")
+        self._obs_mean = np.asarray(norm["mean"], dtype=np.float64) if norm else None
+        self._obs_std = np.sqrt(np.asarray(norm["var"]) + norm["epsilon"]) if norm else None
+        self._obs_clip = norm["clip_obs"] if norm else math.inf
+
+    def normalize(self, observation: np.ndarray) -> np.ndarray:
+        obs = np.asarray(observation, dtype=np.float64)
+        if self._obs_mean is None:
+            return obs
+        return np.clip((obs - self._obs_mean) / self._obs_std, -self._obs_clip, self._obs_clip)
+
+    def __call__(self, observation: np.ndarray) -> torch.Tensor:
+        x = torch.as_tensor(self.normalize(observation), dtype=torch.float32)
+        for i, (weight, bias) in enumerate(self.layers):
+            x = torch.nn.functional.linear(x, weight, bias)
+            if i < len(self.layers) - 1:
+                x = torch.tanh(x)
+        return x
+
+
+def _member_names(k: int, metadata: dict[str, Any]) -> list[str]:
+    """Tensor names of network `k` (0: unprefixed)."""
+    layers = [f"hidden.{i}" for i in range(len(metadata["network"]["hidden"]))] + ["output"]
+    prefix = f"{ENSEMBLE_PREFIX}{k}." if k else ""
+    return [f"{prefix}{layer}.{part}" for layer in layers for part in ("weight", "bias")]
+
+
+def _member_weights(weights: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
+    """Network `k`'s tensors under the unprefixed names."""
+    if k == 0:
+        return {name: t for name, t in weights.items() if not name.startswith(ENSEMBLE_PREFIX)}
+    prefix = f"{ENSEMBLE_PREFIX}{k}."
+    return {name[len(prefix) :]: t for name, t in weights.items() if name.startswith(prefix)}
 
 
 DEFAULT_POLICY = "default"  # the name of the policy shipped with lrpilot
@@ -274,8 +370,6 @@ def _build_layers(weights: dict[str, torch.Tensor], metadata: dict[str, Any]):
                 f"expected {(n_out_layer, n_in)}"
             )
         layers.append((weight, bias))
-    if action["mode"] == "continuous" and "log_std" not in weights:
-        raise ConfigError("continuous policy file lacks tensor log_std")
     return layers
 
 
@@ -284,9 +378,12 @@ def _readable_format_version(version: Any) -> bool:
     return not isinstance(version, bool) and version in READABLE_FORMAT_VERSIONS
 
 
-def format_version(first_action_max_factor: float) -> int:
-    """The oldest format version that describes a policy: 2 if it takes a wide first
-    action (which a version-1 reader would ignore and so misread), else 1."""
+def format_version(first_action_max_factor: float, *, ensemble: bool = False) -> int:
+    """The oldest format version that describes a policy: 3 if it holds an ensemble
+    (which a version-2 reader would read as its first network), else 2 if it takes a wide
+    first action (which a version-1 reader would ignore and so misread), else 1."""
+    if ensemble:
+        return 3
     return 2 if first_action_max_factor else 1
 
 

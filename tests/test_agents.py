@@ -22,7 +22,12 @@ from lrpilot.agents.controllers import (
     ScheduleController,
     action_for_factor,
 )
-from lrpilot.agents.policy_file import POLICY_FILENAME, Policy, format_version
+from lrpilot.agents.policy_file import (
+    POLICY_FILENAME,
+    Policy,
+    ensemble_policy,
+    format_version,
+)
 from lrpilot.agents.rollout import run_episode
 from lrpilot.agents.training import load_train_config, make_model, resume, train
 from lrpilot.cli import main
@@ -212,10 +217,38 @@ def test_policy_format_version_is_2_only_for_a_wide_first_action(tmp_path):
         pytest.approx(0.1)  # x100**0.5 in full
     )
     assert load_policy(older.save(tmp_path / "older")).metadata["format_version"] == 2
-    for bad in (3, True, "2"):
+    for bad in (4, True, "2"):
         wide.metadata["format_version"] = bad
         with pytest.raises(ConfigError, match=rf"policy format version {bad!r} is not supported "):
             load_policy(wide.save(tmp_path / "newer"))
+
+
+def test_an_ensemble_acts_on_the_mean_of_its_networks_and_survives_a_file(tmp_path):
+    members = [make_policy(seed, action_mode="continuous", scale=0.3) for seed in range(3)]
+    ensemble = ensemble_policy(members)
+    assert ensemble.metadata["format_version"] == 3 and len(ensemble.networks) == 3
+    observations = np.random.default_rng(0).normal(size=(5, NUM_FEATURES))
+    for obs in observations:
+        mean = np.mean([member.forward(obs).numpy() for member in members], axis=0)
+        np.testing.assert_allclose(ensemble.forward(obs).numpy(), mean, rtol=1e-6)
+        assert ensemble.act(obs) == pytest.approx(np.clip(mean, -1, 1))
+    loaded = load_policy(ensemble.save(tmp_path / "ensemble"))
+    assert loaded.metadata["format_version"] == 3
+    for obs in observations:
+        assert torch.equal(loaded.forward(obs), ensemble.forward(obs))
+    # An ensemble of an ensemble holds every network once; with_fractions keeps them all.
+    nested = ensemble_policy([loaded, make_policy(3, action_mode="continuous", scale=0.3)])
+    assert len(nested.networks) == 4
+    assert len(nested.with_fractions(cooldown_fraction=0.3).networks) == 4
+    assert len(ensemble_policy(members[:1]).networks) == 1
+    assert ensemble_policy(members[:1]).metadata["format_version"] == 1
+    with pytest.raises(ConfigError, match="ensemble members differ in their action settings"):
+        ensemble_policy([members[0], make_policy(action_mode="continuous", cooldown_fraction=0.2)])
+    with pytest.raises(ConfigError, match="an ensemble needs at least one policy"):
+        ensemble_policy([])
+    stray = members[0].weights | {"extra.weight": torch.ones(1)}
+    with pytest.raises(ConfigError, match=r"tensors no network uses: \['extra.weight'\]"):
+        Policy(stray, members[0].metadata)
 
 
 def test_policy_file_keeps_its_continuous_range_and_older_files_have_x2(tmp_path):
