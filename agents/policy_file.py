@@ -97,8 +97,8 @@ class Policy:
         if self.action_mode == "continuous" and "log_std" not in self.weights:
             raise ConfigError("continuous policy file lacks tensor log_std")
         others = metadata.get("ensemble", [])
-        if not isinstance(others, list):
-            raise ConfigError(f"policy metadata 'ensemble' must be a list, got {others!r}")
+        if not isinstance(others, list) or not all(isinstance(m, dict) for m in others):
+            raise ConfigError(f"policy metadata 'ensemble' must be a list of tables: {others!r}")
         self.networks: list[_Network] = [
             _Network(_member_weights(self.weights, k), member.get("normalization"), metadata)
             for k, member in enumerate([metadata, *others])
