@@ -97,23 +97,30 @@ class Policy:
         if self.action_mode == "continuous" and "log_std" not in self.weights:
             raise ConfigError("continuous policy file lacks tensor log_std")
         others = metadata.get("ensemble", [])
-        if not isinstance(others, list) or not all(isinstance(m, dict) for m in others):
-            raise ConfigError(f"policy metadata 'ensemble' must be a list of tables: {others!r}")
+        if not isinstance(others, list):
+            raise ConfigError(
+                f"policy metadata 'ensemble' must be a list, got a {type(others).__name__}"
+            )
+        for k, member in enumerate(others, start=1):
+            if not isinstance(member, dict) or "normalization" not in member:
+                raise ConfigError(
+                    f"policy metadata 'ensemble' entry {k} must be a table with "
+                    f"'normalization', got a {type(member).__name__}"
+                )
+        members = [metadata, *others]  # network k's normalisation and training record
         self.networks: list[_Network] = [
-            _Network(_member_weights(self.weights, k), member.get("normalization"), metadata)
-            for k, member in enumerate([metadata, *others])
+            _Network(self.weights, k, member.get("normalization"), member.get("training"), metadata)
+            for k, member in enumerate(members)
         ]
-        unused = (
-            set(self.weights)
-            - {"log_std"}
-            - {name for k in range(len(self.networks)) for name in _member_names(k, metadata)}
-        )
+        unused = set(self.weights) - {"log_std"}
+        for network in self.networks:
+            unused -= set(network.tensor_names)
         if unused:
             raise ConfigError(f"policy file has tensors no network uses: {sorted(unused)}")
 
     def normalize(self, observation: np.ndarray) -> np.ndarray:
-        """The observation as the (first) network saw it in training (VecNormalize
-        statistics)."""
+        """The observation as the network saw it in training (VecNormalize statistics;
+        in an ensemble, the first network's: each network normalises with its own)."""
         return self.networks[0].normalize(observation)
 
     @torch.no_grad()
@@ -169,7 +176,7 @@ class Policy:
     def with_fractions(
         self, *, warmup_fraction: float | None = None, cooldown_fraction: float | None = None
     ) -> Policy:
-        """The same network with another fixed warmup or cooldown (None keeps this
+        """The same network(s) with another fixed warmup or cooldown (None keeps this
         policy's). The network was trained with its own fractions; the new ones are a
         variant to measure, and `training` in the metadata still says how it was trained."""
         metadata = copy.deepcopy(self.metadata)  # the variant shares nothing mutable
@@ -203,48 +210,73 @@ def ensemble_policy(policies: Sequence[Policy]) -> Policy:
     """One policy whose action is the mean of these policies' network outputs (their
     action means, for continuous actions). They must see the same features and share the
     network shape and action rule (the same preset trained with other seeds, say); the
-    first one's metadata, `log_std` and training record lead, the others' networks,
-    normalisation and training records are kept in `ensemble`."""
+    first one's metadata and `log_std` lead, and every network keeps its own
+    normalisation and training record (in `ensemble`, after the first)."""
     if not policies:
         raise ConfigError("an ensemble needs at least one policy")
     first = policies[0]
     weights = dict(first.weights)
     others = list(first.metadata.get("ensemble", []))
     for policy in policies[1:]:
-        for key in ("action", "observation", "network"):
-            if policy.metadata[key] != first.metadata[key]:
-                raise ConfigError(
-                    f"ensemble members differ in their {key} settings: "
-                    f"{policy.metadata[key]!r} against {first.metadata[key]!r}"
-                )
+        _check_same_rule(first, policy)
         for network in policy.networks:
-            others.append(
-                {"normalization": network.normalization, "training": policy.metadata["training"]}
-            )
-            for name in _member_names(0, first.metadata):
-                weights[f"{ENSEMBLE_PREFIX}{len(others)}.{name}"] = network.weights[name]
-    metadata = copy.deepcopy(first.metadata)
-    metadata["ensemble"] = others
-    metadata["format_version"] = max(
-        metadata["format_version"], format_version(0.0, ensemble=bool(others))
-    )
+            others.append({"normalization": network.normalization, "training": network.training})
+            prefix = _network_prefix(len(others))
+            weights |= {prefix + name: tensor for name, tensor in network.tensors.items()}
+    metadata = copy.deepcopy(first.metadata)  # the ensemble shares nothing mutable
+    metadata["ensemble"] = copy.deepcopy(others)
+    needed = format_version(first.first_action_max_factor, ensemble=bool(others))
+    metadata["format_version"] = max(metadata["format_version"], needed)
     return Policy(weights, metadata)
 
 
+def _check_same_rule(first: Policy, other: Policy) -> None:
+    """Raise `ConfigError` naming the first setting in which `other` acts differently."""
+    for name in (
+        "action_mode",
+        "factors",
+        "continuous_max_factor",
+        "lr_min",
+        "lr_max",
+        "factor_span",
+        "first_action_max_factor",
+        "warmup_fraction",
+        "cooldown_fraction",
+        "masked_features",
+    ):
+        if getattr(other, name) != getattr(first, name):
+            raise ConfigError(
+                f"ensemble members differ in {name}: "
+                f"{getattr(other, name)!r} against {getattr(first, name)!r}"
+            )
+    theirs, ours = other.metadata["network"]["hidden"], first.metadata["network"]["hidden"]
+    if theirs != ours:
+        raise ConfigError(f"ensemble members differ in hidden layers: {theirs!r} against {ours!r}")
+
+
 class _Network:
-    """One MLP with the observation normalisation it was trained with."""
+    """Network `k` of a policy file: an MLP with the observation normalisation and the
+    training record of the PPO run that made it."""
 
     def __init__(
         self,
         weights: dict[str, torch.Tensor],
+        k: int,
         normalization: dict[str, Any] | None,
+        training: dict[str, Any] | None,
         metadata: dict[str, Any],
     ) -> None:
-        self.weights = weights
-        self.layers = _build_layers(weights, metadata)
-        norm = self.normalization = normalization
+        prefix = _network_prefix(k)
+        self.layers = _build_layers(weights, prefix, metadata)
+        names = _layer_names(metadata, with_parts=True)
+        self.tensors = {name: weights[prefix + name] for name in names}  # checked above
+        self.tensor_names = [prefix + name for name in names]  # as in the file
+        self.normalization, self.training = normalization, training
+        norm = normalization
         if norm and not len(norm["mean"]) == len(norm["var"]) == len(FEATURE_NAMES):
-            raise ConfigError("policy normalisation statistics do not match the features")
+            raise ConfigError(
+                f"policy normalisation statistics of network {k} do not match the features"
+            )
         self._obs_mean = np.asarray(norm["mean"], dtype=np.float64) if norm else None
         self._obs_std = np.sqrt(np.asarray(norm["var"]) + norm["epsilon"]) if norm else None
         self._obs_clip = norm["clip_obs"] if norm else math.inf
@@ -264,19 +296,17 @@ class _Network:
         return x
 
 
-def _member_names(k: int, metadata: dict[str, Any]) -> list[str]:
-    """Tensor names of network `k` (0: unprefixed)."""
+def _network_prefix(k: int) -> str:
+    """Tensor-name prefix of network `k`: none for the first, `ensemble.{k}.` after it."""
+    return f"{ENSEMBLE_PREFIX}{k}." if k else ""
+
+
+def _layer_names(metadata: dict[str, Any], with_parts: bool = False) -> list[str]:
+    """`hidden.0`, ..., `output` (with `with_parts`: `hidden.0.weight`, `hidden.0.bias`, ...)."""
     layers = [f"hidden.{i}" for i in range(len(metadata["network"]["hidden"]))] + ["output"]
-    prefix = f"{ENSEMBLE_PREFIX}{k}." if k else ""
-    return [f"{prefix}{layer}.{part}" for layer in layers for part in ("weight", "bias")]
-
-
-def _member_weights(weights: dict[str, torch.Tensor], k: int) -> dict[str, torch.Tensor]:
-    """Network `k`'s tensors under the unprefixed names."""
-    if k == 0:
-        return {name: t for name, t in weights.items() if not name.startswith(ENSEMBLE_PREFIX)}
-    prefix = f"{ENSEMBLE_PREFIX}{k}."
-    return {name[len(prefix) :]: t for name, t in weights.items() if name.startswith(prefix)}
+    if not with_parts:
+        return layers
+    return [f"{layer}.{part}" for layer in layers for part in ("weight", "bias")]
 
 
 DEFAULT_POLICY = "default"  # the name of the policy shipped with lrpilot
@@ -352,12 +382,13 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
         raise ConfigError(f"unknown action mode {metadata['action']['mode']!r} in policy")
 
 
-def _build_layers(weights: dict[str, torch.Tensor], metadata: dict[str, Any]):
-    """[(weight, bias), ...] for the hidden layers then the output; shapes checked."""
+def _build_layers(weights: dict[str, torch.Tensor], prefix: str, metadata: dict[str, Any]):
+    """[(weight, bias), ...] for the hidden layers then the output of the network whose
+    tensor names start with `prefix`; shapes checked."""
     hidden = list(metadata["network"]["hidden"])
     action = metadata["action"]
     n_out = len(action["factors"]) if action["mode"] == "discrete" else 1
-    names = [f"hidden.{i}" for i in range(len(hidden))] + ["output"]
+    names = [prefix + layer for layer in _layer_names(metadata)]
     sizes = [len(FEATURE_NAMES), *hidden, n_out]
     layers = []
     for name, n_in, n_out_layer in zip(names, sizes[:-1], sizes[1:], strict=True):

@@ -27,6 +27,7 @@ from lrpilot.agents.policy_file import (
     Policy,
     ensemble_policy,
     format_version,
+    policy_from_bytes,
 )
 from lrpilot.agents.rollout import run_episode
 from lrpilot.agents.training import load_train_config, make_model, resume, train
@@ -223,32 +224,94 @@ def test_policy_format_version_is_2_only_for_a_wide_first_action(tmp_path):
             load_policy(wide.save(tmp_path / "newer"))
 
 
+def ensemble_member(seed: int) -> Policy:
+    """A continuous policy with its own normalisation statistics and training record."""
+    policy = make_policy(seed, action_mode="continuous", scale=0.3)
+    rng = np.random.default_rng(seed)
+    normalization = {
+        "mean": rng.normal(size=NUM_FEATURES).tolist(),
+        "var": rng.uniform(0.5, 2.0, size=NUM_FEATURES).tolist(),
+        "epsilon": 1e-8,
+        "clip_obs": 10.0,
+    }
+    return Policy(
+        policy.weights,
+        policy.metadata | {"normalization": normalization, "training": {"seed": seed}},
+    )
+
+
 def test_an_ensemble_acts_on_the_mean_of_its_networks_and_survives_a_file(tmp_path):
-    members = [make_policy(seed, action_mode="continuous", scale=0.3) for seed in range(3)]
-    ensemble = ensemble_policy(members)
+    members = [ensemble_member(seed) for seed in range(4)]
+    ensemble = ensemble_policy(members[:3])
     assert ensemble.metadata["format_version"] == 3 and len(ensemble.networks) == 3
     observations = np.random.default_rng(0).normal(size=(5, NUM_FEATURES))
+
+    def mean_output(policies, obs):
+        return np.mean([policy.forward(obs).numpy() for policy in policies], axis=0)
+
     for obs in observations:
-        mean = np.mean([member.forward(obs).numpy() for member in members], axis=0)
-        np.testing.assert_allclose(ensemble.forward(obs).numpy(), mean, rtol=1e-6)
-        assert ensemble.act(obs) == pytest.approx(np.clip(mean, -1, 1))
+        mean = mean_output(members[:3], obs)
+        np.testing.assert_allclose(ensemble.forward(obs).numpy(), mean, rtol=1e-5)
+        assert ensemble.act(obs) == pytest.approx(np.clip(mean, -1, 1), rel=1e-5)
     loaded = load_policy(ensemble.save(tmp_path / "ensemble"))
     assert loaded.metadata["format_version"] == 3
     for obs in observations:
         assert torch.equal(loaded.forward(obs), ensemble.forward(obs))
-    # An ensemble of an ensemble holds every network once; with_fractions keeps them all.
-    nested = ensemble_policy([loaded, make_policy(3, action_mode="continuous", scale=0.3)])
-    assert len(nested.networks) == 4
-    assert len(nested.with_fractions(cooldown_fraction=0.3).networks) == 4
-    assert len(ensemble_policy(members[:1]).networks) == 1
+    # An ensemble of an ensemble holds every network once, with its own training record.
+    nested = ensemble_policy([members[3], loaded])
+    assert [network.training for network in nested.networks] == [
+        {"seed": seed} for seed in (3, 0, 1, 2)
+    ]
+    nested = load_policy(nested.save(tmp_path / "nested"))
+    assert [network.training for network in nested.networks] == [
+        {"seed": seed} for seed in (3, 0, 1, 2)
+    ]
+    np.testing.assert_allclose(
+        nested.forward(observations[0]).numpy(), mean_output(members, observations[0]), rtol=1e-5
+    )
+    fresh = ensemble_policy([members[3], loaded])  # shares nothing with its sources:
+    fresh.metadata["ensemble"][0]["training"]["seed"] = 99
+    assert loaded.metadata["training"] == loaded.networks[0].training == {"seed": 0}
+    cooler = nested.with_fractions(cooldown_fraction=0.3)
+    assert cooler.cooldown_fraction == 0.3 and len(cooler.networks) == 4
+    assert torch.equal(cooler.forward(observations[0]), nested.forward(observations[0]))
+    # One member: the policy itself, in its own format version.
     assert ensemble_policy(members[:1]).metadata["format_version"] == 1
-    with pytest.raises(ConfigError, match="ensemble members differ in their action settings"):
-        ensemble_policy([members[0], make_policy(action_mode="continuous", cooldown_fraction=0.2)])
-    with pytest.raises(ConfigError, match="an ensemble needs at least one policy"):
-        ensemble_policy([])
-    stray = members[0].weights | {"extra.weight": torch.ones(1)}
-    with pytest.raises(ConfigError, match=r"tensors no network uses: \['extra.weight'\]"):
-        Policy(stray, members[0].metadata)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda m: ensemble_policy([]), "an ensemble needs at least one policy"),
+        (
+            lambda m: ensemble_policy(
+                [m, make_policy(action_mode="continuous", cooldown_fraction=0.2)]
+            ),
+            "ensemble members differ in cooldown_fraction: 0.2 against 0.0",
+        ),
+        (
+            lambda m: Policy(m.weights | {"extra.weight": torch.ones(1)}, m.metadata),
+            r"tensors no network uses: \['extra.weight'\]",
+        ),
+        (
+            lambda m: Policy(m.weights, m.metadata | {"ensemble": {"a": 1}}),
+            "policy metadata 'ensemble' must be a list, got a dict",
+        ),
+        (
+            lambda m: Policy(m.weights, m.metadata | {"ensemble": [{"training": {}}]}),
+            "'ensemble' entry 1 must be a table with 'normalization', got a dict",
+        ),
+        (
+            lambda m: Policy(m.weights, m.metadata | {"ensemble": [{"normalization": None}]}),
+            r"policy file lacks tensor ensemble\.1\.hidden\.0\.weight or",
+        ),
+    ],
+)
+def test_a_malformed_ensemble_is_refused_with_what_is_wrong(make, message, tmp_path):
+    member = ensemble_member(0)
+    with pytest.raises(ConfigError, match=message):
+        policy = make(member)
+        policy_from_bytes((policy.save(tmp_path / "p")).read_bytes())
 
 
 def test_policy_file_keeps_its_continuous_range_and_older_files_have_x2(tmp_path):
