@@ -28,6 +28,7 @@ all three; files written before version 2 existed that take a wide first action
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -114,7 +115,7 @@ class Policy:
         ]
         unused = set(self.weights) - {"log_std"}
         for network in self.networks:
-            unused -= set(network.tensor_names)
+            unused -= {network.prefix + name for name in network.tensors}
         if unused:
             raise ConfigError(f"policy file has tensors no network uses: {sorted(unused)}")
 
@@ -195,11 +196,7 @@ class Policy:
         metadata = dict(self.metadata)
         version = metadata.get("format_version")
         if _readable_format_version(version):  # an unreadable one is written as it is
-            needed = format_version(
-                metadata["action"].get("first_action_max_factor", 0.0),
-                ensemble=bool(metadata.get("ensemble")),
-            )
-            metadata["format_version"] = max(version, needed)
+            metadata["format_version"] = max(version, _needed_format_version(metadata))
         text = json.dumps(metadata, sort_keys=True)
         tensors = {name: t.contiguous() for name, t in self.weights.items()}
         atomic_write_bytes(path, save_safetensors(tensors, metadata={METADATA_KEY: text}))
@@ -225,33 +222,29 @@ def ensemble_policy(policies: Sequence[Policy]) -> Policy:
             weights |= {prefix + name: tensor for name, tensor in network.tensors.items()}
     metadata = copy.deepcopy(first.metadata)  # the ensemble shares nothing mutable
     metadata["ensemble"] = copy.deepcopy(others)
-    needed = format_version(first.first_action_max_factor, ensemble=bool(others))
-    metadata["format_version"] = max(metadata["format_version"], needed)
+    metadata["format_version"] = max(metadata["format_version"], _needed_format_version(metadata))
     return Policy(weights, metadata)
 
 
 def _check_same_rule(first: Policy, other: Policy) -> None:
     """Raise `ConfigError` naming the first setting in which `other` acts differently."""
-    for name in (
-        "action_mode",
-        "factors",
-        "continuous_max_factor",
-        "lr_min",
-        "lr_max",
-        "factor_span",
-        "first_action_max_factor",
-        "warmup_fraction",
-        "cooldown_fraction",
-        "masked_features",
-    ):
-        if getattr(other, name) != getattr(first, name):
+    ours, theirs = _acting_settings(first), _acting_settings(other)
+    for name, value in theirs.items():
+        if value != ours[name]:
             raise ConfigError(
-                f"ensemble members differ in {name}: "
-                f"{getattr(other, name)!r} against {getattr(first, name)!r}"
+                f"ensemble members differ in {name}: {value!r} against {ours[name]!r}"
             )
-    theirs, ours = other.metadata["network"]["hidden"], first.metadata["network"]["hidden"]
-    if theirs != ours:
-        raise ConfigError(f"ensemble members differ in hidden layers: {theirs!r} against {ours!r}")
+
+
+def _acting_settings(policy: Policy) -> dict[str, Any]:
+    """What turns the policy's observations into LRs, besides the weights: its action
+    rule (`ActionRule`), fixed warmup and cooldown, masked features and layer sizes."""
+    return dataclasses.asdict(policy.action_rule) | {
+        "warmup_fraction": policy.warmup_fraction,
+        "cooldown_fraction": policy.cooldown_fraction,
+        "masked_features": policy.masked_features,
+        "hidden layers": policy.metadata["network"]["hidden"],
+    }
 
 
 class _Network:
@@ -268,9 +261,10 @@ class _Network:
     ) -> None:
         prefix = _network_prefix(k)
         self.layers = _build_layers(weights, prefix, metadata)
-        names = _layer_names(metadata, with_parts=True)
-        self.tensors = {name: weights[prefix + name] for name in names}  # checked above
-        self.tensor_names = [prefix + name for name in names]  # as in the file
+        self.prefix = prefix  # of its tensors' names in the file
+        self.tensors = {  # under the names without the prefix; present, checked above
+            name: weights[prefix + name] for name in _layer_names(metadata, with_parts=True)
+        }
         self.normalization, self.training = normalization, training
         norm = normalization
         if norm and not len(norm["mean"]) == len(norm["var"]) == len(FEATURE_NAMES):
@@ -407,6 +401,14 @@ def _build_layers(weights: dict[str, torch.Tensor], prefix: str, metadata: dict[
 def _readable_format_version(version: Any) -> bool:
     """Whether this lrpilot reads format `version` (bools excluded: True == 1)."""
     return not isinstance(version, bool) and version in READABLE_FORMAT_VERSIONS
+
+
+def _needed_format_version(metadata: dict[str, Any]) -> int:
+    """`format_version` of the policy this metadata describes."""
+    return format_version(
+        metadata["action"].get("first_action_max_factor", 0.0),
+        ensemble=bool(metadata.get("ensemble")),
+    )
 
 
 def format_version(first_action_max_factor: float, *, ensemble: bool = False) -> int:
