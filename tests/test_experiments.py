@@ -351,8 +351,8 @@ def test_the_shipped_default_policy_loads_with_its_training_record():
     # The shipped file is what the committed preset trains (retrain it to change either).
     assert TrainConfig.from_dict(training) == load_train_config("controller")
     assert done == training["timesteps"]  # the final policy, not best/
-    # ... with the cooldown lengthened from the 20% it was trained with to 30% (README,
-    # "Choosing what ships"): v10's final network, its action rule otherwise unchanged.
+    # ... with the cooldown lengthened from the 20% it was trained with to 30%
+    # (experiments/CANDIDATES.md): v10's final network, its action rule otherwise unchanged.
     assert training["env"]["cooldown_fraction"] == 0.2
     candidates = Path(__file__).parent.parent / "experiments" / "results" / "candidates"
     v10 = load_policy(candidates / "v10_policy")
