@@ -14,7 +14,7 @@ quality and robustness):
 so a margin <= 1 meets every target on the validation seeds. The candidate with the
 smallest margin is chosen; a tie goes to the one listed first (list the incumbent
 first). Unlike checkpoint selection during training (400-step `tiny` tasks only), this
-sees the larger model and the 2x budget, on other seeds; the README says so.
+sees the larger model and the 2x budget, on other seeds; experiments/CANDIDATES.md says so.
 
 Written to `experiments/results/policy_selection.{csv,md}` and printed:
 
