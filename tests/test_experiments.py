@@ -348,18 +348,16 @@ def test_the_shipped_default_policy_loads_with_its_training_record():
     policy = load_policy("default")
     training = dict(policy.metadata["training"])
     done = training.pop("timesteps_done")
-    # The shipped file is what the committed preset trains (retrain it to change either).
-    assert TrainConfig.from_dict(training) == load_train_config("controller")
-    assert done == training["timesteps"]  # the final policy, not best/
-    # ... with the cooldown lengthened from the 20% it was trained with to 30%
-    # (experiments/CANDIDATES.md): v10's final network, its action rule otherwise unchanged.
-    assert training["env"]["cooldown_fraction"] == 0.2
+    # The shipped file is what the committed preset trains, run on to 30000 timesteps
+    # with `--resume --timesteps 30000` (v17-30k, experiments/CANDIDATES.md) ...
+    assert TrainConfig.from_dict(training) == load_train_config("controller", timesteps=30000)
+    assert done == 26000  # ... and its best/ checkpoint, not the final policy
+    assert policy.cooldown_fraction == training["env"]["cooldown_fraction"] == 0.3
     candidates = Path(__file__).parent.parent / "experiments" / "results" / "candidates"
-    v10 = load_policy(candidates / "v10_policy")
-    assert v10.cooldown_fraction == 0.2
-    assert policy.metadata == v10.with_fractions(cooldown_fraction=0.3).metadata
-    assert all(torch.equal(policy.weights[k], v10.weights[k]) for k in v10.weights)
-    assert policy.weights.keys() == v10.weights.keys()
+    best = load_policy(candidates / "v17_30k_best")
+    assert policy.metadata == best.metadata
+    assert policy.weights.keys() == best.weights.keys()
+    assert all(torch.equal(policy.weights[k], best.weights[k]) for k in best.weights)
 
 
 def test_the_v7_preset_is_v8_with_a_wider_first_action():
@@ -374,10 +372,13 @@ def test_the_v7_preset_is_v8_with_a_wider_first_action():
     )
 
 
-def test_the_controller_preset_is_v10_which_trained_the_shipped_policy():
+def test_the_controller_preset_is_v15_with_ppo_seed_1_which_trained_the_shipped_policy():
+    import dataclasses
+
     from lrpilot.agents.training import load_train_config
 
-    assert load_train_config("controller") == load_train_config("controller_v10")
+    v15 = load_train_config("controller_v15")
+    assert load_train_config("controller") == dataclasses.replace(v15, seed=1)
 
 
 def test_the_v9_preset_is_v8_with_less_exploration_noise():
