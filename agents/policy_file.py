@@ -259,12 +259,8 @@ class _Network:
         training: dict[str, Any] | None,
         metadata: dict[str, Any],
     ) -> None:
-        prefix = _network_prefix(k)
-        self.layers = _build_layers(weights, prefix, metadata)
-        self.prefix = prefix  # of its tensors' names in the file
-        self.tensors = {  # under the names without the prefix; present, checked above
-            name: weights[prefix + name] for name in _layer_names(metadata, with_parts=True)
-        }
+        self.prefix = _network_prefix(k)  # of its tensors' names in the file
+        self.layers = _build_layers(weights, self.prefix, metadata)
         self.normalization, self.training = normalization, training
         norm = normalization
         if norm and not len(norm["mean"]) == len(norm["var"]) == len(FEATURE_NAMES):
@@ -275,6 +271,15 @@ class _Network:
         self._obs_std = np.sqrt(np.asarray(norm["var"]) + norm["epsilon"]) if norm else None
         self._obs_clip = norm["clip_obs"] if norm else math.inf
 
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Its tensors under their names without the prefix (`hidden.0.weight`, ...)."""
+        return {
+            f"{layer}.{part}": tensor
+            for layer, pair in self.layers.items()
+            for part, tensor in zip(("weight", "bias"), pair, strict=True)
+        }
+
     def normalize(self, observation: np.ndarray) -> np.ndarray:
         obs = np.asarray(observation, dtype=np.float64)
         if self._obs_mean is None:
@@ -283,7 +288,7 @@ class _Network:
 
     def __call__(self, observation: np.ndarray) -> torch.Tensor:
         x = torch.as_tensor(self.normalize(observation), dtype=torch.float32)
-        for i, (weight, bias) in enumerate(self.layers):
+        for i, (weight, bias) in enumerate(self.layers.values()):
             x = torch.nn.functional.linear(x, weight, bias)
             if i < len(self.layers) - 1:
                 x = torch.tanh(x)
@@ -295,12 +300,9 @@ def _network_prefix(k: int) -> str:
     return f"{ENSEMBLE_PREFIX}{k}." if k else ""
 
 
-def _layer_names(metadata: dict[str, Any], with_parts: bool = False) -> list[str]:
-    """`hidden.0`, ..., `output` (with `with_parts`: `hidden.0.weight`, `hidden.0.bias`, ...)."""
-    layers = [f"hidden.{i}" for i in range(len(metadata["network"]["hidden"]))] + ["output"]
-    if not with_parts:
-        return layers
-    return [f"{layer}.{part}" for layer in layers for part in ("weight", "bias")]
+def _layer_names(metadata: dict[str, Any]) -> list[str]:
+    """`hidden.0`, ..., `output`: a network's layers, in order."""
+    return [f"hidden.{i}" for i in range(len(metadata["network"]["hidden"]))] + ["output"]
 
 
 DEFAULT_POLICY = "default"  # the name of the policy shipped with lrpilot
@@ -376,16 +378,18 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
         raise ConfigError(f"unknown action mode {metadata['action']['mode']!r} in policy")
 
 
-def _build_layers(weights: dict[str, torch.Tensor], prefix: str, metadata: dict[str, Any]):
-    """[(weight, bias), ...] for the hidden layers then the output of the network whose
-    tensor names start with `prefix`; shapes checked."""
+def _build_layers(
+    weights: dict[str, torch.Tensor], prefix: str, metadata: dict[str, Any]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{layer: (weight, bias)} for the hidden layers then the output of the network whose
+    tensor names start with `prefix`, keyed without the prefix; shapes checked."""
     hidden = list(metadata["network"]["hidden"])
     action = metadata["action"]
     n_out = len(action["factors"]) if action["mode"] == "discrete" else 1
-    names = [prefix + layer for layer in _layer_names(metadata)]
     sizes = [len(FEATURE_NAMES), *hidden, n_out]
-    layers = []
-    for name, n_in, n_out_layer in zip(names, sizes[:-1], sizes[1:], strict=True):
+    layers = {}
+    for layer, n_in, n_out_layer in zip(_layer_names(metadata), sizes[:-1], sizes[1:], strict=True):
+        name = prefix + layer
         weight, bias = weights.get(f"{name}.weight"), weights.get(f"{name}.bias")
         if weight is None or bias is None:
             raise ConfigError(f"policy file lacks tensor {name}.weight or {name}.bias")
@@ -394,7 +398,7 @@ def _build_layers(weights: dict[str, torch.Tensor], prefix: str, metadata: dict[
                 f"policy tensor {name} has shape {tuple(weight.shape)}, "
                 f"expected {(n_out_layer, n_in)}"
             )
-        layers.append((weight, bias))
+        layers[layer] = (weight, bias)
     return layers
 
 
