@@ -10,7 +10,7 @@ from lrpilot.agents.controllers import (
     RandomController,
     ScheduleController,
 )
-from lrpilot.agents.policy_file import Policy, ensemble_policy, load_policy
+from lrpilot.agents.policy_file import Policy, load_policy
 from lrpilot.agents.rollout import EpisodeResult, run_episode
 from lrpilot.agents.scheduler import PolicyScheduler
 
@@ -22,7 +22,6 @@ __all__ = [
     "PolicyScheduler",
     "RandomController",
     "ScheduleController",
-    "ensemble_policy",
     "load_policy",
     "run_episode",
 ]

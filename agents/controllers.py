@@ -13,7 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
-from lrpilot.env.actions import DEFAULT_CONTINUOUS_MAX_FACTOR, check_continuous_max_factor
+from lrpilot.env.actions import ActionRule
 from lrpilot.env.features import FEATURE_NAMES
 from lrpilot.errors import ConfigError
 from lrpilot.lm.schedules import PLATEAU, schedule_curve
@@ -27,31 +27,22 @@ class Controller(Protocol):
     def act(self, observation: np.ndarray): ...
 
 
-def action_for_factor(
-    mode: str,
-    factors: tuple[float, ...],
-    wanted: float,
-    continuous_max_factor: float = DEFAULT_CONTINUOUS_MAX_FACTOR,
-):
-    """The action whose LR factor comes closest (in log space) to `wanted`."""
-    if mode == "discrete":
-        return int(np.argmin([abs(math.log(f / wanted)) for f in factors]))
-    exponent = math.log(wanted) / math.log(continuous_max_factor)
+def action_for_factor(rule: ActionRule, wanted: float):
+    """The action of `rule` whose LR factor comes closest (in log space) to `wanted`."""
+    if rule.mode == "discrete":
+        return int(np.argmin([abs(math.log(f / wanted)) for f in rule.factors]))
+    exponent = math.log(wanted) / math.log(rule.continuous_max_factor)
     return np.array([np.clip(exponent, -1.0, 1.0)], dtype=np.float32)
 
 
 class _FactorController:
-    """A baseline that asks for LR factors, turned into actions of the env's space."""
+    """A baseline that asks for LR factors, turned into actions of the env's `rule`."""
 
-    def __init__(
-        self, action_mode: str, factors: tuple[float, ...], continuous_max_factor: float
-    ) -> None:
-        self.action_mode = action_mode
-        self.factors = tuple(factors)
-        self.continuous_max_factor = check_continuous_max_factor(continuous_max_factor)
+    def __init__(self, rule: ActionRule | None) -> None:
+        self.rule = rule if rule is not None else ActionRule()
 
     def _action(self, wanted: float):
-        return action_for_factor(self.action_mode, self.factors, wanted, self.continuous_max_factor)
+        return action_for_factor(self.rule, wanted)
 
 
 class ScheduleController(_FactorController):
@@ -65,13 +56,11 @@ class ScheduleController(_FactorController):
         self,
         schedule: str,
         total_steps: int,
-        action_mode: str = "discrete",
-        factors: tuple[float, ...] = (0.5, 0.8, 1.0, 1.25, 2.0),
-        continuous_max_factor: float = DEFAULT_CONTINUOUS_MAX_FACTOR,
+        rule: ActionRule | None = None,  # the env's action rule; default ActionRule()
     ) -> None:
         if schedule == PLATEAU:
             raise ConfigError("use PlateauController for reduce-on-plateau")
-        super().__init__(action_mode, factors, continuous_max_factor)
+        super().__init__(rule)
         self.curve = schedule_curve(schedule, 1.0, total_steps)  # relative to the peak
 
     def act(self, observation: np.ndarray):
@@ -101,11 +90,9 @@ class PlateauController(_FactorController):
         patience: int = 2,
         factor: float = 0.5,
         threshold: float = 1e-3,
-        action_mode: str = "discrete",
-        factors: tuple[float, ...] = (0.5, 0.8, 1.0, 1.25, 2.0),
-        continuous_max_factor: float = DEFAULT_CONTINUOUS_MAX_FACTOR,
+        rule: ActionRule | None = None,  # the env's action rule; default ActionRule()
     ) -> None:
-        super().__init__(action_mode, factors, continuous_max_factor)
+        super().__init__(rule)
         self.patience, self.factor, self.threshold = patience, factor, threshold
         self.bad_intervals = 0
         self.best = 0.0  # best log(L_t / L_0) so far in this episode

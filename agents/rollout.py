@@ -6,10 +6,10 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import gymnasium
 import numpy as np
 
 from lrpilot.agents.controllers import Controller
-from lrpilot.env.lr_env import LRControlEnv
 from lrpilot.env.tasks import Task
 from lrpilot.lm.trace import initial_row, interval_row
 
@@ -28,13 +28,15 @@ def _action_value(action) -> float:
 
 
 def run_episode(
-    env: LRControlEnv,
+    env: gymnasium.Env,
     controller: Controller,
     task: Task,
     on_row: Callable[[list[dict]], None] | None = None,
 ) -> EpisodeResult:
     """Drive one run of `task` with `controller`, closed loop, to its end.
 
+    `env` is an `LRControlEnv`, or one inside wrappers (`gymnasium.make`'s among them):
+    each interval's full statistics are read from the env itself (`env.unwrapped`).
     `on_row(rows)` is called after each interval (to save or show progress).
     """
     observation, info = env.reset(seed=task.seed, options={"task": task})
@@ -45,7 +47,7 @@ def run_episode(
         action = controller.act(observation)
         observation, reward, terminated, truncated, info = env.step(action)
         total += reward
-        row = interval_row(info["interval"], env.last_stats, rows[-1])
+        row = interval_row(info["interval"], env.unwrapped.last_stats, rows[-1])
         rows.append(row | {"action": _action_value(action), "reward": reward})
         if on_row is not None:
             on_row(rows)

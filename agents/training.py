@@ -15,36 +15,29 @@ Run folder `DIR/`:
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import io
 import json
-import math
 import os
 import pickle
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import tomli_w
-import torch
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import configure
-from stable_baselines3.common.monitor import Monitor
-from stable_baselines3.common.utils import LinearSchedule
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
+from stable_baselines3.common.vec_env import VecNormalize
 from tqdm.auto import tqdm
 
-from lrpilot.agents.controllers import Controller
-from lrpilot.agents.policy_file import Policy, policy_metadata
-from lrpilot.agents.rollout import EpisodeResult, run_episode
-from lrpilot.env.lr_env import EnvConfig, LRControlEnv
-from lrpilot.env.tasks import Task, TaskSpace
-from lrpilot.errors import ConfigError, require_positive_int, require_seed
+from lrpilot.agents.evaluation import evaluate_controller, is_new_best
+from lrpilot.agents.policy_file import Policy
+from lrpilot.agents.ppo import export_policy, make_model, make_vec_env
+from lrpilot.agents.train_config import TrainConfig, load_train_config
+from lrpilot.env.lr_env import LRControlEnv
+from lrpilot.errors import ConfigError
 from lrpilot.files import (
     atomic_write_bytes,
     atomic_write_csv,
@@ -52,302 +45,10 @@ from lrpilot.files import (
     atomic_write_text,
     ensure_writable_dir,
 )
-from lrpilot.lm.trace import scored_final_loss
-from lrpilot.presets import dataclass_from_dict, load_preset
 from lrpilot.ray_backend import RayBackend, ray_session
 
 CONFIG_FILE = "config.toml"
 CHECKPOINTS = "checkpoints"
-
-
-@dataclass(frozen=True)
-class PPOSettings:
-    """Stable-Baselines3 PPO hyperparameters (see its documentation)."""
-
-    learning_rate: float = 3e-4
-    n_steps: int = 200  # rollout length per environment
-    batch_size: int = 100
-    n_epochs: int = 10
-    gamma: float = 1.0
-    gae_lambda: float = 0.95
-    clip_range: float = 0.2
-    ent_coef: float = 0.01
-    vf_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    net_arch: tuple[int, ...] = (64, 64)
-    # PPO's own learning rate falls linearly to 0 over `timesteps` (as CleanRL's
-    # `anneal_lr`; here the last update runs at 0), so the policy settles instead of
-    # drifting late in training.
-    anneal_lr: bool = False
-    # Continuous actions: the initial log standard deviation of the Gaussian policy, in
-    # action units (SB3's default 0: std 1 over the action range [-1, 1]).
-    log_std_init: float = 0.0
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "net_arch", tuple(self.net_arch))
-        if not self.net_arch or any(not isinstance(n, int) or n <= 0 for n in self.net_arch):
-            raise ConfigError(f"ppo.net_arch must be positive layer sizes, got {self.net_arch!r}")
-        if not isinstance(self.n_steps, int) or self.n_steps < 2:
-            raise ConfigError(f"ppo.n_steps must be an integer >= 2, got {self.n_steps!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 2:
-            raise ConfigError(f"ppo.batch_size must be an integer >= 2, got {self.batch_size!r}")
-        require_positive_int("ppo.n_epochs", self.n_epochs)
-        log_std_init = self.log_std_init
-        if isinstance(log_std_init, bool) or not (
-            isinstance(log_std_init, (int, float)) and -5 <= log_std_init <= 2
-        ):
-            raise ConfigError(f"ppo.log_std_init must be in [-5, 2], got {self.log_std_init!r}")
-        if not isinstance(self.anneal_lr, bool):
-            raise ConfigError(f"ppo.anneal_lr must be true or false, got {self.anneal_lr!r}")
-        if not 0 < self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
-            raise ConfigError(
-                f"ppo.gamma must be in (0, 1] and gae_lambda in [0, 1], "
-                f"got {self.gamma!r}, {self.gae_lambda!r}"
-            )
-
-
-# How `best/` is chosen among the evaluations: the column of `evaluations.csv` to minimise.
-SELECTION_COLUMNS = {
-    "mean": "mean_final_val_loss",  # mean over all evaluation runs
-    "worst_start_lr": "worst_start_lr_final_val_loss",  # worst start LR's mean over seeds
-}
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """The fixed held-out tasks of the periodic evaluation: every seed x start LR, and
-    how the best checkpoint is chosen from them (`select`, a key of SELECTION_COLUMNS)."""
-
-    corpus: str = "pydoc"
-    model: str = "tiny"
-    total_steps: int = 400
-    eval_every: int = 20
-    batch_size: int = 64
-    seeds: tuple[int, ...] = (100001, 100002)
-    start_lrs: tuple[float, ...] = (3e-4, 3e-3)
-    select: str = "mean"
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "seeds", tuple(self.seeds))
-        object.__setattr__(self, "start_lrs", tuple(self.start_lrs))
-        if not self.seeds or not self.start_lrs:
-            raise ConfigError("eval.seeds and eval.start_lrs must not be empty")
-        if len({start_lr_column(lr) for lr in self.start_lrs}) != len(self.start_lrs):
-            raise ConfigError(f"eval.start_lrs must differ in 6 digits, got {self.start_lrs!r}")
-        if not isinstance(self.select, str) or self.select not in SELECTION_COLUMNS:
-            raise ConfigError(
-                f"eval.select must be one of {', '.join(SELECTION_COLUMNS)}, got {self.select!r}"
-            )
-        for task in self.tasks():  # TaskSpace checks every value
-            TaskSpace.fixed(task)
-
-    def tasks(self) -> list[Task]:
-        return [
-            Task(
-                self.corpus,
-                self.model,
-                seed,
-                self.total_steps,
-                self.eval_every,
-                lr,
-                self.batch_size,
-            )
-            for seed in self.seeds
-            for lr in self.start_lrs
-        ]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything `lrpilot train` needs; a preset TOML file holds one."""
-
-    timesteps: int = 20000
-    n_envs: int = 1
-    seed: int = 0
-    eval_every: int = 2000  # timesteps between evaluations
-    checkpoint_every: int = 1000  # timesteps between checkpoints
-    ppo: PPOSettings = field(default_factory=PPOSettings)
-    env: EnvConfig = field(default_factory=EnvConfig)
-    eval: EvalSettings = field(default_factory=EvalSettings)
-
-    def __post_init__(self) -> None:
-        for name in ("timesteps", "n_envs", "eval_every", "checkpoint_every"):
-            require_positive_int(name, getattr(self, name))
-        require_seed(self.seed)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        data = dict(data)
-        env = dict(data.pop("env", {}))
-        task_space = dataclass_from_dict(TaskSpace, env.pop("task_space", {}), "env.task_space")
-        return dataclass_from_dict(
-            cls,
-            data
-            | {
-                "ppo": dataclass_from_dict(PPOSettings, data.get("ppo", {}), "ppo"),
-                "env": dataclass_from_dict(EnvConfig, env | {"task_space": task_space}, "env"),
-                "eval": dataclass_from_dict(EvalSettings, data.get("eval", {}), "eval"),
-            },
-            "top level",
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["env"]["task_space"] = {
-            k: v for k, v in data["env"]["task_space"].items() if v is not None
-        }
-        return _tomlable(data)
-
-
-def _tomlable(value):
-    """Tuples to lists, recursively (TOML has arrays, not tuples)."""
-    if isinstance(value, dict):
-        return {k: _tomlable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_tomlable(v) for v in value]
-    return value
-
-
-def load_train_config(preset: str, **overrides) -> TrainConfig:
-    """A preset, with top-level fields (timesteps, n_envs, seed, ...) overridden."""
-    data = load_preset(preset)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return TrainConfig.from_dict(data)
-
-
-# -- environments -------------------------------------------------------------------------
-
-
-def _make_env(env_config: EnvConfig) -> Monitor:
-    torch.set_num_threads(1)  # one core per environment worker
-    return Monitor(LRControlEnv(env_config))
-
-
-def make_vec_env(config: TrainConfig, backend: RayBackend | None = None) -> VecEnv:
-    """K environment processes (one in-process environment when K = 1), or K Ray actors
-    with the Ray backend (Ray must be initialised: `ray_session`)."""
-    factories = [functools.partial(_make_env, config.env)] * config.n_envs
-    if backend is not None:
-        from lrpilot.agents.ray_vec_env import RayVecEnv
-
-        venv: VecEnv = RayVecEnv(factories, backend)
-    elif config.n_envs == 1:
-        venv: VecEnv = DummyVecEnv(factories)
-    else:
-        venv = SubprocVecEnv(factories, start_method="forkserver")
-    venv.seed(config.seed)
-    return venv
-
-
-def make_model(config: TrainConfig, backend: RayBackend | None = None) -> tuple[PPO, VecNormalize]:
-    """A fresh PPO model on K normalised environments, as the config says."""
-    venv = VecNormalize(
-        make_vec_env(config, backend), norm_obs=True, norm_reward=False, gamma=config.ppo.gamma
-    )
-    ppo = dataclasses.asdict(config.ppo)
-    arch = list(ppo.pop("net_arch"))
-    log_std_init = ppo.pop("log_std_init")  # used by Gaussian (continuous) policies only
-    if ppo.pop("anneal_lr"):  # SB3 calls it with the fraction of training left, 1 -> 0
-        ppo["learning_rate"] = LinearSchedule(ppo["learning_rate"], 0.0, end_fraction=1.0)
-    model = PPO(
-        "MlpPolicy",
-        venv,
-        policy_kwargs={
-            "net_arch": {"pi": arch, "vf": arch},
-            "activation_fn": torch.nn.Tanh,
-            "log_std_init": log_std_init,
-        },
-        seed=config.seed,
-        device="cpu",
-        verbose=0,
-        **ppo,
-    )
-    return model, venv
-
-
-# -- policy export and evaluation ---------------------------------------------------------
-
-
-def export_policy(model: PPO, venv: VecNormalize, config: TrainConfig) -> Policy:
-    """The actor of an SB3 PPO model, with the observation statistics, as a safe `Policy`."""
-    state = model.policy.state_dict()
-    weights: dict[str, torch.Tensor] = {}
-    linear = [m for m in model.policy.mlp_extractor.policy_net if isinstance(m, torch.nn.Linear)]
-    indices = [i for i, m in enumerate(model.policy.mlp_extractor.policy_net) if m in linear]
-    for k, i in enumerate(indices):
-        weights[f"hidden.{k}.weight"] = state[f"mlp_extractor.policy_net.{i}.weight"]
-        weights[f"hidden.{k}.bias"] = state[f"mlp_extractor.policy_net.{i}.bias"]
-    weights["output.weight"] = state["action_net.weight"]
-    weights["output.bias"] = state["action_net.bias"]
-    if config.env.action_mode == "continuous":
-        weights["log_std"] = state["log_std"]
-    rms = venv.obs_rms
-    metadata = policy_metadata(
-        action_mode=config.env.action_mode,
-        factors=config.env.factors,
-        continuous_max_factor=config.env.continuous_max_factor,
-        lr_min=config.env.lr_min,
-        lr_max=config.env.lr_max,
-        factor_span=config.env.factor_span,
-        first_action_max_factor=config.env.first_action_max_factor,
-        cooldown_fraction=config.env.cooldown_fraction,
-        warmup_fraction=config.env.warmup_fraction,
-        masked_features=config.env.masked_features,
-        hidden=list(config.ppo.net_arch),
-        normalization={
-            "mean": rms.mean.tolist(),
-            "var": rms.var.tolist(),
-            "epsilon": venv.epsilon,
-            "clip_obs": venv.clip_obs,
-        },
-        training=config.to_dict() | {"timesteps_done": int(model.num_timesteps)},
-    )
-    return Policy({k: v.detach().cpu().clone() for k, v in weights.items()}, metadata)
-
-
-def start_lr_column(start_lr: float) -> str:
-    """The name of a start LR's mean final loss in an evaluation (`evaluations.csv`)."""
-    return f"final_val_loss_start_{start_lr:g}"
-
-
-def evaluate_controller(
-    controller: Controller, tasks: list[Task], env: LRControlEnv
-) -> dict[str, Any]:
-    """Final validation losses of `controller` over `tasks` (a diverged run counts at the
-    divergence cap): the mean, the mean per start LR (`start_lr_column(lr)`) and the
-    worst of those, how many runs diverged, and the mean return."""
-    factor = env.config.divergence_factor
-    results: list[EpisodeResult] = [run_episode(env, controller, task) for task in tasks]
-    finals = pd.Series(
-        [
-            scored_final_loss(
-                [row["val_loss"] for row in r.rows], [row["nonfinite"] for row in r.rows], factor
-            )
-            for r in results
-        ]
-    )
-    by_start_lr = finals.groupby([task.start_lr for task in tasks], sort=False).mean()
-    return {
-        "mean_final_val_loss": float(finals.mean()),
-        "worst_start_lr_final_val_loss": float(by_start_lr.max()),
-        "diverged": sum(r.diverged for r in results),
-        "mean_return": float(np.mean([r.episode_return for r in results])),
-        **{start_lr_column(lr): float(v) for lr, v in by_start_lr.items()},
-    }
-
-
-def is_new_best(result: dict[str, Any], earlier: list[dict[str, Any]], select: str) -> bool:
-    """Whether evaluation `result` beats every `earlier` one by the rule `select`.
-
-    An earlier evaluation without the rule's column (written before it existed) or with
-    NaN there does not compete.
-    """
-    column = SELECTION_COLUMNS[select]
-    scores = [e.get(column, math.nan) for e in earlier]
-    return result[column] < min((v for v in scores if not math.isnan(v)), default=math.inf)
-
-
-# -- callbacks ----------------------------------------------------------------------------
 
 
 class ProgressBarCallback(BaseCallback):
@@ -386,7 +87,7 @@ class CheckpointAndEvalCallback(BaseCallback):
     `_learn`.
     """
 
-    def __init__(self, run: TrainingRun) -> None:
+    def __init__(self, run: ControllerRun) -> None:
         super().__init__()
         self.run = run
         self.next_checkpoint = 0
@@ -417,11 +118,11 @@ class CheckpointAndEvalCallback(BaseCallback):
             self.next_eval = self._next_multiple(self.run.config.eval_every)
 
 
-# -- the training run ---------------------------------------------------------------------
+# -- the run folder ----------------------------------------------------------------------
 
 
-class TrainingRun:
-    """One run folder: start it, or resume it after a crash."""
+class ControllerRun:
+    """One controller-training run folder: start it, or resume it after a crash."""
 
     def __init__(self, config: TrainConfig, out: Path, backend: RayBackend | None = None) -> None:
         self.config = config
@@ -569,7 +270,7 @@ def train(
     if (out / CHECKPOINTS / "latest.json").exists():
         raise ConfigError(f"{str(out)!r} already holds a training run; use --resume to continue it")
     with ray_session(backend):
-        return TrainingRun(config, out, backend).start(progress)
+        return ControllerRun(config, out, backend).start(progress)
 
 
 def resume(
@@ -586,4 +287,4 @@ def resume(
     if timesteps is not None:
         atomic_write_text(out / CONFIG_FILE, tomli_w.dumps(config.to_dict()))
     with ray_session(backend):
-        return TrainingRun(config, out, backend).resume(progress)
+        return ControllerRun(config, out, backend).resume(progress)

@@ -3,7 +3,7 @@
 `lrpilot/LRControl-v0` is registered when `lrpilot` is imported.
 """
 
-from lrpilot.env.actions import ACTION_MODES, DEFAULT_FACTORS
+from lrpilot.env.actions import ACTION_MODES, DEFAULT_FACTORS, ActionRule
 from lrpilot.env.features import FEATURE_NAMES, FEATURE_VERSION, FEATURES
 from lrpilot.env.lr_env import EnvConfig, LRControlEnv
 from lrpilot.env.rewards import REWARD_NAMES
@@ -28,6 +28,7 @@ __all__ = [
     "FEATURE_NAMES",
     "FEATURE_VERSION",
     "REWARD_NAMES",
+    "ActionRule",
     "EnvConfig",
     "LRControlEnv",
     "Task",

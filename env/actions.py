@@ -35,6 +35,7 @@ warmup. The two fractions sum to at most 1.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -87,14 +88,6 @@ def check_fractions(warmup: float, cooldown: float, where: str = "") -> tuple[fl
     return float(warmup), float(cooldown)
 
 
-def make_action_space(mode: str, factors: tuple[float, ...]) -> spaces.Space:
-    if mode == "discrete":
-        return spaces.Discrete(len(factors))
-    if mode == "continuous":
-        return spaces.Box(low=-1.0, high=1.0, shape=(1,), dtype=np.float32)
-    raise ConfigError(f"unknown action mode {mode!r}; choose from {', '.join(ACTION_MODES)}")
-
-
 def lr_factor(
     mode: str,
     factors: tuple[float, ...],
@@ -113,34 +106,74 @@ def lr_factor(
 
 @dataclass(frozen=True)
 class ActionRule:
-    """How an action changes the controller's LR: the settings `next_lr` needs, shared
-    by the environment (`EnvConfig.action_rule`) and a policy file (`Policy.action_rule`)."""
+    """How the controller's actions set the LR: every action setting, in one place.
 
-    mode: str
-    factors: tuple[float, ...]
-    continuous_max_factor: float
-    first_action_max_factor: float  # 0: the first action is like the others
-    factor_span: float
-    lr_min: float
-    lr_max: float
+    The environment (`EnvConfig.action`), a policy file (`Policy.action`, stored as the
+    metadata table `action`) and `PolicyScheduler` all act through one `ActionRule`.
+    """
+
+    mode: str = "discrete"  # "discrete" or "continuous"
+    factors: tuple[float, ...] = DEFAULT_FACTORS  # LR multipliers of the discrete actions
+    # continuous actions: a in [-1, 1] multiplies the LR by continuous_max_factor**a
+    continuous_max_factor: float = DEFAULT_CONTINUOUS_MAX_FACTOR
+    # the first action multiplies the start LR by first_action_max_factor**a; 0: off
+    first_action_max_factor: float = 0.0
+    factor_span: float = 0.0  # budget fraction a factor applies over; 0: once per interval
+    lr_min: float = 1e-5
+    lr_max: float = 1e-1
+    warmup_fraction: float = 0.0  # first budget fraction warmed up linearly; 0: none
+    cooldown_fraction: float = 0.0  # last budget fraction cooled to 0 (1 - sqrt); 0: none
 
     def __post_init__(self) -> None:
-        check_continuous_max_factor(self.continuous_max_factor)
-        check_first_action_max_factor(self.first_action_max_factor, self.mode)
-
-    @classmethod
-    def of(cls, settings) -> ActionRule:
-        """The rule of anything with these settings as attributes, `action_mode` for
-        `mode` (an `EnvConfig` or a `Policy`)."""
-        return cls(
-            mode=settings.action_mode,
-            factors=tuple(settings.factors),
-            continuous_max_factor=settings.continuous_max_factor,
-            first_action_max_factor=settings.first_action_max_factor,
-            factor_span=settings.factor_span,
-            lr_min=settings.lr_min,
-            lr_max=settings.lr_max,
+        if self.mode not in ACTION_MODES:
+            raise ConfigError(
+                f"unknown action mode {self.mode!r}; choose from {', '.join(ACTION_MODES)}"
+            )
+        factors = self.factors
+        if isinstance(factors, str | bytes) or not hasattr(factors, "__iter__"):
+            raise ConfigError(f"factors must be a list of positive numbers, got {factors!r}")
+        if not factors or any(not _positive_finite(f) for f in factors):
+            raise ConfigError(f"factors must be positive numbers, got {tuple(factors)!r}")
+        object.__setattr__(self, "factors", tuple(float(f) for f in factors))
+        object.__setattr__(
+            self, "continuous_max_factor", check_continuous_max_factor(self.continuous_max_factor)
         )
+        object.__setattr__(
+            self,
+            "first_action_max_factor",
+            check_first_action_max_factor(self.first_action_max_factor, self.mode),
+        )
+        span = self.factor_span
+        if isinstance(span, bool) or not (isinstance(span, int | float) and 0 <= span <= 1):
+            raise ConfigError(f"factor_span must be in [0, 1], got {span!r}")
+        object.__setattr__(self, "factor_span", float(span))
+        if not (
+            _positive_finite(self.lr_min)
+            and _positive_finite(self.lr_max)
+            and self.lr_min < self.lr_max
+        ):
+            raise ConfigError(
+                f"need 0 < lr_min < lr_max, got lr_min={self.lr_min!r}, lr_max={self.lr_max!r}"
+            )
+        object.__setattr__(self, "lr_min", float(self.lr_min))
+        object.__setattr__(self, "lr_max", float(self.lr_max))
+        warmup, cooldown = check_fractions(self.warmup_fraction, self.cooldown_fraction)
+        object.__setattr__(self, "warmup_fraction", warmup)
+        object.__setattr__(self, "cooldown_fraction", cooldown)
+
+    def action_space(self) -> spaces.Space:
+        """The Gymnasium action space of this rule."""
+        if self.mode == "discrete":
+            return spaces.Discrete(len(self.factors))
+        return spaces.Box(low=-1.0, high=1.0, shape=(1,), dtype=np.float32)
+
+    def to_dict(self) -> dict:
+        """Plain data (lists, not tuples): the `action` table of a policy file or preset."""
+        return dataclasses.asdict(self) | {"factors": list(self.factors)}
+
+
+def _positive_finite(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int | float) and 0 < value < math.inf
 
 
 def next_lr(
@@ -167,14 +200,7 @@ def next_lr(
     return float(np.clip(lr * factor, rule.lr_min, rule.lr_max))
 
 
-def applied_lr(
-    lr: float,
-    step: int,
-    *,
-    total_steps: int,
-    cooldown_fraction: float,
-    warmup_fraction: float,
-) -> float:
+def applied_lr(lr: float, step: int, *, total_steps: int, rule: ActionRule) -> float:
     """The LR that step `step` (steps done so far) trains at, given the controller's `lr`.
 
     The one rule for the environment and `PolicyScheduler` (see the module docstring).
@@ -183,6 +209,6 @@ def applied_lr(
     """
     return (
         lr
-        * linear_warmup(step, total_steps, warmup_fraction)
-        * sqrt_cooldown(step, total_steps, cooldown_fraction)
+        * linear_warmup(step, total_steps, rule.warmup_fraction)
+        * sqrt_cooldown(step, total_steps, rule.cooldown_fraction)
     )

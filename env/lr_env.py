@@ -18,25 +18,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from lrpilot.env.actions import (
-    ACTION_MODES,
-    DEFAULT_CONTINUOUS_MAX_FACTOR,
-    DEFAULT_FACTORS,
-    ActionRule,
-    applied_lr,
-    check_continuous_max_factor,
-    check_first_action_max_factor,
-    check_fractions,
-    make_action_space,
-    next_lr,
-)
+from lrpilot.env.actions import ActionRule, applied_lr, next_lr
 from lrpilot.env.features import (
     FEATURE_CLIP,
     FEATURE_VERSION,
@@ -57,53 +45,25 @@ class EnvConfig:
     """Everything that defines the environment; every field is also a keyword of the env."""
 
     task_space: TaskSpace = field(default_factory=TaskSpace)
-    action_mode: str = "discrete"  # "discrete" or "continuous"
-    factors: tuple[float, ...] = DEFAULT_FACTORS  # LR multipliers of the discrete actions
-    # continuous actions: a in [-1, 1] multiplies the LR by continuous_max_factor**a
-    continuous_max_factor: float = DEFAULT_CONTINUOUS_MAX_FACTOR
-    factor_span: float = 0.0  # budget fraction a factor applies over; 0: once per interval
-    # the first action multiplies the start LR by first_action_max_factor**a; 0: off
-    first_action_max_factor: float = 0.0
-    cooldown_fraction: float = 0.0  # last budget fraction cooled to 0 (1 - sqrt); 0: none
-    warmup_fraction: float = 0.0  # first budget fraction warmed up linearly; 0: none
-    lr_min: float = 1e-5
-    lr_max: float = 1e-1
+    action: ActionRule = field(default_factory=ActionRule)  # how actions set the LR
     reward: str = "log_improvement"  # or "neg_val_loss", "final"
-    divergence_factor: float = (
-        DIVERGENCE_FACTOR  # L_t above this multiple of L_0 counts as divergence
-    )
+    # L_t above this multiple of L_0 counts as divergence
+    divergence_factor: float = DIVERGENCE_FACTOR
     divergence_penalty: float = 1.0
     masked_features: tuple[str, ...] = ()  # features the controller sees as 0 (ablations)
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "factors", tuple(float(f) for f in self.factors))
+        if not isinstance(self.task_space, TaskSpace):
+            raise ConfigError(f"task_space must be a TaskSpace, got {self.task_space!r}")
+        if not isinstance(self.action, ActionRule):
+            raise ConfigError(f"action must be an ActionRule, got {self.action!r}")
         object.__setattr__(self, "masked_features", check_masked_features(self.masked_features))
-        if not (0 <= self.factor_span <= 1):
-            raise ConfigError(f"factor_span must be in [0, 1], got {self.factor_span!r}")
-        check_fractions(self.warmup_fraction, self.cooldown_fraction)
-        if self.action_mode not in ACTION_MODES:
-            raise ConfigError(
-                f"unknown action_mode {self.action_mode!r}; choose from {', '.join(ACTION_MODES)}"
-            )
-        if not self.factors or any(not (f > 0 and math.isfinite(f)) for f in self.factors):
-            raise ConfigError(f"factors must be positive numbers, got {self.factors!r}")
-        check_continuous_max_factor(self.continuous_max_factor)
-        check_first_action_max_factor(self.first_action_max_factor, self.action_mode)
-        if not (0 < self.lr_min < self.lr_max and math.isfinite(self.lr_max)):
-            raise ConfigError(
-                f"need 0 < lr_min < lr_max, got lr_min={self.lr_min!r}, lr_max={self.lr_max!r}"
-            )
         check_reward_name(self.reward)
         if not self.divergence_factor > 1:
             raise ConfigError(f"divergence_factor must be > 1, got {self.divergence_factor!r}")
         if not self.divergence_penalty >= 0:
             raise ConfigError(f"divergence_penalty must be >= 0, got {self.divergence_penalty!r}")
-
-    @cached_property
-    def action_rule(self) -> ActionRule:
-        """How this environment's actions change the LR (built once: `step` uses it)."""
-        return ActionRule.of(self)
 
 
 class LRControlEnv(gym.Env):
@@ -125,7 +85,7 @@ class LRControlEnv(gym.Env):
         self.observation_space = spaces.Box(
             -FEATURE_CLIP, FEATURE_CLIP, shape=(NUM_FEATURES,), dtype=np.float32
         )
-        self.action_space = make_action_space(self.config.action_mode, self.config.factors)
+        self.action_space = self.config.action.action_space()
         self.feature_version = FEATURE_VERSION
         self._corpora: dict[str, Corpus] = {}
         self.task: Task | None = None
@@ -143,7 +103,9 @@ class LRControlEnv(gym.Env):
             raise ConfigError(f"options['task'] must be a Task, got {type(task).__name__}")
         self.task = task
         self.trainer = Trainer(self._corpus(task.corpus), task.trainer_config(self.config.device))
-        self.lr = float(np.clip(task.start_lr, self.config.lr_min, self.config.lr_max))
+        self.lr = float(
+            np.clip(task.start_lr, self.config.action.lr_min, self.config.action.lr_max)
+        )
         self.interval = 0
         self.initial_val_loss = self.trainer.evaluate()
         self.val_loss = self.initial_val_loss
@@ -166,7 +128,7 @@ class LRControlEnv(gym.Env):
             first=self.interval == 0,
             interval_steps=steps,
             total_steps=self.task.total_steps,
-            rule=self.config.action_rule,
+            rule=self.config.action,
         )
         stats = self.trainer.run_interval(steps, self._step_lr)
         self.interval += 1
@@ -196,13 +158,7 @@ class LRControlEnv(gym.Env):
         """The LR of step `step`: the controller's LR, warmed up at the start and cooled
         down near the end."""
         assert self.task is not None
-        return applied_lr(
-            self.lr,
-            step,
-            total_steps=self.task.total_steps,
-            cooldown_fraction=self.config.cooldown_fraction,
-            warmup_fraction=self.config.warmup_fraction,
-        )
+        return applied_lr(self.lr, step, total_steps=self.task.total_steps, rule=self.config.action)
 
     def _corpus(self, name: str) -> Corpus:
         if name not in self._corpora:

@@ -44,7 +44,8 @@ def demo_compare_config(policy: str, jobs: int) -> CompareConfig:
 
 def train_demo_controller(out: Path, progress: bool) -> Path:
     """Train (or resume, or reuse) the demo controller; the path of its best policy."""
-    from lrpilot.agents.training import load_train_config, resume, train
+    from lrpilot.agents.train_config import load_train_config
+    from lrpilot.agents.training import resume, train
 
     config = load_train_config(DEMO_PRESET)
     finished = out / "training.json"

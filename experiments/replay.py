@@ -41,19 +41,12 @@ LR_TRACE_COLUMNS = ("step", "lr")  # what an open-loop replay needs from a trace
 
 
 def policy_env_config(policy: Policy, device: str = "cpu") -> EnvConfig:
-    """The environment a policy was trained in: its actions, LR bounds and reward."""
+    """The environment a policy was trained in: its action rule, masked features and
+    reward (a policy file records how it was trained in `training.env`)."""
     trained = policy.metadata.get("training", {}).get("env", {})
     defaults = EnvConfig()
     return EnvConfig(
-        action_mode=policy.action_mode,
-        factors=policy.factors,
-        continuous_max_factor=policy.continuous_max_factor,
-        lr_min=policy.lr_min,
-        lr_max=policy.lr_max,
-        factor_span=policy.factor_span,
-        first_action_max_factor=policy.first_action_max_factor,
-        cooldown_fraction=policy.cooldown_fraction,
-        warmup_fraction=policy.warmup_fraction,
+        action=policy.action,
         masked_features=policy.masked_features,
         reward=trained.get("reward", defaults.reward),
         divergence_factor=trained.get("divergence_factor", defaults.divergence_factor),

@@ -4,7 +4,15 @@ The public API gathers the pieces a user reaches for most; the subpackages
 `lrpilot.lm`, `lrpilot.env`, `lrpilot.agents` and `lrpilot.experiments` hold the rest.
 """
 
-from lrpilot.env import ENV_ID, EnvConfig, LRControlEnv, Task, TaskSpace, register_envs
+from lrpilot.env import (
+    ENV_ID,
+    ActionRule,
+    EnvConfig,
+    LRControlEnv,
+    Task,
+    TaskSpace,
+    register_envs,
+)
 from lrpilot.errors import ConfigError
 from lrpilot.lm.corpus import Corpus, load_corpus
 from lrpilot.lm.model import GPT, MODEL_PRESETS, ModelConfig, model_preset
@@ -20,6 +28,7 @@ __all__ = [
     "GPT",
     "MODEL_PRESETS",
     "SCHEDULE_NAMES",
+    "ActionRule",
     "ConfigError",
     "Corpus",
     "EnvConfig",

@@ -117,16 +117,18 @@ def _add_train(subparsers) -> None:
         "train",
         help="train a PPO learning-rate controller",
         description="Train a PPO controller on LRControlEnv. A preset (a TOML file in "
-        "experiments/presets/, or a path) sets PPO, the task distribution and the evaluation "
-        "tasks; flags override it. Writes DIR/config.toml, progress.csv, checkpoints/, "
-        "policy/ (latest) and best/ (best on the evaluation tasks).",
+        "experiments/presets/, or a path) sets PPO, the environment and its task distribution, "
+        "and the evaluation tasks; flags override it. Writes DIR/config.toml, progress.csv, "
+        "checkpoints/, policy/ (latest) and best/ (best on the evaluation tasks).",
     )
+    from lrpilot.agents.train_config import DEFAULT_PRESET
     from lrpilot.presets import preset_names
 
     p.add_argument(
         "--preset",
-        default="default",
-        help=f"preset name ({', '.join(preset_names())}) or a TOML path (default: default)",
+        default=DEFAULT_PRESET,
+        help=f"preset name ({', '.join(preset_names())}) or a TOML path (default: "
+        f"{DEFAULT_PRESET}, which trained the shipped policy)",
     )
     p.add_argument(
         "--timesteps", type=int, default=None, help="total env steps, i.e. intervals (preset's)"
@@ -149,7 +151,8 @@ def _add_train(subparsers) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from lrpilot.agents.training import load_train_config, resume, train
+    from lrpilot.agents.train_config import load_train_config
+    from lrpilot.agents.training import resume, train
 
     if args.resume:
         policy = resume(
@@ -282,7 +285,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _add_compare(subparsers) -> None:
-    from lrpilot.experiments.compare import CONTROLLERS, CompareConfig
+    from lrpilot.experiments.compare_config import CONTROLLERS, CompareConfig
     from lrpilot.lm.schedules import SCHEDULE_NAMES
 
     d = CompareConfig()

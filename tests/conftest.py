@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lrpilot.agents.policy_file import Policy, policy_metadata
-from lrpilot.env.actions import DEFAULT_FACTORS
+from lrpilot.env.actions import DEFAULT_FACTORS, ActionRule
 from lrpilot.env.features import NUM_FEATURES
 from lrpilot.lm.corpus import Corpus, pydoc_bytes, split_bytes
 from lrpilot.lm.model import ModelConfig
@@ -52,16 +52,19 @@ def make_policy(
         weights[f"{name}.bias"] = torch.randn(n_out_layer, generator=generator)
     if action_mode == "continuous":
         weights["log_std"] = torch.zeros(1)
-    metadata = policy_metadata(
-        action_mode=action_mode,
+    action = ActionRule(
+        mode=action_mode,
         factors=DEFAULT_FACTORS,
         lr_min=LR_MIN,
         lr_max=LR_MAX,
         factor_span=factor_span,
         first_action_max_factor=first_action_max_factor,
-        masked_features=masked_features,
         cooldown_fraction=cooldown_fraction,
         warmup_fraction=warmup_fraction,
+    )
+    metadata = policy_metadata(
+        action=action,
+        masked_features=masked_features,
         hidden=hidden,
         normalization=None,
         training={},

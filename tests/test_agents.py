@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import gymnasium
 import numpy as np
 import pytest
 import torch
@@ -22,17 +23,14 @@ from lrpilot.agents.controllers import (
     ScheduleController,
     action_for_factor,
 )
-from lrpilot.agents.policy_file import (
-    POLICY_FILENAME,
-    Policy,
-    ensemble_policy,
-    format_version,
-)
+from lrpilot.agents.policy_file import POLICY_FILENAME, Policy
+from lrpilot.agents.ppo import make_model
 from lrpilot.agents.rollout import run_episode
-from lrpilot.agents.training import load_train_config, make_model, resume, train
+from lrpilot.agents.train_config import load_train_config
+from lrpilot.agents.training import resume, train
 from lrpilot.cli import main
 from lrpilot.env import EnvConfig, LRControlEnv, Task, TaskSpace
-from lrpilot.env.actions import next_lr
+from lrpilot.env.actions import ActionRule, next_lr
 from lrpilot.env.features import FEATURE_NAMES, NUM_FEATURES
 from lrpilot.errors import ConfigError
 from lrpilot.experiments.replay import policy_env_config
@@ -126,201 +124,90 @@ def test_truncated_and_mismatched_files_are_refused(trained_run, tmp_path):
         load_policy(tmp_path / "old")
 
 
-def test_policy_file_keeps_its_cooldown_and_older_files_have_none(tmp_path):
-    policy = make_policy(cooldown_fraction=0.2)
-    assert load_policy(policy.save(tmp_path / "cooled")).cooldown_fraction == 0.2
-    del policy.metadata["action"]["cooldown_fraction"]  # as files from before the cooldown
-    older = load_policy(policy.save(tmp_path / "older"))
-    assert older.cooldown_fraction == 0.0
-    assert older.applied_lr(1e-3, 99, total_steps=100) == 1e-3
-    policy.metadata["action"]["cooldown_fraction"] = 1.5
-    with pytest.raises(ConfigError, match=r"cooldown_fraction must be in \[0, 1\), got 1.5"):
-        load_policy(policy.save(tmp_path / "bad"))
+def test_policy_file_keeps_its_action_rule(tmp_path):
+    policy = make_policy(
+        action_mode="continuous",
+        factor_span=0.5,
+        first_action_max_factor=100.0,
+        cooldown_fraction=0.2,
+        warmup_fraction=0.05,
+    )
+    loaded = load_policy(policy.save(tmp_path / "policy"))
+    assert loaded.action == policy.action
+    assert loaded.metadata["format_version"] == 2
+    assert policy_env_config(loaded).action == policy.action  # replay and compare act alike
+    half = np.array([0.5])
+    assert loaded.next_lr(0.01, half, first=True, interval_steps=10, total_steps=40) == (
+        pytest.approx(0.1)  # the first action: x100**0.5 in full
+    )
+    assert loaded.next_lr(0.01, half, first=False, interval_steps=10, total_steps=40) == (
+        pytest.approx(0.01 * 2 ** (0.5 * 10 / 20))  # later ones: x2**0.5 per half budget
+    )
+    assert loaded.applied_lr(1e-3, 0, total_steps=100) == pytest.approx(1e-3 / 5)  # warmup
+    assert loaded.applied_lr(1e-3, 50, total_steps=100) == 1e-3
+    assert loaded.applied_lr(1e-3, 99, total_steps=100) < 1e-4  # cooldown
 
 
-def test_policy_file_keeps_its_warmup_and_older_files_have_none(tmp_path):
-    policy = make_policy(warmup_fraction=0.05)
-    warmed = load_policy(policy.save(tmp_path / "warmed"))
-    assert warmed.warmup_fraction == 0.05
-    assert warmed.applied_lr(1e-3, 0, total_steps=100) == pytest.approx(1e-3 / 5)
-    assert policy_env_config(warmed).warmup_fraction == 0.05  # replay and compare warm up
-    del policy.metadata["action"]["warmup_fraction"]  # as files from before the warmup
-    older = load_policy(policy.save(tmp_path / "older"))
-    assert older.warmup_fraction == 0.0
-    assert older.applied_lr(1e-3, 0, total_steps=100) == 1e-3
-    for bad in (1.0, True, "0.1"):
-        policy.metadata["action"]["warmup_fraction"] = bad
-        with pytest.raises(ConfigError, match=r"policy's warmup_fraction must be in \[0, 1\)"):
-            load_policy(policy.save(tmp_path / "bad"))
-    policy.metadata["action"].update(warmup_fraction=0.6, cooldown_fraction=0.6)
-    with pytest.raises(ConfigError, match=r"policy's warmup_fraction \+ cooldown_fraction must"):
-        load_policy(policy.save(tmp_path / "overlapping"))
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"format_version": 1}, "policy format version 1 is not supported"),
+        ({"format_version": 3}, "policy format version 3 is not supported"),
+        ({"format_version": True}, "policy format version True is not supported"),
+        ({"format_version": "2"}, "policy format version '2' is not supported"),
+        ({"action": {"mode": "continuous"}}, "policy action table: missing continuous_max_factor"),
+        ({"action": {"cooldown_fraction": 1.5}}, r"cooldown_fraction must be in \[0, 1\), got 1.5"),
+        (
+            {"action": {"warmup_fraction": 0.6, "cooldown_fraction": 0.6}},
+            r"warmup_fraction \+ cooldown_fraction must be at most 1",
+        ),
+        ({"action": {"first_action_max_factor": 0.5}}, "first_action_max_factor must be 0"),
+        ({"action": {"continuous_max_factor": 1.0}}, "continuous_max_factor must be a finite"),
+        ({"action": {"speed": 2}}, "policy action table: missing nothing, unknown speed"),
+    ],
+)
+def test_a_policy_file_of_another_version_or_with_a_bad_action_is_refused(
+    tmp_path, change, message
+):
+    policy = make_policy(action_mode="continuous")
+    given = change.get("action", {})
+    if "mode" in given:  # a whole table
+        policy.metadata["action"] = given
+    else:
+        policy.metadata["action"] |= given
+    policy.metadata |= {k: v for k, v in change.items() if k != "action"}
+    path = policy.save(tmp_path / "p")  # written as it is, refused when read
+    with pytest.raises(ConfigError, match=message):
+        load_policy(path)
 
 
-def test_a_policy_with_other_fractions_acts_the_same_and_cools_down_longer(tmp_path):
+def test_a_policy_file_with_tensors_no_layer_uses_is_refused():
+    policy = make_policy()
+    with pytest.raises(ConfigError, match=r"tensors no layer uses: \['extra.weight'\]"):
+        Policy(policy.weights | {"extra.weight": torch.ones(1)}, policy.metadata)
+
+
+def test_a_policy_with_another_action_setting_acts_the_same_and_cools_down_longer(tmp_path):
     policy = make_policy(cooldown_fraction=0.2, warmup_fraction=0.05)
-    policy.metadata["training"] = {"env": {"cooldown_fraction": 0.2, "warmup_fraction": 0.05}}
-    variant = load_policy(policy.with_fractions(cooldown_fraction=0.3).save(tmp_path / "v"))
-    assert (variant.cooldown_fraction, variant.warmup_fraction) == (0.3, 0.05)  # warmup kept
-    assert (policy.cooldown_fraction, policy.metadata["action"]["cooldown_fraction"]) == (0.2, 0.2)
+    policy.metadata["training"] = {"env": {"reward": "log_improvement"}}
+    variant = load_policy(policy.with_action(cooldown_fraction=0.3).save(tmp_path / "v"))
+    assert (variant.action.cooldown_fraction, variant.action.warmup_fraction) == (0.3, 0.05)
+    assert policy.action.cooldown_fraction == policy.metadata["action"]["cooldown_fraction"] == 0.2
     observation = np.linspace(-1, 1, len(FEATURE_NAMES)).astype(np.float32)
     assert np.array_equal(variant.act(observation), policy.act(observation))
     assert policy.applied_lr(1e-3, 75, total_steps=100) == 1e-3  # before its cooldown
     assert variant.applied_lr(1e-3, 75, total_steps=100) < 1e-3  # in the longer one
-    # The training record still says what the network was trained with.
-    assert variant.metadata["training"] == policy.metadata["training"]
-    assert variant.metadata["training"]["env"]["cooldown_fraction"] == 0.2
-    warmed = policy.with_fractions(warmup_fraction=0.1)
-    assert (warmed.cooldown_fraction, warmed.warmup_fraction) == (0.2, 0.1)  # cooldown kept
+    assert variant.metadata["training"] == policy.metadata["training"]  # how it was trained
     with pytest.raises(ConfigError, match=r"cooldown_fraction must be in \[0, 1\), got 1.2"):
-        policy.with_fractions(cooldown_fraction=1.2)
-    with pytest.raises(ConfigError, match=r"warmup_fraction \+ cooldown_fraction must be at most"):
-        policy.with_fractions(warmup_fraction=0.5, cooldown_fraction=0.6)
+        policy.with_action(cooldown_fraction=1.2)
 
 
-def test_policy_file_keeps_its_first_action_range_and_older_files_have_none(tmp_path):
-    policy = make_policy(action_mode="continuous", factor_span=0.5, first_action_max_factor=100.0)
-    wide = load_policy(policy.save(tmp_path / "wide"))
-    assert wide.first_action_max_factor == 100.0
-    assert policy_env_config(wide).first_action_max_factor == 100.0  # replay and compare
-    half = np.array([0.5])
-    assert wide.next_lr(0.01, half, first=True, interval_steps=10, total_steps=40) == (
-        pytest.approx(0.1)  # x100**0.5 in full
-    )
-    assert wide.next_lr(0.01, half, first=False, interval_steps=10, total_steps=40) == (
-        pytest.approx(0.01 * 2 ** (0.5 * 10 / 20))  # x2**0.5 per half budget
-    )
-    del policy.metadata["action"]["first_action_max_factor"]  # as files from before it
-    policy.metadata["format_version"] = 1
-    older = load_policy(policy.save(tmp_path / "older"))
-    assert older.first_action_max_factor == 0.0
-    assert older.next_lr(0.01, half, first=True, interval_steps=10, total_steps=40) == (
-        pytest.approx(0.01 * 2 ** (0.5 * 10 / 20))
-    )
-    for bad in (0.5, True, "10"):
-        policy.metadata["action"]["first_action_max_factor"] = bad
-        with pytest.raises(ConfigError, match="policy's first_action_max_factor must be 0"):
-            load_policy(policy.save(tmp_path / "bad"))
-
-
-def test_policy_format_version_is_2_only_for_a_wide_first_action(tmp_path):
-    # Version 2, which a version-1 reader refuses instead of ignoring the first action.
-    wide = make_policy(action_mode="continuous", first_action_max_factor=100.0)
-    assert wide.metadata["format_version"] == 2
-    assert make_policy(action_mode="continuous").metadata["format_version"] == 1
-    shipped = load_policy("default")
-    assert shipped.metadata["format_version"] == format_version(shipped.first_action_max_factor)
-    # Files written before version 2 existed: read with their wide first action,
-    # re-saved as version 2.
-    older = Policy(wide.weights, {**wide.metadata, "format_version": 1})  # as read from one
-    assert older.next_lr(0.01, np.array([0.5]), first=True, interval_steps=10, total_steps=40) == (
-        pytest.approx(0.1)  # x100**0.5 in full
-    )
-    assert load_policy(older.save(tmp_path / "older")).metadata["format_version"] == 2
-    for bad in (4, True, "2"):
-        wide.metadata["format_version"] = bad
-        with pytest.raises(ConfigError, match=rf"policy format version {bad!r} is not supported "):
-            load_policy(wide.save(tmp_path / "newer"))
-
-
-def ensemble_member(seed: int) -> Policy:
-    """A continuous policy with its own normalisation statistics and training record."""
-    policy = make_policy(seed, action_mode="continuous", scale=0.3)
-    rng = np.random.default_rng(seed)
-    normalization = {
-        "mean": rng.normal(size=NUM_FEATURES).tolist(),
-        "var": rng.uniform(0.5, 2.0, size=NUM_FEATURES).tolist(),
-        "epsilon": 1e-8,
-        "clip_obs": 10.0,
-    }
-    return Policy(
-        policy.weights,
-        policy.metadata | {"normalization": normalization, "training": {"seed": seed}},
-    )
-
-
-def test_an_ensemble_acts_on_the_mean_of_its_networks_and_survives_a_file(tmp_path):
-    members = [ensemble_member(seed) for seed in range(4)]
-    ensemble = ensemble_policy(members[:3])
-    assert ensemble.metadata["format_version"] == 3 and len(ensemble.networks) == 3
-    observations = np.random.default_rng(0).normal(size=(5, NUM_FEATURES))
-
-    def mean_output(policies, obs):
-        return np.mean([policy.forward(obs).numpy() for policy in policies], axis=0)
-
-    for obs in observations:
-        mean = mean_output(members[:3], obs)
-        np.testing.assert_allclose(ensemble.forward(obs).numpy(), mean, rtol=1e-5)
-        assert ensemble.act(obs) == pytest.approx(np.clip(mean, -1, 1), rel=1e-5)
-    loaded = load_policy(ensemble.save(tmp_path / "ensemble"))
-    assert loaded.metadata["format_version"] == 3
-    for obs in observations:
-        assert torch.equal(loaded.forward(obs), ensemble.forward(obs))
-    # An ensemble of an ensemble holds every network once, with its own training record.
-    nested = ensemble_policy([members[3], loaded])
-    assert [network.training for network in nested.networks] == [
-        {"seed": seed} for seed in (3, 0, 1, 2)
-    ]
-    nested = load_policy(nested.save(tmp_path / "nested"))
-    assert [network.training for network in nested.networks] == [
-        {"seed": seed} for seed in (3, 0, 1, 2)
-    ]
-    np.testing.assert_allclose(
-        nested.forward(observations[0]).numpy(), mean_output(members, observations[0]), rtol=1e-5
-    )
-    fresh = ensemble_policy([members[3], loaded])  # shares nothing with its sources:
-    fresh.metadata["ensemble"][0]["training"]["seed"] = 99
-    assert loaded.metadata["training"] == loaded.networks[0].training == {"seed": 0}
-    cooler = nested.with_fractions(cooldown_fraction=0.3)
-    assert cooler.cooldown_fraction == 0.3 and len(cooler.networks) == 4
-    assert torch.equal(cooler.forward(observations[0]), nested.forward(observations[0]))
-    # One member: the policy itself, in its own format version.
-    assert ensemble_policy(members[:1]).metadata["format_version"] == 1
-
-
-@pytest.mark.parametrize(
-    ("make", "message"),
-    [
-        (lambda m: ensemble_policy([]), "an ensemble needs at least one policy"),
-        (
-            lambda m: ensemble_policy(
-                [m, make_policy(action_mode="continuous", cooldown_fraction=0.2)]
-            ),
-            "ensemble members differ in cooldown_fraction: 0.2 against 0.0",
-        ),
-        (
-            lambda m: Policy(m.weights | {"extra.weight": torch.ones(1)}, m.metadata),
-            r"tensors no network uses: \['extra.weight'\]",
-        ),
-        (
-            lambda m: Policy(m.weights, m.metadata | {"ensemble": {"a": 1}}),
-            "policy metadata 'ensemble' must be a list, got a dict",
-        ),
-        (
-            lambda m: Policy(m.weights, m.metadata | {"ensemble": [{"training": {}}]}),
-            "'ensemble' entry 1 must be a table with 'normalization', got a dict",
-        ),
-        (
-            lambda m: Policy(m.weights, m.metadata | {"ensemble": [{"normalization": None}]}),
-            r"policy file lacks tensor ensemble\.1\.hidden\.0\.weight or",
-        ),
-    ],
-)
-def test_a_malformed_ensemble_is_refused_with_what_is_wrong(make, message):
-    with pytest.raises(ConfigError, match=message):
-        make(ensemble_member(0))
-
-
-def test_policy_file_keeps_its_continuous_range_and_older_files_have_x2(tmp_path):
-    policy = make_policy(action_mode="continuous")
-    policy.metadata["action"]["continuous_max_factor"] = 4.0
+def test_a_continuous_range_sets_the_lr_in_the_env_as_in_the_file(tmp_path):
+    policy = make_policy(action_mode="continuous").with_action(continuous_max_factor=4.0)
     wide = load_policy(policy.save(tmp_path / "wide"))
     # x4**-1 = x0.25 (no factor_span here)
     assert wide.next_lr(0.01, np.array([-1.0]), first=False, interval_steps=10, total_steps=40) == (
         pytest.approx(0.0025)
-    )
-    assert wide.next_lr(1e-3, np.array([0.5]), first=False, interval_steps=10, total_steps=40) == (
-        pytest.approx(2e-3)
     )
     # Replay and compare build the policy's env from the file: x4**a there too.
     env_config = dataclasses.replace(policy_env_config(wide), task_space=TaskSpace.fixed(TASK))
@@ -330,57 +217,38 @@ def test_policy_file_keeps_its_continuous_range_and_older_files_have_x2(tmp_path
         expected = min(max(previous["lr"] * 4.0**exponent, wide.lr_min), wide.lr_max)
         assert row["lr"] == pytest.approx(expected)
     assert len({round(math.log(r["lr"] / p["lr"]), 6) for p, r in itertools.pairwise(rows)}) > 1
-    del policy.metadata["action"]["continuous_max_factor"]  # as files from before it
-    older = load_policy(policy.save(tmp_path / "older"))
-    assert older.next_lr(
-        0.01, np.array([-1.0]), first=False, interval_steps=10, total_steps=40
-    ) == pytest.approx(0.005)  # x2**-1
-    policy.metadata["action"]["continuous_max_factor"] = 1.0
-    with pytest.raises(
-        ConfigError, match=r"policy's continuous_max_factor must be a finite number > 1, got 1\.0"
-    ):
-        load_policy(policy.save(tmp_path / "bad"))
 
 
 def test_continuous_training_uses_the_range_and_the_initial_std(tmp_path):
     config = load_train_config("tiny", timesteps=32, eval_every=32)
-    env = dataclasses.replace(
-        config.env,
-        action_mode="continuous",
-        continuous_max_factor=4.0,
-        first_action_max_factor=10.0,
-    )
+    action = ActionRule(mode="continuous", continuous_max_factor=4.0, first_action_max_factor=10.0)
+    env = dataclasses.replace(config.env, action=action)
     ppo = dataclasses.replace(config.ppo, log_std_init=-0.7)
     config = dataclasses.replace(config, env=env, ppo=ppo)
     model, venv = make_model(config)
     assert float(model.policy.log_std.detach()) == pytest.approx(-0.7)
     venv.close()
     policy = train(config, tmp_path / "run", progress=False)
-    assert policy.continuous_max_factor == 4.0
-    rule = dataclasses.replace(policy.action_rule, factor_span=0.0)  # one factor in full
+    assert policy.action == action  # exported with the policy
+    rule = dataclasses.replace(policy.action, factor_span=0.0)  # one factor in full
     assert next_lr(
         1e-3, np.array([1.0]), first=False, interval_steps=1, total_steps=1, rule=rule
     ) == pytest.approx(4e-3)
-    assert policy.first_action_max_factor == 10.0  # exported with the policy
     assert abs(float(policy.weights["log_std"]) + 0.7) < 0.1  # one PPO update away from it
 
 
 def test_baseline_controllers_drive_the_env():
-    env = LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(TASK), action_mode="continuous"))
-    cosine = ScheduleController("cosine", 40, action_mode="continuous")
+    rule = ActionRule(mode="continuous")
+    env = LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(TASK), action=rule))
+    cosine = ScheduleController("cosine", 40, rule=rule)
     lrs = [row["lr"] for row in run_episode(env, cosine, TASK).rows[1:]]
     # cosine at steps 0, 10, 20, then 30 (0.146) limited by the largest cut, x0.5 of 0.5
     expected = [1e-3 * f for f in (1.0, 0.8535534, 0.5, 0.25)]
     assert lrs == pytest.approx(expected, rel=1e-5)
-    with pytest.raises(ConfigError, match="continuous_max_factor must be a finite number > 1"):
-        ScheduleController("cosine", 40, action_mode="continuous", continuous_max_factor=1.0)
     # With x4**a actions the same cosine is followed exactly.
-    env = LRControlEnv(
-        EnvConfig(
-            task_space=TaskSpace.fixed(TASK), action_mode="continuous", continuous_max_factor=4.0
-        )
-    )
-    cosine = ScheduleController("cosine", 40, action_mode="continuous", continuous_max_factor=4.0)
+    rule = ActionRule(mode="continuous", continuous_max_factor=4.0)
+    env = LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(TASK), action=rule))
+    cosine = ScheduleController("cosine", 40, rule=rule)
     lrs = [row["lr"] for row in run_episode(env, cosine, TASK).rows[1:]]
     expected = [1e-3 * f for f in (1.0, 0.8535534, 0.5, 0.1464466)]
     assert lrs == pytest.approx(expected, rel=1e-5)
@@ -451,16 +319,16 @@ def test_resume_after_kill_9_continues_from_the_last_checkpoint(tmp_path):
 def test_checkpoints_wait_for_a_rollout_start(tmp_path, monkeypatch):
     """A checkpoint holds only timesteps PPO has learnt from, so resuming one ends the run
     at its `timesteps`; mid-rollout (48 of a 32-step rollout) that would not hold."""
-    from lrpilot.agents.training import TrainingRun
+    from lrpilot.agents.training import ControllerRun
 
     saved = []
-    checkpoint = TrainingRun.checkpoint
+    checkpoint = ControllerRun.checkpoint
 
     def recording_checkpoint(self, model):
         saved.append(int(model.num_timesteps))
         return checkpoint(self, model)
 
-    monkeypatch.setattr(TrainingRun, "checkpoint", recording_checkpoint)
+    monkeypatch.setattr(ControllerRun, "checkpoint", recording_checkpoint)
     config = load_train_config("tiny", timesteps=96, checkpoint_every=48)  # rollout: 32
     train(config, tmp_path / "run", progress=False)
     assert saved == [64, 96]
@@ -512,7 +380,7 @@ def test_bad_preset_values_are_one_line_errors(tmp_path, capsys):
         ({"ppo": {"log_std_init": 9}}, "ppo.log_std_init must be in [-5, 2], got 9"),
         ({"ppo": {"log_std_init": True}}, "ppo.log_std_init must be in [-5, 2], got True"),
         (
-            {"env": {"continuous_max_factor": 1}},
+            {"env": {"action": {"continuous_max_factor": 1}}},
             "continuous_max_factor must be a finite number > 1, got 1",
         ),
         ({"env": {"task_space": {"eval_every": "20"}}}, "[env.task_space]"),
@@ -539,11 +407,11 @@ class KeepLR:
     """Always asks for factor 1.0."""
 
     def act(self, observation):
-        return action_for_factor("discrete", EnvConfig().factors, 1.0)
+        return action_for_factor(ActionRule(), 1.0)
 
 
 def test_evaluation_reports_each_start_lr_and_the_worst():
-    from lrpilot.agents.training import evaluate_controller
+    from lrpilot.agents.evaluation import evaluate_controller
 
     tasks = [dataclasses.replace(TASK, seed=s, start_lr=lr) for s in (5, 6) for lr in (1e-3, 3e-2)]
     env = LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(TASK)))
@@ -559,7 +427,7 @@ def test_evaluation_reports_each_start_lr_and_the_worst():
 
 
 def test_best_checkpoint_rule():
-    from lrpilot.agents.training import is_new_best
+    from lrpilot.agents.evaluation import is_new_best
 
     earlier = [
         {"mean_final_val_loss": 2.0, "worst_start_lr_final_val_loss": 2.4},
@@ -594,3 +462,20 @@ def test_annealed_ppo_learning_rate_falls_to_zero_across_a_resume(tmp_path):
         sorted(lr * (1 - t / 128) for t in (32, 64, 96, 128))
     )
     assert logged("progress.csv") == pytest.approx(sorted(lr * (1 - t / 192) for t in (160, 192)))
+
+
+def test_episode_helpers_work_on_an_env_made_by_gymnasium_make():
+    from lrpilot.agents.evaluation import evaluate_controller
+
+    made = gymnasium.make("lrpilot/LRControl-v0", task_space=TaskSpace.fixed(TASK))
+    plain = LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(TASK)))
+    wrapped_rows = run_episode(made, KeepLR(), TASK).rows
+    plain_rows = run_episode(plain, KeepLR(), TASK).rows
+    assert len(wrapped_rows) == TASK.num_intervals + 1
+    for wrapped, row in zip(wrapped_rows, plain_rows, strict=True):
+        assert {k: v for k, v in wrapped.items() if k != "seconds"} == pytest.approx(
+            {k: v for k, v in row.items() if k != "seconds"}, nan_ok=True
+        )
+    assert evaluate_controller(KeepLR(), [TASK], made) == evaluate_controller(
+        KeepLR(), [TASK], plain
+    )

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import lrpilot  # noqa: F401  (registers the environment)
-from lrpilot.env import EnvConfig, LRControlEnv, Task, TaskSpace
+from lrpilot.env import ActionRule, EnvConfig, LRControlEnv, Task, TaskSpace
 from lrpilot.env.actions import applied_lr
 from lrpilot.env.features import FEATURE_NAMES, FEATURES
 from lrpilot.env.rewards import REWARD_NAMES, divergence_reward, instant_reward
@@ -18,8 +18,13 @@ from lrpilot.lm.schedules import schedule_curve
 SPACE = TaskSpace(total_steps=(12,), eval_every=4, batch_size=8, start_lr=(1e-3, 1e-2))
 
 
+ACTION_FIELDS = {f.name for f in dataclasses.fields(ActionRule)}
+
+
 def make_env(**overrides) -> LRControlEnv:
-    return LRControlEnv(EnvConfig(task_space=SPACE), **overrides)
+    """An env on SPACE; overrides named like `ActionRule` fields go to its action rule."""
+    action = {k: overrides.pop(k) for k in list(overrides) if k in ACTION_FIELDS}
+    return LRControlEnv(EnvConfig(task_space=SPACE, action=ActionRule(**action)), **overrides)
 
 
 def rollout(env, seed, actions):
@@ -41,12 +46,14 @@ def test_gymnasium_and_sb3_env_checkers_pass(mode):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        gym_check(make_env(action_mode=mode), skip_render_check=False)
-        sb3_check(make_env(action_mode=mode), warn=False)
+        gym_check(make_env(mode=mode), skip_render_check=False)
+        sb3_check(make_env(mode=mode), warn=False)
 
 
 def test_registered_and_made_by_id():
-    env = gymnasium.make("lrpilot/LRControl-v0", task_space=SPACE, action_mode="continuous")
+    env = gymnasium.make(
+        "lrpilot/LRControl-v0", task_space=SPACE, action=ActionRule(mode="continuous")
+    )
     assert env.action_space.shape == (1,)
     observation, info = env.reset(seed=0)
     assert observation.shape == (len(FEATURES),) and info["step"] == 0
@@ -88,7 +95,7 @@ def test_factor_span_draws_the_same_lr_curve_against_progress_for_any_budget():
     for total_steps, eval_every in ((12, 4), (24, 4), (24, 6)):
         space = TaskSpace(total_steps=(total_steps,), eval_every=eval_every, batch_size=8)
         task = space.sample(np.random.default_rng(0))
-        env = LRControlEnv(EnvConfig(task_space=space, factor_span=0.25))
+        env = LRControlEnv(EnvConfig(task_space=space, action=ActionRule(factor_span=0.25)))
         env.reset(seed=0, options={"task": task})
         curve = {}
         while env.interval < task.num_intervals:
@@ -149,9 +156,7 @@ def test_the_first_action_corrects_the_start_lr_in_full_and_later_ones_per_span(
     task = Task("pydoc", "tiny", 0, 12, 4, 1e-3, 8)
     half = np.array([0.5], dtype=np.float32)
     for first_factor, expected_first in ((100.0, 1e-3 * 10), (0.0, 1e-3 * 2 ** (0.5 * 4 / 6))):
-        env = make_env(
-            action_mode="continuous", factor_span=0.5, first_action_max_factor=first_factor
-        )
+        env = make_env(mode="continuous", factor_span=0.5, first_action_max_factor=first_factor)
         env.reset(seed=0, options={"task": task})
         # a = 0.5: x100**0.5 = x10 in full, or without the setting x2**0.5 per half budget
         first_lr = env.step(half)[4]["lr"]
@@ -163,7 +168,9 @@ def test_the_controllers_warmup_and_cooldown_are_wsds():
     wsd = schedule_curve("wsd", 1.0, 400, warmup=0.05, decay=0.2)
     steps = range(400)
     controlled = [
-        applied_lr(1.0, s, total_steps=400, cooldown_fraction=0.2, warmup_fraction=0.05)
+        applied_lr(
+            1.0, s, total_steps=400, rule=ActionRule(cooldown_fraction=0.2, warmup_fraction=0.05)
+        )
         for s in steps
     ]
     assert controlled == pytest.approx(wsd, rel=1e-12)
@@ -175,10 +182,10 @@ def test_actions_change_the_lr_multiplicatively_and_are_clipped():
     assert env.step(4)[4]["lr"] == pytest.approx(2e-3)  # x2
     assert env.step(4)[4]["lr"] == pytest.approx(2e-3)  # clipped at lr_max
     assert env.step(0)[4]["lr"] == pytest.approx(1e-3)  # x0.5
-    continuous = make_env(action_mode="continuous")
+    continuous = make_env(mode="continuous")
     continuous.reset(seed=0, options={"task": Task("pydoc", "tiny", 0, 12, 4, 1e-3, 8)})
     assert continuous.step(np.array([-1.0]))[4]["lr"] == pytest.approx(5e-4)
-    wide = make_env(action_mode="continuous", continuous_max_factor=4.0)
+    wide = make_env(mode="continuous", continuous_max_factor=4.0)
     wide.reset(seed=0, options={"task": Task("pydoc", "tiny", 0, 12, 4, 1e-3, 8)})
     assert wide.step(np.array([-1.0]))[4]["lr"] == pytest.approx(2.5e-4)  # x4**-1
     assert wide.step(np.array([0.5]))[4]["lr"] == pytest.approx(5e-4)  # x4**0.5
@@ -188,7 +195,7 @@ def test_actions_change_the_lr_multiplicatively_and_are_clipped():
 def test_continuous_max_factor_must_be_a_number_above_one(bad):
     message = f"continuous_max_factor must be a finite number > 1, got {bad!r}"
     with pytest.raises(ConfigError, match=message):
-        EnvConfig(continuous_max_factor=bad)
+        ActionRule(continuous_max_factor=bad)
 
 
 def test_fixed_task_space_pins_every_value():
@@ -234,7 +241,7 @@ def test_divergence_ends_the_episode_below_any_finished_return():
 
 @pytest.mark.parametrize("mode", ["discrete", "continuous"])
 def test_fuzz_random_and_extreme_actions_stay_finite(mode):
-    env = make_env(action_mode=mode, lr_min=1e-6, lr_max=10.0)
+    env = make_env(mode=mode, lr_min=1e-6, lr_max=10.0)
     highest = 4 if mode == "discrete" else np.array([1.0], dtype=np.float32)
     lowest = 0 if mode == "discrete" else np.array([-1.0], dtype=np.float32)
     env.action_space.seed(0)
@@ -288,29 +295,31 @@ def test_a_task_space_with_several_interval_lengths_draws_each_after_the_other_v
         (lambda: TaskSpace(eval_every=[10, 0]), "eval_every must be a positive integer, got 0"),
         (lambda: TaskSpace(corpora=()), "corpora is empty"),
         (lambda: TaskSpace(start_lr=(1e-2, 1e-3)), "start_lr"),
-        (lambda: EnvConfig(lr_min=1e-2, lr_max=1e-3), "lr_min=0.01"),
+        (lambda: ActionRule(lr_min=1e-2, lr_max=1e-3), "lr_min=0.01"),
         (lambda: EnvConfig(reward="accuracy"), "unknown reward 'accuracy'"),
-        (lambda: EnvConfig(action_mode="binary"), "unknown action_mode 'binary'"),
+        (lambda: ActionRule(mode="binary"), "unknown action mode 'binary'"),
+        (lambda: ActionRule(factors=(1.0, -2.0)), "factors must be positive numbers"),
+        (lambda: EnvConfig(action="continuous"), "action must be an ActionRule"),
         (lambda: LRControlEnv(gamma=0.9), "unknown environment setting"),
-        (lambda: EnvConfig(factor_span=2.0), "factor_span must be in [0, 1], got 2.0"),
-        (lambda: EnvConfig(cooldown_fraction=1.0), "cooldown_fraction must be in [0, 1), got"),
-        (lambda: EnvConfig(warmup_fraction=-0.1), "warmup_fraction must be in [0, 1), got -0.1"),
-        (lambda: EnvConfig(warmup_fraction=True), "warmup_fraction must be in [0, 1), got True"),
+        (lambda: ActionRule(factor_span=2.0), "factor_span must be in [0, 1], got 2.0"),
+        (lambda: ActionRule(cooldown_fraction=1.0), "cooldown_fraction must be in [0, 1), got"),
+        (lambda: ActionRule(warmup_fraction=-0.1), "warmup_fraction must be in [0, 1), got -0.1"),
+        (lambda: ActionRule(warmup_fraction=True), "warmup_fraction must be in [0, 1), got True"),
         (
-            lambda: EnvConfig(warmup_fraction=0.5, cooldown_fraction=0.6),
+            lambda: ActionRule(warmup_fraction=0.5, cooldown_fraction=0.6),
             "warmup_fraction + cooldown_fraction must be at most 1, got 0.5 + 0.6",
         ),
         (lambda: EnvConfig(masked_features=("lr",)), "unknown feature(s) to mask: 'lr'"),
         (
-            lambda: EnvConfig(first_action_max_factor=10.0),
+            lambda: ActionRule(first_action_max_factor=10.0),
             "first_action_max_factor needs continuous actions, got action mode 'discrete'",
         ),
         (
-            lambda: EnvConfig(action_mode="continuous", first_action_max_factor=1.0),
+            lambda: ActionRule(mode="continuous", first_action_max_factor=1.0),
             "first_action_max_factor must be 0 (off) or a finite number > 1, got 1.0",
         ),
         (
-            lambda: EnvConfig(action_mode="continuous", first_action_max_factor=True),
+            lambda: ActionRule(mode="continuous", first_action_max_factor=True),
             "first_action_max_factor must be 0 (off) or a finite number > 1, got True",
         ),
     ],
@@ -320,11 +329,3 @@ def test_bad_configuration_raises_value_error_naming_field_and_value(make, messa
         make()
     assert isinstance(error.value, ConfigError)
     assert message in str(error.value)
-
-
-def test_readme_documents_every_feature():
-    from pathlib import Path
-
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
-    for feature in FEATURES:
-        assert f"| `{feature.name}` | `{feature.formula}` |" in readme, feature.name

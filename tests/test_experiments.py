@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import math
-import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -53,7 +51,7 @@ def test_closed_loop_replay_writes_traces_with_actions_and_rewards(closed_loop):
         assert (run / "plot.png").stat().st_size > 0 and (run / "summary.json").is_file()
         # each interval's LR is the previous one times the factor of the action taken
         for previous, row in zip(trace.itertuples(), trace.iloc[1:].itertuples(), strict=False):
-            expected = previous.lr * lr_factor("discrete", policy.factors, int(row.action))
+            expected = previous.lr * lr_factor("discrete", policy.action.factors, int(row.action))
             assert row.lr == pytest.approx(min(max(expected, policy.lr_min), policy.lr_max))
         # rewards telescope to log(L_0 / L_T)
         returned = trace["reward"].sum()
@@ -214,23 +212,35 @@ def test_results_do_not_depend_on_jobs(compared, policy_file, tmp_path):
         )
 
 
-def test_compare_killed_and_restarted_equals_an_uninterrupted_one(compared, policy_file, tmp_path):
-    command = [sys.executable, "-m", "lrpilot.cli", "compare", "--policy", str(policy_file)]
-    command += [*COMPARE_FLAGS, "--out", str(tmp_path)]
-    process = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
-    runs = tmp_path / RUNS_DIR
-    deadline = time.monotonic() + 300  # a guard against a hang, not a speed check
-    while len(list(runs.glob("*/run.json"))) < 3 and process.poll() is None:
-        assert time.monotonic() < deadline, "compare made no progress"
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)  # the whole process group, mid-comparison
-    process.wait()
-    survivors = {f: f.stat().st_mtime_ns for f in runs.glob("*/run.json")}
-    assert 3 <= len(survivors) < 15 and not (tmp_path / "results.csv").exists()
+# Runs `lrpilot compare` (argv[2:]) and kills its whole process group with SIGKILL right
+# after the argv[1]-th run is cached: a crash at a known point, whatever the machine's speed.
+KILL_AFTER_STORES = """
+import os, signal, sys
+from lrpilot.cli import main
+from lrpilot.experiments.run_cache import RunCache
+store, stored = RunCache._store, []
+def store_then_die(self, spec, trace_csv):
+    store(self, spec, trace_csv)
+    stored.append(spec.key)
+    if len(stored) == int(sys.argv[1]):
+        os.killpg(0, signal.SIGKILL)
+RunCache._store = store_then_die
+sys.exit(main(sys.argv[2:]))
+"""
 
-    assert (
-        main(["compare", "--policy", str(policy_file), *COMPARE_FLAGS, "--out", str(tmp_path)]) == 0
+
+def test_compare_killed_and_restarted_equals_an_uninterrupted_one(compared, policy_file, tmp_path):
+    flags = ["compare", "--policy", str(policy_file), *COMPARE_FLAGS, "--out", str(tmp_path)]
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER_STORES, "3", *flags],
+        start_new_session=True,  # its own process group, which it kills
+        stderr=subprocess.DEVNULL,
     )
+    assert killed.returncode == -signal.SIGKILL
+    survivors = {f: f.stat().st_mtime_ns for f in (tmp_path / RUNS_DIR).glob("*/run.json")}
+    assert len(survivors) == 3 and not (tmp_path / "results.csv").exists()
+
+    assert main(flags) == 0
     assert all(f.stat().st_mtime_ns == stamp for f, stamp in survivors.items())  # not rerun
     for name in ("results.csv", "summary.csv"):
         pd.testing.assert_frame_equal(
@@ -329,7 +339,7 @@ def test_default_policy_name_without_a_shipped_file_is_one_line(tmp_path, monkey
 
 
 def test_cache_keys_cover_the_corpus_bytes(tmp_path):
-    from lrpilot.experiments.compare import corpus_digest
+    from lrpilot.experiments.run_cache import corpus_digest
     from lrpilot.lm.corpus import pydoc_bytes
 
     first, second = tmp_path / "a.txt", tmp_path / "b.txt"
@@ -339,121 +349,24 @@ def test_cache_keys_cover_the_corpus_bytes(tmp_path):
     assert corpus_digest(str(first)) != corpus_digest(str(second))
 
 
-def test_the_shipped_default_policy_loads_with_its_training_record():
-    import torch
-
+def test_lrpilot_train_without_a_preset_trains_what_made_the_shipped_policy():
     from lrpilot.agents.policy_file import load_policy
-    from lrpilot.agents.training import TrainConfig, load_train_config
+    from lrpilot.agents.train_config import TrainConfig, load_train_config
+    from lrpilot.cli import build_parser
 
     policy = load_policy("default")
     training = dict(policy.metadata["training"])
     done = training.pop("timesteps_done")
-    # The shipped file is what the committed preset trains, run on to 30000 timesteps
-    # with `--resume --timesteps 30000` (v17-30k, experiments/CANDIDATES.md) ...
-    assert TrainConfig.from_dict(training) == load_train_config("controller", timesteps=30000)
+    preset = build_parser().parse_args(["train", "--out", "x"]).preset
+    # The shipped file is what that preset trains, run on to 30000 timesteps with
+    # `--resume --timesteps 30000` (docs/model-card.md) ...
+    assert TrainConfig.from_dict(training) == load_train_config(preset, timesteps=30000)
     assert done == 26000  # ... and its best/ checkpoint, not the final policy
-    assert policy.cooldown_fraction == training["env"]["cooldown_fraction"] == 0.3
-    candidates = Path(__file__).parent.parent / "experiments" / "results" / "candidates"
-    best = load_policy(candidates / "v17_30k_best")
-    assert policy.metadata == best.metadata
-    assert policy.weights.keys() == best.weights.keys()
-    assert all(torch.equal(policy.weights[k], best.weights[k]) for k in best.weights)
-
-
-def test_the_v7_preset_is_v8_with_a_wider_first_action():
-    import dataclasses
-
-    from lrpilot.agents.training import load_train_config
-
-    v7, v8 = load_train_config("controller_v7"), load_train_config("controller_v8")
-    assert v8.env.first_action_max_factor == 10.0
-    assert v7 == dataclasses.replace(
-        v8, env=dataclasses.replace(v8.env, first_action_max_factor=100.0)
-    )
-
-
-def test_the_controller_preset_is_v15_with_ppo_seed_1_which_trained_the_shipped_policy():
-    import dataclasses
-
-    from lrpilot.agents.training import load_train_config
-
-    v15 = load_train_config("controller_v15")
-    assert load_train_config("controller") == dataclasses.replace(v15, seed=1)
-
-
-def test_the_v9_preset_is_v8_with_less_exploration_noise():
-    import dataclasses
-
-    from lrpilot.agents.training import load_train_config
-
-    v8, v9 = load_train_config("controller_v8"), load_train_config("controller_v9")
-    assert v9.ppo.log_std_init == pytest.approx(-1.386) and v9.ppo.ent_coef == 0.0
-    assert v9 == dataclasses.replace(
-        v8, ppo=dataclasses.replace(v8.ppo, log_std_init=-1.386, ent_coef=0.0)
-    )
-
-
-def test_the_v10_preset_is_v9_with_a_wider_first_action():
-    import dataclasses
-
-    from lrpilot.agents.training import load_train_config
-
-    v9, v10 = load_train_config("controller_v9"), load_train_config("controller_v10")
-    assert v10 == dataclasses.replace(
-        v9, env=dataclasses.replace(v9.env, first_action_max_factor=30.0)
-    )
-
-
-def test_the_v11_preset_is_v10_with_less_exploration_noise():
-    import dataclasses
-
-    from lrpilot.agents.training import load_train_config
-
-    v10, v11 = load_train_config("controller_v10"), load_train_config("controller_v11")
-    assert v11 == dataclasses.replace(v10, ppo=dataclasses.replace(v10.ppo, log_std_init=-2.079))
-
-
-@pytest.mark.parametrize(
-    ("preset", "env_change"),
-    [("controller_v14", {"warmup_fraction": 0.2}), ("controller_v15", {"cooldown_fraction": 0.3})],
-)
-def test_the_v14_and_v15_presets_are_v10_with_one_env_change(preset, env_change):
-    """v14: a fixed 20% warmup (v10 has none); v15: a 30% cooldown (v10's is 20%)."""
-    import dataclasses
-
-    from lrpilot.agents.training import load_train_config
-
-    v10, candidate = load_train_config("controller_v10"), load_train_config(preset)
-    assert (v10.env.warmup_fraction, v10.env.cooldown_fraction) == (0, 0.2)
-    assert candidate == dataclasses.replace(v10, env=dataclasses.replace(v10.env, **env_change))
-
-
-def test_the_v16_preset_is_v10_with_two_interval_lengths_in_training():
-    import dataclasses
-
-    from lrpilot.agents.training import load_train_config
-
-    v10, v16 = load_train_config("controller_v10"), load_train_config("controller_v16")
-    assert v10.env.task_space.eval_every == 20 and v16.eval.eval_every == 20
-    task_space = dataclasses.replace(v10.env.task_space, eval_every=(10, 20))
-    assert v16 == dataclasses.replace(v10, env=dataclasses.replace(v10.env, task_space=task_space))
-
-
-def test_v12_and_v13_are_the_v10_preset_with_another_ppo_seed():
-    """`lrpilot train --preset controller_v10 --seed S` trained them: the flag changes
-    the seed and nothing else."""
-    import dataclasses
-
-    from lrpilot.agents.training import load_train_config
-
-    v10 = load_train_config("controller_v10")
-    assert v10.seed == 0
-    for seed in (1, 2):  # v12, v13
-        assert load_train_config("controller_v10", seed=seed) == dataclasses.replace(v10, seed=seed)
+    assert policy.action == TrainConfig.from_dict(training).env.action
 
 
 def test_every_ablation_variant_changes_the_controller_preset():
-    from lrpilot.agents.training import load_train_config
+    from lrpilot.agents.train_config import load_train_config
     from lrpilot.experiments.benchmarks.ablations import VARIANTS, variant_config
 
     preset = variant_config({}, timesteps=1600)

@@ -117,7 +117,7 @@ def replay_policy(policy, initial_val_loss: float, intervals: list[dict]) -> lis
     lr = float(np.clip(0.05, policy.lr_min, policy.lr_max))
     features = ObservationBuilder(lr, initial_val_loss, TOTAL, policy.masked_features)
     observation = features.initial()
-    rule = policy.action_rule
+    rule = policy.action
     lrs = []
     for index, interval in enumerate(intervals):
         lr = next_lr(

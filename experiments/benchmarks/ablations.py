@@ -33,17 +33,15 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from lrpilot.agents.evaluation import evaluate_controller
 from lrpilot.agents.policy_file import Policy, load_policy
-from lrpilot.agents.training import (
-    CONFIG_FILE,
+from lrpilot.agents.train_config import (
     EvalSettings,
     TrainConfig,
-    evaluate_controller,
     load_train_config,
-    resume,
     start_lr_column,
-    train,
 )
+from lrpilot.agents.training import CONFIG_FILE, resume, train
 from lrpilot.cli import named_policy
 from lrpilot.env.lr_env import LRControlEnv
 from lrpilot.errors import ConfigError
@@ -54,8 +52,8 @@ from lrpilot.presets import load_preset
 
 PRESET = "controller"
 # name -> (what changes, changes to the preset's [env] table). `also_masked` adds
-# features to the preset's own mask; `masked_features` replaces the mask; `ppo` holds
-# changes to the [ppo] table.
+# features to the preset's own mask; `masked_features` replaces the mask; `action` and
+# `ppo` hold changes to the [env.action] and [ppo] tables.
 VARIANTS: dict[str, tuple[str, dict]] = {
     "full": ("the controller preset as it is", {}),
     "no-log-lr": ("features: `log_lr` (the LR itself) masked", {"also_masked": ["log_lr"]}),
@@ -79,15 +77,15 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     ),
     "no-cooldown": (
         "actions: no cooldown (the LR of every step is the policy's)",
-        {"cooldown_fraction": 0.0},
+        {"action": {"cooldown_fraction": 0.0}},
     ),
     "warmup": (
-        "actions: a fixed linear warmup over the first 5% of the budget (v6)",
-        {"warmup_fraction": 0.05},
+        "actions: a fixed linear warmup over the first 5% of the budget",
+        {"action": {"warmup_fraction": 0.05}},
     ),
     "first-action": (
-        "actions: a wide first action, x100**a at reset in full (v7)",
-        {"first_action_max_factor": 100.0},
+        "actions: a wide first action, x100**a at reset in full",
+        {"action": {"first_action_max_factor": 100.0}},
     ),
     "sees-lr-rel-start": (
         "features: `log_lr_rel_start` (LR over the start LR) not masked",
@@ -95,23 +93,27 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     ),
     "continuous": (
         "actions: continuous, x2**a with a in [-1, 1] (initial std 1)",
-        {"action_mode": "continuous", "continuous_max_factor": 2.0, "ppo": {"log_std_init": 0.0}},
+        {"action": {"continuous_max_factor": 2.0}, "ppo": {"log_std_init": 0.0}},
     ),
     "discrete": (
-        "actions: discrete x0.25, x0.5, x0.8, x1, x1.25, x2, x4 (the v4 policy's)",
+        "actions: discrete x0.25, x0.5, x0.8, x1, x1.25, x2, x4",
         {
-            "action_mode": "discrete",
-            "factors": [0.25, 0.5, 0.8, 1.0, 1.25, 2.0, 4.0],
-            "first_action_max_factor": 0.0,
+            "action": {
+                "mode": "discrete",
+                "factors": [0.25, 0.5, 0.8, 1.0, 1.25, 2.0, 4.0],
+                "first_action_max_factor": 0.0,  # discrete actions have no wide first action
+            }
         },
     ),
     "per-interval": (
-        "actions: x0.5 ... x2 once per interval (no `factor_span`): the first policy's actions",
+        "actions: discrete x0.5 ... x2 once per interval (no `factor_span`)",
         {
-            "action_mode": "discrete",
-            "factors": [0.5, 0.8, 1.0, 1.25, 2.0],
-            "factor_span": 0.0,
-            "first_action_max_factor": 0.0,  # discrete actions have no wide first action
+            "action": {
+                "mode": "discrete",
+                "factors": [0.5, 0.8, 1.0, 1.25, 2.0],
+                "factor_span": 0.0,
+                "first_action_max_factor": 0.0,
+            }
         },
     ),
 }
@@ -125,6 +127,7 @@ def variant_config(changes: dict, timesteps: int) -> TrainConfig:
     data["eval_every"] = timesteps  # evaluate the untrained and the final policy only
     changes = dict(changes)
     data["ppo"].update(changes.pop("ppo", {}))
+    data["env"]["action"].update(changes.pop("action", {}))
     also_masked = changes.pop("also_masked", [])
     data["env"].update(changes)
     data["env"]["masked_features"] = [*data["env"].get("masked_features", []), *also_masked]

@@ -1,6 +1,6 @@
 """Benchmark controller training throughput.
 
-Runs PPO on the `default` preset's environments with `--n-envs 1` and `--n-envs 2`
+Runs PPO on the `controller` preset's environments with `--n-envs 1` and `--n-envs 2`
 in one process, one after the other, and prints env steps per second of each, the
 speed-up (target >= 1.7 on 2 cores), and the share of wall time spent in PPO
 updates and policy inference (target <= 5%).
@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from lrpilot.agents.training import load_train_config, make_model
+from lrpilot.agents.ppo import make_model
+from lrpilot.agents.train_config import DEFAULT_PRESET, load_train_config
 
 
 def timed(function, totals: dict, key: str):
@@ -53,7 +54,7 @@ def measure(preset: str, n_envs: int, steps_per_env: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="default", help="training preset")
+    parser.add_argument("--preset", default=DEFAULT_PRESET, help="training preset")
     parser.add_argument("--steps-per-env", type=int, default=100, help="rollout length")
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -1,0 +1,80 @@
+"""A finished comparison's tables: the long results table, one row per run, and the
+notes of its summary."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from lrpilot.experiments.compare_config import CompareConfig
+from lrpilot.experiments.replay import REPLAY_COLUMNS
+from lrpilot.experiments.run_cache import RunCache, RunSpec
+from lrpilot.lm.schedules import default_warmup
+from lrpilot.lm.trace import DIVERGENCE_FACTOR, run_diverged, scored_final_loss
+
+
+def assemble(cache: RunCache, phases: list[tuple[str, RunSpec]]):
+    """The long results table (run x interval) and the one-row-per-run table."""
+    frames, runs = [], []
+    for phase, spec in phases:
+        trace = cache.trace(spec)
+        warmup = math.nan if spec.warmup is None else spec.warmup
+        about = {
+            "label": spec.label,
+            "kind": spec.kind,
+            "method": spec.method,
+            "phase": phase,
+            "seed": spec.seed,
+            "peak_or_start_lr": spec.lr,
+            "warmup": warmup,
+            "run": spec.key,
+        }
+        frames.append(trace.assign(**about)[[*about, *REPLAY_COLUMNS]])
+        runs.append(
+            {
+                "label": spec.label,
+                "kind": spec.kind,
+                "phase": phase,
+                "seed": spec.seed,
+                "lr": spec.lr,
+                "warmup": warmup,
+                "score": scored_final_loss(trace["val_loss"].tolist(), trace["nonfinite"].tolist()),
+                "steps": int(trace["step"].iloc[-1]),
+                "diverged": run_diverged(
+                    trace["val_loss"].tolist(), trace["nonfinite"].tolist(), DIVERGENCE_FACTOR
+                ),
+            }
+        )
+    return pd.concat(frames, ignore_index=True), pd.DataFrame(runs)
+
+
+def notes(
+    config: CompareConfig,
+    grids: dict[str, list[float]],
+    best: dict[str, tuple[float, float | None]],
+) -> list[str]:
+    grid = ", ".join(f"{lr:.3g}" for lr in config.grid())
+    notes = [
+        f"Schedules tuned over peak LRs {grid} on tuning seed(s) "
+        f"{', '.join(map(str, config.tune_seeds))}; evaluated on held-out seed(s) "
+        f"{', '.join(map(str, config.eval_seeds))}.",
+    ]
+    tuned = [name for name in config.schedules if default_warmup(name) is not None]
+    if config.warmups and tuned:
+        warmups = ", ".join(f"{w:.3g}" for w in config.warmups)
+        notes.append(
+            f"{', '.join(tuned)}: tuned over warmups {warmups} of the run too (every pair)."
+        )
+    notes += [
+        "Policy and controllers start from the given LR, untuned, with no tuning runs.",
+        "Final loss: validation loss (nats/byte) after the last step; a diverged run scores "
+        f"{DIVERGENCE_FACTOR:g} x its initial loss.",
+    ]
+    for name, grid in grids.items():
+        if len(grid) > config.lr_grid:
+            edge = "still on the widened edge" if best[name][0] in (grid[0], grid[-1]) else "inside"
+            notes.append(
+                f"{name}: grid widened to {grid[0]:.3g}..{grid[-1]:.3g}; best peak {edge}."
+            )
+    return notes
