@@ -1,7 +1,9 @@
 """Controllers: safe policy files, baseline controllers, and PPO training.
 
 Importing this package does not import Stable-Baselines3: loading and running a
-policy needs only torch. Training lives in `lrpilot.agents.training`.
+policy needs only torch. PPO training (which needs it) lives in `lrpilot.agents.training`
+(the run folder), `train_config` (the config), `ppo` (environments, model, export) and
+`evaluation` (evaluation tasks, checkpoint selection).
 """
 
 from lrpilot.agents.controllers import (

@@ -1,4 +1,8 @@
-"""Controller training with Stable-Baselines3 PPO: config, run folder, checkpoints, resume.
+"""Controller training with Stable-Baselines3 PPO: the run folder, checkpoints, resume.
+
+The config is `lrpilot.agents.train_config.TrainConfig`; the environments, the PPO model
+and the policy export are in `lrpilot.agents.ppo`; the periodic evaluation and the rule
+for `best/` in `lrpilot.agents.evaluation`.
 
 Run folder `DIR/`:
 

@@ -93,23 +93,3 @@ def test_cli_process_reports_one_line_without_traceback(tmp_path):
         and "unknown schedule 'nope'" in result.stderr
     )
     assert "Traceback" not in result.stderr
-
-
-def test_help_explains_every_flag(capsys):
-    assert main(["run", "--help"]) == 0
-    text = capsys.readouterr().out
-    for flag in (
-        "--schedule",
-        "--lr",
-        "--steps",
-        "--eval-every",
-        "--corpus",
-        "--model",
-        "--seed",
-        "--out",
-        "--threads",
-        "--device",
-    ):
-        assert flag in text
-    assert main(["--help"]) == 0
-    assert "run" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""Choose which trained policy to ship, by issue 6's targets on validation seeds.
+"""Choose which trained policy to ship by controller_quality.py's targets, on validation seeds.
 
 Each candidate policy is measured exactly as `controller_quality.py` measures the
 shipped one (the same four settings, the same tuned schedules, the same code), but on
@@ -14,12 +14,12 @@ quality and robustness):
 so a margin <= 1 meets every target on the validation seeds. The candidate with the
 smallest margin is chosen; a tie goes to the one listed first (list the incumbent
 first). Unlike checkpoint selection during training (400-step `tiny` tasks only), this
-sees the larger model and the 2x budget, on other seeds; experiments/CANDIDATES.md says so.
+sees the larger model and the 2x budget, on other seeds.
 
 Written to `experiments/results/policy_selection.{csv,md}` and printed:
 
     python experiments/benchmarks/select_policy.py --jobs 2 \\
-        --candidate current=default --candidate v9=runs/controller_v9/best
+        --candidate current=default --candidate new=runs/controller/best
 """
 
 from __future__ import annotations
