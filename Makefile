@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,ray]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,ray,hf]'
 	touch $(STAMP)
 
 # The main job: train a small controller, compare it with tuned schedules (~10 min).
@@ -35,7 +35,7 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 
 bench: $(STAMP)
-	$(PY) experiments/benchmarks/bench_trainer.py
+	$(PY) experiments/benchmarks/bench_workloads.py
 	$(PY) experiments/benchmarks/bench_env.py
 	$(PY) experiments/benchmarks/bench_train.py
 	$(PY) experiments/benchmarks/bench_backends.py

@@ -11,7 +11,7 @@ import numpy as np
 
 from lrpilot.agents.controllers import Controller
 from lrpilot.env.tasks import Task
-from lrpilot.lm.trace import initial_row, interval_row
+from lrpilot.lm.trace import initial_row, interval_row, with_test_result
 
 
 @dataclass
@@ -32,12 +32,14 @@ def run_episode(
     controller: Controller,
     task: Task,
     on_row: Callable[[list[dict]], None] | None = None,
+    test: bool = False,
 ) -> EpisodeResult:
     """Drive one run of `task` with `controller`, closed loop, to its end.
 
     `env` is an `LRControlEnv`, or one inside wrappers (`gymnasium.make`'s among them):
     each interval's full statistics are read from the env itself (`env.unwrapped`).
-    `on_row(rows)` is called after each interval (to save or show progress).
+    `on_row(rows)` is called after each interval (to save or show progress). With
+    `test`, the run's test loss is measured at the end and stands in the last row.
     """
     observation, info = env.reset(seed=task.seed, options={"task": task})
     rows = [initial_row(info["val_loss"], info["lr"]) | {"action": math.nan, "reward": 0.0}]
@@ -49,6 +51,10 @@ def run_episode(
         total += reward
         row = interval_row(info["interval"], env.unwrapped.last_stats, rows[-1])
         rows.append(row | {"action": _action_value(action), "reward": reward})
+        if on_row is not None:
+            on_row(rows)
+    if test:
+        rows[-1] = with_test_result(rows[-1], env.unwrapped.run.test())
         if on_row is not None:
             on_row(rows)
     final = info["val_loss"] if not info["diverged"] else math.inf

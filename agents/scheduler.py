@@ -55,7 +55,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from lrpilot.env.features import ObservationBuilder
 from lrpilot.errors import ConfigError, require_positive_int
-from lrpilot.lm.trainer import IntervalStats, least_squares_slope, weight_update_ratio
+from lrpilot.lm.run import IntervalStats, least_squares_slope, weight_update_ratio
 
 _POLICY_ATTRIBUTES = ("act", "next_lr", "applied_lr", "lr_min", "lr_max", "masked_features")
 _BUILDER_FIELDS = (

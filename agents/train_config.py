@@ -83,11 +83,11 @@ class EvalSettings:
     """The fixed held-out tasks of the periodic evaluation: every seed x start LR, and
     how the best checkpoint is chosen from them (`select`, a key of SELECTION_COLUMNS)."""
 
-    corpus: str = "pydoc"
-    model: str = "tiny"
+    workload: str = "tiny"  # a workload spec, as `--workload` takes
+    corpus: str | None = None  # replaces the workload's corpus
+    batch_size: int | None = None  # replaces the workload's batch size
     total_steps: int = 400
     eval_every: int = 20
-    batch_size: int = 64
     seeds: tuple[int, ...] = (100001, 100002)
     start_lrs: tuple[float, ...] = (3e-4, 3e-3)
     select: str = "mean"
@@ -103,19 +103,18 @@ class EvalSettings:
             raise ConfigError(
                 f"eval.select must be one of {', '.join(SELECTION_COLUMNS)}, got {self.select!r}"
             )
-        for task in self.tasks():  # TaskSpace checks every value
-            TaskSpace.fixed(task)
+        self.tasks()  # every value checked
 
     def tasks(self) -> list[Task]:
         return [
-            Task(
-                self.corpus,
-                self.model,
+            Task.of(
+                self.workload,
                 seed,
-                self.total_steps,
-                self.eval_every,
-                lr,
-                self.batch_size,
+                total_steps=self.total_steps,
+                eval_every=self.eval_every,
+                start_lr=lr,
+                corpus=self.corpus,
+                batch_size=self.batch_size,
             )
             for seed in self.seeds
             for lr in self.start_lrs
@@ -155,17 +154,14 @@ class TrainConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["env"]["task_space"] = {
-            k: v for k, v in data["env"]["task_space"].items() if v is not None
-        }
-        return _tomlable(data)
+        return _tomlable(dataclasses.asdict(self))
 
 
 def _tomlable(value):
-    """Tuples to lists, recursively (TOML has arrays, not tuples)."""
+    """Tuples to lists and unset (None) settings left out, recursively: TOML has arrays,
+    not tuples, and no null."""
     if isinstance(value, dict):
-        return {k: _tomlable(v) for k, v in value.items()}
+        return {k: _tomlable(v) for k, v in value.items() if v is not None}
     if isinstance(value, list | tuple):
         return [_tomlable(v) for v in value]
     return value

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lrpilot.errors import ConfigError
-from lrpilot.lm.trainer import IntervalStats
+from lrpilot.lm.run import IntervalStats
 
 FEATURE_VERSION = "v2"
 REFERENCE_LR = 1e-3  # `log_lr` is measured from here, so typical LRs give small values

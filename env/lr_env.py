@@ -1,6 +1,6 @@
-"""`LRControlEnv`: one episode is one LM training run, one step is one evaluation interval.
+"""`LRControlEnv`: one episode is one training run, one step is one evaluation interval.
 
-    reset(seed)   -> sample a Task, build the Trainer, measure L_0, observe
+    reset(seed)   -> sample a Task, make its TrainingRun, measure L_0, observe
     step(action)  -> lr <- clip(lr * factor(action)) (the first action's factor
                      may be wider: `first_action_max_factor`); train one interval at lr
                      (times the warmup and cooldown factors, with
@@ -35,9 +35,8 @@ from lrpilot.env.features import (
 from lrpilot.env.rewards import check_reward_name, interval_reward
 from lrpilot.env.tasks import Task, TaskSpace
 from lrpilot.errors import ConfigError
-from lrpilot.lm.corpus import Corpus, load_corpus
+from lrpilot.lm.run import IntervalStats, TrainingRun
 from lrpilot.lm.trace import DIVERGENCE_FACTOR
-from lrpilot.lm.trainer import IntervalStats, Trainer
 
 
 @dataclass(frozen=True)
@@ -67,7 +66,7 @@ class EnvConfig:
 
 
 class LRControlEnv(gym.Env):
-    """Learning-rate control of an LM training run as a Gymnasium environment."""
+    """Learning-rate control of a training run as a Gymnasium environment."""
 
     metadata: ClassVar[dict] = {"render_modes": ["ansi"], "render_fps": 4}
 
@@ -87,9 +86,8 @@ class LRControlEnv(gym.Env):
         )
         self.action_space = self.config.action.action_space()
         self.feature_version = FEATURE_VERSION
-        self._corpora: dict[str, Corpus] = {}
         self.task: Task | None = None
-        self.trainer: Trainer | None = None
+        self.run: TrainingRun | None = None
         self.last_stats: IntervalStats | None = None
         self._lines: list[str] = []
 
@@ -102,12 +100,12 @@ class LRControlEnv(gym.Env):
         if not isinstance(task, Task):
             raise ConfigError(f"options['task'] must be a Task, got {type(task).__name__}")
         self.task = task
-        self.trainer = Trainer(self._corpus(task.corpus), task.trainer_config(self.config.device))
+        self.run = task.make_run(self.config.device)
         self.lr = float(
             np.clip(task.start_lr, self.config.action.lr_min, self.config.action.lr_max)
         )
         self.interval = 0
-        self.initial_val_loss = self.trainer.evaluate()
+        self.initial_val_loss = self.run.evaluate()
         self.val_loss = self.initial_val_loss
         self.features = ObservationBuilder(
             self.lr, self.initial_val_loss, task.total_steps, self.config.masked_features
@@ -117,7 +115,7 @@ class LRControlEnv(gym.Env):
         return self.features.initial(), self._info(None, diverged=False)
 
     def step(self, action):
-        if self.trainer is None or self.task is None:
+        if self.run is None or self.task is None:
             raise RuntimeError("call reset() before step()")
         if self.interval >= self.task.num_intervals:
             raise RuntimeError("the episode has ended; call reset()")
@@ -130,7 +128,7 @@ class LRControlEnv(gym.Env):
             total_steps=self.task.total_steps,
             rule=self.config.action,
         )
-        stats = self.trainer.run_interval(steps, self._step_lr)
+        stats = self.run.train(steps, self._step_lr)
         self.interval += 1
         last = self.interval == self.task.num_intervals
         reward, diverged = interval_reward(
@@ -160,21 +158,16 @@ class LRControlEnv(gym.Env):
         assert self.task is not None
         return applied_lr(self.lr, step, total_steps=self.task.total_steps, rule=self.config.action)
 
-    def _corpus(self, name: str) -> Corpus:
-        if name not in self._corpora:
-            self._corpora[name] = load_corpus(name)
-        return self._corpora[name]
-
     def _info(self, stats: IntervalStats | None, diverged: bool) -> dict:
-        assert self.trainer is not None and self.task is not None
+        assert self.run is not None and self.task is not None
         return {
             "lr": self.lr,
-            "step": self.trainer.step,
+            "step": self.run.step,
             "interval": self.interval,
             "train_loss": stats.train_loss_mean if stats else math.nan,
             "val_loss": self.val_loss,
             "initial_val_loss": self.initial_val_loss,
-            "tokens": self.trainer.tokens,
+            "tokens": self.run.tokens,
             "diverged": diverged,
             "task": self.task,
         }

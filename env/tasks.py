@@ -1,30 +1,41 @@
-"""Tasks: what one episode's LM training run is, and the distribution each reset draws from."""
+"""Tasks: what one episode's training run is, and the distribution each reset draws from."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
 from lrpilot.errors import ConfigError, require_positive_int, require_seed
-from lrpilot.lm.model import model_preset
-from lrpilot.lm.trainer import TrainerConfig, interval_lengths
+from lrpilot.lm.run import TrainingRun, interval_lengths
+from lrpilot.lm.workloads import Workload, load_workload, with_overrides
 
 SEED_RANGE = 2**31 - 1
 
 
 @dataclass(frozen=True)
 class Task:
-    """One concrete LM training run: what `reset` sets up."""
+    """One concrete training run: a workload, its seed, budget and start LR."""
 
-    corpus: str
-    model: str
+    workload: Workload
     seed: int
     total_steps: int
     eval_every: int
     start_lr: float
-    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        require_seed(self.seed, "Task.seed")
+        require_positive_int("Task.total_steps", self.total_steps)
+        require_positive_int("Task.eval_every", self.eval_every)
+        if self.eval_every > self.total_steps:
+            raise ConfigError(
+                f"eval_every ({self.eval_every}) must not exceed the step budget "
+                f"({self.total_steps})"
+            )
+        lr = self.start_lr
+        if isinstance(lr, bool) or not (isinstance(lr, int | float) and 0 < lr < math.inf):
+            raise ConfigError(f"the start (or peak) LR must be a positive number, got {lr!r}")
 
     @property
     def intervals(self) -> list[int]:
@@ -39,19 +50,41 @@ class Task:
         """Steps of interval `interval` (0-based)."""
         return self.intervals[interval]
 
-    def __post_init__(self) -> None:
-        require_seed(self.seed, "Task.seed")
+    def make_run(self, device: str = "cpu") -> TrainingRun:
+        """The training run of this task, seeded."""
+        return self.workload.make_run(self.seed, device)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {
+            "workload": self.workload.to_dict(),
+            "seed": self.seed,
+            "total_steps": self.total_steps,
+            "eval_every": self.eval_every,
+            "start_lr": self.start_lr,
+        }
 
-    def trainer_config(self, device: str = "cpu") -> TrainerConfig:
-        """The `Trainer` settings of this run."""
-        return TrainerConfig(
-            model=model_preset(self.model),
-            batch_size=self.batch_size,
-            seed=self.seed,
-            device=device,
+    @classmethod
+    def of(
+        cls,
+        workload: str | Workload,
+        seed: int,
+        *,
+        total_steps: int | None = None,
+        eval_every: int | None = None,
+        start_lr: float = 1e-3,
+        **overrides,
+    ) -> Task:
+        """A task of `workload` (a spec or a workload), its own budget unless given;
+        `overrides` replace workload settings (e.g. `corpus=`, `batch_size=`)."""
+        if isinstance(workload, str):
+            workload = load_workload(workload)
+        workload = with_overrides(workload, **overrides)
+        return cls(
+            workload,
+            seed,
+            total_steps if total_steps is not None else workload.steps,
+            eval_every if eval_every is not None else workload.eval_every,
+            start_lr,
         )
 
 
@@ -60,33 +93,33 @@ class TaskSpace:
     """The distribution of tasks that `reset` samples from.
 
     Each tuple is a set to choose from uniformly; `start_lr` is a log-uniform range
-    (pin it with equal ends); `seeds=None` draws a fresh LM seed at every reset.
-    `eval_every` is one interval length, or a tuple to choose from: a run of the same
-    budget then shows the controller finer or coarser decisions (a tuple draws one more
-    value, after the others, so a space with one int draws what it always drew).
+    (pin it with equal ends); `seeds=None` draws a fresh seed at every reset.
+    `workloads` are workload specs (built-in names, TOML files, `FILE.py:FUNCTION`);
+    `corpora` and `batch_size`, when given, replace the drawn workload's own (for
+    workloads that have those settings). `eval_every` is one interval length, or a
+    tuple to choose from (drawn last, so a space with one length draws the same tasks).
     """
 
-    corpora: tuple[str, ...] = ("pydoc",)
-    models: tuple[str, ...] = ("tiny",)
+    workloads: tuple[str, ...] = ("tiny",)
+    corpora: tuple[str, ...] | None = None
     seeds: tuple[int, ...] | None = None
     total_steps: tuple[int, ...] = (400,)
     eval_every: int | tuple[int, ...] = 20
     start_lr: tuple[float, float] = (1e-4, 1e-2)
-    batch_size: int = 64
+    batch_size: int | None = None
 
     def __post_init__(self) -> None:
         # Accept lists (from TOML or keyword arguments) but store tuples, so a
         # TaskSpace stays hashable and immutable.
-        for name in ("corpora", "models", "total_steps", "start_lr"):
+        for name in ("workloads", "total_steps", "start_lr"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        if self.seeds is not None:
-            object.__setattr__(self, "seeds", tuple(self.seeds))
-        if not self.corpora:
-            raise ConfigError("TaskSpace.corpora is empty: give at least one corpus")
-        if not self.models:
-            raise ConfigError("TaskSpace.models is empty: give at least one model preset")
-        for model in self.models:
-            model_preset(model)
+        for name in ("seeds", "corpora"):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not self.workloads:
+            raise ConfigError("TaskSpace.workloads is empty: give at least one workload")
+        if self.corpora is not None and not self.corpora:
+            raise ConfigError("TaskSpace.corpora is empty: give corpora, or none to keep each's")
         if self.seeds is not None and not self.seeds:
             raise ConfigError("TaskSpace.seeds is empty: give seeds, or None to draw them")
         if not self.total_steps:
@@ -110,30 +143,21 @@ class TaskSpace:
                 f"TaskSpace.start_lr must be a range (low, high) with 0 < low <= high, "
                 f"got {self.start_lr!r}"
             )
-        require_positive_int("TaskSpace.batch_size", self.batch_size)
+        if self.batch_size is not None:
+            require_positive_int("TaskSpace.batch_size", self.batch_size)
+        for corpus in self.corpora or (None,):  # every combination is a valid workload
+            for spec in self.workloads:
+                with_overrides(load_workload(spec), corpus=corpus, batch_size=self.batch_size)
 
     @property
     def eval_every_choices(self) -> tuple[int, ...]:
         """The interval lengths a task may get."""
         return self.eval_every if isinstance(self.eval_every, tuple) else (self.eval_every,)
 
-    @classmethod
-    def fixed(cls, task: Task) -> TaskSpace:
-        """The space holding exactly one task: how evaluation runs are made."""
-        return cls(
-            corpora=(task.corpus,),
-            models=(task.model,),
-            seeds=(task.seed,),
-            total_steps=(task.total_steps,),
-            eval_every=task.eval_every,
-            start_lr=(task.start_lr, task.start_lr),
-            batch_size=task.batch_size,
-        )
-
     def sample(self, rng: np.random.Generator) -> Task:
         """Draw one task. Always draws the same number of values, so seeding is stable."""
-        corpus = self.corpora[rng.integers(len(self.corpora))]
-        model = self.models[rng.integers(len(self.models))]
+        corpus = self.corpora[rng.integers(len(self.corpora))] if self.corpora else None
+        spec = self.workloads[rng.integers(len(self.workloads))]
         drawn_seed = int(rng.integers(SEED_RANGE))
         seed = drawn_seed if self.seeds is None else self.seeds[drawn_seed % len(self.seeds)]
         steps = self.total_steps[rng.integers(len(self.total_steps))]
@@ -144,12 +168,5 @@ class TaskSpace:
         eval_every = self.eval_every
         if isinstance(eval_every, tuple):
             eval_every = eval_every[rng.integers(len(eval_every))]
-        return Task(
-            corpus=corpus,
-            model=model,
-            seed=int(seed),
-            total_steps=int(steps),
-            eval_every=int(eval_every),
-            start_lr=start_lr,
-            batch_size=self.batch_size,
-        )
+        workload = with_overrides(load_workload(spec), corpus=corpus, batch_size=self.batch_size)
+        return Task(workload, int(seed), int(steps), int(eval_every), start_lr)

@@ -11,7 +11,7 @@ from lrpilot.experiments.compare_config import CompareConfig
 from lrpilot.experiments.replay import REPLAY_COLUMNS
 from lrpilot.experiments.run_cache import RunCache, RunSpec
 from lrpilot.lm.schedules import default_warmup
-from lrpilot.lm.trace import DIVERGENCE_FACTOR, run_diverged, scored_final_loss
+from lrpilot.lm.trace import DIVERGENCE_FACTOR, run_diverged, trace_scores
 
 
 def assemble(cache: RunCache, phases: list[tuple[str, RunSpec]]):
@@ -31,6 +31,7 @@ def assemble(cache: RunCache, phases: list[tuple[str, RunSpec]]):
             "run": spec.key,
         }
         frames.append(trace.assign(**about)[[*about, *REPLAY_COLUMNS]])
+        val_score, test_score = trace_scores(trace)
         runs.append(
             {
                 "label": spec.label,
@@ -39,7 +40,9 @@ def assemble(cache: RunCache, phases: list[tuple[str, RunSpec]]):
                 "seed": spec.seed,
                 "lr": spec.lr,
                 "warmup": warmup,
-                "score": scored_final_loss(trace["val_loss"].tolist(), trace["nonfinite"].tolist()),
+                "score": test_score,
+                "val_score": val_score,
+                "accuracy": float(trace["test_accuracy"].iloc[-1]),
                 "steps": int(trace["step"].iloc[-1]),
                 "diverged": run_diverged(
                     trace["val_loss"].tolist(), trace["nonfinite"].tolist(), DIVERGENCE_FACTOR
@@ -68,8 +71,10 @@ def notes(
         )
     notes += [
         "Policy and controllers start from the given LR, untuned, with no tuning runs.",
-        "Final loss: validation loss (nats/byte) after the last step; a diverged run scores "
-        f"{DIVERGENCE_FACTOR:g} x its initial loss.",
+        "Score: the test loss after the last step, on the workload's test split (which no "
+        "controller observes; schedules are tuned by it on the tuning seeds); a diverged run "
+        f"scores {DIVERGENCE_FACTOR:g} x its initial validation loss. The validation loss "
+        "is the controller's observation, shown beside it.",
     ]
     for name, grid in grids.items():
         if len(grid) > config.lr_grid:

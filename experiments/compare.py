@@ -7,13 +7,16 @@ The protocol (docs/design.md, in the spirit of AlgoPerf):
    grid is widened by one step on that side and the new point is run too. With
    `warmups`, a schedule that has a warmup is tuned over every (peak, warmup) pair:
    for runs of a few hundred steps the warmup matters as much as the peak;
-2. each schedule's best setting (lowest mean final loss over the tuning seeds) is run
+2. each schedule's best setting (lowest mean test loss over the tuning seeds) is run
    on the evaluation seeds, which the tuning never saw;
 3. the policy (and any baseline controller) runs closed-loop on the same evaluation
    seeds from each given start LR, untuned, with no tuning runs of its own.
 
-A run's score is its final validation loss, a diverged run scoring the divergence cap
-(`lrpilot.lm.trace.scored_final_loss`).
+A run's score is its test loss, measured once at the end on the workload's test split,
+which no controller observes; a diverged run scores the divergence cap
+(`lrpilot.lm.trace.scored_test_loss`). Schedules are tuned by the same score on the
+tuning seeds: a held-out split far larger than the controller's validation windows, so
+the tuned baseline is, if anything, stronger than a practitioner's.
 
 Every run is cached in `DIR/runs/` (`lrpilot.experiments.run_cache`): a compare that
 is killed and started again with the same arguments recomputes only unfinished runs.
@@ -36,15 +39,15 @@ from lrpilot.experiments.assembly import assemble, notes
 from lrpilot.experiments.compare_config import CONTROLLERS, CompareConfig
 from lrpilot.experiments.plots import plot_comparison
 from lrpilot.experiments.report import summarize, summary_markdown
-from lrpilot.experiments.run_cache import RUNS_DIR, RunCache, RunSpec, corpus_digest
+from lrpilot.experiments.run_cache import RUNS_DIR, RunCache, RunSpec
 from lrpilot.files import (
     atomic_write_csv,
     atomic_write_json,
     atomic_write_text,
     ensure_writable_dir,
 )
-from lrpilot.lm.trace import scored_final_loss
-from lrpilot.lm.trainer import resolve_device
+from lrpilot.lm.byte_gpt import resolve_device
+from lrpilot.lm.trace import trace_scores
 from lrpilot.ray_backend import RayBackend, ray_session
 
 __all__ = ["CONTROLLERS", "RUNS_DIR", "CompareConfig", "compare"]
@@ -65,14 +68,13 @@ def compare(
         policy_bytes = path.read_bytes()
         policy_from_bytes(policy_bytes, str(path))  # not a policy: fail now, not in a worker
         policy_sha256 = hashlib.sha256(policy_bytes).hexdigest()
+    task = config.task(config.eval_seeds[0], config.start_lrs[0])
     common = {
-        "corpus": config.corpus,
-        "model": config.model,
-        "steps": config.steps,
-        "eval_every": config.eval_every,
-        "batch_size": config.batch_size,
+        "workload": task.workload.to_dict(),
+        "steps": task.total_steps,
+        "eval_every": task.eval_every,
         "device": resolve_device(config.device).type,
-        "corpus_sha256": corpus_digest(config.corpus),  # also: a bad corpus fails here
+        "data_sha256": task.workload.digest(),  # also: missing data fails here
     }
     if backend is not None and common["device"] == "cuda" and backend.gpus_per_worker == 0:
         raise ConfigError("device cuda on Ray needs --gpus-per-worker > 0 (Ray hides GPUs)")
@@ -134,7 +136,7 @@ def compare(
     summary_notes = notes(config, grids, best)
     atomic_write_csv(out / "results.csv", results)
     atomic_write_csv(out / "summary.csv", summary)
-    title = f"{config.corpus} / {config.model} / {config.steps} steps"
+    title = f"{task.workload.name} / {task.total_steps} steps"
     atomic_write_text(out / "summary.md", summary_markdown(summary, title, summary_notes))
     plot_comparison(results, summary, out)
     return summary
@@ -146,6 +148,6 @@ def _best_setting(cache: RunCache, specs: list[RunSpec]) -> tuple[float, float |
     scores: dict[tuple[float, float | None], list[float]] = {}
     for spec in specs:
         trace = cache.trace(spec)
-        score = scored_final_loss(trace["val_loss"].tolist(), trace["nonfinite"].tolist())
+        _, score = trace_scores(trace)
         scores.setdefault((spec.lr, spec.warmup), []).append(score)
     return min(scores, key=lambda s: (float(np.mean(scores[s])), s[0], s[1] or 0.0))

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lrpilot.env.tasks import Task
 from lrpilot.errors import ConfigError, require_positive_int, require_seed
-from lrpilot.experiments.runs import RunConfig
 from lrpilot.lm.schedules import SCHEDULE_NAMES, default_warmup
 
 CONTROLLERS = ("random", "plateau")  # the baseline controllers compare can add
@@ -21,11 +21,11 @@ class CompareConfig:
     schedules: tuple[str, ...] = ("constant", "warmup_cosine", "wsd")
     policy: str | None = None  # a policy file or folder; None compares schedules alone
     controllers: tuple[str, ...] = ()  # baseline controllers: random, plateau
-    corpus: str = "pydoc"
-    model: str = "tiny"
-    steps: int = 400
-    eval_every: int = 20
-    batch_size: int = 64
+    workload: str = "tiny"  # a built-in name, a .toml file or FILE.py:FUNCTION
+    corpus: str | None = None  # replaces the workload's corpus (byte-corpus workloads)
+    batch_size: int | None = None  # replaces the workload's batch size
+    steps: int | None = None  # the step budget; None: the workload's
+    eval_every: int | None = None  # steps per interval; None: the workload's
     lr_grid: int = 5  # peak LRs per schedule, log-spaced over lr_range
     lr_range: tuple[float, float] = (1e-3, 1e-2)
     # warmup fractions tuned with the peak, for schedules with a warmup; () keeps each
@@ -86,16 +86,19 @@ class CompareConfig:
         if any(not (lr > 0 and math.isfinite(lr)) for lr in self.start_lrs) or not self.start_lrs:
             raise ConfigError(f"start_lrs must be positive numbers, got {self.start_lrs!r}")
         require_positive_int("jobs", self.jobs)
-        # The run settings are checked once, by the config of a single run.
-        RunConfig(
-            schedule=self.schedules[0],
-            lr=low,
-            steps=self.steps,
+        self.task(self.eval_seeds[0], low)  # the run settings, checked once
+
+    def task(self, seed: int, lr: float) -> Task:
+        """The comparison's workload as one run: `seed`, and `lr` to start from (the peak
+        of a schedule)."""
+        return Task.of(
+            self.workload,
+            seed,
+            total_steps=self.steps,
             eval_every=self.eval_every,
+            start_lr=lr,
             corpus=self.corpus,
-            model=self.model,
             batch_size=self.batch_size,
-            device=self.device,
         )
 
     def grid(self) -> list[float]:

@@ -27,11 +27,9 @@ def demo_compare_config(policy: str, jobs: int) -> CompareConfig:
     return CompareConfig(
         schedules=("constant", "warmup_cosine", "wsd"),
         policy=policy,
-        corpus="pydoc",
-        model="tiny",
+        workload="tiny",
         steps=200,
         eval_every=20,
-        batch_size=64,
         lr_grid=4,
         lr_range=(2e-3, 1.6e-2),
         tune_seeds=(0,),

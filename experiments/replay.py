@@ -32,9 +32,8 @@ from lrpilot.errors import ConfigError
 from lrpilot.experiments.plots import plot_run
 from lrpilot.experiments.runs import run_summary, train_intervals
 from lrpilot.files import atomic_write_csv, atomic_write_json, ensure_writable_dir
-from lrpilot.lm.corpus import load_corpus
+from lrpilot.lm.run import IntervalStats
 from lrpilot.lm.trace import TRACE_COLUMNS
-from lrpilot.lm.trainer import IntervalStats, Trainer
 
 REPLAY_COLUMNS: tuple[str, ...] = (*TRACE_COLUMNS, "action", "reward")
 LR_TRACE_COLUMNS = ("step", "lr")  # what an open-loop replay needs from a trace file
@@ -71,7 +70,7 @@ def run_controller(
         if out_dir is not None:
             atomic_write_csv(out_dir / "trace.csv", pd.DataFrame(rows, columns=REPLAY_COLUMNS))
 
-    result = run_episode(env, controller, task, on_row=save)
+    result = run_episode(env, controller, task, on_row=save, test=True)
     return pd.DataFrame(result.rows, columns=REPLAY_COLUMNS)
 
 
@@ -136,7 +135,7 @@ def run_open_loop(
             f"the trace covers {covered} steps but the run asks for {task.total_steps}; "
             f"pass --steps {covered} or less"
         )
-    trainer = Trainer(load_corpus(task.corpus), task.trainer_config(env_config.device))
+    run = task.make_run(env_config.device)
     num_intervals = task.num_intervals
     start_lr = float(lr_trace["lr"].iloc[0])  # row 0: the recorded start LR
 
@@ -155,7 +154,7 @@ def run_open_loop(
         return diverged  # the environment ends a diverged run; so does its replay
 
     trace = train_intervals(
-        trainer,
+        run,
         task.total_steps,
         task.eval_every,
         recorded_lr_function(lr_trace),
@@ -209,11 +208,12 @@ def replay(
         summary = replay_summary(trace, env_config.divergence_factor)
         summary |= {"seconds": time.perf_counter() - start, "mode": mode, "task": task.to_dict()}
         atomic_write_json(run_dir / "summary.json", summary)
-        title = f"{mode} replay, {task.corpus}/{task.model}, seed {task.seed}"
+        title = f"{mode} replay, {task.workload.name}, seed {task.seed}"
         plot_run(trace, run_dir / "plot.png", title)
         rows.append(
             {"seed": task.seed, "start_lr": task.start_lr}
-            | {k: summary[k] for k in ("final_val_loss", "scored_final_val_loss", "diverged")}
+            | {k: summary[k] for k in ("final_val_loss", "test_loss", "test_accuracy")}
+            | {k: summary[k] for k in ("scored_test_loss", "diverged")}
             | {"episode_return": summary["episode_return"], "steps": summary["steps"]}
         )
     table = pd.DataFrame(rows)

@@ -1,5 +1,5 @@
-"""The summary of a comparison: per method, final loss and its paired difference to the
-best tuned schedule, with wins, losses and the LM steps each method spent.
+"""The summary of a comparison: per method, the test loss and its paired difference to
+the best tuned schedule, with wins, losses and the LM steps each method spent.
 
 One implementation for `lrpilot compare`, the demo and the benchmarks.
 """
@@ -51,6 +51,8 @@ SUMMARY_COLUMNS = (
     "seeds",
     "mean",
     "std",
+    "val_mean",
+    "accuracy",
     "ratio_to_best",
     "diff_to_best",
     "diff_ci_low",
@@ -69,7 +71,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """Per method, over the evaluation seeds.
 
     `runs` has one row per run: label, kind, phase, seed, lr, warmup (a schedule's warmup
-    fraction; NaN if none), score (the scored final validation loss), steps and diverged.
+    fraction; NaN if none), score (the scored test loss), val_score (the scored final
+    validation loss), accuracy (test; NaN for language models), steps and diverged.
     The reference is the tuned schedule with the lowest mean score; every method is
     compared with it seed by seed (a win is a strictly lower final loss on that seed).
     """
@@ -94,6 +97,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
                 "seeds": len(mine),
                 "mean": float(mine.mean()),
                 "std": float(mine.std(ddof=1)) if len(mine) > 1 else math.nan,
+                "val_mean": float(group["val_score"].mean()),
+                "accuracy": float(group["accuracy"].mean()),
                 "ratio_to_best": float(mine.mean() / reference.mean()),
                 "diff_to_best": diff,
                 "diff_ci_low": low,
@@ -133,10 +138,14 @@ def summary_markdown(summary: pd.DataFrame, title: str, notes: list[str]) -> str
             "method": summary["label"],
             "peak / start LR": summary["lr"].map(lambda v: f"{v:.3g}"),
             "warmup": summary["warmup"].map(lambda v: "—" if math.isnan(v) else f"{v:.0%}"),
-            "final val loss (mean ± std)": [
+            "test loss (mean ± std)": [
                 f"{m:.4f} ± {s:.4f}" if not math.isnan(s) else f"{m:.4f}"
                 for m, s in zip(summary["mean"], summary["std"], strict=True)
             ],
+            "val loss": summary["val_mean"].map(lambda v: f"{v:.4f}"),
+            "test accuracy": summary["accuracy"].map(
+                lambda v: "—" if math.isnan(v) else f"{v:.3f}"
+            ),
             "÷ best tuned": summary["ratio_to_best"].map(lambda v: f"{v:.4f}"),
             "paired diff to best [95% CI]": summary.apply(interval, axis=1),
             "wins / losses": [

@@ -31,12 +31,12 @@ from lrpilot.env.tasks import Task
 from lrpilot.experiments.replay import REPLAY_COLUMNS, policy_env_config, run_controller
 from lrpilot.experiments.runs import RunConfig, run_schedule
 from lrpilot.files import atomic_write_json, atomic_write_text
-from lrpilot.lm.corpus import load_corpus
 from lrpilot.lm.schedules import default_warmup
 from lrpilot.lm.trace import DIVERGENCE_FACTOR
+from lrpilot.lm.workloads import workload_from_dict
 from lrpilot.ray_backend import MAX_RETRIES, RayBackend, import_ray
 
-CACHE_VERSION = 1  # bump when a change would alter the numbers of a cached run
+CACHE_VERSION = 2  # bump when a change would alter the numbers of a cached run
 RUNS_DIR = "runs"
 
 
@@ -48,13 +48,11 @@ class RunSpec:
     method: str  # the schedule's name, "policy", or the controller's name
     lr: float  # peak LR (schedules) or start LR (policy, controllers)
     seed: int
-    corpus: str
-    model: str
+    workload: dict  # every setting of the workload (`Workload.to_dict()`)
     steps: int
     eval_every: int
-    batch_size: int
     device: str
-    corpus_sha256: str = ""  # the corpus bytes' digest: an edited corpus is a new run
+    data_sha256: str = ""  # the workload's data (or code) digest: an edit is a new run
     policy_sha256: str = ""  # the policy file's digest: a new policy is a new run
     warmup: float | None = None  # a schedule's warmup fraction; None: it has none
 
@@ -78,39 +76,14 @@ class RunSpec:
         return f"{self.method} (start {self.lr:.3g})"
 
     def task(self) -> Task:
-        return Task(
-            self.corpus,
-            self.model,
-            self.seed,
-            self.steps,
-            self.eval_every,
-            self.lr,
-            self.batch_size,
-        )
-
-
-def corpus_digest(name: str) -> str:
-    """sha256 of a corpus's bytes (train and validation), for cache keys."""
-    corpus = load_corpus(name)
-    digest = hashlib.sha256(corpus.train.numpy().tobytes())
-    digest.update(corpus.val.numpy().tobytes())
-    return digest.hexdigest()
+        workload = workload_from_dict(self.workload)
+        return Task(workload, self.seed, self.steps, self.eval_every, self.lr)
 
 
 def execute(spec: RunSpec, policy_bytes: bytes | None) -> pd.DataFrame:
     """Run one spec; its trace with REPLAY_COLUMNS (schedules have no action or reward)."""
     if spec.kind == "schedule":
-        config = RunConfig(
-            schedule=spec.method,
-            lr=spec.lr,
-            steps=spec.steps,
-            eval_every=spec.eval_every,
-            corpus=spec.corpus,
-            model=spec.model,
-            seed=spec.seed,
-            batch_size=spec.batch_size,
-            device=spec.device,
-        )
+        config = RunConfig(schedule=spec.method, task=spec.task(), device=spec.device)
         options = {} if spec.warmup is None else {"warmup": spec.warmup}
         trace = run_schedule(config, progress=False, **options)
         return trace.reindex(columns=list(REPLAY_COLUMNS))

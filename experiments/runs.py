@@ -1,13 +1,12 @@
-"""One LM training run under a fixed schedule, written to a run folder.
+"""One training run under a fixed schedule, written to a run folder.
 
-This is what `lrpilot run` does: it makes the corpus, the `Trainer` and the
-schedule from a `RunConfig`, trains interval by interval, and after every interval
-rewrites `trace.csv` atomically, so a crash loses at most the interval in flight.
+This is what `lrpilot run` does: it makes the task's `TrainingRun` and the schedule
+from a `RunConfig`, trains interval by interval, and after every interval rewrites
+`trace.csv` atomically, so a crash loses at most the interval in flight.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -18,33 +17,27 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from lrpilot.errors import ConfigError, require_positive_int, require_seed
+from lrpilot.env.tasks import Task
+from lrpilot.errors import ConfigError
 from lrpilot.files import atomic_write_csv, atomic_write_json, ensure_writable_dir
-from lrpilot.lm.corpus import load_corpus
-from lrpilot.lm.model import model_preset
+from lrpilot.lm.run import IntervalStats, TrainingRun, interval_lengths
 from lrpilot.lm.schedules import PLATEAU, SCHEDULE_NAMES, lr_function, make_schedule
 from lrpilot.lm.trace import (
     DIVERGENCE_FACTOR,
     initial_row,
     interval_row,
     run_diverged,
-    scored_final_loss,
+    trace_scores,
+    with_test_result,
 )
-from lrpilot.lm.trainer import IntervalStats, Trainer, TrainerConfig, interval_lengths
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """A fixed-schedule training run; every field is a flag of `lrpilot run`."""
+    """A fixed-schedule training run: what `lrpilot run` trains."""
 
-    schedule: str = "warmup_cosine"  # a name from lrpilot.lm.schedules.SCHEDULE_NAMES
-    lr: float = 3e-3  # peak learning rate
-    steps: int = 400  # optimizer steps in the run
-    eval_every: int = 20  # steps per evaluation interval
-    corpus: str = "pydoc"  # pydoc, pystdlib, or a file or folder path
-    model: str = "tiny"  # model preset: tiny, small, base
-    seed: int = 0
-    batch_size: int = 64
+    schedule: str  # a name from lrpilot.lm.schedules.SCHEDULE_NAMES
+    task: Task  # the workload, seed and budget; its start LR is the schedule's peak
     device: str = "auto"
 
     def __post_init__(self) -> None:
@@ -52,40 +45,18 @@ class RunConfig:
             raise ConfigError(
                 f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULE_NAMES)}"
             )
-        model_preset(self.model)  # raises on an unknown preset
-        if not (isinstance(self.lr, float | int) and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"learning rate must be positive, got {self.lr!r}")
-        for name in ("steps", "eval_every", "batch_size"):
-            require_positive_int(name, getattr(self, name))
-        require_seed(self.seed)
-        if self.eval_every > self.steps:
-            raise ConfigError(
-                f"eval_every ({self.eval_every}) must not exceed steps ({self.steps})"
-            )
+        if not isinstance(self.task, Task):
+            raise ConfigError(f"RunConfig.task must be a Task, got {self.task!r}")
 
-    def trainer_config(self) -> TrainerConfig:
-        return TrainerConfig(
-            model=model_preset(self.model),
-            batch_size=self.batch_size,
-            seed=self.seed,
-            device=self.device,
-        )
+    def to_dict(self) -> dict:
+        return {"schedule": self.schedule, "task": self.task.to_dict(), "device": self.device}
 
 
 IntervalHook = Callable[[int, IntervalStats, list[dict]], bool]
 
 
-def make_trainer(config: RunConfig) -> Trainer:
-    """The Trainer of a run, its optimizer set to the run's (peak or start) LR."""
-    corpus = load_corpus(config.corpus)
-    trainer = Trainer(corpus, config.trainer_config())  # checks the corpus holds a block
-    for group in trainer.optimizer.param_groups:
-        group["lr"] = config.lr
-    return trainer
-
-
 def train_intervals(
-    trainer: Trainer,
+    run: TrainingRun,
     steps: int,
     eval_every: int,
     lr_at: Callable[[int], float],
@@ -100,12 +71,13 @@ def train_intervals(
 
     `on_interval(interval, stats, rows)` runs after each interval: it may add columns
     to the new row `rows[-1]` and returns True to end the run early. `first_row` adds
-    columns to row 0. With `out_dir`, `trace.csv` is rewritten after every interval.
+    columns to row 0. The test loss is measured once, at the end (`lm.trace`). With
+    `out_dir`, `trace.csv` is rewritten after every interval.
     """
-    rows = [initial_row(trainer.evaluate(), lr_at(0)) | (first_row or {})]
+    rows = [initial_row(run.evaluate(), lr_at(0)) | (first_row or {})]
     bar = tqdm(total=steps, unit="step", disable=not progress, desc=desc, leave=False)
     for interval, length in enumerate(interval_lengths(steps, eval_every), start=1):
-        stats = trainer.run_interval(length, lr_at)
+        stats = run.train(length, lr_at)
         rows.append(interval_row(interval, stats, rows[-1]))
         stop = on_interval(interval, stats, rows) if on_interval is not None else False
         if out_dir is not None:
@@ -115,6 +87,9 @@ def train_intervals(
         if stop or stats.nonfinite:
             break  # diverged: the rest of the run would only skip steps
     bar.close()
+    rows[-1] = with_test_result(rows[-1], run.test())
+    if out_dir is not None:
+        atomic_write_csv(out_dir / "trace.csv", pd.DataFrame(rows))
     return pd.DataFrame(rows)
 
 
@@ -123,11 +98,13 @@ def run_schedule(
 ):
     """Train one run under a fixed schedule; return its trace as a DataFrame, writing the
     run folder if given. `options` go to the schedule (e.g. `warmup=0.2`)."""
-    trainer = make_trainer(config)
+    task = config.task
+    run = task.make_run(config.device)
+    run.set_lr(task.start_lr)  # the schedule's peak: its LR at the optimizer's creation
     out = ensure_writable_dir(out_dir) if out_dir is not None else None
     if out is not None:
-        atomic_write_json(out / "config.json", dataclasses.asdict(config))
-    scheduler = make_schedule(config.schedule, trainer.optimizer, config.steps, **options)
+        atomic_write_json(out / "config.json", config.to_dict())
+    scheduler = make_schedule(config.schedule, run.optimizer, task.total_steps, **options)
 
     def step_plateau(_interval: int, stats: IntervalStats, _rows: list[dict]) -> bool:
         scheduler.step(stats.val_loss)
@@ -135,10 +112,10 @@ def run_schedule(
 
     start = time.perf_counter()
     trace = train_intervals(
-        trainer,
-        config.steps,
-        config.eval_every,
-        lr_function(scheduler, trainer.optimizer),
+        run,
+        task.total_steps,
+        task.eval_every,
+        lr_function(scheduler, run.optimizer),
         on_interval=step_plateau if config.schedule == PLATEAU else None,
         out_dir=out,
         progress=progress,
@@ -152,13 +129,17 @@ def run_schedule(
 def run_summary(
     trace: pd.DataFrame, seconds: float, divergence_factor: float = DIVERGENCE_FACTOR
 ) -> dict:
-    """Final, scored and best validation loss, divergence (`lm.trace.run_diverged`), and
-    throughput of a finished run."""
+    """Final, scored and best validation loss, the test loss (and accuracy) and its
+    score, divergence (`lm.trace.run_diverged`), and throughput of a finished run."""
     last = trace.iloc[-1]
     losses, nonfinite = trace["val_loss"].tolist(), trace["nonfinite"].tolist()
+    val_score, test_score = trace_scores(trace, divergence_factor)
     return {
         "final_val_loss": float(last["val_loss"]),
-        "scored_final_val_loss": scored_final_loss(losses, nonfinite, divergence_factor),
+        "scored_final_val_loss": val_score,
+        "test_loss": float(last["test_loss"]),
+        "test_accuracy": float(last["test_accuracy"]),
+        "scored_test_loss": test_score,
         "best_val_loss": float(trace["val_loss"].min()),
         "diverged": run_diverged(losses, nonfinite, divergence_factor),
         "steps": int(last["step"]),

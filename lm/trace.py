@@ -2,14 +2,16 @@
 
 Row 0 is the state before training (the initial validation loss); row `i` holds the
 `IntervalStats` of interval `i`. `tokens` and `seconds` are cumulative over the run.
-Replay and compare add their own columns (action, reward, method, ...) after these.
+`test_loss` and `test_accuracy` (classification only) are measured once, after the
+last interval, and stand in the last row (NaN elsewhere). Replay and compare add their
+own columns (action, reward, method, ...) after these.
 """
 
 from __future__ import annotations
 
 import math
 
-from lrpilot.lm.trainer import IntervalStats
+from lrpilot.lm.run import IntervalStats, TestResult
 
 TRACE_COLUMNS: tuple[str, ...] = (
     "interval",
@@ -25,7 +27,11 @@ TRACE_COLUMNS: tuple[str, ...] = (
     "nonfinite",
     "tokens",
     "seconds",
+    "test_loss",
+    "test_accuracy",
 )
+
+NOT_MEASURED = {"test_loss": math.nan, "test_accuracy": math.nan}
 
 
 def initial_row(val_loss: float, lr: float) -> dict:
@@ -44,7 +50,7 @@ def initial_row(val_loss: float, lr: float) -> dict:
         "nonfinite": not math.isfinite(val_loss),
         "tokens": 0,
         "seconds": 0.0,
-    }
+    } | NOT_MEASURED
 
 
 def interval_row(interval: int, stats: IntervalStats, previous: dict) -> dict:
@@ -63,7 +69,12 @@ def interval_row(interval: int, stats: IntervalStats, previous: dict) -> dict:
         "nonfinite": stats.nonfinite,
         "tokens": previous["tokens"] + stats.tokens,
         "seconds": previous["seconds"] + stats.seconds,
-    }
+    } | NOT_MEASURED
+
+
+def with_test_result(row: dict, result: TestResult) -> dict:
+    """The last row of a run with its test loss and accuracy."""
+    return row | {"test_loss": result.loss, "test_accuracy": result.accuracy}
 
 
 DIVERGENCE_FACTOR = 3.0  # a run whose validation loss exceeds this multiple of L_0 diverged
@@ -86,3 +97,26 @@ def scored_final_loss(
     if run_diverged(val_losses, nonfinite, factor):
         return factor * val_losses[0]
     return float(val_losses[-1])
+
+
+def scored_test_loss(
+    val_losses: list[float],
+    nonfinite: list[bool],
+    test_loss: float,
+    factor: float = DIVERGENCE_FACTOR,
+) -> float:
+    """The score of a run: its test loss, a diverged run (or one whose test loss is not
+    finite) scoring the cap `factor * L_0` of `scored_final_loss`."""
+    if run_diverged(val_losses, nonfinite, factor) or not math.isfinite(test_loss):
+        return factor * val_losses[0]
+    return float(test_loss)
+
+
+def trace_scores(trace, factor: float = DIVERGENCE_FACTOR) -> tuple[float, float]:
+    """(scored final validation loss, scored test loss) of a finished run's trace."""
+    val_losses, nonfinite = trace["val_loss"].tolist(), trace["nonfinite"].tolist()
+    test_loss = float(trace["test_loss"].iloc[-1])
+    return (
+        scored_final_loss(val_losses, nonfinite, factor),
+        scored_test_loss(val_losses, nonfinite, test_loss, factor),
+    )

@@ -1,4 +1,4 @@
-"""lrpilot: learn learning-rate control for language-model training.
+"""lrpilot: learn learning-rate control for neural-network training, language models first.
 
 The public API gathers the pieces a user reaches for most; the subpackages
 `lrpilot.lm`, `lrpilot.env`, `lrpilot.agents` and `lrpilot.experiments` hold the rest.
@@ -16,8 +16,9 @@ from lrpilot.env import (
 from lrpilot.errors import ConfigError
 from lrpilot.lm.corpus import Corpus, load_corpus
 from lrpilot.lm.model import GPT, MODEL_PRESETS, ModelConfig, model_preset
+from lrpilot.lm.run import IntervalStats, RunParts, StepRun, TestResult, TrainingRun
 from lrpilot.lm.schedules import SCHEDULE_NAMES, make_schedule
-from lrpilot.lm.trainer import IntervalStats, Trainer, TrainerConfig
+from lrpilot.lm.workloads import load_workload
 
 __version__ = "0.1.0"
 
@@ -35,11 +36,14 @@ __all__ = [
     "IntervalStats",
     "LRControlEnv",
     "ModelConfig",
+    "RunParts",
+    "StepRun",
     "Task",
     "TaskSpace",
-    "Trainer",
-    "TrainerConfig",
+    "TestResult",
+    "TrainingRun",
     "load_corpus",
+    "load_workload",
     "make_schedule",
     "model_preset",
     "register_envs",

@@ -59,26 +59,41 @@ def _backend(args: argparse.Namespace):
 
 
 def _add_run(subparsers) -> None:
-    from lrpilot.experiments.runs import RunConfig
     from lrpilot.lm.schedules import SCHEDULE_NAMES
 
-    d = RunConfig()
     p = subparsers.add_parser(
         "run",
-        help="train one LM run under a fixed LR schedule",
-        description="Train one byte-level GPT run under a fixed LR schedule and write "
-        "DIR/trace.csv (one row per evaluation interval), DIR/config.json and "
-        "DIR/summary.json.",
+        help="train one run under a fixed LR schedule",
+        description="Train one run of a workload under a fixed LR schedule and write "
+        "DIR/trace.csv (one row per evaluation interval; the test loss in the last row), "
+        "DIR/config.json and DIR/summary.json.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--schedule", default=d.schedule, help=f"one of: {', '.join(SCHEDULE_NAMES)}")
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate")
-    _add_task_flags(p, steps=d.steps, eval_every=d.eval_every, device=d.device)
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of weights and batches")
+    p.add_argument(
+        "--schedule", default="warmup_cosine", help=f"one of: {', '.join(SCHEDULE_NAMES)}"
+    )
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
+    _add_task_flags(p, device="auto")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights and batches")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: all)")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_run)
+
+
+def _task(args: argparse.Namespace, seed: int, start_lr: float):
+    """The run the task flags describe (`--workload` and its overrides)."""
+    from lrpilot.env.tasks import Task
+
+    return Task.of(
+        args.workload,
+        seed,
+        total_steps=args.steps,
+        eval_every=args.eval_every,
+        start_lr=start_lr,
+        corpus=args.corpus,
+        batch_size=args.batch_size,
+    )
 
 
 def _set_threads(threads: int | None) -> None:
@@ -93,21 +108,14 @@ def _set_threads(threads: int | None) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     from lrpilot.experiments.runs import RunConfig, run_schedule
 
-    config = RunConfig(
-        schedule=args.schedule,
-        lr=args.lr,
-        steps=args.steps,
-        eval_every=args.eval_every,
-        corpus=args.corpus,
-        model=args.model,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
+    config = RunConfig(args.schedule, _task(args, args.seed, args.lr), device=args.device)
     _set_threads(args.threads)
     trace = run_schedule(config, args.out, progress=not args.quiet)
     last = trace.iloc[-1]
-    print(f"final val_loss {last['val_loss']:.4f} nats/byte after {int(last['step'])} steps")
+    print(
+        f"final val_loss {last['val_loss']:.4f}, test_loss {last['test_loss']:.4f} "
+        f"after {int(last['step'])} steps"
+    )
     print(f"wrote {args.out}/trace.csv")
     return 0
 
@@ -217,17 +225,28 @@ def named_policy(text: str) -> tuple[str, str]:
     return name, path
 
 
-def _add_task_flags(
-    p: argparse.ArgumentParser, steps: int, eval_every: int, device: str = "cpu"
-) -> None:
-    """The flags that say which LM runs to make: corpus, model, length, batch."""
-    from lrpilot.lm.model import MODEL_PRESETS
+def _add_task_flags(p: argparse.ArgumentParser, device: str = "cpu") -> None:
+    """The flags that say which runs to make: the workload, and what to change in it."""
+    from lrpilot.lm.workloads import BUILTIN_NAMES
 
-    p.add_argument("--corpus", default="pydoc", help="pydoc, pystdlib, or a file or folder path")
-    p.add_argument("--model", default="tiny", help=f"one of: {', '.join(MODEL_PRESETS)}")
-    p.add_argument("--steps", type=int, default=steps, help="optimizer steps per run")
-    p.add_argument("--eval-every", type=int, default=eval_every, help="steps per interval")
-    p.add_argument("--batch-size", type=int, default=64, help="sequences per step")
+    p.add_argument(
+        "--workload",
+        default="tiny",
+        help=f"a built-in workload ({', '.join(BUILTIN_NAMES)}), a workload .toml file, or "
+        "FILE.py:FUNCTION (a function of the seed returning lrpilot.RunParts)",
+    )
+    p.add_argument(
+        "--corpus",
+        default=None,
+        help="replace the workload's corpus: pydoc, pystdlib, or a file or folder path",
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="optimizer steps per run (default: the workload's)"
+    )
+    p.add_argument(
+        "--eval-every", type=int, default=None, help="steps per interval (default: the workload's)"
+    )
+    p.add_argument("--batch-size", type=int, default=None, help="replace the workload's batch size")
     p.add_argument("--device", default=device, help="cpu, cuda, or auto (CUDA when present)")
 
 
@@ -235,7 +254,8 @@ def _add_replay(subparsers) -> None:
     p = subparsers.add_parser(
         "replay",
         help="replay a learned policy (closed loop) or a recorded LR trace (open loop)",
-        description="Run a learned policy closed-loop on new LM runs, one per seed, or, with "
+        description="Run a learned policy closed-loop on new runs of a workload, one per seed, "
+        "or, with "
         "--trace, apply the LRs of a recorded trace.csv open-loop on the same runs (does the "
         "feedback matter, or only the shape?). Writes DIR/seed_<s>/trace.csv (the columns of "
         "`lrpilot run` plus action and reward), summary.json and plot.png, and "
@@ -245,7 +265,7 @@ def _add_replay(subparsers) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--policy", help="policy file or folder, or `default` (the shipped policy)")
     source.add_argument("--trace", help="a trace.csv (needs columns step and lr) to replay")
-    _add_task_flags(p, steps=400, eval_every=20)
+    _add_task_flags(p)
     p.add_argument(
         "--start-lr", type=float, default=1e-3, help="the policy's start LR (not used with --trace)"
     )
@@ -257,7 +277,6 @@ def _add_replay(subparsers) -> None:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     from lrpilot.agents.policy_file import load_policy
-    from lrpilot.env.tasks import Task, TaskSpace
     from lrpilot.experiments.replay import read_lr_trace, replay
 
     policy = load_policy(args.policy) if args.policy else None
@@ -265,12 +284,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if not args.seeds:
         raise ConfigError("--seeds is empty: give at least one seed")
     start_lr = args.start_lr if lr_trace is None else float(lr_trace["lr"].iloc[-1])
-    tasks = [
-        Task(args.corpus, args.model, seed, args.steps, args.eval_every, start_lr, args.batch_size)
-        for seed in args.seeds
-    ]
-    for task in tasks:
-        TaskSpace.fixed(task)  # checks every value, with one-line errors
+    tasks = [_task(args, seed, start_lr) for seed in args.seeds]  # each value checked
     table = replay(
         tasks,
         args.out,
@@ -317,7 +331,7 @@ def _add_compare(subparsers) -> None:
         default="",
         help=f"baseline controllers to add, from: {', '.join(CONTROLLERS)}",
     )
-    _add_task_flags(p, steps=d.steps, eval_every=d.eval_every)
+    _add_task_flags(p)
     p.add_argument("--lr-grid", type=int, default=d.lr_grid, help="peak LRs per schedule (>= 2)")
     p.add_argument(
         "--lr-range",
@@ -362,8 +376,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         schedules=tuple(args.schedules),
         policy=args.policy,
         controllers=tuple(args.controllers),
+        workload=args.workload,
         corpus=args.corpus,
-        model=args.model,
         steps=args.steps,
         eval_every=args.eval_every,
         batch_size=args.batch_size,

@@ -8,26 +8,28 @@ import torch
 from lrpilot.agents.policy_file import Policy, policy_metadata
 from lrpilot.env.actions import DEFAULT_FACTORS, ActionRule
 from lrpilot.env.features import NUM_FEATURES
+from lrpilot.lm.byte_gpt import ByteGPTWorkload
 from lrpilot.lm.corpus import Corpus, pydoc_bytes, split_bytes
-from lrpilot.lm.model import ModelConfig
-from lrpilot.lm.trainer import TrainerConfig
 
 torch.set_num_threads(1)
 
-MICRO_MODEL = ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16)
+MICRO = ByteGPTWorkload(
+    name="micro", n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=8, val_windows=8
+)
 LR_MIN, LR_MAX = 1e-3, 0.2  # the LR range of `make_policy`'s policies
 
 
 @pytest.fixture(scope="session")
 def small_corpus() -> Corpus:
     """The first 200 kB of the pydoc corpus, split like any corpus."""
-    train, val = split_bytes(pydoc_bytes()[:200_000], 0.1)
-    return Corpus(name="pydoc-200k", train=train, val=val)
+    train, val, test = split_bytes(pydoc_bytes()[:200_000])
+    return Corpus(name="pydoc-200k", train=train, val=val, test=test)
 
 
 @pytest.fixture
-def micro_config() -> TrainerConfig:
-    return TrainerConfig(model=MICRO_MODEL, batch_size=8, seed=0, val_windows=8, device="cpu")
+def micro_workload() -> ByteGPTWorkload:
+    """A byte GPT small enough for fast tests."""
+    return MICRO
 
 
 def make_policy(

@@ -29,13 +29,13 @@ from lrpilot.agents.rollout import run_episode
 from lrpilot.agents.train_config import load_train_config
 from lrpilot.agents.training import resume, train
 from lrpilot.cli import main
-from lrpilot.env import EnvConfig, LRControlEnv, Task, TaskSpace
+from lrpilot.env import EnvConfig, LRControlEnv, Task
 from lrpilot.env.actions import ActionRule, next_lr
 from lrpilot.env.features import FEATURE_NAMES, NUM_FEATURES
 from lrpilot.errors import ConfigError
 from lrpilot.experiments.replay import policy_env_config
 
-TASK = Task("pydoc", "tiny", 5, 40, 10, 1e-3, 8)
+TASK = Task.of("tiny", 5, total_steps=40, eval_every=10, start_lr=1e-3, batch_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_training_writes_the_run_folder(trained_run):
 def test_loaded_policy_drives_an_episode(trained_run):
     policy = load_policy(trained_run / "policy")
     assert policy.metadata["training"]["timesteps_done"] == 192
-    env = LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(TASK)))
+    env = LRControlEnv(EnvConfig())
     result = run_episode(env, policy, TASK)
     assert len(result.rows) == 5
     for row in result.rows[1:]:
@@ -82,7 +82,7 @@ def test_policy_acts_like_the_sb3_model(trained_run):
     model = PPO.load(trained_run / "checkpoints" / latest["model"], device="cpu")
     venv = VecNormalize.load(
         str(trained_run / "checkpoints" / latest["vecnormalize"]),
-        DummyVecEnv([lambda: LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(TASK)))]),
+        DummyVecEnv([lambda: LRControlEnv(EnvConfig())]),
     )
     venv.training = False
     policy = load_policy(trained_run / "policy" / POLICY_FILENAME)
@@ -210,7 +210,7 @@ def test_a_continuous_range_sets_the_lr_in_the_env_as_in_the_file(tmp_path):
         pytest.approx(0.0025)
     )
     # Replay and compare build the policy's env from the file: x4**a there too.
-    env_config = dataclasses.replace(policy_env_config(wide), task_space=TaskSpace.fixed(TASK))
+    env_config = policy_env_config(wide)
     rows = run_episode(LRControlEnv(env_config), wide, TASK).rows
     for previous, row in itertools.pairwise(rows):
         exponent = float(np.clip(np.asarray(row["action"]).reshape(-1)[0], -1, 1))
@@ -239,7 +239,7 @@ def test_continuous_training_uses_the_range_and_the_initial_std(tmp_path):
 
 def test_baseline_controllers_drive_the_env():
     rule = ActionRule(mode="continuous")
-    env = LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(TASK), action=rule))
+    env = LRControlEnv(EnvConfig(action=rule))
     cosine = ScheduleController("cosine", 40, rule=rule)
     lrs = [row["lr"] for row in run_episode(env, cosine, TASK).rows[1:]]
     # cosine at steps 0, 10, 20, then 30 (0.146) limited by the largest cut, x0.5 of 0.5
@@ -247,12 +247,12 @@ def test_baseline_controllers_drive_the_env():
     assert lrs == pytest.approx(expected, rel=1e-5)
     # With x4**a actions the same cosine is followed exactly.
     rule = ActionRule(mode="continuous", continuous_max_factor=4.0)
-    env = LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(TASK), action=rule))
+    env = LRControlEnv(EnvConfig(action=rule))
     cosine = ScheduleController("cosine", 40, rule=rule)
     lrs = [row["lr"] for row in run_episode(env, cosine, TASK).rows[1:]]
     expected = [1e-3 * f for f in (1.0, 0.8535534, 0.5, 0.1464466)]
     assert lrs == pytest.approx(expected, rel=1e-5)
-    env = LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(TASK)))
+    env = LRControlEnv(EnvConfig())
     random_rows = run_episode(env, RandomController(env.action_space, seed=1), TASK).rows
     assert all(0 <= row["action"] < 5 for row in random_rows[1:])
     plateau = PlateauController(patience=0)
@@ -414,7 +414,7 @@ def test_evaluation_reports_each_start_lr_and_the_worst():
     from lrpilot.agents.evaluation import evaluate_controller
 
     tasks = [dataclasses.replace(TASK, seed=s, start_lr=lr) for s in (5, 6) for lr in (1e-3, 3e-2)]
-    env = LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(TASK)))
+    env = LRControlEnv(EnvConfig())
     result = evaluate_controller(KeepLR(), tasks, env)
     assert result["diverged"] == 0  # so each run's final loss is its score
     finals = {t: run_episode(env, KeepLR(), t).final_val_loss for t in tasks}
@@ -467,8 +467,8 @@ def test_annealed_ppo_learning_rate_falls_to_zero_across_a_resume(tmp_path):
 def test_episode_helpers_work_on_an_env_made_by_gymnasium_make():
     from lrpilot.agents.evaluation import evaluate_controller
 
-    made = gymnasium.make("lrpilot/LRControl-v0", task_space=TaskSpace.fixed(TASK))
-    plain = LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(TASK)))
+    made = gymnasium.make("lrpilot/LRControl-v0")
+    plain = LRControlEnv(EnvConfig())
     wrapped_rows = run_episode(made, KeepLR(), TASK).rows
     plain_rows = run_episode(plain, KeepLR(), TASK).rows
     assert len(wrapped_rows) == TASK.num_intervals + 1

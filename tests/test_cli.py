@@ -22,9 +22,13 @@ def test_run_writes_trace_config_and_summary(tmp_path, capsys):
     assert trace["step"].tolist() == [0, 3, 6]
     assert trace["tokens"].iloc[-1] == 6 * 4 * 16
     config = json.loads((out / "config.json").read_text())
-    assert config["schedule"] == "warmup_cosine" and config["lr"] == 3e-3
+    assert config["schedule"] == "warmup_cosine" and config["task"]["start_lr"] == 3e-3
+    assert config["task"]["workload"]["family"] == "byte_gpt"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_val_loss"] == pytest.approx(trace["val_loss"].iloc[-1])
+    # The test loss is measured once, after the last interval.
+    assert trace["test_loss"].iloc[:-1].isna().all() and trace["test_loss"].iloc[-1] > 0
+    assert summary["test_loss"] == pytest.approx(trace["test_loss"].iloc[-1])
     assert "final val_loss" in capsys.readouterr().out
 
 
@@ -55,11 +59,16 @@ def _bad_inputs(tmp_path):
         (["--corpus", str(short)], "shorter than one block"),
         (["--corpus", "wikipedia"], "'wikipedia'"),
         (["--schedule", "cosin"], "unknown schedule 'cosin'"),
-        (["--model", "huge"], "unknown model preset 'huge'"),
-        (["--lr", "0"], "learning rate must be positive, got 0.0"),
-        (["--lr=-1e-3"], "learning rate must be positive, got -0.001"),
+        (["--workload", "huge"], "unknown workload 'huge'"),
+        (["--workload", "nope.toml"], "workload file not found: 'nope.toml'"),
+        (["--workload", "nope.py:make_run"], "workload file not found"),
+        (["--lr", "0"], "LR must be a positive number, got 0.0"),
+        (["--lr=-1e-3"], "LR must be a positive number, got -0.001"),
         (["--steps", "0"], "steps must be a positive integer, got 0"),
-        (["--eval-every", "10", "--steps", "5"], "eval_every (10) must not exceed steps (5)"),
+        (
+            ["--eval-every", "10", "--steps", "5"],
+            "eval_every (10) must not exceed the step budget (5)",
+        ),
         (["--lr", "abc"], "invalid float value: 'abc'"),
     ], blocker
 

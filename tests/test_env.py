@@ -112,7 +112,7 @@ def test_factor_span_draws_the_same_lr_curve_against_progress_for_any_budget():
 
 
 def test_cooldown_cools_each_step_below_the_controller_lr_down_to_the_end():
-    task = Task("pydoc", "tiny", 0, 12, 4, 1e-3, 8)
+    task = Task.of("tiny", 0, total_steps=12, eval_every=4, start_lr=1e-3, batch_size=8)
     env = make_env(cooldown_fraction=0.5)  # cooldown over steps 6..11 of 12
     env.reset(seed=0, options={"task": task})
     log_lr = FEATURE_NAMES.index("log_lr")
@@ -134,7 +134,7 @@ def test_cooldown_cools_each_step_below_the_controller_lr_down_to_the_end():
 
 
 def test_warmup_ramps_each_step_up_to_the_controller_lr_over_the_first_steps():
-    task = Task("pydoc", "tiny", 0, 12, 4, 1e-3, 8)
+    task = Task.of("tiny", 0, total_steps=12, eval_every=4, start_lr=1e-3, batch_size=8)
     env = make_env(warmup_fraction=0.5, cooldown_fraction=0.25)  # steps 0..5, then 9..11
     env.reset(seed=0, options={"task": task})
     lrs = []
@@ -153,7 +153,7 @@ def test_warmup_ramps_each_step_up_to_the_controller_lr_over_the_first_steps():
 
 
 def test_the_first_action_corrects_the_start_lr_in_full_and_later_ones_per_span():
-    task = Task("pydoc", "tiny", 0, 12, 4, 1e-3, 8)
+    task = Task.of("tiny", 0, total_steps=12, eval_every=4, start_lr=1e-3, batch_size=8)
     half = np.array([0.5], dtype=np.float32)
     for first_factor, expected_first in ((100.0, 1e-3 * 10), (0.0, 1e-3 * 2 ** (0.5 * 4 / 6))):
         env = make_env(mode="continuous", factor_span=0.5, first_action_max_factor=first_factor)
@@ -178,15 +178,30 @@ def test_the_controllers_warmup_and_cooldown_are_wsds():
 
 def test_actions_change_the_lr_multiplicatively_and_are_clipped():
     env = make_env(lr_min=1e-4, lr_max=2e-3)
-    env.reset(seed=0, options={"task": Task("pydoc", "tiny", 0, 12, 4, 1e-3, 8)})
+    env.reset(
+        seed=0,
+        options={
+            "task": Task.of("tiny", 0, total_steps=12, eval_every=4, start_lr=1e-3, batch_size=8)
+        },
+    )
     assert env.step(4)[4]["lr"] == pytest.approx(2e-3)  # x2
     assert env.step(4)[4]["lr"] == pytest.approx(2e-3)  # clipped at lr_max
     assert env.step(0)[4]["lr"] == pytest.approx(1e-3)  # x0.5
     continuous = make_env(mode="continuous")
-    continuous.reset(seed=0, options={"task": Task("pydoc", "tiny", 0, 12, 4, 1e-3, 8)})
+    continuous.reset(
+        seed=0,
+        options={
+            "task": Task.of("tiny", 0, total_steps=12, eval_every=4, start_lr=1e-3, batch_size=8)
+        },
+    )
     assert continuous.step(np.array([-1.0]))[4]["lr"] == pytest.approx(5e-4)
     wide = make_env(mode="continuous", continuous_max_factor=4.0)
-    wide.reset(seed=0, options={"task": Task("pydoc", "tiny", 0, 12, 4, 1e-3, 8)})
+    wide.reset(
+        seed=0,
+        options={
+            "task": Task.of("tiny", 0, total_steps=12, eval_every=4, start_lr=1e-3, batch_size=8)
+        },
+    )
     assert wide.step(np.array([-1.0]))[4]["lr"] == pytest.approx(2.5e-4)  # x4**-1
     assert wide.step(np.array([0.5]))[4]["lr"] == pytest.approx(5e-4)  # x4**0.5
 
@@ -198,11 +213,18 @@ def test_continuous_max_factor_must_be_a_number_above_one(bad):
         ActionRule(continuous_max_factor=bad)
 
 
-def test_fixed_task_space_pins_every_value():
-    task = Task("pydoc", "tiny", 11, 12, 4, 3e-3, 8)
-    env = LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(task)))
+def test_a_task_space_draws_workloads_and_corpora_and_a_task_can_be_pinned():
+    space = TaskSpace(workloads=("tiny", "small"), corpora=("pydoc", "pystdlib"), batch_size=8)
+    rng = np.random.default_rng(0)
+    drawn = [space.sample(rng).workload for _ in range(40)]
+    assert {(w.name, w.corpus) for w in drawn} == {
+        (name, corpus) for name in ("tiny", "small") for corpus in ("pydoc", "pystdlib")
+    }
+    assert {w.batch_size for w in drawn} == {8}
+    task = Task.of("tiny", 11, total_steps=12, eval_every=4, start_lr=3e-3, batch_size=8)
+    env = LRControlEnv(EnvConfig(task_space=space))
     for seed in (0, 1):
-        assert env.reset(seed=seed)[1]["task"] == task
+        assert env.reset(seed=seed, options={"task": task})[1]["task"] == task
 
 
 def test_every_reward_prefers_lower_loss():
@@ -220,7 +242,7 @@ def test_divergence_ends_the_episode_below_any_finished_return():
     env.reset(seed=0)
     first_reward = env.step(2)[1]
     with torch.no_grad():
-        env.trainer.model.ln_f.weight.fill_(float("nan"))
+        env.run.model.ln_f.weight.fill_(float("nan"))
     observation, reward, terminated, truncated, info = env.step(2)
     assert terminated and not truncated and info["diverged"]
     assert np.isfinite(observation).all()
@@ -294,6 +316,14 @@ def test_a_task_space_with_several_interval_lengths_draws_each_after_the_other_v
         (lambda: TaskSpace(eval_every=[]), "eval_every is empty"),
         (lambda: TaskSpace(eval_every=[10, 0]), "eval_every must be a positive integer, got 0"),
         (lambda: TaskSpace(corpora=()), "corpora is empty"),
+        (lambda: TaskSpace(workloads=()), "workloads is empty"),
+        (lambda: TaskSpace(workloads=("huge",)), "unknown workload 'huge'"),
+        (
+            lambda: TaskSpace(workloads=("classify",), corpora=("pydoc",)),
+            "has no setting corpus",
+        ),
+        (lambda: Task.of("tiny", 0, total_steps=10, eval_every=20), "eval_every (20)"),
+        (lambda: Task.of("tiny", 0, start_lr=0.0), "LR must be a positive number"),
         (lambda: TaskSpace(start_lr=(1e-2, 1e-3)), "start_lr"),
         (lambda: ActionRule(lr_min=1e-2, lr_max=1e-3), "lr_min=0.01"),
         (lambda: EnvConfig(reward="accuracy"), "unknown reward 'accuracy'"),

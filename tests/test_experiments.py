@@ -18,7 +18,7 @@ from lrpilot.env.actions import lr_factor
 from lrpilot.experiments.compare import RUNS_DIR, CompareConfig, compare
 from lrpilot.experiments.replay import REPLAY_COLUMNS
 from lrpilot.experiments.report import paired_difference, t_critical_95
-from lrpilot.lm.trace import scored_final_loss
+from lrpilot.lm.trace import trace_scores
 
 SHORT = ["--steps", "20", "--eval-every", "10", "--batch-size", "8", "--quiet"]
 
@@ -161,10 +161,7 @@ def test_compare_follows_the_protocol(compared):
     assert not (runs["kind"] != "schedule")[runs["phase"] == "tune"].any()  # no policy tuning
     for schedule in ("constant", "wsd"):
         mine = results[(results["method"] == schedule) & (results["phase"] == "tune")]
-        finals = {
-            lr: scored_final_loss(run["val_loss"].tolist(), run["nonfinite"].tolist())
-            for lr, run in mine.groupby("peak_or_start_lr")
-        }
+        finals = {lr: trace_scores(run)[1] for lr, run in mine.groupby("peak_or_start_lr")}
         # 1e-3 beats 1e-4 in 20 steps: on the edge, so the grid gained one step (1e-2)
         assert sorted(finals) == pytest.approx([1e-4, 1e-3, 1e-2])
         best = min(finals, key=finals.get)
@@ -268,7 +265,7 @@ def test_compare_tunes_the_warmup_with_the_peak_and_reuses_the_own_warmups_runs(
     constant = tune[tune["method"] == "constant"]
     assert len(constant) == 3 and constant["warmup"].isna().all()  # no warmup to tune
     scores = {
-        (lr, w): scored_final_loss(run["val_loss"].tolist(), run["nonfinite"].tolist())
+        (lr, w): trace_scores(run)[1]
         for (lr, w), run in pd.read_csv(tmp_path / "results.csv")
         .query("phase == 'tune' and method == 'wsd'")
         .groupby(["peak_or_start_lr", "warmup"])
@@ -339,14 +336,15 @@ def test_default_policy_name_without_a_shipped_file_is_one_line(tmp_path, monkey
 
 
 def test_cache_keys_cover_the_corpus_bytes(tmp_path):
-    from lrpilot.experiments.run_cache import corpus_digest
+    from lrpilot.lm.byte_gpt import ByteGPTWorkload
     from lrpilot.lm.corpus import pydoc_bytes
 
     first, second = tmp_path / "a.txt", tmp_path / "b.txt"
     first.write_bytes(pydoc_bytes()[:200_000])
     second.write_bytes(pydoc_bytes()[:199_999] + b"!")
-    assert corpus_digest(str(first)) == corpus_digest(str(first))
-    assert corpus_digest(str(first)) != corpus_digest(str(second))
+    digest = {path: ByteGPTWorkload(corpus=str(path)).digest() for path in (first, second)}
+    assert ByteGPTWorkload(corpus=str(first)).digest() == digest[first]
+    assert digest[first] != digest[second]
 
 
 def test_lrpilot_train_without_a_preset_trains_what_made_the_shipped_policy():

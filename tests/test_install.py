@@ -9,6 +9,7 @@ files, so the checkout's editable install is not seen there.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -30,8 +31,13 @@ def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
 def fresh_venv(tmp_path_factory) -> Path:
     """A new virtual environment with lrpilot installed from a freshly built wheel."""
     work = tmp_path_factory.mktemp("install")
+    # Built from a copy: an in-tree build keeps a build/ folder whose stale files would
+    # end up in the wheel.
+    source = work / "source"
+    skip = shutil.ignore_patterns(".git", ".venv", "build", "runs", "*.egg-info", "__pycache__")
+    shutil.copytree(ROOT, source, ignore=skip)
     pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--quiet"]
-    build = [*pip, "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-w", str(work)]
+    build = [*pip, "wheel", str(source), "--no-deps", "--no-build-isolation", "-w", str(work)]
     run(build, cwd=work)
     (wheel,) = work.glob("lrpilot-*.whl")
     venv = work / "venv"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import math
 
@@ -13,14 +12,12 @@ from conftest import LR_MAX, LR_MIN, make_policy
 
 from lrpilot.agents.rollout import run_episode
 from lrpilot.agents.scheduler import PolicyScheduler
-from lrpilot.env import LRControlEnv, Task, TaskSpace
+from lrpilot.env import LRControlEnv, Task
 from lrpilot.env.actions import next_lr
 from lrpilot.env.features import ObservationBuilder
 from lrpilot.errors import ConfigError
 from lrpilot.experiments.replay import policy_env_config
-from lrpilot.lm.corpus import load_corpus
-from lrpilot.lm.model import model_preset
-from lrpilot.lm.trainer import IntervalStats, Trainer, TrainerConfig, weight_update_ratio
+from lrpilot.lm.run import IntervalStats, weight_update_ratio
 
 # -- a small regression MLP that is not lrpilot's --------------------------------------------
 
@@ -227,7 +224,7 @@ def test_step_with_metrics_is_observe():
 
 # -- the scheduler reproduces the env ---------------------------------------------------------
 
-TASK = Task("pydoc", "tiny", seed=5, total_steps=35, eval_every=10, start_lr=3e-3, batch_size=8)
+TASK = Task.of("tiny", 5, total_steps=35, eval_every=10, start_lr=3e-3, batch_size=8)
 
 
 @pytest.mark.parametrize(
@@ -246,8 +243,7 @@ def test_scheduler_on_the_trainer_reproduces_the_env(
         cooldown_fraction=cooldown_fraction,
         first_action_max_factor=first_action_max_factor,
     )
-    env_config = dataclasses.replace(policy_env_config(policy), task_space=TaskSpace.fixed(TASK))
-    env = LRControlEnv(env_config)
+    env = LRControlEnv(policy_env_config(policy))
     env_rows = run_episode(env, policy, TASK).rows[1:]
     env_lrs = [(row["lr"], row["lr_mean"]) for row in env_rows]  # last-step and mean LR
     assert len(set(env_lrs)) > 1, "the test policy should move the LR"
@@ -256,22 +252,18 @@ def test_scheduler_on_the_trainer_reproduces_the_env(
         wide = min(max(TASK.start_lr * 100.0**exponent, policy.lr_min), policy.lr_max)
         assert env_rows[0]["lr"] == pytest.approx(wide)  # steps 0-9: no warmup or cooldown
 
-    config = TrainerConfig(  # as LRControlEnv makes it
-        model=model_preset(TASK.model), batch_size=TASK.batch_size, seed=TASK.seed, device="cpu"
-    )
-    trainer = Trainer(load_corpus(TASK.corpus), config)
-    for group in trainer.optimizer.param_groups:
-        group["lr"] = TASK.start_lr
+    trainer = TASK.make_run("cpu")  # as LRControlEnv makes it
+    trainer.set_lr(TASK.start_lr)
     scheduler = PolicyScheduler(
         trainer.optimizer, policy, TASK.total_steps, TASK.eval_every,
         initial_val_loss=trainer.evaluate(),
     )  # fmt: skip
     lrs, losses, grad_norms = [], [], []
     for step in range(1, TASK.total_steps + 1):
-        # One Trainer step at the scheduler's LR. The Trainer clips the gradients and
-        # clears them inside run_interval, so the scheduler would measure clipped norms:
+        # One step of the run at the scheduler's LR. The run clips the gradients and
+        # clears them inside train(), so the scheduler would measure clipped norms:
         # the pre-clipping norms go in explicitly, as in a loop with clip_grad_norm_.
-        stats = trainer.run_interval(1, lambda _step: trainer.optimizer.param_groups[0]["lr"])
+        stats = trainer.train(1, lambda _step: trainer.optimizer.param_groups[0]["lr"])
         scheduler.step()
         lrs.append(stats.lr)
         losses.append(stats.train_loss_mean)

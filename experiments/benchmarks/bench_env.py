@@ -1,6 +1,6 @@
-"""Benchmark the environment's overhead over the bare Trainer.
+"""Benchmark the environment's overhead over the bare training run.
 
-Times `LRControlEnv.step` against `Trainer.run_interval` for the same interval of the
+Times `LRControlEnv.step` against `TrainingRun.train` for the same interval of the
 same task, alternating the two interval by interval in one process (the first of
 each pair swapped every interval), and prints the
 ratio of their median times (target >= 0.98: the env adds at most 2%).
@@ -16,10 +16,7 @@ import time
 
 import torch
 
-from lrpilot.env import EnvConfig, LRControlEnv, Task, TaskSpace
-from lrpilot.lm.corpus import load_corpus
-from lrpilot.lm.model import model_preset
-from lrpilot.lm.trainer import Trainer, TrainerConfig
+from lrpilot.env import EnvConfig, LRControlEnv, Task
 
 
 def main() -> None:
@@ -30,17 +27,15 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    task = Task("pydoc", "tiny", 0, args.steps, args.eval_every, 3e-3)
-    env = LRControlEnv(EnvConfig(task_space=TaskSpace.fixed(task)))
-    corpus = load_corpus(task.corpus)
-    config = TrainerConfig(model=model_preset(task.model), seed=task.seed, device="cpu")
+    task = Task.of("tiny", 0, total_steps=args.steps, eval_every=args.eval_every, start_lr=3e-3)
+    env = LRControlEnv(EnvConfig())
     keep_lr = 2  # the discrete action x1
 
     env_times, bare_times = [], []
     for episode in range(args.episodes):
-        env.reset(seed=episode)
-        trainer = Trainer(corpus, config)
-        trainer.evaluate()
+        env.reset(seed=episode, options={"task": task})
+        run = task.make_run("cpu")
+        run.evaluate()
         for interval in range(task.num_intervals):
             steps = task.interval_steps(interval)
             # Swap which goes first every interval, so neither gets the warmer cache.
@@ -50,11 +45,11 @@ def main() -> None:
                 if kind == "env":
                     env.step(keep_lr)
                 else:
-                    trainer.run_interval(steps, task.start_lr)
+                    run.train(steps, task.start_lr)
                 (env_times if kind == "env" else bare_times).append(time.perf_counter() - start)
     env_median, bare_median = statistics.median(env_times), statistics.median(bare_times)
     print(f"intervals timed               {len(env_times)} of each")
-    print(f"Trainer.run_interval median s {bare_median:.4f}")
+    print(f"TrainingRun.train median s    {bare_median:.4f}")
     print(f"LRControlEnv.step median s    {env_median:.4f}")
     print(f"ratio (target >= 0.98)        {bare_median / env_median:.4f}")
 

@@ -1,0 +1,290 @@
+"""One training run, advanced interval by interval: the `TrainingRun` protocol, and
+`StepRun`, the one implementation behind every workload.
+
+A workload says *what* to train, for one seed, as `RunParts`: the model, its
+optimizer, the training batches, the loss of a batch, and two evaluations, the
+validation loss (what a controller observes) and the test loss (the score, on data
+the controller never sees). `StepRun` trains the parts and measures, itself, what
+every controller is shown (`IntervalStats`): train-loss mean, std and slope, the
+gradient norm, the update-to-weight ratio, non-finite steps.
+
+    parts = RunParts(model, optimizer, batches, loss=..., validation_loss=...,
+                     test_loss=...)
+    run = StepRun(parts)
+    stats = run.train(20, lr=3e-3)  # or a function of the global step
+    run.test().loss                 # once, at the end
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from lrpilot.errors import ConfigError, require_positive_int
+
+LRSpec = float | Callable[[int], float]  # a constant LR, or the LR for a global step
+
+
+@dataclass(frozen=True)
+class IntervalStats:
+    """What one evaluation interval of training measured."""
+
+    step: int  # global step count at the end of the interval
+    steps: int  # optimizer steps attempted in this interval
+    lr: float  # LR of the interval's last step
+    lr_mean: float  # mean LR over the interval
+    train_loss_mean: float  # over the finite steps
+    train_loss_std: float
+    train_loss_slope: float  # least-squares slope of train loss per step
+    val_loss: float  # the workload's validation loss after the interval
+    grad_norm: float  # mean gradient norm before clipping
+    update_ratio: float  # ||delta w|| / ||w|| of the interval's last step
+    nonfinite: bool  # a non-finite loss or gradient was seen (those steps were skipped)
+    nonfinite_steps: int
+    tokens: int  # training tokens (or examples) consumed in this interval
+    seconds: float  # wall time of the interval, validation included
+
+
+@dataclass(frozen=True)
+class TestResult:
+    """The score of a finished run, on its test split."""
+
+    loss: float
+    accuracy: float = math.nan  # classification workloads; NaN for language models
+    items: int = 0  # predicted tokens (or examples) the test loss averages over
+
+
+@runtime_checkable
+class TrainingRun(Protocol):
+    """One seeded training run, advanced interval by interval.
+
+    Everything in lrpilot that trains (the environment, fixed schedules, replay,
+    compare, the benchmarks) drives a run only through this protocol.
+    """
+
+    step: int  # optimizer steps taken so far
+    tokens: int  # training tokens (or examples) consumed so far
+    optimizer: torch.optim.Optimizer  # what fixed schedules are attached to
+
+    def train(self, steps: int, lr: LRSpec) -> IntervalStats:
+        """Train `steps` optimizer steps at `lr` (a float, or a function of the step)."""
+        ...
+
+    def set_lr(self, lr: float) -> None:
+        """Set the first parameter group's LR to `lr`, the others' in proportion."""
+        ...
+
+    def evaluate(self) -> float:
+        """The validation loss: what a controller observes."""
+        ...
+
+    def test(self) -> TestResult:
+        """The test loss (and accuracy): the score, never shown to a controller."""
+        ...
+
+
+@dataclass
+class RunParts:
+    """What a workload hands lrpilot for one seeded run.
+
+    A user's own workload is a function `make_run(seed) -> RunParts` in a Python file
+    (`--workload FILE.py:make_run`); lrpilot's built-in families build theirs the same
+    way. The callables close over the model; lrpilot calls the evaluations under
+    `torch.no_grad()` with the model in `eval()` mode, and sets it back to `train()`.
+    """
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer  # its param groups' LRs set the groups' ratios
+    batches: Iterable[Any]  # training batches, one per optimizer step
+    loss: Callable[[Any], torch.Tensor]  # loss(batch): the scalar loss to minimise
+    validation_loss: Callable[[], float]  # what the controller observes
+    test_loss: Callable[[], float]  # the score, on data the controller never sees
+    test_accuracy: Callable[[], float] | None = None  # classification only
+    test_items: int = 0  # predicted tokens (or examples) in the test loss, if known
+    items_in: Callable[[Any], int] | None = None  # tokens in a batch; default: its length
+    grad_clip: float | None = None  # clip the gradient norm to this (None: measure only)
+    extra: dict[str, Any] = field(default_factory=dict)  # anything the workload keeps
+
+
+def interval_lengths(total_steps: int, eval_every: int) -> list[int]:
+    """Steps of each evaluation interval of a run; the last one takes the remainder."""
+    full, rest = divmod(total_steps, eval_every)
+    return [eval_every] * full + ([rest] if rest else [])
+
+
+def least_squares_slope(values: list[float]) -> float:
+    """Least-squares slope of `values` per index (0 for fewer than two values)."""
+    if len(values) < 2:
+        return 0.0
+    y = np.asarray(values, dtype=np.float64)
+    x = np.arange(len(y), dtype=np.float64)
+    x -= x.mean()
+    return float((x * (y - y.mean())).sum() / (x * x).sum())
+
+
+@torch.no_grad()
+def weight_update_ratio(before: list[torch.Tensor], after: list[torch.nn.Parameter]) -> float:
+    """||w_after - w_before|| / ||w_before|| over all parameters: the step size, scale-free."""
+    pairs = zip(after, before, strict=True)
+    delta = torch.stack([torch.linalg.vector_norm(a - b) for a, b in pairs])
+    weight = torch.stack([torch.linalg.vector_norm(b) for b in before])
+    return float(delta.norm() / weight.norm().clamp_min(1e-12))
+
+
+def batch_length(batch: Any) -> int:
+    """The number of examples in a batch: the first dimension of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    if isinstance(batch, dict):
+        return batch_length(next(iter(batch.values()))) if batch else 0
+    if isinstance(batch, list | tuple) and batch:
+        return batch_length(batch[0])
+    return 1
+
+
+def check_run_parts(parts: Any, where: str) -> RunParts:
+    """`parts` if it is a usable `RunParts`, else a `ConfigError` naming `where`."""
+    if not isinstance(parts, RunParts):
+        raise ConfigError(
+            f"{where} must return lrpilot.RunParts, got {type(parts).__name__} "
+            f"(see examples/custom_workload.py)"
+        )
+    if not isinstance(parts.model, torch.nn.Module):
+        raise ConfigError(f"{where}: RunParts.model must be a torch.nn.Module")
+    if not isinstance(parts.optimizer, torch.optim.Optimizer):
+        raise ConfigError(f"{where}: RunParts.optimizer must be a torch.optim.Optimizer")
+    if not parts.optimizer.param_groups:
+        raise ConfigError(f"{where}: RunParts.optimizer has no parameter groups")
+    for name in ("loss", "validation_loss", "test_loss"):
+        if not callable(getattr(parts, name)):
+            raise ConfigError(f"{where}: RunParts.{name} must be callable")
+    if not isinstance(parts.batches, Iterable):
+        raise ConfigError(f"{where}: RunParts.batches must be an iterable of batches")
+    return parts
+
+
+class StepRun:
+    """A `TrainingRun` over `RunParts`: the training loop and its measurements.
+
+    `train(steps, lr)` sets the first parameter group's LR to `lr` and every other
+    group's in proportion, as the optimizer was built (a muP-style or a lower
+    embedding LR keeps its ratio). A step whose loss or gradient is not finite is
+    skipped and counted; the caller decides whether to end the run.
+    """
+
+    def __init__(self, parts: RunParts) -> None:
+        self.parts = check_run_parts(parts, "the workload")
+        self.model = parts.model
+        self.optimizer = parts.optimizer
+        first = float(self.optimizer.param_groups[0]["lr"])
+        # Each group's LR relative to the first's, as the workload set them.
+        self.group_ratios = [
+            float(group["lr"]) / first if first > 0 else 1.0
+            for group in self.optimizer.param_groups
+        ]
+        self.step = 0
+        self.tokens = 0
+        self._batches: Iterator[Any] = iter(parts.batches)
+        self._items_in = parts.items_in or batch_length
+
+    @property
+    def params(self) -> list[torch.nn.Parameter]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def set_lr(self, lr: float) -> None:
+        for group, ratio in zip(self.optimizer.param_groups, self.group_ratios, strict=True):
+            group["lr"] = lr * ratio
+
+    def _next_batch(self) -> Any:
+        try:
+            return next(self._batches)
+        except StopIteration:
+            raise ConfigError(
+                f"the workload's training batches ran out after {self.step} steps"
+            ) from None
+
+    @torch.no_grad()
+    def _evaluation(self, evaluate: Callable[[], float]) -> float:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return float(evaluate())
+        finally:
+            self.model.train(was_training)
+
+    def evaluate(self) -> float:
+        return self._evaluation(self.parts.validation_loss)
+
+    def test(self) -> TestResult:
+        loss = self._evaluation(self.parts.test_loss)
+        accuracy = self.parts.test_accuracy
+        return TestResult(
+            loss=loss,
+            accuracy=self._evaluation(accuracy) if accuracy is not None else math.nan,
+            items=self.parts.test_items,
+        )
+
+    def train(self, steps: int, lr: LRSpec) -> IntervalStats:
+        require_positive_int("steps", steps)
+        lr_at = lr if callable(lr) else (lambda _step: lr)
+        params = self.params
+        clip = self.parts.grad_clip if self.parts.grad_clip is not None else math.inf
+        start = time.perf_counter()
+        losses: list[float] = []
+        grad_norms: list[float] = []
+        lrs: list[float] = []
+        nonfinite_steps = 0
+        update_ratio = 0.0
+        tokens_before = self.tokens
+        self.model.train()
+        for i in range(steps):
+            step_lr = float(lr_at(self.step))
+            if not math.isfinite(step_lr) or step_lr < 0:
+                raise ConfigError(f"learning rate must be finite and >= 0, got {step_lr!r}")
+            self.set_lr(step_lr)
+            lrs.append(step_lr)
+            batch = self._next_batch()
+            loss = self.parts.loss(batch)
+            loss_value = loss.item()
+            self.step += 1
+            self.tokens += self._items_in(batch)
+            if not math.isfinite(loss_value):
+                nonfinite_steps += 1
+                self.optimizer.zero_grad(set_to_none=True)
+                continue
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True).item()
+            if not math.isfinite(grad_norm):
+                self.optimizer.zero_grad(set_to_none=True)
+                nonfinite_steps += 1
+                continue
+            before = [p.detach().clone() for p in params] if i == steps - 1 else None
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if before is not None:
+                update_ratio = weight_update_ratio(before, params)
+            losses.append(loss_value)
+            grad_norms.append(grad_norm)
+        val_loss = self.evaluate()
+        return IntervalStats(
+            step=self.step,
+            steps=steps,
+            lr=lrs[-1],
+            lr_mean=float(np.mean(lrs)),
+            train_loss_mean=float(np.mean(losses)) if losses else math.nan,
+            train_loss_std=float(np.std(losses)) if losses else math.nan,
+            train_loss_slope=least_squares_slope(losses),
+            val_loss=val_loss,
+            grad_norm=float(np.mean(grad_norms)) if grad_norms else math.nan,
+            update_ratio=update_ratio,
+            nonfinite=nonfinite_steps > 0 or not math.isfinite(val_loss),
+            nonfinite_steps=nonfinite_steps,
+            tokens=self.tokens - tokens_before,
+            seconds=time.perf_counter() - start,
+        )

@@ -1,0 +1,218 @@
+"""Workloads: named, seeded factories of training runs, with their budgets.
+
+A workload is one of:
+
+- a built-in name: `tiny`, `small`, `base` (byte-level GPTs of common sizes on
+  `pydoc`), `classify` (text classification of standard-library passages);
+- a TOML file naming its `family` and every setting (`examples/workloads/`);
+- a user's own training, `FILE.py:FUNCTION`: the function takes a seed and returns
+  `lrpilot.RunParts` (`examples/custom_workload.py`).
+
+Every workload has `name`, `steps` and `eval_every` (its budget), `make_run(seed,
+device) -> TrainingRun`, `to_dict()` (every setting, with `family`) and `digest()` (a
+hash of the data or code its numbers depend on, for caches).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from lrpilot.errors import ConfigError, require_positive_int
+from lrpilot.lm.byte_gpt import ByteGPTWorkload
+from lrpilot.lm.model import MODEL_PRESETS
+from lrpilot.lm.run import StepRun, TrainingRun, check_run_parts
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class Workload(Protocol):
+    name: str
+    steps: int
+    eval_every: int
+
+    def make_run(self, seed: int, device: str = "cpu") -> TrainingRun: ...
+
+    def to_dict(self) -> dict: ...
+
+    def digest(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class PythonWorkload:
+    """A user's own training: `function(seed) -> RunParts` in the Python file `path`."""
+
+    family: ClassVar[str] = "python"
+
+    path: str
+    function: str
+    name: str = ""
+    steps: int = 400
+    eval_every: int = 20
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", str(Path(self.path).expanduser().resolve()))
+        if not self.name:
+            object.__setattr__(self, "name", f"{Path(self.path).stem}:{self.function}")
+        require_positive_int("steps", self.steps)
+        require_positive_int("eval_every", self.eval_every)
+        self.factory()  # a missing file or function fails now, not in a worker
+
+    def factory(self):
+        if not Path(self.path).is_file():
+            raise ConfigError(f"workload file not found: {self.path!r}")
+        module = _import_file(self.path)
+        function = getattr(module, self.function, None)
+        if not callable(function):
+            raise ConfigError(f"workload file {self.path!r} has no function {self.function!r}")
+        return function
+
+    def to_dict(self) -> dict:
+        return {"family": self.family, **dataclasses.asdict(self)}
+
+    def digest(self) -> str:
+        """sha256 of the file: its code (and whatever data it makes) sets the numbers."""
+        return hashlib.sha256(Path(self.path).read_bytes()).hexdigest()
+
+    def make_run(self, seed: int, device: str = "cpu") -> StepRun:
+        where = f"{Path(self.path).name}:{self.function}({seed})"
+        try:
+            parts = self.factory()(seed)
+        except ConfigError:
+            raise
+        except Exception as exc:  # the user's code: say where it failed, in one line
+            raise ConfigError(f"{where} raised {type(exc).__name__}: {exc}") from None
+        return StepRun(check_run_parts(parts, where))
+
+
+_MODULES: dict[str, Any] = {}
+
+
+def _import_file(path: str):
+    """Import a workload file once per process, under a name of its own."""
+    if path not in _MODULES:
+        name = "lrpilot_workload_" + hashlib.sha256(path.encode()).hexdigest()[:12]
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise ConfigError(f"cannot import workload file {path!r}")
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise ConfigError(
+                f"workload file {path!r} failed to import: {type(exc).__name__}: {exc}"
+            ) from None
+        _MODULES[path] = module
+    return _MODULES[path]
+
+
+def _families() -> dict[str, type]:
+    """Workload families by their TOML `family` name (optional ones import lazily)."""
+    from lrpilot.lm.hf_causal_lm import HFCausalLMWorkload
+    from lrpilot.lm.text_classification import TextClassificationWorkload
+
+    return {
+        cls.family: cls
+        for cls in (ByteGPTWorkload, TextClassificationWorkload, HFCausalLMWorkload, PythonWorkload)
+    }
+
+
+def _byte_gpt_preset(name: str) -> ByteGPTWorkload:
+    model = MODEL_PRESETS[name]
+    return ByteGPTWorkload(
+        name=name,
+        n_layer=model.n_layer,
+        n_head=model.n_head,
+        n_embd=model.n_embd,
+        block_size=model.block_size,
+    )
+
+
+def builtin_workloads() -> dict[str, Workload]:
+    from lrpilot.lm.text_classification import TextClassificationWorkload
+
+    named: dict[str, Workload] = {name: _byte_gpt_preset(name) for name in MODEL_PRESETS}
+    named["classify"] = TextClassificationWorkload(name="classify")
+    return named
+
+
+BUILTIN_NAMES = (*MODEL_PRESETS, "classify")
+
+
+def workload_from_dict(data: dict[str, Any], where: str = "workload") -> Workload:
+    """A workload from its settings (a TOML file's table, or `to_dict()`'s output)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a table, got {data!r}")
+    settings = dict(data)
+    family = settings.pop("family", None)
+    families = _families()
+    if family not in families:
+        raise ConfigError(
+            f"{where}: unknown workload family {family!r}; choose from {', '.join(families)}"
+        )
+    cls = families[family]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown {family} setting(s): {', '.join(unknown)}")
+    try:
+        return cls(**settings)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}: invalid {family} settings ({exc})") from None
+
+
+def load_workload(spec: str) -> Workload:
+    """A workload from a built-in name, a `.toml` file, or `FILE.py:FUNCTION`."""
+    if not isinstance(spec, str) or not spec:
+        raise ConfigError(f"a workload is a name, a .toml file or FILE.py:FUNCTION, got {spec!r}")
+    if spec in BUILTIN_NAMES:
+        return builtin_workloads()[spec]
+    path, sep, function = spec.rpartition(":")
+    if sep and path.endswith(".py"):
+        return PythonWorkload(path=path, function=function)
+    if spec.endswith(".py"):
+        raise ConfigError(f"a Python workload is FILE.py:FUNCTION, got {spec!r}")
+    if spec.endswith(".toml"):
+        file = Path(spec)
+        if not file.is_file():
+            raise ConfigError(f"workload file not found: {spec!r}")
+        try:
+            data = tomllib.loads(file.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"workload file {spec!r} is not valid TOML: {exc}") from None
+        data.setdefault("name", file.stem)
+        return workload_from_dict(data, f"workload file {spec!r}")
+    raise ConfigError(
+        f"unknown workload {spec!r}; give a built-in name ({', '.join(BUILTIN_NAMES)}), "
+        f"a .toml file or FILE.py:FUNCTION"
+    )
+
+
+def with_overrides(workload: Workload, **overrides: Any) -> Workload:
+    """`workload` with some settings replaced (None values are ignored), e.g. the
+    corpus or batch size the CLI's flags give; a setting it lacks is refused."""
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if not changes:
+        return workload
+    known = {f.name for f in dataclasses.fields(workload)}
+    missing = sorted(set(changes) - known)
+    if missing:
+        raise ConfigError(
+            f"workload {workload.name!r} ({workload.family}) has no setting {', '.join(missing)}"
+        )
+    try:
+        return dataclasses.replace(workload, **changes)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"workload {workload.name!r}: {exc}") from None
