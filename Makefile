@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,ray,hf]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,ray,hf,lightning,tuningfree]'
 	touch $(STAMP)
 
 # The main job: train a small controller, compare it with tuned schedules (~10 min).

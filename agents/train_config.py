@@ -167,10 +167,21 @@ def _tomlable(value):
     return value
 
 
-def load_train_config(preset: str, **overrides) -> TrainConfig:
-    """A preset, with top-level fields (timesteps, n_envs, seed, ...) overridden."""
+def load_train_config(preset: str, workload: str | None = None, **overrides) -> TrainConfig:
+    """A preset, with top-level fields (timesteps, n_envs, seed, ...) overridden.
+
+    `workload` (a spec, as `--workload` takes) replaces the preset's training and
+    evaluation workloads, with the workload's own corpus and batch size.
+    """
     data = load_preset(preset)
     data.update({k: v for k, v in overrides.items() if v is not None})
+    if workload is not None:
+        env = data.setdefault("env", {})
+        env["task_space"] = env.get("task_space", {}) | {"workloads": [workload]}
+        data["eval"] = data.get("eval", {}) | {"workload": workload}
+        for table in (env["task_space"], data["eval"]):
+            for key in ("corpora", "corpus", "batch_size"):
+                table.pop(key, None)
     return TrainConfig.from_dict(data)
 
 

@@ -43,6 +43,8 @@ def assemble(cache: RunCache, phases: list[tuple[str, RunSpec]]):
                 "score": test_score,
                 "val_score": val_score,
                 "accuracy": float(trace["test_accuracy"].iloc[-1]),
+                "curve_steps": trace["step"].tolist(),
+                "curve_val": trace["val_loss"].tolist(),
                 "steps": int(trace["step"].iloc[-1]),
                 "diverged": run_diverged(
                     trace["val_loss"].tolist(), trace["nonfinite"].tolist(), DIVERGENCE_FACTOR
@@ -71,6 +73,15 @@ def notes(
         )
     notes += [
         "Policy and controllers start from the given LR, untuned, with no tuning runs.",
+        *(
+            [
+                f"Tuning-free: {', '.join(config.tuning_free)}, once per evaluation seed at "
+                "their recommended settings (Prodigy lr=1 with a cosine decay; schedule-free "
+                "AdamW lr=0.0025 with a 5% warmup), no tuning runs."
+            ]
+            if config.tuning_free
+            else []
+        ),
         "Score: the test loss after the last step, on the workload's test split (which no "
         "controller observes; schedules are tuned by it on the tuning seeds); a diverged run "
         f"scores {DIVERGENCE_FACTOR:g} x its initial validation loss. The validation loss "

@@ -10,7 +10,9 @@ The protocol (docs/design.md, in the spirit of AlgoPerf):
 2. each schedule's best setting (lowest mean test loss over the tuning seeds) is run
    on the evaluation seeds, which the tuning never saw;
 3. the policy (and any baseline controller) runs closed-loop on the same evaluation
-   seeds from each given start LR, untuned, with no tuning runs of its own.
+   seeds from each given start LR, untuned, with no tuning runs of its own; the
+   tuning-free optimizers (Prodigy, schedule-free AdamW) run once per evaluation seed
+   at their recommended settings (`lrpilot.lm.optimizers`).
 
 A run's score is its test loss, measured once at the end on the workload's test split,
 which no controller observes; a diverged run scores the divergence cap
@@ -47,10 +49,13 @@ from lrpilot.files import (
     ensure_writable_dir,
 )
 from lrpilot.lm.byte_gpt import resolve_device
+from lrpilot.lm.optimizers import SCHEDULEFREE_LR
 from lrpilot.lm.trace import trace_scores
 from lrpilot.ray_backend import RayBackend, ray_session
 
 __all__ = ["CONTROLLERS", "RUNS_DIR", "CompareConfig", "compare"]
+
+TUNING_FREE_LRS = {"prodigy": 1.0, "schedulefree": SCHEDULEFREE_LR}  # their nominal LRs
 
 
 def compare(
@@ -94,6 +99,11 @@ def compare(
         for lr in config.start_lrs
         for seed in config.eval_seeds
     ]
+    untuned = controlled + [
+        RunSpec("tuningfree", name, TUNING_FREE_LRS[name], seed, **common)
+        for name in config.tuning_free
+        for seed in config.eval_seeds
+    ]
     grids = {name: config.grid() for name in config.schedules}
     ratio = grids[config.schedules[0]][1] / grids[config.schedules[0]][0]  # one grid step
 
@@ -108,8 +118,8 @@ def compare(
     cache = RunCache(out, config.jobs, policy_bytes, progress, backend)
     with ray_session(backend):
         try:
-            # 1. the tuning grids, and the untuned controllers (they need no tuning)
-            cache.run([spec for name in grids for spec in tuning_runs(name)] + controlled)
+            # 1. the tuning grids, and the untuned methods (they need no tuning)
+            cache.run([spec for name in grids for spec in tuning_runs(name)] + untuned)
             # 2. one more grid step (for every warmup) where the best peak lies on an edge
             for name, grid in grids.items():
                 best, _ = _best_setting(cache, tuning_runs(name))
@@ -130,7 +140,7 @@ def compare(
             cache.close()
 
     tuning_specs = [spec for name in grids for spec in tuning_runs(name)]
-    phases = [("tune", s) for s in tuning_specs] + [("eval", s) for s in evaluation + controlled]
+    phases = [("tune", s) for s in tuning_specs] + [("eval", s) for s in evaluation + untuned]
     results, runs = assemble(cache, phases)
     summary = summarize(runs)
     summary_notes = notes(config, grids, best)

@@ -9,6 +9,7 @@ import numpy as np
 
 from lrpilot.env.tasks import Task
 from lrpilot.errors import ConfigError, require_positive_int, require_seed
+from lrpilot.lm.optimizers import check_tuning_free
 from lrpilot.lm.schedules import SCHEDULE_NAMES, default_warmup
 
 CONTROLLERS = ("random", "plateau")  # the baseline controllers compare can add
@@ -18,9 +19,10 @@ CONTROLLERS = ("random", "plateau")  # the baseline controllers compare can add
 class CompareConfig:
     """Everything `lrpilot compare` needs; every field is one of its flags."""
 
-    schedules: tuple[str, ...] = ("constant", "warmup_cosine", "wsd")
+    schedules: tuple[str, ...] = ("constant", "warmup_cosine", "wsd", "warmup_linear")
     policy: str | None = None  # a policy file or folder; None compares schedules alone
     controllers: tuple[str, ...] = ()  # baseline controllers: random, plateau
+    tuning_free: tuple[str, ...] = ()  # prodigy, schedulefree: run once per seed, untuned
     workload: str = "tiny"  # a built-in name, a .toml file or FILE.py:FUNCTION
     corpus: str | None = None  # replaces the workload's corpus (byte-corpus workloads)
     batch_size: int | None = None  # replaces the workload's batch size
@@ -28,17 +30,25 @@ class CompareConfig:
     eval_every: int | None = None  # steps per interval; None: the workload's
     lr_grid: int = 5  # peak LRs per schedule, log-spaced over lr_range
     lr_range: tuple[float, float] = (1e-3, 1e-2)
-    # warmup fractions tuned with the peak, for schedules with a warmup; () keeps each
-    # schedule's own (5% for warmup_cosine and wsd)
-    warmups: tuple[float, ...] = ()
+    # warmup fractions tuned with the peak (every pair), for schedules with a warmup;
+    # () keeps each schedule's own (5%)
+    warmups: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
     tune_seeds: tuple[int, ...] = (0,)
-    eval_seeds: tuple[int, ...] = (1, 2, 3)
+    eval_seeds: tuple[int, ...] = (1, 2, 3, 4, 5)
     start_lrs: tuple[float, ...] = (1e-3,)  # untuned start LRs of policy and controllers
     jobs: int = 1
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        lists = ("schedules", "controllers", "warmups", "tune_seeds", "eval_seeds", "start_lrs")
+        lists = (
+            "schedules",
+            "controllers",
+            "tuning_free",
+            "warmups",
+            "tune_seeds",
+            "eval_seeds",
+            "start_lrs",
+        )
         for name in lists:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "lr_range", tuple(self.lr_range))
@@ -56,6 +66,7 @@ class CompareConfig:
                 f"unknown controller(s) {', '.join(map(repr, unknown))}; "
                 f"choose from {', '.join(CONTROLLERS)}"
             )
+        check_tuning_free(self.tuning_free)
         if not isinstance(self.lr_grid, int) or self.lr_grid < 2:
             raise ConfigError(f"lr_grid must be an integer >= 2, got {self.lr_grid!r}")
         low, high = self.lr_range if len(self.lr_range) == 2 else (math.nan, math.nan)
@@ -69,7 +80,7 @@ class CompareConfig:
             raise ConfigError("tune_seeds and eval_seeds must not be empty")
         for seed in (*self.tune_seeds, *self.eval_seeds):
             require_seed(seed)
-        for name in ("schedules", "controllers", "tune_seeds", "eval_seeds"):
+        for name in ("schedules", "controllers", "tuning_free", "tune_seeds", "eval_seeds"):
             values = getattr(self, name)
             if len(set(values)) != len(values):
                 raise ConfigError(f"{name} lists a value twice: {', '.join(map(str, values))}")

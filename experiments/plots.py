@@ -76,3 +76,23 @@ def plot_comparison(results: pd.DataFrame, summary: pd.DataFrame, out_dir: Path)
     _save(figure, out_dir / "final_loss.png")
     paths.append(out_dir / "final_loss.png")
     return paths
+
+
+def plot_performance_profile(ratios: pd.DataFrame, path: Path) -> None:
+    """For each method (a column of `ratios`: its mean test loss over the best method's,
+    one row per workload), the share of workloads within a factor tau of the best."""
+    figure = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = figure.subplots()
+    finite = ratios.to_numpy()[np.isfinite(ratios.to_numpy())]
+    top = max(1.02, float(finite.max()) * 1.01) if finite.size else 1.1
+    taus = np.linspace(1.0, top, 400)
+    for method in ratios.columns:
+        values = ratios[method].dropna().to_numpy()
+        shares = [(values <= tau).mean() if len(values) else 0.0 for tau in taus]
+        ax.step(taus, shares, where="post", label=method)
+    ax.set_xlabel("tau: mean test loss / best method's on the workload")
+    ax.set_ylabel("share of workloads within tau")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"performance profile over {len(ratios)} workloads")
+    ax.legend(fontsize=7)
+    _save(figure, path)

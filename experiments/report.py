@@ -7,40 +7,52 @@ One implementation for `lrpilot compare`, the demo and the benchmarks.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 
 from lrpilot.files import atomic_write_csv, atomic_write_text
 
-# Two-sided 95% critical values of Student's t for 1..30 degrees of freedom (standard
-# table values); above 30 the Cornish-Fisher expansion below is within 1e-3 of them.
-_T_975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
-
-
-def t_critical_95(df: int) -> float:
-    """The 97.5% quantile of Student's t with `df` degrees of freedom."""
-    if df < 1:
-        return math.nan
-    if df <= len(_T_975):
-        return _T_975[df - 1]
-    z = 1.959964
-    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+BOOTSTRAP_RESAMPLES = 9999
+BOOTSTRAP_SEED = 0  # the intervals are reproducible
 
 
 def paired_difference(values: np.ndarray, reference: np.ndarray) -> tuple[float, float, float]:
-    """Mean of `values - reference` over paired seeds, with its 95% t-interval."""
+    """Mean of `values - reference` over paired seeds, with its 95% bootstrap interval
+    (`scipy.stats.bootstrap`, BCa; the percentile interval where BCa is undefined)."""
     diff = np.asarray(values, dtype=float) - np.asarray(reference, dtype=float)
     mean = float(diff.mean())
-    if len(diff) < 2:
+    if len(diff) < 2 or not np.isfinite(diff).all():
         return mean, math.nan, math.nan
-    half = t_critical_95(len(diff) - 1) * float(diff.std(ddof=1)) / math.sqrt(len(diff))
-    return mean, mean - half, mean + half
+    if np.ptp(diff) == 0:  # every seed the same difference: nothing to resample
+        return mean, mean, mean
+    for method in ("BCa", "percentile"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # BCa's degenerate cases: handled below
+            result = scipy.stats.bootstrap(
+                (diff,),
+                np.mean,
+                confidence_level=0.95,
+                n_resamples=BOOTSTRAP_RESAMPLES,
+                method=method,
+                rng=np.random.default_rng(BOOTSTRAP_SEED),
+            )
+        low, high = result.confidence_interval
+        if np.isfinite(low) and np.isfinite(high):
+            return mean, float(low), float(high)
+    return mean, math.nan, math.nan
+
+
+def steps_to_target(steps: list[int], val_losses: list[float], target: float) -> float:
+    """The first step at which a run's validation loss is at or below `target`; inf if
+    it never gets there (time to target, as AlgoPerf scores, on the validation curve)."""
+    for step, loss in zip(steps, val_losses, strict=True):
+        if loss <= target:
+            return float(step)
+    return math.inf
 
 
 SUMMARY_COLUMNS = (
@@ -54,6 +66,8 @@ SUMMARY_COLUMNS = (
     "val_mean",
     "accuracy",
     "ratio_to_best",
+    "steps_to_target",
+    "reached_target",
     "diff_to_best",
     "diff_ci_low",
     "diff_ci_high",
@@ -74,12 +88,17 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     fraction; NaN if none), score (the scored test loss), val_score (the scored final
     validation loss), accuracy (test; NaN for language models), steps and diverged.
     The reference is the tuned schedule with the lowest mean score; every method is
-    compared with it seed by seed (a win is a strictly lower final loss on that seed).
+    compared with it seed by seed (a win is a strictly lower test loss on that seed).
+    With the columns `curve_steps` and `curve_val` (each run's validation curve), each
+    method's time to target is the median over seeds of the step at which its
+    validation loss first reaches the reference's mean final validation loss (inf when
+    fewer than half its seeds reach it), and `reached_target` counts those seeds.
     """
     evaluation = runs[runs["phase"] == "eval"]
     scores = evaluation.pivot_table(index="seed", columns="label", values="score")
     schedules = evaluation[evaluation["kind"] == "schedule"]["label"].unique()
     best = min(schedules, key=lambda label: (scores[label].mean(), label))
+    target = float(evaluation[evaluation["label"] == best]["val_score"].mean())
     rows = []
     for label, group in evaluation.groupby("label", sort=False):
         mine = scores[label].dropna()
@@ -88,6 +107,15 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         tuning = runs[(runs["phase"] == "tune") & (runs["label"] == label)]
         tuning_steps = int(tuning["steps"].sum())
         eval_steps = int(group["steps"].sum())
+        if "curve_steps" in group:
+            reach = sorted(
+                steps_to_target(steps, losses, target)
+                for steps, losses in zip(group["curve_steps"], group["curve_val"], strict=True)
+            )
+            to_target = float(np.median(reach)) if reach else math.nan
+            reached = sum(math.isfinite(r) for r in reach)
+        else:
+            to_target, reached = math.nan, 0
         rows.append(
             {
                 "label": label,
@@ -100,6 +128,8 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
                 "val_mean": float(group["val_score"].mean()),
                 "accuracy": float(group["accuracy"].mean()),
                 "ratio_to_best": float(mine.mean() / reference.mean()),
+                "steps_to_target": to_target,
+                "reached_target": reached,
                 "diff_to_best": diff,
                 "diff_ci_low": low,
                 "diff_ci_high": high,
@@ -148,6 +178,10 @@ def summary_markdown(summary: pd.DataFrame, title: str, notes: list[str]) -> str
             ),
             "÷ best tuned": summary["ratio_to_best"].map(lambda v: f"{v:.4f}"),
             "paired diff to best [95% CI]": summary.apply(interval, axis=1),
+            "steps to target": [
+                "never" if math.isinf(v) else ("—" if math.isnan(v) else f"{v:.0f}")
+                for v in summary["steps_to_target"]
+            ],
             "wins / losses": [
                 f"{w} / {lo}" for w, lo in zip(summary["wins"], summary["losses"], strict=True)
             ],

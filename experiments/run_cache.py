@@ -29,8 +29,9 @@ from lrpilot.agents.policy_file import policy_from_bytes
 from lrpilot.env.lr_env import EnvConfig
 from lrpilot.env.tasks import Task
 from lrpilot.experiments.replay import REPLAY_COLUMNS, policy_env_config, run_controller
-from lrpilot.experiments.runs import RunConfig, run_schedule
+from lrpilot.experiments.runs import RunConfig, run_schedule, train_intervals
 from lrpilot.files import atomic_write_json, atomic_write_text
+from lrpilot.lm.optimizers import use_tuning_free
 from lrpilot.lm.schedules import default_warmup
 from lrpilot.lm.trace import DIVERGENCE_FACTOR
 from lrpilot.lm.workloads import workload_from_dict
@@ -44,9 +45,9 @@ RUNS_DIR = "runs"
 class RunSpec:
     """One run of a comparison: everything that determines its numbers."""
 
-    kind: str  # "schedule", "policy" or "controller"
-    method: str  # the schedule's name, "policy", or the controller's name
-    lr: float  # peak LR (schedules) or start LR (policy, controllers)
+    kind: str  # "schedule", "policy", "controller" or "tuningfree"
+    method: str  # the schedule's name, "policy", the controller's or the optimizer's name
+    lr: float  # peak LR (schedules), start LR (policy, controllers), nominal LR (tuning-free)
     seed: int
     workload: dict  # every setting of the workload (`Workload.to_dict()`)
     steps: int
@@ -71,7 +72,7 @@ class RunSpec:
     @property
     def label(self) -> str:
         """The method's name in tables and plots."""
-        if self.kind == "schedule":
+        if self.kind in ("schedule", "tuningfree"):
             return self.method
         return f"{self.method} (start {self.lr:.3g})"
 
@@ -86,6 +87,12 @@ def execute(spec: RunSpec, policy_bytes: bytes | None) -> pd.DataFrame:
         config = RunConfig(schedule=spec.method, task=spec.task(), device=spec.device)
         options = {} if spec.warmup is None else {"warmup": spec.warmup}
         trace = run_schedule(config, progress=False, **options)
+        return trace.reindex(columns=list(REPLAY_COLUMNS))
+    if spec.kind == "tuningfree":
+        task = spec.task()
+        run = task.make_run(spec.device)
+        lr_at = use_tuning_free(run, spec.method, task.total_steps)
+        trace = train_intervals(run, task.total_steps, task.eval_every, lr_at, progress=False)
         return trace.reindex(columns=list(REPLAY_COLUMNS))
     if spec.kind == "policy":
         assert policy_bytes is not None

@@ -9,6 +9,8 @@ Built-in corpora (no download):
   sorted order (about 0.5 MB).
 - ``pystdlib``: the standard library's ``.py`` sources in sorted path order, never
   site-packages, capped at ``PYSTDLIB_MAX_BYTES``.
+- ``pystdlib:PACKAGE`` (e.g. ``pystdlib:email``): the files of one folder of this
+  machine's standard library, read as any user folder is.
 """
 
 from __future__ import annotations
@@ -140,6 +142,11 @@ def load_corpus(spec: str, *, glob: str = "*") -> Corpus:
         data = pydoc_bytes()
     elif spec == "pystdlib":
         data = pystdlib_bytes()
+    elif spec.startswith("pystdlib:"):
+        folder = Path(sysconfig.get_paths()["stdlib"]) / spec.removeprefix("pystdlib:")
+        if not folder.is_dir():
+            raise ConfigError(f"no standard-library folder {spec!r} on this machine")
+        data = path_bytes(folder, glob)
     else:
         data = path_bytes(Path(spec).expanduser(), glob)
     if len(data) < 3:

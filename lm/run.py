@@ -96,7 +96,8 @@ class RunParts:
     A user's own workload is a function `make_run(seed) -> RunParts` in a Python file
     (`--workload FILE.py:make_run`); lrpilot's built-in families build theirs the same
     way. The callables close over the model; lrpilot calls the evaluations under
-    `torch.no_grad()` with the model in `eval()` mode, and sets it back to `train()`.
+    `torch.inference_mode()` with the model in `eval()` mode, and sets it back to
+    `train()`.
     """
 
     model: torch.nn.Module
@@ -193,6 +194,19 @@ class StepRun:
         self._batches: Iterator[Any] = iter(parts.batches)
         self._items_in = parts.items_in or batch_length
 
+    def replace_optimizer(self, make: Callable[[list[dict]], torch.optim.Optimizer]) -> None:
+        """Train on with the optimizer `make(groups)` builds from this run's parameter
+        groups (their params, weight decay and LRs): how a tuning-free optimizer takes a
+        workload's place."""
+        groups = [
+            {"params": group["params"], "weight_decay": group.get("weight_decay", 0.0)}
+            | {"lr": group["lr"]}
+            for group in self.optimizer.param_groups
+        ]
+        self.optimizer = make(groups)
+        if len(self.optimizer.param_groups) != len(self.group_ratios):
+            raise ConfigError("the replacement optimizer must keep the run's parameter groups")
+
     @property
     def params(self) -> list[torch.nn.Parameter]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -209,13 +223,22 @@ class StepRun:
                 f"the workload's training batches ran out after {self.step} steps"
             ) from None
 
-    @torch.no_grad()
+    def _optimizer_mode(self, mode: str) -> None:
+        """Schedule-free optimizers evaluate at other weights than they train at: they
+        have `train()` and `eval()`, which must be called around evaluations."""
+        switch = getattr(self.optimizer, mode, None)
+        if callable(switch):
+            switch()
+
+    @torch.inference_mode()
     def _evaluation(self, evaluate: Callable[[], float]) -> float:
         was_training = self.model.training
         self.model.eval()
+        self._optimizer_mode("eval")
         try:
             return float(evaluate())
         finally:
+            self._optimizer_mode("train")
             self.model.train(was_training)
 
     def evaluate(self) -> float:

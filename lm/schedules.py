@@ -158,6 +158,23 @@ class WarmupCosineSchedule(FixedSchedule):
         return _cosine(q, self.final_ratio)
 
 
+class WarmupLinearSchedule(FixedSchedule):
+    """Linear warmup over `warmup` of the run, then linear decay to `final_ratio` (0:
+    decay to zero, which beats cosine to 10% for LMs: arXiv 2502.15938)."""
+
+    def __init__(self, optimizer, total_steps, warmup=0.05, final_ratio=0.0, last_epoch=-1):
+        self.warmup = warmup
+        self.final_ratio = final_ratio
+        super().__init__(optimizer, total_steps, last_epoch)
+
+    def factor(self, step: int) -> float:
+        w = warmup_steps(self.total_steps, self.warmup)
+        if step < w:
+            return _warmup_factor(step, w)
+        q = (min(step, self.total_steps) - w) / max(1, self.total_steps - w)
+        return 1.0 - (1.0 - self.final_ratio) * q
+
+
 class WSDSchedule(FixedSchedule):
     """Warmup-stable-decay: warmup, a constant phase, then a cooldown over the last `decay`
     of the run to `final_ratio`, shaped `1 - sqrt(q)` (default) or linear `1 - q`."""
@@ -248,6 +265,7 @@ SCHEDULES: dict[str, type[FixedSchedule]] = {
     "linear": LinearSchedule,
     "cosine": CosineSchedule,
     "warmup_cosine": WarmupCosineSchedule,
+    "warmup_linear": WarmupLinearSchedule,
     "wsd": WSDSchedule,
     "wsd_linear": WSDLinearSchedule,
     "one_cycle": OneCycleSchedule,

@@ -139,6 +139,12 @@ def _add_train(subparsers) -> None:
         f"{DEFAULT_PRESET}, which trained the shipped policy)",
     )
     p.add_argument(
+        "--workload",
+        default=None,
+        help="train and evaluate on this workload instead of the preset's (a built-in name, a "
+        ".toml file or FILE.py:FUNCTION)",
+    )
+    p.add_argument(
         "--timesteps", type=int, default=None, help="total env steps, i.e. intervals (preset's)"
     )
     p.add_argument(
@@ -163,12 +169,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from lrpilot.agents.training import resume, train
 
     if args.resume:
+        if args.workload is not None:
+            raise ConfigError("--workload applies to a new run; --resume keeps the run's own")
         policy = resume(
             args.out, timesteps=args.timesteps, progress=not args.quiet, backend=_backend(args)
         )
     else:
         config = load_train_config(
-            args.preset, timesteps=args.timesteps, n_envs=args.n_envs, seed=args.seed
+            args.preset,
+            workload=args.workload,
+            timesteps=args.timesteps,
+            n_envs=args.n_envs,
+            seed=args.seed,
         )
         policy = train(config, args.out, progress=not args.quiet, backend=_backend(args))
     done = policy.metadata["training"]["timesteps_done"]
@@ -300,18 +312,20 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 def _add_compare(subparsers) -> None:
     from lrpilot.experiments.compare_config import CONTROLLERS, CompareConfig
+    from lrpilot.lm.optimizers import TUNING_FREE
     from lrpilot.lm.schedules import SCHEDULE_NAMES
 
     d = CompareConfig()
     p = subparsers.add_parser(
         "compare",
         help="compare tuned fixed schedules with a learned policy on held-out seeds",
-        description="Tune each fixed schedule's peak LR on a log-spaced grid (widened one "
-        "step when the best lies on an edge) on the tuning seeds, run its best peak on the "
-        "evaluation seeds, and run the policy closed-loop on the same evaluation seeds from "
-        "untuned start LRs. Every run is cached in DIR/runs/ by a hash of its config: run "
-        "the same command again to resume. Writes DIR/results.csv, summary.csv, summary.md "
-        "and PNG plots.",
+        description="Tune each fixed schedule's peak LR (and warmup) on a log-spaced grid "
+        "(widened one step when the best lies on an edge) on the tuning seeds, run its best "
+        "setting on the evaluation seeds, and run the policy closed-loop on the same "
+        "evaluation seeds from untuned start LRs, and the tuning-free optimizers untuned. "
+        "Runs are scored by their test loss. Every run is cached in DIR/runs/ by a hash of "
+        "its config: run the same command again to resume. Writes DIR/results.csv, "
+        "summary.csv, summary.md and PNG plots.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
@@ -331,6 +345,13 @@ def _add_compare(subparsers) -> None:
         default="",
         help=f"baseline controllers to add, from: {', '.join(CONTROLLERS)}",
     )
+    p.add_argument(
+        "--tuning-free",
+        type=name_list,
+        default="",
+        help=f"tuning-free optimizers to add, run once per evaluation seed untuned, from: "
+        f"{', '.join(TUNING_FREE)} (extra [tuningfree])",
+    )
     _add_task_flags(p)
     p.add_argument("--lr-grid", type=int, default=d.lr_grid, help="peak LRs per schedule (>= 2)")
     p.add_argument(
@@ -342,10 +363,9 @@ def _add_compare(subparsers) -> None:
     p.add_argument(
         "--warmups",
         type=float_list,
-        default="",
-        help="warmup fractions to tune with the peak, for schedules with a warmup, e.g. "
-        "0.05,0.1,0.2,0.3 (every peak x warmup pair is a tuning run); empty: each "
-        "schedule's own warmup (5%% for warmup_cosine and wsd)",
+        default=",".join(map(str, d.warmups)),
+        help="warmup fractions tuned with the peak, for schedules with a warmup (every peak x "
+        "warmup pair is a tuning run); empty: each schedule's own warmup (5%%)",
     )
     p.add_argument(
         "--tune-seeds", type=int_list, default=",".join(map(str, d.tune_seeds)), help="tuning seeds"
@@ -376,6 +396,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         schedules=tuple(args.schedules),
         policy=args.policy,
         controllers=tuple(args.controllers),
+        tuning_free=tuple(args.tuning_free),
         workload=args.workload,
         corpus=args.corpus,
         steps=args.steps,
@@ -391,6 +412,48 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         device=args.device,
     )
     compare(config, args.out, progress=not args.quiet, backend=_backend(args))
+    print((Path(args.out) / "summary.md").read_text())
+    return 0
+
+
+def _add_benchmark(subparsers) -> None:
+    from lrpilot.experiments.suite import suite_names
+
+    p = subparsers.add_parser(
+        "benchmark",
+        help="run the comparison protocol over a suite of workloads",
+        description="For every workload of a suite (a TOML file in experiments/suites/, or a "
+        "path), tune the fixed schedules, then run the policy, the tuning-free optimizers and "
+        "the tuned schedules on the evaluation seeds, as `lrpilot compare` does, into "
+        "DIR/<workload>/ (a cache: run the same command again to resume). Writes "
+        "DIR/summary.md, suite.csv, summary.csv, results.csv and performance_profile.png.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--suite", required=True, help=f"{', '.join(suite_names())}, or a TOML path")
+    p.add_argument(
+        "--policy",
+        default="default",
+        help="policy file or folder, or `default` (the shipped policy); `none` for no policy",
+    )
+    p.add_argument("--jobs", type=int, default=1, help="runs in parallel (--backend process)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, or auto (CUDA when present)")
+    p.add_argument("--out", required=True, help="suite folder (one compare folder per workload)")
+    _add_backend_flags(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(handler=_cmd_benchmark)
+
+
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from lrpilot.experiments.suite import load_suite, run_suite
+
+    suite = load_suite(args.suite)
+    policy = None if args.policy == "none" else args.policy
+    if policy is not None:
+        from lrpilot.agents.policy_file import load_policy
+
+        load_policy(policy)  # a bad policy fails now, not after hours of tuning
+    backend = _backend(args)
+    run_suite(suite, args.out, policy, args.jobs, args.device, not args.quiet, backend)
     print((Path(args.out) / "summary.md").read_text())
     return 0
 
@@ -432,6 +495,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(subparsers)
     _add_replay(subparsers)
     _add_compare(subparsers)
+    _add_benchmark(subparsers)
     _add_demo(subparsers)
     return parser
 

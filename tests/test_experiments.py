@@ -17,7 +17,7 @@ from lrpilot.cli import main
 from lrpilot.env.actions import lr_factor
 from lrpilot.experiments.compare import RUNS_DIR, CompareConfig, compare
 from lrpilot.experiments.replay import REPLAY_COLUMNS
-from lrpilot.experiments.report import paired_difference, t_critical_95
+from lrpilot.experiments.report import paired_difference, steps_to_target
 from lrpilot.lm.trace import trace_scores
 
 SHORT = ["--steps", "20", "--eval-every", "10", "--batch-size", "8", "--quiet"]
@@ -113,6 +113,7 @@ def small_compare(policy: Path | None, jobs: int = 1) -> CompareConfig:
         batch_size=8,
         lr_grid=2,
         lr_range=(1e-4, 1e-3),
+        warmups=(),
         tune_seeds=(0,),
         eval_seeds=(1, 2),
         start_lrs=(3e-3,),
@@ -129,6 +130,8 @@ COMPARE_FLAGS = [
     "2",
     "--lr-range",
     "1e-4,1e-3",
+    "--warmups",
+    "",
     "--tune-seeds",
     "0",
     "--eval-seeds",
@@ -309,14 +312,22 @@ def test_compare_bad_input_is_one_line_exit_2(tmp_path, capsys):
     assert not (tmp_path / "out" / RUNS_DIR).exists()
 
 
-def test_paired_difference_interval():
-    assert t_critical_95(1) == 12.706 and t_critical_95(30) == 2.042
-    assert t_critical_95(31) == pytest.approx(2.040, abs=1e-3)
-    assert t_critical_95(120) == pytest.approx(1.980, abs=1e-3)
-    mean, low, high = paired_difference(np.array([1.0, 2.0, 3.0]), np.array([0.0, 0.0, 0.0]))
-    assert mean == 2.0
-    assert (low, high) == pytest.approx((2 - 4.303 / math.sqrt(3), 2 + 4.303 / math.sqrt(3)))
+def test_paired_difference_has_a_reproducible_bootstrap_interval():
+    rng = np.random.default_rng(0)
+    values, reference = rng.normal(1.0, 0.1, 8), rng.normal(0.9, 0.1, 8)
+    mean, low, high = paired_difference(values, reference)
+    assert mean == pytest.approx(float(np.mean(values - reference)))
+    assert low < mean < high
+    assert paired_difference(values, reference) == (mean, low, high)  # seeded resampling
+    wider = paired_difference(values * 3, reference * 3)  # the spread scales the interval
+    assert wider[2] - wider[1] == pytest.approx(3 * (high - low), rel=0.05)
     assert math.isnan(paired_difference(np.array([1.0]), np.array([0.5]))[1])
+    assert paired_difference(np.array([2.0, 3.0]), np.array([1.0, 2.0])) == (1.0, 1.0, 1.0)
+
+
+def test_steps_to_target_is_the_first_step_at_or_below_it():
+    assert steps_to_target([0, 10, 20, 30], [5.0, 3.0, 2.0, 1.5], 2.0) == 20
+    assert math.isinf(steps_to_target([0, 10], [5.0, 3.0], 2.0))
 
 
 def test_ray_backend_without_ray_is_one_line_exit_2(tmp_path, capsys, monkeypatch):

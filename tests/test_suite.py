@@ -1,0 +1,116 @@
+"""`lrpilot benchmark --suite`: the protocol over a suite, its report, its resume."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lrpilot.cli import main
+from lrpilot.experiments.run_cache import RUNS_DIR
+
+pytest.importorskip("prodigyopt")
+pytest.importorskip("schedulefree")
+
+OUTPUTS = ("results.csv", "summary.csv", "suite.csv")
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("quick")
+    assert main(["benchmark", "--suite", "quick", "--jobs", "2", "--quiet", "--out", str(out)]) == 0
+    return out
+
+
+def _without_timing(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns=["seconds"], errors="ignore")
+
+
+def test_the_quick_suite_compares_every_method_on_every_workload(quick):
+    summary = pd.read_csv(quick / "summary.csv")
+    assert set(summary["workload"]) == {"tiny-pydoc", "tiny-pystdlib"}
+    methods = {"constant", "wsd", "policy (start 0.001)", "prodigy", "schedulefree"}
+    for _, rows in summary.groupby("workload"):
+        assert set(rows["label"]) == methods
+        assert (rows["seeds"] == 2).all()
+    suite = pd.read_csv(quick / "suite.csv").set_index("method")
+    assert set(suite.index) == methods
+    assert (suite["workloads"] == 2).all()
+    assert suite.loc["constant", "LM steps (tuning + eval)"] > 0
+    assert (quick / "performance_profile.png").stat().st_size > 0
+    results = pd.read_csv(quick / "results.csv")
+    assert {"workload", "test_loss", "val_loss", "method"} <= set(results.columns)
+    text = (quick / "summary.md").read_text()
+    assert "| prodigy |" in text and "| schedulefree |" in text and "Steps to target" in text
+
+
+# Runs `lrpilot benchmark` (argv[2:]) and kills its process group with SIGKILL right
+# after the argv[1]-th run is cached: in the suite's second workload.
+KILL_AFTER_STORES = """
+import os, signal, sys
+from lrpilot.cli import main
+from lrpilot.experiments.run_cache import RunCache
+store, stored = RunCache._store, []
+def store_then_die(self, spec, trace_csv):
+    store(self, spec, trace_csv)
+    stored.append(spec.key)
+    if len(stored) == int(sys.argv[1]):
+        os.killpg(0, signal.SIGKILL)
+RunCache._store = store_then_die
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_a_suite_killed_and_restarted_equals_an_uninterrupted_one(quick, tmp_path):
+    flags = ["benchmark", "--suite", "quick", "--quiet", "--out", str(tmp_path)]
+    first = len(list((quick / "tiny-pydoc" / RUNS_DIR).glob("*/run.json")))
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AFTER_STORES, str(first + 3), *flags],
+        start_new_session=True,
+        stderr=subprocess.DEVNULL,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert (tmp_path / "tiny-pydoc" / "summary.csv").is_file()  # the first one finished
+    assert not (tmp_path / "tiny-pystdlib" / "summary.csv").exists()
+    assert len(list((tmp_path / "tiny-pystdlib" / RUNS_DIR).glob("*/run.json"))) == 3
+    assert main(flags) == 0
+    for name in OUTPUTS:
+        pd.testing.assert_frame_equal(
+            _without_timing(pd.read_csv(tmp_path / name)),
+            _without_timing(pd.read_csv(quick / name)),
+        )
+    assert (tmp_path / "summary.md").read_text() == (quick / "summary.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("suite", "message"),
+    [
+        ("nope", "unknown suite 'nope'"),
+        ("missing.toml", "suite file not found"),
+        ("empty.toml", "is empty: give at least one [[workloads]]"),
+        ("twice.toml", "names a workload twice: a"),
+        ("shared.toml", "seed(s) 1 are both tuning and evaluation seeds"),
+        ("badworkload.toml", "unknown workload 'huge'"),
+        ("unknownkey.toml", "unknown setting(s) speed"),
+    ],
+)
+def test_a_bad_suite_is_one_line_exit_2(suite, message, tmp_path, capsys):
+    entry = '[[workloads]]\nname = "a"\nworkload = "tiny"\n'
+    files = {
+        "empty.toml": 'name = "empty"\n',
+        "twice.toml": entry + entry,
+        "shared.toml": "tune_seeds = [1]\neval_seeds = [1, 2]\n" + entry,
+        "badworkload.toml": '[[workloads]]\nname = "a"\nworkload = "huge"\n',
+        "unknownkey.toml": "speed = 2\n" + entry,
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    spec = suite if suite == "nope" else str(tmp_path / suite)
+    code = main(["benchmark", "--suite", spec, "--quiet", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
