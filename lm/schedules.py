@@ -142,36 +142,37 @@ class CosineSchedule(FixedSchedule):
         return _cosine(self.progress(step), self.final_ratio)
 
 
-class WarmupCosineSchedule(FixedSchedule):
-    """Linear warmup over `warmup` of the run, then cosine decay to `final_ratio`."""
+class WarmupDecaySchedule(FixedSchedule):
+    """Linear warmup over `warmup` of the run, then `decay(q)` from 1 at q = 0 to
+    `final_ratio` at q = 1 over the rest."""
 
     def __init__(self, optimizer, total_steps, warmup=0.05, final_ratio=0.0, last_epoch=-1):
         self.warmup = warmup
         self.final_ratio = final_ratio
         super().__init__(optimizer, total_steps, last_epoch)
 
+    def decay(self, q: float) -> float:
+        raise NotImplementedError
+
     def factor(self, step: int) -> float:
         w = warmup_steps(self.total_steps, self.warmup)
         if step < w:
             return _warmup_factor(step, w)
-        q = (min(step, self.total_steps) - w) / max(1, self.total_steps - w)
+        return self.decay((min(step, self.total_steps) - w) / max(1, self.total_steps - w))
+
+
+class WarmupCosineSchedule(WarmupDecaySchedule):
+    """Linear warmup over `warmup` of the run, then cosine decay to `final_ratio`."""
+
+    def decay(self, q: float) -> float:
         return _cosine(q, self.final_ratio)
 
 
-class WarmupLinearSchedule(FixedSchedule):
+class WarmupLinearSchedule(WarmupDecaySchedule):
     """Linear warmup over `warmup` of the run, then linear decay to `final_ratio` (0:
     decay to zero, which beats cosine to 10% for LMs: arXiv 2502.15938)."""
 
-    def __init__(self, optimizer, total_steps, warmup=0.05, final_ratio=0.0, last_epoch=-1):
-        self.warmup = warmup
-        self.final_ratio = final_ratio
-        super().__init__(optimizer, total_steps, last_epoch)
-
-    def factor(self, step: int) -> float:
-        w = warmup_steps(self.total_steps, self.warmup)
-        if step < w:
-            return _warmup_factor(step, w)
-        q = (min(step, self.total_steps) - w) / max(1, self.total_steps - w)
+    def decay(self, q: float) -> float:
         return 1.0 - (1.0 - self.final_ratio) * q
 
 

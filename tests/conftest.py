@@ -18,6 +18,23 @@ MICRO = ByteGPTWorkload(
 )
 LR_MIN, LR_MAX = 1e-3, 0.2  # the LR range of `make_policy`'s policies
 
+# `python -c KILL_AFTER_STORES N ARGS...` runs `lrpilot ARGS...` and kills its whole
+# process group with SIGKILL right after the N-th run is cached: a crash at a known
+# point, whatever the machine's speed (start it in a session of its own).
+KILL_AFTER_STORES = """
+import os, signal, sys
+from lrpilot.cli import main
+from lrpilot.experiments.run_cache import RunCache
+store, stored = RunCache._store, []
+def store_then_die(self, spec, trace_csv):
+    store(self, spec, trace_csv)
+    stored.append(spec.key)
+    if len(stored) == int(sys.argv[1]):
+        os.killpg(0, signal.SIGKILL)
+RunCache._store = store_then_die
+sys.exit(main(sys.argv[2:]))
+"""
+
 
 @pytest.fixture(scope="session")
 def small_corpus() -> Corpus:

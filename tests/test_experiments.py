@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import make_policy
+from conftest import KILL_AFTER_STORES, make_policy
 
 from lrpilot.cli import main
 from lrpilot.env.actions import lr_factor
@@ -210,23 +210,6 @@ def test_results_do_not_depend_on_jobs(compared, policy_file, tmp_path):
             _without_timing(pd.read_csv(tmp_path / name)),
             _without_timing(pd.read_csv(compared / name)),
         )
-
-
-# Runs `lrpilot compare` (argv[2:]) and kills its whole process group with SIGKILL right
-# after the argv[1]-th run is cached: a crash at a known point, whatever the machine's speed.
-KILL_AFTER_STORES = """
-import os, signal, sys
-from lrpilot.cli import main
-from lrpilot.experiments.run_cache import RunCache
-store, stored = RunCache._store, []
-def store_then_die(self, spec, trace_csv):
-    store(self, spec, trace_csv)
-    stored.append(spec.key)
-    if len(stored) == int(sys.argv[1]):
-        os.killpg(0, signal.SIGKILL)
-RunCache._store = store_then_die
-sys.exit(main(sys.argv[2:]))
-"""
 
 
 def test_compare_killed_and_restarted_equals_an_uninterrupted_one(compared, policy_file, tmp_path):

@@ -1,6 +1,7 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,3 +145,12 @@ def test_default_warmup_is_the_schedules_own_or_none():
     # the value reported is the one a schedule made without options uses
     curve = schedule_curve("wsd", 1.0, 100)
     assert curve[4] == 1.0 and curve[3] < 1.0  # 5 warmup steps of 100
+
+
+def test_warmup_linear_warms_up_then_decays_linearly_to_zero():
+    curve = schedule_curve("warmup_linear", 1.0, 100, warmup=0.1)
+    assert curve[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert curve[10] == pytest.approx(1.0)
+    steps = np.diff(curve[10:])
+    assert np.allclose(steps, steps[0]) and steps[0] < 0  # a straight line down ...
+    assert curve[-1] == pytest.approx(1 / 90)  # ... reaching 0 at step 100

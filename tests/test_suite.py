@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import KILL_AFTER_STORES
 
 from lrpilot.cli import main
 from lrpilot.experiments.run_cache import RUNS_DIR
@@ -48,24 +49,8 @@ def test_the_quick_suite_compares_every_method_on_every_workload(quick):
     assert "| prodigy |" in text and "| schedulefree |" in text and "Steps to target" in text
 
 
-# Runs `lrpilot benchmark` (argv[2:]) and kills its process group with SIGKILL right
-# after the argv[1]-th run is cached: in the suite's second workload.
-KILL_AFTER_STORES = """
-import os, signal, sys
-from lrpilot.cli import main
-from lrpilot.experiments.run_cache import RunCache
-store, stored = RunCache._store, []
-def store_then_die(self, spec, trace_csv):
-    store(self, spec, trace_csv)
-    stored.append(spec.key)
-    if len(stored) == int(sys.argv[1]):
-        os.killpg(0, signal.SIGKILL)
-RunCache._store = store_then_die
-sys.exit(main(sys.argv[2:]))
-"""
-
-
 def test_a_suite_killed_and_restarted_equals_an_uninterrupted_one(quick, tmp_path):
+    # killed in the suite's second workload, three runs in
     flags = ["benchmark", "--suite", "quick", "--quiet", "--out", str(tmp_path)]
     first = len(list((quick / "tiny-pydoc" / RUNS_DIR).glob("*/run.json")))
     killed = subprocess.run(
