@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(PY) experiments/benchmarks/bench_env.py
 	$(PY) experiments/benchmarks/bench_train.py
 	$(PY) experiments/benchmarks/bench_backends.py
+	$(PY) experiments/benchmarks/bench_scheduler.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

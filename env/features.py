@@ -10,6 +10,21 @@ start LR, `lr_t` the LR the controller set for interval t, `m_t`, `s_t`, `k_t` t
 train-loss mean, standard deviation and per-step slope over the interval, `n_t` its
 steps, `g_t` the mean gradient norm, `u_t` the update-to-weight ratio, `T` the step
 budget.
+
+Losses of 0 and below. The features are made for losses >= 0 (cross-entropy, MSE),
+and are defined for a loss of exactly 0, as when a small data set is memorised:
+
+- a log-ratio of two values (`log(L_t / L_{t-1})`, `log(L_t / L_0)`,
+  `log(L_t / min L_i)`, `log(L_t / m_t)`, `log(g_t / g_{t-1})`) reads 0 when both
+  are 0, `-FEATURE_CLIP` when only the numerator is 0 and `+FEATURE_CLIP` when only
+  the denominator is: the values the clipped feature tends to as the value goes to 0;
+- `k_t * n_t / m_t` and `s_t / m_t` read 0 when `m_t` is 0.
+
+A loss that can be negative (a Gaussian negative log-likelihood, say) has no scale
+these ratios can measure: wherever a loss in a ratio is negative, the feature reads 0,
+as for a non-finite value. Shift such a loss by a constant bound (so it is >= 0) to
+let the controller see it. For positive finite values every formula is the plain one
+in the table.
 """
 
 from __future__ import annotations
@@ -63,6 +78,24 @@ NUM_FEATURES = len(FEATURES)
 
 def _log(x: float) -> float:
     return math.log(x) if x > 0 and math.isfinite(x) else math.nan
+
+
+def log_ratio(numerator: float, denominator: float) -> float:
+    """`log(numerator / denominator)` of two values >= 0, defined where either is 0.
+
+    For two positive finite values it is exactly `_log(numerator / denominator)`. 0 / 0
+    is 0 (no change); 0 / positive is `-FEATURE_CLIP` and positive / 0 is
+    `+FEATURE_CLIP`, where the clipped feature goes as the value goes to 0. A negative
+    or non-finite value gives NaN, which the observation reads as 0.
+    """
+    values = (numerator, denominator)
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        return math.nan
+    if numerator == 0:
+        return 0.0 if denominator == 0 else -FEATURE_CLIP
+    if denominator == 0:
+        return FEATURE_CLIP
+    return _log(numerator / denominator)
 
 
 def finite_clipped(values: list[float]) -> np.ndarray:
@@ -129,14 +162,14 @@ class ObservationBuilder:
             stats.step / self.total_steps,
             _log(controller_lr / REFERENCE_LR),
             _log(controller_lr / self.start_lr),
-            _log(val / self.previous_val_loss),
-            _log(val / self.initial_val_loss),
-            _log(val / self.best_val_loss),
+            log_ratio(val, self.previous_val_loss),
+            log_ratio(val, self.initial_val_loss),
+            log_ratio(val, self.best_val_loss),
             stats.train_loss_slope * stats.steps / mean if mean > 0 else math.nan,
             stats.train_loss_std / mean if mean > 0 else math.nan,
-            _log(val / mean),
+            log_ratio(val, mean),
             _log(stats.grad_norm),
-            _log(stats.grad_norm / self.previous_grad_norm),
+            log_ratio(stats.grad_norm, self.previous_grad_norm),
             _log(stats.update_ratio),
             stats.nonfinite_steps / stats.steps,
         ]

@@ -6,7 +6,10 @@
 - `neg_val_loss`: `r_t = -L_t`, dense; rewards low loss all along the run.
 - `final`: 0 until the last interval, then `log(L_0 / L_T)`; sparse.
 
-In all three a lower loss is a higher reward.
+In all three a lower loss is a higher reward. The log rewards are defined for a loss
+of exactly 0 (a memorised data set), as the features are (`env/features.py`): a drop
+to 0 earns `+FEATURE_CLIP`, a rise from 0 `-FEATURE_CLIP`, 0 to 0 nothing; a negative
+loss has no log and earns 0.
 
 Divergence (a non-finite loss, or `L_t > divergence_factor * L_0`) ends the episode.
 Its reward is what the rest of the episode would have earned had the loss jumped to
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import math
 
+from lrpilot.env.features import log_ratio
 from lrpilot.errors import ConfigError
 
 REWARD_NAMES = ("log_improvement", "neg_val_loss", "final")
@@ -29,6 +33,15 @@ def check_reward_name(name: str) -> str:
     if name not in REWARD_NAMES:
         raise ConfigError(f"unknown reward {name!r}; choose from {', '.join(REWARD_NAMES)}")
     return name
+
+
+def log_improvement(before: float, after: float) -> float:
+    """`log(before) - log(after)` for positive losses; at a loss of 0, the features'
+    clipped limit (see the module docstring); 0 where a loss is negative."""
+    if before > 0 and after > 0:
+        return math.log(before) - math.log(after)
+    value = -log_ratio(after, before)
+    return 0.0 if math.isnan(value) else value
 
 
 def instant_reward(
@@ -41,11 +54,11 @@ def instant_reward(
 ) -> float:
     """Reward for an interval that took the validation loss from `previous_loss` to `loss`."""
     if name == "log_improvement":
-        return math.log(previous_loss) - math.log(loss)
+        return log_improvement(previous_loss, loss)
     if name == "neg_val_loss":
         return -loss
     if name == "final":
-        return math.log(initial_loss) - math.log(loss) if last else 0.0
+        return log_improvement(initial_loss, loss) if last else 0.0
     raise ConfigError(f"unknown reward {name!r}; choose from {', '.join(REWARD_NAMES)}")
 
 

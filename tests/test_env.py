@@ -359,3 +359,14 @@ def test_bad_configuration_raises_value_error_naming_field_and_value(make, messa
         make()
     assert isinstance(error.value, ConfigError)
     assert message in str(error.value)
+
+
+def test_the_log_rewards_are_defined_for_a_loss_of_zero():
+    def reward(previous, loss, name="log_improvement"):
+        return instant_reward(name, previous_loss=previous, loss=loss, initial_loss=2.0, last=True)
+
+    assert reward(2.0, 1.0) == math.log(2.0) - math.log(1.0)  # positive losses: the plain rule
+    assert reward(2.0, 0.0) == 10.0  # a drop to 0: the features' clip
+    assert reward(0.0, 0.0) == 0.0 and reward(0.0, 1.0) == -10.0
+    assert reward(-1.0, 0.5) == 0.0  # a negative loss has no log
+    assert reward(1.0, 0.0, "final") == 10.0  # from L_0 = 2 to 0

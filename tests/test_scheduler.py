@@ -10,8 +10,9 @@ import pytest
 import torch
 from conftest import LR_MAX, LR_MIN, make_policy
 
+from lrpilot.agents import load_policy
 from lrpilot.agents.rollout import run_episode
-from lrpilot.agents.scheduler import PolicyScheduler
+from lrpilot.agents.scheduler import UPDATE_RATIO_SAMPLE, PolicyScheduler, SampledUpdateRatio
 from lrpilot.env import LRControlEnv, Task
 from lrpilot.env.actions import next_lr
 from lrpilot.env.features import ObservationBuilder
@@ -38,20 +39,23 @@ def make_mlp(seed: int = 0):
     return model, optimizer
 
 
-def regression_data():
-    generator = torch.Generator().manual_seed(1)
+def regression_data(seed: int = 1):
+    generator = torch.Generator().manual_seed(seed)
     x = torch.randn(TOTAL, 16, 4, generator=generator)
     y = torch.sin(x.sum(-1, keepdim=True)) + 0.1 * torch.randn(TOTAL, 16, 1, generator=generator)
     x_val = torch.randn(64, 4, generator=generator)
     return x, y, x_val, torch.sin(x_val.sum(-1, keepdim=True))
 
 
-def train_mlp(policy, *, stop_at=None, resume=None, use_step_metrics=False):
+def train_mlp(
+    policy, *, stop_at=None, resume=None, use_step_metrics=False, tensors=False, data_seed=1
+):
     """Train the MLP with the scheduler; returns per-step LRs and what the test measured.
 
     `stop_at`: return the checkpoint after that many steps. `resume`: start from one.
+    `tensors`: pass the train losses as 0-d tensors. `data_seed`: the data's seed.
     """
-    x, y, x_val, y_val = regression_data()
+    x, y, x_val, y_val = regression_data(data_seed)
     model, optimizer = make_mlp()
 
     def val_loss() -> float:
@@ -93,7 +97,7 @@ def train_mlp(policy, *, stop_at=None, resume=None, use_step_metrics=False):
         optimizer.step()
         update_ratio = float(weight_update_ratio(before, list(model.parameters())))
         scheduler.step()
-        losses.append(loss.item())
+        losses.append(loss.detach() if tensors else loss.item())
         if (step + 1) % EVERY == 0 or step + 1 == TOTAL:
             metrics = {"train_loss": losses, "val_loss": val_loss()}
             if use_step_metrics:
@@ -222,6 +226,11 @@ def test_step_with_metrics_is_observe():
     assert train_mlp(policy)["lrs"] == train_mlp(policy, use_step_metrics=True)["lrs"]
 
 
+def test_train_losses_may_be_tensors():
+    policy = make_policy(seed=3)
+    assert train_mlp(policy)["lrs"] == train_mlp(policy, tensors=True)["lrs"]
+
+
 # -- the scheduler reproduces the env ---------------------------------------------------------
 
 TASK = Task.of("tiny", 5, total_steps=35, eval_every=10, start_lr=3e-3, batch_size=8)
@@ -254,9 +263,11 @@ def test_scheduler_on_the_trainer_reproduces_the_env(
 
     trainer = TASK.make_run("cpu")  # as LRControlEnv makes it
     trainer.set_lr(TASK.start_lr)
+    # The exact update ratio (a copy of every weight), as the run measures it: the
+    # default estimate from a sample is compared with it in test_update_ratio_sample_*.
     scheduler = PolicyScheduler(
         trainer.optimizer, policy, TASK.total_steps, TASK.eval_every,
-        initial_val_loss=trainer.evaluate(),
+        initial_val_loss=trainer.evaluate(), update_ratio_sample=None,
     )  # fmt: skip
     lrs, losses, grad_norms = [], [], []
     for step in range(1, TASK.total_steps + 1):
@@ -315,6 +326,8 @@ class _PolicyWithoutFirst:
         ({"policy": "policy.safetensors"}, "policy must be an lrpilot Policy"),
         ({"policy": _PolicyWithoutFirst()}, "policy's next_lr must take the keyword first"),
         ({"optimizer": [torch.zeros(1)]}, "optimizer must be a torch Optimizer, got list"),
+        ({"optimizer": "no groups"}, "optimizer SGD has no parameter groups"),
+        ({"optimizer": "no parameters"}, "optimizer SGD has no parameters"),
         ({"start_lr": 0.0}, "start_lr must be a positive finite number, got 0.0"),
         ({"start_lr": "fast"}, "start_lr must be a positive number, got 'fast'"),
         ({"initial_val_loss": math.nan}, "initial validation loss must be a positive finite"),
@@ -323,6 +336,12 @@ class _PolicyWithoutFirst:
 def test_bad_arguments_are_one_line_config_errors(kwargs, message):
     arguments = {"optimizer": _optimizer(), "policy": make_policy()}
     arguments |= {"total_steps": 10, "eval_interval": 5} | kwargs
+    if arguments["optimizer"] == "no groups":
+        arguments["optimizer"] = _optimizer()
+        arguments["optimizer"].param_groups.clear()
+    elif arguments["optimizer"] == "no parameters":
+        arguments["optimizer"] = _optimizer()
+        arguments["optimizer"].param_groups[0]["params"] = []
     with pytest.raises(ConfigError) as error:
         PolicyScheduler(**arguments)
     assert message in str(error.value) and "\n" not in str(error.value)
@@ -346,3 +365,179 @@ def test_misuse_is_refused():
         PolicyScheduler(_optimizer(), make_policy(), 20, 5).load_state_dict(state)
     with pytest.raises(ConfigError, match="not a PolicyScheduler state dict: it lacks lr"):
         scheduler.load_state_dict({k: v for k, v in state.items() if k != "lr"})
+
+
+# -- parameter groups: the policy's LR is a multiplier -------------------------------------------
+
+
+class RecordingPolicy:
+    """A policy that keeps every observation it is shown."""
+
+    def __init__(self, policy) -> None:
+        self.policy = policy
+        self.observations: list[np.ndarray] = []
+
+    def __getattr__(self, name):
+        return getattr(self.policy, name)
+
+    def act(self, observation):
+        self.observations.append(np.array(observation))
+        return self.policy.act(observation)
+
+
+def train_groups(policy, make_groups) -> list[list[float]]:
+    """Train the MLP, with an extra parameter the loss never reaches, on the groups
+    `make_groups(model, extra)` gives; returns each step's group LRs."""
+    x, y, x_val, y_val = regression_data()
+    model, _ = make_mlp()
+    extra = torch.nn.Parameter(torch.randn(3, generator=torch.Generator().manual_seed(2)))
+    optimizer = torch.optim.SGD(make_groups(model, extra), lr=0.05, momentum=0.9)
+
+    def val_loss() -> float:
+        with torch.no_grad():
+            return float(torch.nn.functional.mse_loss(model(x_val), y_val))
+
+    scheduler = PolicyScheduler(optimizer, policy, TOTAL, EVERY, initial_val_loss=val_loss())
+    group_lrs, losses = [], []
+    for step in range(TOTAL):
+        group_lrs.append([group["lr"] for group in optimizer.param_groups])
+        loss = torch.nn.functional.mse_loss(model(x[step]), y[step])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if (step + 1) % EVERY == 0 or step + 1 == TOTAL:
+            scheduler.observe(losses, val_loss())
+            losses = []
+    return group_lrs
+
+
+@pytest.mark.parametrize("second_lr", [0.0125, 0.05 / 3])
+def test_groups_keep_their_ratios_and_the_policy_sees_only_its_own_lr(second_lr):
+    policy = make_policy(seed=7, action_mode="continuous", factor_span=0.2, cooldown_fraction=0.3)
+    one_group = RecordingPolicy(policy)
+    one = train_groups(one_group, lambda model, extra: [*model.parameters(), extra])
+    # The same run with the extra parameter in a group of its own, at another LR: it
+    # trains the same (the loss never reaches it), so the policy must see the same.
+    two_groups = RecordingPolicy(policy)
+    two = train_groups(
+        two_groups,
+        lambda model, extra: [{"params": model.parameters()}, {"params": [extra], "lr": second_lr}],
+    )
+    assert len({lrs[0] for lrs in one}) > 5, "the LR should move (actions, cooldown)"
+    assert [lrs[0] for lrs in two] == [lrs[0] for lrs in one]
+    for lrs in two:
+        assert lrs[1] / lrs[0] == pytest.approx(second_lr / 0.05, rel=1e-15)
+    assert len(two_groups.observations) == len(one_group.observations) == 6
+    for seen_with_two, seen_with_one in zip(
+        two_groups.observations, one_group.observations, strict=True
+    ):
+        assert np.array_equal(seen_with_two, seen_with_one)
+    # Two groups that both train: the ratio is exact at every step.
+    live = train_groups(
+        policy,
+        lambda model, extra: [
+            {"params": model[0].parameters()},
+            {"params": model[2].parameters(), "lr": 0.0125},
+            {"params": [extra]},
+        ],
+    )
+    assert all(lrs[1] == lrs[0] / 4 and lrs[2] == lrs[0] for lrs in live)
+
+
+# -- the update ratio from a sample of the weights -----------------------------------------------
+
+
+def test_sampled_update_ratio_is_exact_on_small_tensors_and_close_on_large_ones():
+    generator = torch.Generator().manual_seed(0)
+    small = [torch.randn(64, 64, generator=generator), torch.randn(64, generator=generator)]
+    large = [torch.randn(512, 512, generator=generator), torch.randn(512, generator=generator)]
+    for params, tolerance in ((small, 0.0), (large, 0.03)):
+        estimator = SampledUpdateRatio()
+        before = [p.clone() for p in params]
+        estimator.before_step(params)
+        kept = sum(v.numel() for v in estimator._values_before)
+        for p in params:  # an Adam-like step: about the same size for every element
+            p.add_(1e-3 * torch.sign(torch.randn(p.shape, generator=generator)))
+        estimate = estimator.after_step(params)
+        exact = weight_update_ratio(before, params)
+        assert estimate == pytest.approx(exact, rel=tolerance, abs=0)
+        assert kept <= sum(min(p.numel(), UPDATE_RATIO_SAMPLE) for p in params)
+    assert SampledUpdateRatio(None)._is_sampled(large[0]) is False
+
+
+SHIPPED_TASK = Task.of("tiny", 5, total_steps=40, eval_every=10, start_lr=3e-3, batch_size=8)
+
+
+def drive_tiny(update_ratio_sample):
+    """The shipped policy driving the `tiny` workload through PolicyScheduler in a loop
+    of its own (gradients clipped as the run does); returns per-step LRs and each
+    interval's update ratio."""
+    run = SHIPPED_TASK.make_run("cpu")
+    scheduler = PolicyScheduler(
+        run.optimizer, load_policy("default"), SHIPPED_TASK.total_steps,
+        SHIPPED_TASK.eval_every, initial_val_loss=run.evaluate(),
+        update_ratio_sample=update_ratio_sample,
+    )  # fmt: skip
+    params = [p for group in run.optimizer.param_groups for p in group["params"]]
+    lrs, ratios, losses, grad_norms = [], [], [], []
+    for step in range(1, SHIPPED_TASK.total_steps + 1):
+        lrs.append(run.optimizer.param_groups[0]["lr"])
+        run.model.train()
+        loss = run.parts.loss(next(run._batches))
+        loss.backward()
+        grad_norms.append(torch.nn.utils.clip_grad_norm_(params, run.parts.grad_clip).item())
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        losses.append(loss.detach())
+        if step % SHIPPED_TASK.eval_every == 0:
+            scheduler.observe(losses, run.evaluate(), grad_norm=float(np.mean(grad_norms)))
+            ratios.append(scheduler.last_stats.update_ratio)
+            losses, grad_norms = [], []
+    return np.array(lrs), np.array(ratios)
+
+
+def test_update_ratio_sample_moves_the_shipped_policy_by_little():
+    exact_lrs, exact_ratios = drive_tiny(update_ratio_sample=None)
+    sampled_lrs, sampled_ratios = drive_tiny(update_ratio_sample=UPDATE_RATIO_SAMPLE)
+    assert len(set(exact_lrs)) > 3, "the shipped policy should move the LR"
+    # Measured: update ratios within 0.6% of exact, the LR path within 0.18% (and
+    # within 0.21% over the policy's own 400-step, batch-64 runs).
+    np.testing.assert_allclose(sampled_ratios, exact_ratios, rtol=0.02)
+    np.testing.assert_allclose(sampled_lrs, exact_lrs, rtol=0.01)
+    assert sampled_lrs[0] == exact_lrs[0]  # the first action comes before any update
+
+
+# -- data parallel: rank 0 decides ---------------------------------------------------------------
+
+
+def _distributed_worker(rank: int, world_size: int, out_dir: str) -> None:
+    """One of `world_size` gloo processes: trains the MLP on data of its own (so its
+    losses differ from the other ranks') and writes the LRs it trained at."""
+    import json
+    import os
+
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    rendezvous = f"file://{os.path.join(out_dir, 'rendezvous')}"  # no port to race for
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world_size)
+    try:
+        record = train_mlp(make_policy(seed=7), data_seed=1 + rank)
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as file:
+            json.dump(record["lrs"], file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_torch_distributed_every_rank_trains_at_rank_zeros_lr(tmp_path):
+    import json
+
+    torch.multiprocessing.spawn(_distributed_worker, args=(2, str(tmp_path)), nprocs=2)
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert rank0 == rank1
+    policy = make_policy(seed=7)
+    assert rank0 == train_mlp(policy, data_seed=1)["lrs"]  # rank 0's own decisions
+    assert rank1 != train_mlp(policy, data_seed=2)["lrs"]  # not those rank 1 would make

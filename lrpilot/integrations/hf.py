@@ -1,0 +1,351 @@
+"""The learned policy in a Hugging Face `transformers.Trainer`: `LRPilotCallback`.
+
+    from lrpilot.agents import load_policy
+    from lrpilot.integrations.hf import LRPilotCallback
+
+    args = TrainingArguments(
+        ...,
+        learning_rate=1e-3,            # the policy's start LR
+        lr_scheduler_type="constant",  # the policy sets the LR; no other schedule on top
+        eval_strategy="steps",
+        eval_steps=20,                 # the policy acts at every evaluation
+        eval_on_start=True,            # the validation loss before training: L_0
+    )
+    trainer = Trainer(model, args, train_dataset=train, eval_dataset=val)
+    LRPilotCallback(load_policy("default")).attach(trainer)
+    trainer.train()
+
+`attach(trainer)` adds the callback to the trainer and wraps the trainer's
+`training_step`; pass the callback through `attach`, not `callbacks=[...]` (a
+callback that was not attached stops the run at train begin, with a one-line error).
+The work is done by `lrpilot.agents.scheduler.PolicyController`, as in
+`PolicyScheduler`; this module is its wiring to the Trainer:
+
+- **train losses, per step**: the wrapped `training_step` keeps each micro-batch's
+  loss (a tensor, no device sync), and their sum over an optimizer step is that
+  step's loss: what the Trainer itself adds up for its logged `loss`, which is only an
+  average over `logging_steps`. So the std and slope features see per-step losses, as
+  in training, whatever `logging_steps` is and whatever `compute_loss` does.
+- **gradient norm**: measured in the wrapped `training_step` after the backward pass
+  of an optimizer step's last micro-batch, before the Trainer clips the gradients
+  (`max_grad_norm`), as lrpilot's own runs measure it.
+- **update ratio**: the controller's hooks on the optimizer inside accelerate's
+  wrapper (`SampledUpdateRatio`).
+- **when it acts**: at every `eval_interval` steps (its argument; by default the
+  Trainer's `eval_steps` with `eval_strategy="steps"`). At each such step
+  `on_step_end` asks the Trainer to evaluate (`control.should_evaluate`), and
+  `on_evaluate` reads the validation loss, the metric `eval_loss` (`metric=`),
+  and shows the policy the interval. Evaluations at other steps are ignored.
+  The run's step budget is the Trainer's `max_steps` unless `total_steps` is given.
+- **L_0**: the evaluation the Trainer runs before training with
+  `eval_on_start=True`, or `initial_val_loss=`.
+- **the LR**: the Trainer's scheduler must be `lr_scheduler_type="constant"` (any
+  other, or a warmup, is refused at train begin: the policy has its own warmup and
+  cooldown). That scheduler is a `LambdaLR`; the callback makes its factor the
+  policy's multiplier, so it computes the policy's LR at every step and logs it as
+  `learning_rate`, and `on_step_end` writes each group's exact LR for the next step
+  (its initial LR times the multiplier) into the optimizer.
+- **resume**: the controller's state, with the current interval's losses, is kept in
+  `TrainerState.stateful_callbacks["lrpilot"]`, which the Trainer writes into every
+  checkpoint's `trainer_state.json` and reads back with
+  `train(resume_from_checkpoint=...)`; a resumed run continues with the LRs of an
+  uninterrupted one. (It is not an `ExportableState`: the Trainer would rebuild the
+  callback from JSON, without its policy.)
+- **data parallel**: every process evaluates, rank 0 decides, the decision is
+  broadcast (see `PolicyController`).
+
+Transformers is an optional extra: without it, importing this module raises a
+one-line `ConfigError` naming `pip install 'lrpilot[hf]'`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lrpilot.errors import ConfigError, require_positive_int
+
+try:
+    from transformers import Trainer, TrainerCallback
+except ImportError:  # also when sys.modules["transformers"] is None
+    raise ConfigError(
+        "lrpilot.integrations.hf needs the extra: pip install 'lrpilot[hf]'"
+    ) from None
+
+from lrpilot.agents.scheduler import (
+    UPDATE_RATIO_SAMPLE,
+    PolicyController,
+    check_policy,
+    positive_float,
+    total_norm,
+)
+
+STATE_KEY = "lrpilot"  # the callback's entry in TrainerState.stateful_callbacks
+
+
+class LRPilotCallback(TrainerCallback):
+    """Sets a `transformers.Trainer`'s LR from a learned lrpilot policy.
+
+    Args:
+        policy: an lrpilot `Policy` (`load_policy(path)`).
+        eval_interval: optimizer steps between the policy's decisions; by default the
+            Trainer's `eval_steps` (with `eval_strategy="steps"`).
+        total_steps: the step budget the policy sees; by default the Trainer's
+            `max_steps`.
+        start_lr: the policy's LR at the start; by default the first parameter group's
+            initial LR (`learning_rate`).
+        initial_val_loss: L_0; by default the Trainer's evaluation before training
+            (`eval_on_start=True`).
+        metric: the evaluation metric that is the validation loss.
+        update_ratio_sample: elements per tensor the update ratio is estimated from;
+            None: exact.
+
+    `controller` (a `PolicyController`, made at train begin) holds what the policy saw
+    and did: `controller.last_stats`, `controller.last_action`, `controller.lr`.
+    `decisions` lists `(step, val_loss, lr)` for every decision of this process's run:
+    the validation loss the policy saw at that step and the LR it set from then on.
+    """
+
+    def __init__(
+        self,
+        policy: Any,
+        *,
+        eval_interval: int | None = None,
+        total_steps: int | None = None,
+        start_lr: float | None = None,
+        initial_val_loss: float | None = None,
+        metric: str = "eval_loss",
+        update_ratio_sample: int | None = UPDATE_RATIO_SAMPLE,
+    ) -> None:
+        self.policy = check_policy(policy)
+        counts = {
+            "eval_interval": eval_interval,
+            "total_steps": total_steps,
+            "update_ratio_sample": update_ratio_sample,
+        }
+        for name, value in counts.items():
+            if value is not None:
+                require_positive_int(name, value)
+        if start_lr is not None:
+            positive_float("start_lr", start_lr)
+        if initial_val_loss is not None:
+            positive_float("initial validation loss", initial_val_loss)
+        if not isinstance(metric, str) or not metric:
+            raise ConfigError(f"metric must be the name of an evaluation metric, got {metric!r}")
+        self.eval_interval = eval_interval
+        self.total_steps = total_steps
+        self.start_lr = start_lr
+        self.initial_val_loss = initial_val_loss
+        self.metric = metric
+        self.update_ratio_sample = update_ratio_sample
+        self.controller: PolicyController | None = None
+        self.decisions: list[tuple[int, float, float]] = []
+        self._trainer: Trainer | None = None
+        self._lr_scheduler: Any = None
+        self._micro_batch_losses: list[torch.Tensor] = []  # of the optimizer step under way
+        self._step_losses: list[torch.Tensor | float] = []  # of the interval under way
+
+    def attach(self, trainer: Trainer) -> LRPilotCallback:
+        """Add this callback to `trainer` and wrap its `training_step` to read each
+        step's loss and gradient norm; returns the callback."""
+        if not isinstance(trainer, Trainer):
+            raise ConfigError(
+                f"attach() takes a transformers.Trainer, got {type(trainer).__name__}"
+            )
+        if self._trainer is not None:
+            raise ConfigError("this LRPilotCallback is attached to a Trainer already")
+        self._trainer = trainer
+        if self not in trainer.callback_handler.callbacks:
+            trainer.add_callback(self)
+        original_training_step = trainer.training_step
+
+        def training_step(*args: Any, **kwargs: Any) -> torch.Tensor:
+            loss = original_training_step(*args, **kwargs)
+            self._after_training_step(loss)
+            return loss
+
+        trainer.training_step = training_step
+        return self
+
+    # -- the Trainer's events -------------------------------------------------------------------
+
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
+        """Check the set-up, make the controller, restore it on a resume, install the LR."""
+        if self._trainer is None:
+            raise ConfigError(
+                "LRPilotCallback needs the per-step training losses: add it with "
+                "LRPilotCallback(policy).attach(trainer), not callbacks=[...]"
+            )
+        scheduler_type = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
+        if scheduler_type != "constant":
+            raise ConfigError(
+                f"LRPilotCallback sets the LR itself: use TrainingArguments("
+                f"lr_scheduler_type='constant'), got {scheduler_type!r}"
+            )
+        if args.get_warmup_steps(state.max_steps) > 0:
+            raise ConfigError(
+                f"LRPilotCallback sets the LR itself (the policy has its own warmup): "
+                f"use warmup_steps=0, got {args.warmup_steps!r}"
+            )
+        if not isinstance(lr_scheduler, torch.optim.lr_scheduler.LambdaLR):
+            raise ConfigError(
+                f"LRPilotCallback needs the Trainer's own constant scheduler, got "
+                f"{type(lr_scheduler).__name__} (do not pass a scheduler in optimizers=)"
+            )
+        eval_dataset = self._trainer.eval_dataset
+        if eval_dataset is None:
+            raise ConfigError(
+                "LRPilotCallback needs validation losses: give the Trainer an eval_dataset"
+            )
+        if isinstance(eval_dataset, dict) and self.metric == "eval_loss":
+            raise ConfigError(
+                f"the Trainer's eval_dataset holds {len(eval_dataset)} named sets: pass "
+                f"metric='eval_<name>_loss' to LRPilotCallback for the one the policy reads"
+            )
+        eval_interval = self.eval_interval
+        if eval_interval is None:
+            strategy = getattr(args.eval_strategy, "value", args.eval_strategy)
+            if strategy != "steps":
+                raise ConfigError(
+                    f"LRPilotCallback needs an interval: pass eval_interval=, or use "
+                    f"eval_strategy='steps' with eval_steps, got eval_strategy={strategy!r}"
+                )
+            eval_interval = int(state.eval_steps)
+        resumed = state.global_step > 0
+        if not resumed and self.initial_val_loss is None and not args.eval_on_start:
+            raise ConfigError(
+                "LRPilotCallback needs the validation loss before training: use "
+                "TrainingArguments(eval_on_start=True), or pass initial_val_loss="
+            )
+        self.controller = PolicyController(
+            _inner_optimizer(optimizer),
+            self.policy,
+            self.total_steps or state.max_steps,
+            eval_interval,
+            start_lr=self.start_lr,
+            update_ratio_sample=self.update_ratio_sample,
+            measure_grad_norm=False,  # measured before clipping, in training_step
+        )
+        self._lr_scheduler = lr_scheduler
+        # The scheduler's factor is the policy's multiplier, at the step it is asked for.
+        controller = self.controller
+
+        def policy_multiplier(step: int) -> float:
+            return controller.multiplier(step)
+
+        lr_scheduler.lr_lambdas = [policy_multiplier] * len(optimizer.param_groups)
+        self._micro_batch_losses, self._step_losses = [], []
+        if resumed:
+            self._restore(state)
+        elif self.initial_val_loss is not None:
+            self._decide(val_loss=self.initial_val_loss)
+        self._write_lrs()
+        return control
+
+    def on_step_end(self, args, state, control, **kwargs):
+        """Count the step, set the next step's LR, and ask for an evaluation when the
+        policy is due to act."""
+        controller = self.controller
+        controller.count_step()
+        if controller.steps_done != state.global_step:
+            raise ConfigError(
+                f"LRPilotCallback counted {controller.steps_done} steps, the Trainer "
+                f"{state.global_step} (was it attached after training started?)"
+            )
+        self._write_lrs()
+        if controller.is_interval_end(state.global_step):
+            control.should_evaluate = True
+        if control.should_save:
+            self._save(state)
+        return control
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        """At L_0 and at every interval's end: show the policy the validation loss."""
+        controller = self.controller
+        if controller is None:  # trainer.evaluate() outside training
+            return control
+        step = state.global_step
+        due = not controller.started or (
+            step != controller.observed_at and controller.is_interval_end(step)
+        )
+        if not due:  # the Trainer's own evaluation, between the policy's intervals
+            return control
+        metrics = metrics or {}
+        if self.metric not in metrics:
+            if isinstance(self._trainer.eval_dataset, dict):  # another named eval set
+                return control
+            raise ConfigError(
+                f"LRPilotCallback needs {self.metric!r} in the evaluation metrics, got "
+                f"{', '.join(sorted(metrics)) or 'none'} (does the model return a loss on the "
+                f"eval_dataset's labels? set metric= for another name)"
+            )
+        val_loss = float(metrics[self.metric])
+        if not controller.started:
+            self._decide(val_loss=val_loss)
+        else:
+            self._decide(self._step_losses, val_loss)
+            self._step_losses = []
+        self._write_lrs()
+        self._save(state)  # the checkpoint after this evaluation holds the decision
+        return control
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if control.should_save:
+            self._save(state)
+        return control
+
+    # -- internals ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _after_training_step(self, loss: torch.Tensor) -> None:
+        """After one micro-batch's forward and backward: keep its loss; at an optimizer
+        step's last micro-batch, the step's loss and gradient norm (before clipping)."""
+        if self.controller is None:
+            return
+        self._micro_batch_losses.append(loss.detach().reshape(()).float())
+        if not self._trainer.accelerator.sync_gradients:
+            return
+        step_loss = torch.stack(self._micro_batch_losses).sum()
+        self._micro_batch_losses = []
+        self._step_losses.append(step_loss)
+        grads = [p.grad for p in self.controller.parameters() if p.grad is not None]
+        if grads:
+            self.controller.record_grad_norm(total_norm(grads))
+
+    def _decide(self, train_loss: Any = None, val_loss: float | None = None) -> None:
+        self.controller.observe(train_loss, val_loss)
+        decision = (self.controller.steps_done, float(val_loss), self.controller.lr)
+        self.decisions.append(decision)
+
+    def _write_lrs(self) -> None:
+        """Each group's LR for the next step, in the optimizer and as the scheduler's."""
+        lrs = self.controller.apply_lrs()
+        self._lr_scheduler._last_lr = list(lrs)
+
+    def _save(self, state) -> None:
+        state.stateful_callbacks[STATE_KEY] = {
+            "controller": self.controller.state_dict(),
+            "train_losses": [float(loss) for loss in self._step_losses],
+        }
+
+    def _restore(self, state) -> None:
+        saved = state.stateful_callbacks.get(STATE_KEY)
+        if saved is None:
+            raise ConfigError(
+                f"the checkpoint at step {state.global_step} holds no LRPilotCallback "
+                f"state (key {STATE_KEY!r} of trainer_state.json's stateful_callbacks)"
+            )
+        self.controller.load_state_dict(saved["controller"], kind="LRPilotCallback")
+        if self.controller.steps_done != state.global_step:
+            raise ConfigError(
+                f"the checkpoint's LRPilotCallback state is of step "
+                f"{self.controller.steps_done}, the Trainer's of step {state.global_step}"
+            )
+        self._step_losses = [float(loss) for loss in saved["train_losses"]]
+
+
+def _inner_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """The torch optimizer itself: accelerate wraps it, and calls the inner one's step."""
+    inner = getattr(optimizer, "optimizer", None)
+    return inner if isinstance(inner, torch.optim.Optimizer) else optimizer

@@ -1,0 +1,429 @@
+"""The policy in a Hugging Face `Trainer` and in a Lightning `Trainer`: the examples, the
+wiring (per-step losses, gradient norms before clipping, the LR), resume, bad set-ups;
+and a core install that imports neither framework."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_policy
+
+from lrpilot.agents import load_policy
+from lrpilot.errors import ConfigError
+from lrpilot.lm.corpus import load_corpus
+from lrpilot.lm.model import next_byte_loss
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name: str):
+    """An example script as a module, loaded by path (examples/lightning.py must not
+    stand in for the `lightning` package)."""
+    spec = importlib.util.spec_from_file_location(
+        f"lrpilot_example_{name}", EXAMPLES / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def printed_lrs(output: str) -> list[float]:
+    """The LRs of the lines `step  val_loss  lr` an example prints."""
+    return [float(m.group(1)) for m in re.finditer(r"^\s+\d+\s+\d+\.\d+\s+(\S+)$", output, re.M)]
+
+
+def moving_policy():
+    """A policy with random weights that moves the LR at every decision, with a cooldown."""
+    return make_policy(seed=7, action_mode="continuous", factor_span=0.2, cooldown_fraction=0.3)
+
+
+def policy_step_lrs(policy, decisions, total_steps: int) -> list[float]:
+    """The LR of every step: the policy's LR from its last decision at or before the
+    step, cooled down as the policy's cooldown says."""
+    lrs = []
+    for step in range(total_steps):
+        lr = [decided for at, _val_loss, decided in decisions if at <= step][-1]
+        lrs.append(policy.applied_lr(lr, step, total_steps=total_steps))
+    return lrs
+
+
+class Unlabelled(torch.utils.data.Dataset):
+    """A dataset's inputs without their labels: the model computes no loss on them."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        return {"input_ids": self.dataset[index]["input_ids"]}
+
+
+def test_the_core_imports_neither_framework_and_each_module_names_its_extra():
+    code = """
+import sys
+import lrpilot, lrpilot.agents, lrpilot.integrations
+loaded = [m for m in ("transformers", "lightning", "accelerate") if m in sys.modules]
+assert not loaded, loaded
+sys.modules["transformers"] = sys.modules["lightning"] = None  # as if not installed
+from lrpilot.errors import ConfigError
+for name in ("hf", "lightning"):
+    try:
+        __import__(f"lrpilot.integrations.{name}")
+    except ConfigError as error:
+        print(error)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.splitlines() == [
+        "lrpilot.integrations.hf needs the extra: pip install 'lrpilot[hf]'",
+        "lrpilot.integrations.lightning needs the extra: pip install 'lrpilot[lightning]'",
+    ]
+
+
+# -- Hugging Face ------------------------------------------------------------------------------
+
+HF_STEPS, HF_EVERY = 16, 4
+
+
+@pytest.fixture
+def hf():
+    pytest.importorskip("transformers")
+    from lrpilot.integrations import hf
+
+    return hf
+
+
+def hf_trainer(output_dir: Path, *, labels: bool = True, **arguments):
+    """A Trainer of a 1-layer, 16-wide GPT-2 on pydoc bytes: 16 steps of 4 sequences,
+    an evaluation every 4 steps and before training, a log line every step."""
+    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback
+
+    example = load_example("hf_trainer")
+    corpus = load_corpus("pydoc")
+    train = example.RandomWindows(corpus.train, 16, HF_STEPS * 4, seed=0)
+    validation = example.SpreadWindows(corpus.val, 16, 8)
+    if not labels:
+        validation = Unlabelled(validation)
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=256, n_positions=16, n_embd=16, n_layer=1, n_head=2, bos_token_id=0,
+        eos_token_id=0,
+    )  # fmt: skip
+    settings = {
+        "output_dir": str(output_dir),
+        "max_steps": HF_STEPS,
+        "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 8,
+        "learning_rate": 3e-3,
+        "lr_scheduler_type": "constant",
+        "max_grad_norm": 0.5,  # clips: the policy must see the norm before clipping
+        "eval_strategy": "steps",
+        "eval_steps": HF_EVERY,
+        "eval_on_start": True,
+        "logging_steps": 1,  # HF's own per-step losses and gradient norms, to compare
+        "save_strategy": "no",
+        "report_to": "none",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "seed": 0,
+    } | arguments
+    trainer = Trainer(
+        model=GPT2LMHeadModel(config),
+        args=TrainingArguments(**settings),
+        train_dataset=train,
+        eval_dataset=validation,
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def hf_step_lrs(trainer) -> list[list[float]]:
+    """Records every optimizer step's group LRs, as the optimizer has them when the
+    step begins; returns the list it fills."""
+    from transformers import TrainerCallback
+
+    lrs: list[list[float]] = []
+
+    class StepLRs(TrainerCallback):
+        def on_step_begin(self, args, state, control, optimizer=None, **kwargs):
+            lrs.append([group["lr"] for group in optimizer.param_groups])
+
+    trainer.add_callback(StepLRs())
+    return lrs
+
+
+def test_hf_example_trains_and_the_policy_moves_the_lr(hf, capsys):
+    example = load_example("hf_trainer")
+    result = example.main(
+        [
+            *("--steps", "30", "--eval-interval", "10", "--batch-size", "8"),
+            *("--block-size", "16", "--n-layer", "1", "--n-embd", "32", "--val-windows", "16"),
+        ]
+    )
+    output = capsys.readouterr().out
+    lrs = printed_lrs(output)
+    assert len(lrs) == 4 and len(set(lrs)) > 1, output  # L_0 and steps 10, 20, 30
+    assert lrs == pytest.approx([lr for _step, _val, lr in result["decisions"]], rel=1e-3)
+    assert "final validation loss" in output
+
+
+def test_hf_callback_sees_per_step_losses_and_sets_the_policy_lr(hf, tmp_path):
+    trainer = hf_trainer(tmp_path)
+    callback = hf.LRPilotCallback(moving_policy()).attach(trainer)
+    step_lrs = hf_step_lrs(trainer)
+    trainer.train()
+    controller = callback.controller
+    assert [step for step, _val, _lr in callback.decisions] == [0, 4, 8, 12, 16]
+    lrs = policy_step_lrs(callback.policy, callback.decisions, HF_STEPS)
+    assert len(set(lrs)) > 4  # actions, then the cooldown
+    # Every group (HF's AdamW has two, with and without weight decay) trains at the
+    # policy's exact LR, step by step.
+    assert step_lrs == [[lr, lr] for lr in lrs]
+    # HF's own per-step logs (logging_steps=1) are what the policy saw, interval by
+    # interval: train losses, gradient norms before clipping, and the LR it logs.
+    logs = {row["step"]: row for row in trainer.state.log_history if "loss" in row}
+    last = [logs[step] for step in range(13, 17)]
+    stats = controller.last_stats
+    assert stats.train_loss_mean == pytest.approx(np.mean([r["loss"] for r in last]), rel=1e-6)
+    assert stats.train_loss_std == pytest.approx(np.std([r["loss"] for r in last]), rel=1e-4)
+    assert stats.grad_norm == pytest.approx(np.mean([r["grad_norm"] for r in last]), rel=1e-5)
+    assert max(r["grad_norm"] for r in last) > 0.5  # so clipping happened
+    assert [logs[s + 1]["learning_rate"] for s in range(HF_STEPS)] == pytest.approx(lrs)
+    assert 0 < stats.update_ratio < 1
+
+
+def test_hf_resume_continues_with_the_uninterrupted_lrs(hf, tmp_path):
+    saving = {"save_strategy": "steps", "save_steps": 6}  # mid-interval: steps 4 to 8
+    uninterrupted = hf_trainer(tmp_path / "first", **saving)
+    first = hf.LRPilotCallback(moving_policy()).attach(uninterrupted)
+    first_lrs = hf_step_lrs(uninterrupted)
+    uninterrupted.train()
+
+    resumed = hf_trainer(tmp_path / "second", **saving)
+    second = hf.LRPilotCallback(moving_policy()).attach(resumed)
+    second_lrs = hf_step_lrs(resumed)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "first" / "checkpoint-6"))
+    assert second_lrs == first_lrs[6:]
+    assert second.decisions == first.decisions[-3:]  # steps 8, 12 and 16
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"lr_scheduler_type": "linear"}, "use TrainingArguments(lr_scheduler_type='constant')"),
+        ({"warmup_steps": 2}, "use warmup_steps=0, got 2"),
+        ({"eval_on_start": False}, "use TrainingArguments(eval_on_start=True)"),
+        ({"eval_strategy": "no"}, "pass eval_interval=, or use eval_strategy='steps'"),
+        ({"eval_dataset": None}, "give the Trainer an eval_dataset"),
+        ({"attach": False}, "LRPilotCallback(policy).attach(trainer), not callbacks=[...]"),
+        ({"labels": False}, "needs 'eval_loss' in the evaluation metrics"),
+    ],
+)
+def test_hf_bad_setups_stop_before_the_first_step(hf, tmp_path, settings, message):
+    attach, labels = settings.pop("attach", True), settings.pop("labels", True)
+    no_eval_dataset = settings.pop("eval_dataset", "") is None
+    trainer = hf_trainer(tmp_path, labels=labels, **settings)
+    if no_eval_dataset:
+        trainer.eval_dataset = None
+    callback = hf.LRPilotCallback(moving_policy())
+    if attach:
+        callback.attach(trainer)
+    else:
+        trainer.add_callback(callback)
+    with pytest.raises(ConfigError) as error:
+        trainer.train()
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert trainer.state.global_step == 0
+
+
+def test_hf_and_lightning_callbacks_refuse_what_is_not_a_policy(tmp_path):
+    modules = []
+    if importlib.util.find_spec("transformers"):
+        from lrpilot.integrations import hf
+
+        modules.append(hf)
+    if importlib.util.find_spec("lightning"):
+        from lrpilot.integrations import lightning
+
+        modules.append(lightning)
+    for module in modules:
+        with pytest.raises(ConfigError, match="policy must be an lrpilot Policy"):
+            module.LRPilotCallback("policy.safetensors")
+        with pytest.raises(ConfigError, match="eval_interval must be a positive integer"):
+            module.LRPilotCallback(moving_policy(), eval_interval=0)
+    with pytest.raises(ConfigError, match="policy file not found"):
+        load_policy(tmp_path / "missing.safetensors")
+    (tmp_path / "other.safetensors").write_bytes(b"not a policy")
+    with pytest.raises(ConfigError, match="not an lrpilot policy file"):
+        load_policy(tmp_path / "other.safetensors")
+
+
+# -- Lightning ---------------------------------------------------------------------------------
+
+PL_STEPS, PL_EVERY = 16, 4
+
+
+@pytest.fixture
+def pl():
+    pytest.importorskip("lightning")
+    import lightning.pytorch as pl
+
+    return pl
+
+
+def recording_module(pl, **changes):
+    """The example's byte GPT (1 layer, 16 wide), recording each step's loss, gradient
+    norm before clipping and LR, as it trains."""
+    from lrpilot.lm.model import ModelConfig
+
+    example = load_example("lightning")
+
+    class Recording(example.ByteLanguageModel):
+        def __init__(self) -> None:
+            super().__init__(ModelConfig(n_layer=1, n_head=2, n_embd=16, block_size=16), 3e-3, 0)
+            self.batch_losses, self.grad_norms, self.step_lrs = [], [], []
+
+        def training_step(self, batch, batch_idx):
+            loss = super().training_step(batch, batch_idx)
+            self.batch_losses.append(loss.item())
+            return loss
+
+        def on_before_optimizer_step(self, optimizer):
+            grads = [p.grad for p in self.parameters()]
+            self.grad_norms.append(float(torch.nn.utils.get_total_norm(grads)))
+            self.step_lrs.append(optimizer.param_groups[0]["lr"])
+
+    for name, method in changes.items():
+        setattr(Recording, name, method)
+    return Recording()
+
+
+def pl_fit(pl, module, callback, *, max_steps=PL_STEPS, ckpt_path=None, **settings):
+    """Fit `module` on pydoc bytes: 4 sequences a batch, 6 batches an epoch, in order."""
+    example = load_example("lightning")
+    corpus = load_corpus("pydoc")
+    train = example.ByteWindows.spread(corpus.train, 16, 24)
+    validation = example.ByteWindows.spread(corpus.val, 16, 8)
+    trainer = pl.Trainer(
+        **{
+            "max_steps": max_steps,
+            "accelerator": "cpu",
+            "devices": 1,
+            "gradient_clip_val": 0.5,
+            "num_sanity_val_steps": -1,
+            "callbacks": [callback],
+            "logger": False,
+            "enable_checkpointing": False,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+        }
+        | settings
+    )
+    trainer.fit(
+        module,
+        torch.utils.data.DataLoader(train, batch_size=4),
+        torch.utils.data.DataLoader(validation, batch_size=8),
+        ckpt_path=ckpt_path,
+    )
+    return trainer
+
+
+def test_lightning_example_trains_and_the_policy_moves_the_lr(pl, capsys):
+    example = load_example("lightning")
+    result = example.main(
+        ["--steps", "30", "--eval-interval", "10", "--batch-size", "8", "--val-windows", "16"]
+    )
+    output = capsys.readouterr().out
+    lrs = printed_lrs(output)
+    assert len(lrs) == 4 and len(set(lrs)) > 1, output
+    assert lrs == pytest.approx([lr for _step, _val, lr in result["decisions"]], rel=1e-3)
+    assert "final validation loss" in output
+
+
+def test_lightning_callback_sees_per_step_losses_and_sets_the_policy_lr(pl):
+    from lrpilot.integrations.lightning import LRPilotCallback
+
+    module = recording_module(pl)
+    callback = LRPilotCallback(moving_policy(), eval_interval=PL_EVERY)
+    pl_fit(pl, module, callback, accumulate_grad_batches=2)
+    controller = callback.controller
+    assert [step for step, _val, _lr in callback.decisions] == [0, 4, 8, 12, 16]
+    assert module.step_lrs == policy_step_lrs(callback.policy, callback.decisions, PL_STEPS)
+    assert len(set(module.step_lrs)) > 4
+    # Each step's loss is the mean of its two batches' losses.
+    step_losses = np.mean(np.reshape(module.batch_losses, (PL_STEPS, 2)), axis=1)
+    stats = controller.last_stats
+    assert stats.train_loss_mean == pytest.approx(step_losses[-4:].mean(), rel=1e-6)
+    assert stats.train_loss_std == pytest.approx(step_losses[-4:].std(), rel=1e-4)
+    assert stats.grad_norm == pytest.approx(np.mean(module.grad_norms[-4:]), rel=1e-5)
+    assert max(module.grad_norms[-4:]) > 0.5  # so clipping happened
+    assert 0 < stats.update_ratio < 1
+
+
+def test_lightning_callback_acts_at_the_trainers_own_validation_interval(pl):
+    from lrpilot.integrations.lightning import LRPilotCallback
+
+    callback = LRPilotCallback(moving_policy())
+    pl_fit(pl, recording_module(pl), callback, val_check_interval=8, check_val_every_n_epoch=None)
+    assert [step for step, _val, _lr in callback.decisions] == [0, 8, 16]
+
+
+def test_lightning_resume_continues_with_the_uninterrupted_lrs(pl, tmp_path):
+    from lrpilot.integrations.lightning import LRPilotCallback
+
+    def callback():
+        return LRPilotCallback(moving_policy(), eval_interval=PL_EVERY, total_steps=PL_STEPS)
+
+    uninterrupted = recording_module(pl)
+    pl_fit(pl, uninterrupted, callback())
+    # The first epoch (6 steps: mid-interval) in one fit, the rest in another.
+    first_part = recording_module(pl)
+    trainer = pl_fit(pl, first_part, callback(), max_steps=6)
+    trainer.save_checkpoint(tmp_path / "step6.ckpt")
+    second_part = recording_module(pl)
+    resumed = callback()
+    pl_fit(pl, second_part, resumed, ckpt_path=tmp_path / "step6.ckpt")
+    assert first_part.step_lrs + second_part.step_lrs == uninterrupted.step_lrs
+    assert [d[0] for d in resumed.decisions] == [8, 12, 16]
+
+
+def _with_scheduler(self):
+    optimizer = torch.optim.AdamW(self.parameters(), lr=3e-3)
+    return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, 5)]
+
+
+def _logs_another_name(self, batch, batch_idx):
+    inputs, targets = batch
+    self.log("valid_loss", next_byte_loss(self.model(inputs), targets), batch_size=len(inputs))
+
+
+@pytest.mark.parametrize(
+    ("changes", "settings", "message"),
+    [
+        ({"configure_optimizers": _with_scheduler}, {}, "return no LR scheduler"),
+        ({"validation_step": _logs_another_name}, {}, "the sanity check logged no 'val_loss'"),
+        ({}, {"num_sanity_val_steps": 2}, "use Trainer(num_sanity_val_steps=-1)"),
+        ({}, {"limit_val_batches": 0}, "LRPilotCallback needs validation losses"),
+        ({}, {"no interval": True}, "pass eval_interval=, or use Trainer(val_check_interval=N"),
+    ],
+)
+def test_lightning_bad_setups_stop_before_the_first_step(pl, changes, settings, message):
+    from lrpilot.integrations.lightning import LRPilotCallback
+
+    interval = None if settings.pop("no interval", False) else PL_EVERY
+    module = recording_module(pl, **changes)
+    with pytest.raises(ConfigError) as error:
+        pl_fit(pl, module, LRPilotCallback(moving_policy(), eval_interval=interval), **settings)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert module.batch_losses == []
