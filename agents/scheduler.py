@@ -675,6 +675,30 @@ class PolicyScheduler(LRScheduler):
 # -- helpers ------------------------------------------------------------------------------------
 
 
+def check_loop_settings(
+    *,
+    eval_interval: int | None,
+    total_steps: int | None,
+    update_ratio_sample: int | None,
+    start_lr: float | None,
+    initial_val_loss: float | None,
+) -> None:
+    """The settings a framework callback takes before it knows its trainer, each checked
+    when given (None: taken from the trainer later)."""
+    counts = {
+        "eval_interval": eval_interval,
+        "total_steps": total_steps,
+        "update_ratio_sample": update_ratio_sample,
+    }
+    for name, value in counts.items():
+        if value is not None:
+            require_positive_int(name, value)
+    if start_lr is not None:
+        positive_float("start_lr", start_lr)
+    if initial_val_loss is not None:
+        positive_float("initial validation loss", initial_val_loss)
+
+
 def positive_float(name: str, value: Any) -> float:
     """`value` as a float if it is a positive finite number, else a `ConfigError`."""
     try:

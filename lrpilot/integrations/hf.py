@@ -64,7 +64,7 @@ from typing import Any
 
 import torch
 
-from lrpilot.errors import ConfigError, require_positive_int
+from lrpilot.errors import ConfigError
 
 try:
     from transformers import Trainer, TrainerCallback
@@ -76,8 +76,8 @@ except ImportError:  # also when sys.modules["transformers"] is None
 from lrpilot.agents.scheduler import (
     UPDATE_RATIO_SAMPLE,
     PolicyController,
+    check_loop_settings,
     check_policy,
-    positive_float,
     total_norm,
 )
 
@@ -119,18 +119,13 @@ class LRPilotCallback(TrainerCallback):
         update_ratio_sample: int | None = UPDATE_RATIO_SAMPLE,
     ) -> None:
         self.policy = check_policy(policy)
-        counts = {
-            "eval_interval": eval_interval,
-            "total_steps": total_steps,
-            "update_ratio_sample": update_ratio_sample,
-        }
-        for name, value in counts.items():
-            if value is not None:
-                require_positive_int(name, value)
-        if start_lr is not None:
-            positive_float("start_lr", start_lr)
-        if initial_val_loss is not None:
-            positive_float("initial validation loss", initial_val_loss)
+        check_loop_settings(
+            eval_interval=eval_interval,
+            total_steps=total_steps,
+            update_ratio_sample=update_ratio_sample,
+            start_lr=start_lr,
+            initial_val_loss=initial_val_loss,
+        )
         if not isinstance(metric, str) or not metric:
             raise ConfigError(f"metric must be the name of an evaluation metric, got {metric!r}")
         self.eval_interval = eval_interval
