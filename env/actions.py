@@ -50,20 +50,18 @@ DEFAULT_FACTORS: tuple[float, ...] = (0.5, 0.8, 1.0, 1.25, 2.0)
 DEFAULT_CONTINUOUS_MAX_FACTOR = 2.0
 
 
-def check_continuous_max_factor(value: float, where: str = "") -> float:
+def check_continuous_max_factor(value: float) -> float:
     """`value` as a float if it is a finite number > 1 (bools excluded), else a
-    `ConfigError` naming it (`where` prefixes the name, e.g. "policy's ")."""
+    `ConfigError` naming it."""
     if isinstance(value, bool) or not (isinstance(value, (int, float)) and 1 < value < math.inf):
-        raise ConfigError(
-            f"{where}continuous_max_factor must be a finite number > 1, got {value!r}"
-        )
+        raise ConfigError(f"continuous_max_factor must be a finite number > 1, got {value!r}")
     return float(value)
 
 
-def check_first_action_max_factor(value: float, mode: str, where: str = "") -> float:
+def check_first_action_max_factor(value: float, mode: str) -> float:
     """`value` as a float if it is 0 (off) or a finite number > 1 with continuous
     actions (bools excluded), else a `ConfigError` naming it."""
-    name = f"{where}first_action_max_factor"
+    name = "first_action_max_factor"
     if isinstance(value, bool) or not (
         isinstance(value, (int, float)) and (value == 0 or 1 < value < math.inf)
     ):
@@ -73,17 +71,15 @@ def check_first_action_max_factor(value: float, mode: str, where: str = "") -> f
     return float(value)
 
 
-def check_fractions(warmup: float, cooldown: float, where: str = "") -> tuple[float, float]:
+def check_fractions(warmup: float, cooldown: float) -> tuple[float, float]:
     """The warmup and cooldown fractions as floats if each is a number in [0, 1) (bools
-    excluded) and they sum to at most 1, else a `ConfigError` naming the values
-    (`where` prefixes the names, e.g. "policy's ")."""
+    excluded) and they sum to at most 1, else a `ConfigError` naming the values."""
     for name, value in (("warmup_fraction", warmup), ("cooldown_fraction", cooldown)):
         if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 <= value < 1):
-            raise ConfigError(f"{where}{name} must be in [0, 1), got {value!r}")
+            raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
     if warmup + cooldown > 1:
         raise ConfigError(
-            f"{where}warmup_fraction + cooldown_fraction must be at most 1, "
-            f"got {warmup!r} + {cooldown!r}"
+            f"warmup_fraction + cooldown_fraction must be at most 1, got {warmup!r} + {cooldown!r}"
         )
     return float(warmup), float(cooldown)
 

@@ -49,13 +49,11 @@ from lrpilot.files import (
     ensure_writable_dir,
 )
 from lrpilot.lm.byte_gpt import resolve_device
-from lrpilot.lm.optimizers import SCHEDULEFREE_LR
+from lrpilot.lm.optimizers import NOMINAL_LRS
 from lrpilot.lm.trace import trace_scores
 from lrpilot.ray_backend import RayBackend, ray_session
 
 __all__ = ["CONTROLLERS", "RUNS_DIR", "CompareConfig", "compare"]
-
-TUNING_FREE_LRS = {"prodigy": 1.0, "schedulefree": SCHEDULEFREE_LR}  # their nominal LRs
 
 
 def compare(
@@ -100,7 +98,7 @@ def compare(
         for seed in config.eval_seeds
     ]
     untuned = controlled + [
-        RunSpec("tuningfree", name, TUNING_FREE_LRS[name], seed, **common)
+        RunSpec("tuningfree", name, NOMINAL_LRS[name], seed, **common)
         for name in config.tuning_free
         for seed in config.eval_seeds
     ]

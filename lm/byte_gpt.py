@@ -69,7 +69,18 @@ class ByteGPTWorkload:
 
     def __post_init__(self) -> None:
         self.model_config()  # checks the sizes
-        check_corpus_lm_settings(self)
+        for name in ("batch_size", "steps", "eval_every", "val_windows", "test_tokens"):
+            require_positive_int(name, getattr(self, name))
+        if self.eval_every > self.steps:
+            raise ConfigError(f"eval_every ({self.eval_every}) exceeds steps ({self.steps})")
+        for name in ("beta1", "beta2"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 <= value < 1):
+                raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
+        if not (isinstance(self.weight_decay, int | float) and self.weight_decay >= 0):
+            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ConfigError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(
@@ -94,24 +105,6 @@ class ByteGPTWorkload:
         return ByteGPTRun(load_corpus(self.corpus), self, seed, device)
 
 
-def check_corpus_lm_settings(workload) -> None:
-    """The checks every byte-corpus language-model workload shares: positive counts, a
-    budget of at least one interval, AdamW's settings."""
-    for name in ("batch_size", "steps", "eval_every", "val_windows", "test_tokens"):
-        require_positive_int(name, getattr(workload, name))
-    if workload.eval_every > workload.steps:
-        raise ConfigError(f"eval_every ({workload.eval_every}) exceeds steps ({workload.steps})")
-    for name in ("beta1", "beta2"):
-        value = getattr(workload, name)
-        if not (isinstance(value, int | float) and 0 <= value < 1):
-            raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
-    decay = workload.weight_decay
-    if not (isinstance(decay, int | float) and decay >= 0):
-        raise ConfigError(f"weight_decay must be >= 0, got {decay!r}")
-    if workload.grad_clip is not None and not workload.grad_clip > 0:
-        raise ConfigError(f"grad_clip must be positive or None, got {workload.grad_clip!r}")
-
-
 def corpus_digest(corpus: Corpus) -> str:
     digest = hashlib.sha256()
     for part in (corpus.train, corpus.val, corpus.test):
@@ -124,7 +117,9 @@ class ByteGPTRun(StepRun):
     the workload's `build_model(seed)`, read through `logits` (a subclass may read
     another model's outputs)."""
 
-    def __init__(self, corpus: Corpus, workload, seed: int = 0, device: str = "cpu") -> None:
+    def __init__(
+        self, corpus: Corpus, workload: ByteGPTWorkload, seed: int = 0, device: str = "cpu"
+    ) -> None:
         block = workload.block_size
         for part in ("train", "val", "test"):
             size = getattr(corpus, part).numel()

@@ -19,13 +19,13 @@ without it, and `make_run` says what to install.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from lrpilot.errors import ConfigError, require_positive_int
-from lrpilot.lm.byte_gpt import ByteGPTRun, check_corpus_lm_settings, corpus_digest
+from lrpilot.errors import ConfigError
+from lrpilot.lm.byte_gpt import ByteGPTRun, ByteGPTWorkload
 from lrpilot.lm.corpus import VOCAB_SIZE, load_corpus
 from lrpilot.lm.run import StepRun
 
@@ -43,28 +43,19 @@ def import_transformers():
 
 
 @dataclass(frozen=True)
-class HFCausalLMWorkload:
-    """A Transformers causal LM trained with AdamW on a byte corpus; every field is a
-    TOML key."""
+class HFCausalLMWorkload(ByteGPTWorkload):
+    """A Transformers causal LM trained with AdamW on a byte corpus: the byte GPT
+    workload's settings (corpus, sizes, batch, AdamW, budget, evaluations) with another
+    model; every field is a TOML key."""
 
     family: ClassVar[str] = "hf_causal_lm"
 
     name: str = "hf-gpt2"
-    architecture: str = "gpt2"  # gpt2 or llama
-    corpus: str = "pydoc"  # pydoc, pystdlib, or a file or folder path
     n_layer: int = 2
     n_head: int = 2
-    n_embd: int = 64
     block_size: int = 32  # context length in bytes
     batch_size: int = 32  # sequences of block_size bytes per step
-    beta1: float = 0.9
-    beta2: float = 0.95
-    weight_decay: float = 0.1  # on matrices only, not on gains and biases
-    grad_clip: float | None = 1.0  # None: no clipping (the norm is still measured)
-    steps: int = 400  # the step budget
-    eval_every: int = 20  # steps per evaluation interval
-    val_windows: int = 32  # fixed validation windows of block_size predicted bytes
-    test_tokens: int = 65_536  # predicted bytes the test loss averages over, at least
+    architecture: str = "gpt2"  # gpt2 or llama
 
     def __post_init__(self) -> None:
         if self.architecture not in ARCHITECTURES:
@@ -72,18 +63,7 @@ class HFCausalLMWorkload:
                 f"unknown hf_causal_lm architecture {self.architecture!r}; "
                 f"choose from {', '.join(ARCHITECTURES)}"
             )
-        for name in ("n_layer", "n_head", "n_embd", "block_size"):
-            require_positive_int(name, getattr(self, name))
-        if self.n_embd % self.n_head:
-            raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        check_corpus_lm_settings(self)
-
-    def to_dict(self) -> dict:
-        return {"family": self.family, **asdict(self)}
-
-    def digest(self) -> str:
-        """sha256 of the corpus bytes: an edited corpus file makes new runs."""
-        return corpus_digest(load_corpus(self.corpus))
+        super().__post_init__()
 
     def build_model(self, init_seed: int) -> torch.nn.Module:
         """The Transformers model, its weights drawn from `init_seed` (on the CPU)."""

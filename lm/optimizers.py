@@ -27,6 +27,7 @@ TUNING_FREE = ("prodigy", "schedulefree")
 MISSING_EXTRA = "the tuning-free optimizers need the extra: pip install 'lrpilot[tuningfree]'"
 SCHEDULEFREE_LR = 0.0025  # AdamWScheduleFree's default
 SCHEDULEFREE_WARMUP = 0.05  # of the step budget
+NOMINAL_LRS = {"prodigy": 1.0, "schedulefree": SCHEDULEFREE_LR}  # each one's LR setting
 
 
 def check_tuning_free(names: tuple[str, ...]) -> None:
@@ -59,8 +60,8 @@ def use_tuning_free(run: StepRun, name: str, total_steps: int) -> Callable[[int]
     check_tuning_free((name,))
     if name == "prodigy":
         prodigy = _module(name).Prodigy
-        run.set_lr(1.0)
-        run.replace_optimizer(lambda groups: prodigy(groups, lr=1.0))
+        run.set_lr(NOMINAL_LRS[name])
+        run.replace_optimizer(lambda groups: prodigy(groups, lr=NOMINAL_LRS[name]))
         return lr_function(make_schedule("cosine", run.optimizer, total_steps), run.optimizer)
     adamw = _module(name).AdamWScheduleFree
     warmup = max(1, round(SCHEDULEFREE_WARMUP * total_steps))

@@ -199,8 +199,11 @@ class StepRun:
         groups (their params, weight decay and LRs): how a tuning-free optimizer takes a
         workload's place."""
         groups = [
-            {"params": group["params"], "weight_decay": group.get("weight_decay", 0.0)}
-            | {"lr": group["lr"]}
+            {
+                "params": group["params"],
+                "weight_decay": group.get("weight_decay", 0.0),
+                "lr": group["lr"],
+            }
             for group in self.optimizer.param_groups
         ]
         self.optimizer = make(groups)
