@@ -31,7 +31,12 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from lrpilot.env.actions import ActionRule, applied_lr, next_lr
-from lrpilot.env.features import FEATURE_NAMES, FEATURE_VERSION, check_masked_features
+from lrpilot.env.features import (
+    FEATURE_NAMES,
+    FEATURE_VERSION,
+    check_history,
+    check_masked_features,
+)
 from lrpilot.errors import ConfigError
 from lrpilot.files import atomic_write_bytes
 
@@ -55,6 +60,7 @@ class Policy:
         self.masked_features: tuple[str, ...] = check_masked_features(
             metadata["observation"]["masked"]
         )
+        self.history = observation_history(metadata)
         if self.action.mode == "continuous" and "log_std" not in self.weights:
             raise ConfigError("continuous policy file lacks tensor log_std")
         self.layers = _build_layers(self.weights, metadata)
@@ -66,7 +72,8 @@ class Policy:
         if unused:
             raise ConfigError(f"policy file has tensors no layer uses: {sorted(unused)}")
         norm = metadata["normalization"]
-        if norm and not len(norm["mean"]) == len(norm["var"]) == len(FEATURE_NAMES):
+        size = len(FEATURE_NAMES) * self.history
+        if norm and not len(norm["mean"]) == len(norm["var"]) == size:
             raise ConfigError("policy normalisation statistics do not match the features")
         self._obs_mean = np.asarray(norm["mean"], dtype=np.float64) if norm else None
         self._obs_std = np.sqrt(np.asarray(norm["var"]) + norm["epsilon"]) if norm else None
@@ -234,6 +241,11 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
         raise ConfigError("policy's observation features differ from this lrpilot's")
 
 
+def observation_history(metadata: dict[str, Any]) -> int:
+    """Evaluations per observation (`observation.history`; 1 when the file has none)."""
+    return check_history(metadata["observation"].get("history", 1))
+
+
 def _build_layers(
     weights: dict[str, torch.Tensor], metadata: dict[str, Any]
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -241,7 +253,7 @@ def _build_layers(
     hidden = list(metadata["network"]["hidden"])
     action = metadata["action"]
     n_out = len(action["factors"]) if action["mode"] == "discrete" else 1
-    sizes = [len(FEATURE_NAMES), *hidden, n_out]
+    sizes = [len(FEATURE_NAMES) * observation_history(metadata), *hidden, n_out]
     names = [f"hidden.{i}" for i in range(len(hidden))] + ["output"]
     layers = {}
     for name, n_in, n_out_layer in zip(names, sizes[:-1], sizes[1:], strict=True):
@@ -261,6 +273,7 @@ def policy_metadata(
     *,
     action: ActionRule,
     masked_features: tuple[str, ...],
+    history: int = 1,
     hidden: list[int],
     normalization: dict[str, Any] | None,
     training: dict[str, Any],
@@ -272,8 +285,9 @@ def policy_metadata(
         "feature_version": FEATURE_VERSION,
         "observation": {
             "features": list(FEATURE_NAMES),
-            "shape": [len(FEATURE_NAMES)],
+            "shape": [len(FEATURE_NAMES) * history],
             "masked": list(masked_features),
+            "history": history,
         },
         "action": action.to_dict(),
         "network": {"hidden": list(hidden), "activation": "tanh"},

@@ -82,6 +82,7 @@ def export_policy(model: PPO, venv: VecNormalize, config: TrainConfig) -> Policy
     metadata = policy_metadata(
         action=config.env.action,
         masked_features=config.env.masked_features,
+        history=config.env.history,
         hidden=list(config.ppo.net_arch),
         normalization={
             "mean": rms.mean.tolist(),

@@ -93,6 +93,7 @@ _BUILDER_FIELDS = (
     "previous_val_loss",
     "best_val_loss",
     "previous_grad_norm",
+    "past",  # the last evaluations' feature vectors, for a policy with a history
 )
 _CONTROLLER_STATE_KEYS = (
     "start_lr",
@@ -496,14 +497,18 @@ class PolicyController:
 
     def _observation_builder(self, start_lr: float, initial_val_loss: float) -> ObservationBuilder:
         return ObservationBuilder(
-            start_lr, initial_val_loss, self.total_steps, self.policy.masked_features
+            start_lr,
+            initial_val_loss,
+            self.total_steps,
+            self.policy.masked_features,
+            history=getattr(self.policy, "history", 1),
         )
 
-    def _feature_state(self) -> dict[str, float] | None:
+    def _feature_state(self) -> dict[str, Any] | None:
         builder = self.features
         return {key: getattr(builder, key) for key in _BUILDER_FIELDS} if builder else None
 
-    def _load_feature_state(self, state: Mapping[str, float]) -> None:
+    def _load_feature_state(self, state: Mapping[str, Any]) -> None:
         self.features = self._observation_builder(state["start_lr"], state["initial_val_loss"])
         for key in _BUILDER_FIELDS:
             setattr(self.features, key, state[key])

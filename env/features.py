@@ -105,6 +105,13 @@ def finite_clipped(values: list[float]) -> np.ndarray:
     return np.clip(array, -FEATURE_CLIP, FEATURE_CLIP).astype(np.float32)
 
 
+def check_history(history: int) -> int:
+    """`history` (evaluations per observation) if it is an int >= 1, else a `ConfigError`."""
+    if isinstance(history, bool) or not isinstance(history, int) or history < 1:
+        raise ConfigError(f"history must be a whole number of evaluations >= 1, got {history!r}")
+    return history
+
+
 def check_masked_features(masked: tuple[str, ...]) -> tuple[str, ...]:
     """`masked` as a tuple of known feature names, or a `ConfigError` naming the unknown."""
     masked = tuple(masked)
@@ -122,6 +129,11 @@ class ObservationBuilder:
 
     `masked` features always read 0: how an ablation hides a feature from the
     controller while the observation keeps its shape.
+
+    `history`: the observation holds the feature vectors of the last `history`
+    evaluations, newest first (`history * NUM_FEATURES` values; evaluations before
+    the run's start read 0). A history of more than one lets a policy see how the run
+    answered its last LR changes, which one evaluation cannot show.
     """
 
     def __init__(
@@ -130,8 +142,10 @@ class ObservationBuilder:
         initial_val_loss: float,
         total_steps: int,
         masked: tuple[str, ...] = (),
+        history: int = 1,
     ) -> None:
         self.masked = check_masked_features(masked)
+        self.history = check_history(history)
         self._masked_indices = [FEATURE_NAMES.index(name) for name in self.masked]
         self.start_lr = start_lr
         self.initial_val_loss = initial_val_loss
@@ -139,6 +153,8 @@ class ObservationBuilder:
         self.previous_val_loss = initial_val_loss
         self.best_val_loss = initial_val_loss
         self.previous_grad_norm = math.nan
+        # The vectors of the last `history - 1` evaluations, newest first.
+        self.past: list[list[float]] = [[0.0] * NUM_FEATURES for _ in range(history - 1)]
 
     def initial(self) -> np.ndarray:
         """The observation at reset: the start LR, and nothing trained yet."""
@@ -149,7 +165,11 @@ class ObservationBuilder:
     def _vector(self, values: list[float]) -> np.ndarray:
         for index in self._masked_indices:
             values[index] = 0.0
-        return finite_clipped(values)
+        newest = finite_clipped(values)
+        stacked = np.concatenate([newest, np.asarray(self.past, dtype=np.float32).reshape(-1)])
+        if self.history > 1:
+            self.past = [newest.tolist(), *self.past[:-1]]
+        return stacked
 
     def update(self, stats: IntervalStats, controller_lr: float) -> np.ndarray:
         """The observation after one interval whose LR the controller set to

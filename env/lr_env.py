@@ -30,6 +30,7 @@ from lrpilot.env.features import (
     FEATURE_VERSION,
     NUM_FEATURES,
     ObservationBuilder,
+    check_history,
     check_masked_features,
 )
 from lrpilot.env.rewards import check_reward_name, interval_reward
@@ -50,6 +51,7 @@ class EnvConfig:
     divergence_factor: float = DIVERGENCE_FACTOR
     divergence_penalty: float = 1.0
     masked_features: tuple[str, ...] = ()  # features the controller sees as 0 (ablations)
+    history: int = 1  # evaluations per observation, newest first (a frame stack)
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -58,6 +60,7 @@ class EnvConfig:
         if not isinstance(self.action, ActionRule):
             raise ConfigError(f"action must be an ActionRule, got {self.action!r}")
         object.__setattr__(self, "masked_features", check_masked_features(self.masked_features))
+        check_history(self.history)
         check_reward_name(self.reward)
         if not self.divergence_factor > 1:
             raise ConfigError(f"divergence_factor must be > 1, got {self.divergence_factor!r}")
@@ -82,7 +85,10 @@ class LRControlEnv(gym.Env):
             raise ConfigError(f"unknown render_mode {render_mode!r}; only 'ansi' is supported")
         self.render_mode = render_mode
         self.observation_space = spaces.Box(
-            -FEATURE_CLIP, FEATURE_CLIP, shape=(NUM_FEATURES,), dtype=np.float32
+            -FEATURE_CLIP,
+            FEATURE_CLIP,
+            shape=(NUM_FEATURES * self.config.history,),
+            dtype=np.float32,
         )
         self.action_space = self.config.action.action_space()
         self.feature_version = FEATURE_VERSION
@@ -108,7 +114,11 @@ class LRControlEnv(gym.Env):
         self.initial_val_loss = self.run.evaluate()
         self.val_loss = self.initial_val_loss
         self.features = ObservationBuilder(
-            self.lr, self.initial_val_loss, task.total_steps, self.config.masked_features
+            self.lr,
+            self.initial_val_loss,
+            task.total_steps,
+            self.config.masked_features,
+            history=self.config.history,
         )
         self._lines = []
         self.last_stats = None
@@ -156,7 +166,8 @@ class LRControlEnv(gym.Env):
         """The LR of step `step`: the controller's LR, warmed up at the start and cooled
         down near the end."""
         assert self.task is not None
-        return applied_lr(self.lr, step, total_steps=self.task.total_steps, rule=self.config.action)
+        lr = applied_lr(self.lr, step, total_steps=self.task.total_steps, rule=self.config.action)
+        return self.task.lr_scale * lr  # the hidden scale of a training task; 1 elsewhere
 
     def _info(self, stats: IntervalStats | None, diverged: bool) -> dict:
         assert self.run is not None and self.task is not None

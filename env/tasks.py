@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from itertools import product
 
 import numpy as np
 
@@ -16,13 +18,19 @@ SEED_RANGE = 2**31 - 1
 
 @dataclass(frozen=True)
 class Task:
-    """One concrete training run: a workload, its seed, budget and start LR."""
+    """One concrete training run: a workload, its seed, budget and start LR.
+
+    `lr_scale`: the run trains at `lr_scale` times the LR the controller sets, and the
+    controller is not told (1 outside training). A task space that draws it makes a
+    memorised LR worthless: only the run's feedback says where the LR should go.
+    """
 
     workload: Workload
     seed: int
     total_steps: int
     eval_every: int
     start_lr: float
+    lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         require_seed(self.seed, "Task.seed")
@@ -36,6 +44,9 @@ class Task:
         lr = self.start_lr
         if isinstance(lr, bool) or not (isinstance(lr, int | float) and 0 < lr < math.inf):
             raise ConfigError(f"the start (or peak) LR must be a positive number, got {lr!r}")
+        scale = self.lr_scale
+        if isinstance(scale, bool) or not (isinstance(scale, int | float) and 0 < scale < math.inf):
+            raise ConfigError(f"Task.lr_scale must be a positive number, got {scale!r}")
 
     @property
     def intervals(self) -> list[int]:
@@ -61,6 +72,7 @@ class Task:
             "total_steps": self.total_steps,
             "eval_every": self.eval_every,
             "start_lr": self.start_lr,
+            "lr_scale": self.lr_scale,
         }
 
     @classmethod
@@ -98,6 +110,13 @@ class TaskSpace:
     `corpora` and `batch_size`, when given, replace the drawn workload's own (for
     workloads that have those settings). `eval_every` is one interval length, or a
     tuple to choose from (drawn last, so a space with one length draws the same tasks).
+
+    Two draws for a wide distribution come after all others, and only when given, so
+    a space without them draws the same tasks as before they existed:
+
+    - `vary`: workload settings and the values each is drawn from, uniformly, e.g.
+      `{"n_embd": (32, 64, 128), "n_layer": (1, 2)}` (in the order of the names, sorted);
+    - `lr_scale`: a log-uniform range of the hidden LR scale (`Task.lr_scale`).
     """
 
     workloads: tuple[str, ...] = ("tiny",)
@@ -107,12 +126,25 @@ class TaskSpace:
     eval_every: int | tuple[int, ...] = 20
     start_lr: tuple[float, float] = (1e-4, 1e-2)
     batch_size: int | None = None
+    vary: dict[str, tuple] = field(default_factory=dict)
+    lr_scale: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
         # Accept lists (from TOML or keyword arguments) but store tuples, so a
         # TaskSpace stays hashable and immutable.
-        for name in ("workloads", "total_steps", "start_lr"):
+        for name in ("workloads", "total_steps", "start_lr", "lr_scale"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if not isinstance(self.vary, Mapping):
+            raise ConfigError(f"TaskSpace.vary must be a table of settings, got {self.vary!r}")
+        vary = {}
+        for name in sorted(self.vary):
+            values = self.vary[name]
+            if not isinstance(values, list | tuple) or not values:
+                raise ConfigError(
+                    f"TaskSpace.vary.{name} must be a non-empty list of values, got {values!r}"
+                )
+            vary[name] = tuple(values)
+        object.__setattr__(self, "vary", vary)
         for name in ("seeds", "corpora"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, tuple(getattr(self, name)))
@@ -143,11 +175,24 @@ class TaskSpace:
                 f"TaskSpace.start_lr must be a range (low, high) with 0 < low <= high, "
                 f"got {self.start_lr!r}"
             )
+        low, high = self.lr_scale if len(self.lr_scale) == 2 else (math.nan, math.nan)
+        if not (0 < low <= high and math.isfinite(high)):
+            raise ConfigError(
+                f"TaskSpace.lr_scale must be a range (low, high) with 0 < low <= high, "
+                f"got {self.lr_scale!r}"
+            )
         if self.batch_size is not None:
             require_positive_int("TaskSpace.batch_size", self.batch_size)
+        varied = [
+            dict(zip(self.vary, values, strict=True)) for values in product(*self.vary.values())
+        ]
         for corpus in self.corpora or (None,):  # every combination is a valid workload
             for spec in self.workloads:
-                with_overrides(load_workload(spec), corpus=corpus, batch_size=self.batch_size)
+                workload = with_overrides(
+                    load_workload(spec), corpus=corpus, batch_size=self.batch_size
+                )
+                for settings in varied:
+                    with_overrides(workload, **settings)
 
     @property
     def eval_every_choices(self) -> tuple[int, ...]:
@@ -169,4 +214,13 @@ class TaskSpace:
         if isinstance(eval_every, tuple):
             eval_every = eval_every[rng.integers(len(eval_every))]
         workload = with_overrides(load_workload(spec), corpus=corpus, batch_size=self.batch_size)
-        return Task(workload, int(seed), int(steps), int(eval_every), start_lr)
+        if self.vary:
+            settings = {
+                name: values[rng.integers(len(values))] for name, values in self.vary.items()
+            }
+            workload = with_overrides(workload, **settings)
+        lr_scale = 1.0
+        if self.lr_scale != (1.0, 1.0):
+            low, high = self.lr_scale
+            lr_scale = float(math.exp(rng.uniform(math.log(low), math.log(high))))
+        return Task(workload, int(seed), int(steps), int(eval_every), start_lr, lr_scale)

@@ -47,6 +47,7 @@ def policy_env_config(policy: Policy, device: str = "cpu") -> EnvConfig:
     return EnvConfig(
         action=policy.action,
         masked_features=policy.masked_features,
+        history=policy.history,
         reward=trained.get("reward", defaults.reward),
         divergence_factor=trained.get("divergence_factor", defaults.divergence_factor),
         divergence_penalty=trained.get("divergence_penalty", defaults.divergence_penalty),

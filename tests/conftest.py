@@ -58,12 +58,13 @@ def make_policy(
     cooldown_fraction: float = 0.0,
     warmup_fraction: float = 0.0,
     first_action_max_factor: float = 0.0,
+    history: int = 1,
 ) -> Policy:
     """A small policy with random weights, built the way `export_policy` builds one."""
     generator = torch.Generator().manual_seed(seed)
     hidden = [16]
     n_out = len(DEFAULT_FACTORS) if action_mode == "discrete" else 1
-    sizes = [NUM_FEATURES, *hidden, n_out]
+    sizes = [NUM_FEATURES * history, *hidden, n_out]
     names = [f"hidden.{i}" for i in range(len(hidden))] + ["output"]
     weights = {}
     for name, n_in, n_out_layer in zip(names, sizes[:-1], sizes[1:], strict=True):
@@ -84,6 +85,7 @@ def make_policy(
     metadata = policy_metadata(
         action=action,
         masked_features=masked_features,
+        history=history,
         hidden=hidden,
         normalization=None,
         training={},

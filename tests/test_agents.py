@@ -479,3 +479,19 @@ def test_episode_helpers_work_on_an_env_made_by_gymnasium_make():
     assert evaluate_controller(KeepLR(), [TASK], made) == evaluate_controller(
         KeepLR(), [TASK], plain
     )
+
+
+def test_a_policy_with_a_history_trains_saves_and_replays(tmp_path):
+    config = load_train_config("tiny", timesteps=64)
+    config = dataclasses.replace(config, env=dataclasses.replace(config.env, history=2))
+    train(config, tmp_path / "run", progress=False)
+    policy = load_policy(tmp_path / "run" / "policy")
+    assert policy.history == 2
+    assert policy.metadata["observation"]["shape"] == [2 * NUM_FEATURES]
+    env = LRControlEnv(policy_env_config(policy))
+    assert env.observation_space.shape == (2 * NUM_FEATURES,)
+    result = run_episode(env, policy, TASK)
+    assert len(result.rows) == 5
+    loaded = load_policy(policy.save(tmp_path / "copy"))
+    observation = np.random.default_rng(0).normal(size=2 * NUM_FEATURES)
+    assert loaded.act(observation) == policy.act(observation)

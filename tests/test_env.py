@@ -308,9 +308,86 @@ def test_a_task_space_with_several_interval_lengths_draws_each_after_the_other_v
     assert drawn == {5, 10}
 
 
+def test_a_wide_task_space_varies_workload_settings_and_hides_an_lr_scale():
+    """`vary` and `lr_scale` draw after every other value: the first task of a space
+    without them is the same; every value of `vary` turns up, and the scale stays in
+    its range."""
+    plain = TaskSpace(total_steps=(40, 80), eval_every=10)
+    wide = TaskSpace(
+        total_steps=(40, 80),
+        eval_every=10,
+        vary={"n_layer": [1, 2], "n_embd": (32, 64)},
+        lr_scale=(0.1, 10.0),
+    )
+    assert list(wide.vary) == ["n_embd", "n_layer"]  # drawn in the names' order
+    first_plain, first_wide = (space.sample(np.random.default_rng(3)) for space in (plain, wide))
+    assert dataclasses.replace(first_wide, workload=first_plain.workload, lr_scale=1.0) == (
+        first_plain
+    )
+    assert first_plain.lr_scale == 1.0
+    rng = np.random.default_rng(0)
+    tasks = [wide.sample(rng) for _ in range(40)]
+    settings = {(t.workload.n_embd, t.workload.n_layer) for t in tasks}
+    assert settings == {(32, 1), (32, 2), (64, 1), (64, 2)}
+    scales = [t.lr_scale for t in tasks]
+    assert all(0.1 <= scale <= 10.0 for scale in scales) and min(scales) < 0.5 < 2 < max(scales)
+
+
+def test_a_hidden_lr_scale_trains_the_run_at_the_scaled_lr_and_shows_the_policy_its_own():
+    """A task at start LR 1e-3 and scale 4 trains exactly as one at 4e-3 and scale 1;
+    its observations differ only in the LR features, which show the policy's LR."""
+    scaled = Task.of("tiny", 5, total_steps=12, eval_every=4, start_lr=1e-3, batch_size=8)
+    scaled = dataclasses.replace(scaled, lr_scale=4.0)
+    plain = dataclasses.replace(scaled, start_lr=4e-3, lr_scale=1.0)
+    results = []
+    for task in (scaled, plain):
+        env = make_env(mode="continuous")
+        observations = [env.reset(seed=0, options={"task": task})[0]]
+        rows = []
+        for action in ([0.5], [-0.3], [0.2]):
+            observation, _, _, _, info = env.step(np.array(action, dtype=np.float32))
+            observations.append(observation)
+            rows.append((env.last_stats.lr, env.last_stats.val_loss, info["lr"]))
+        results.append((np.stack(observations), rows))
+    (scaled_obs, scaled_rows), (plain_obs, plain_rows) = results
+    for (run_lr, val, policy_lr), (plain_run_lr, plain_val, plain_policy_lr) in zip(
+        scaled_rows, plain_rows, strict=True
+    ):
+        assert run_lr == pytest.approx(plain_run_lr, rel=1e-12) and val == plain_val
+        assert policy_lr == pytest.approx(run_lr / 4.0, rel=1e-12)
+        assert plain_policy_lr == pytest.approx(plain_run_lr, rel=1e-12)
+    lr_features = [FEATURE_NAMES.index("log_lr")]
+    other = [i for i in range(len(FEATURE_NAMES)) if i not in lr_features]
+    np.testing.assert_array_equal(scaled_obs[:, other], plain_obs[:, other])
+    np.testing.assert_allclose(
+        plain_obs[:, lr_features] - scaled_obs[:, lr_features], math.log(4.0), rtol=1e-5
+    )
+
+
+def test_a_history_stacks_the_last_observations_newest_first():
+    env = make_env(history=3)
+    assert env.observation_space.shape == (3 * len(FEATURE_NAMES),)
+    observations, _, _ = rollout(env, 0, [2, 0, 1])
+    n = len(FEATURE_NAMES)
+    single, _, _ = rollout(make_env(), 0, [2, 0, 1])
+    np.testing.assert_array_equal(observations[:, :n], single)  # the newest: as without
+    assert not observations[0, n:].any()  # nothing before the start
+    for t in range(1, len(observations)):
+        np.testing.assert_array_equal(observations[t, n : 2 * n], single[t - 1])
+        if t >= 2:
+            np.testing.assert_array_equal(observations[t, 2 * n :], single[t - 2])
+        else:
+            assert not observations[t, 2 * n :].any()
+
+
 @pytest.mark.parametrize(
     "make, message",
     [
+        (lambda: TaskSpace(vary={"n_embd": []}), "TaskSpace.vary.n_embd must be a non-empty"),
+        (lambda: TaskSpace(vary={"n_embd": [64, 30]}), "n_embd"),
+        (lambda: TaskSpace(vary={"depth": [1]}), "has no setting depth"),
+        (lambda: TaskSpace(lr_scale=(2.0, 1.0)), "TaskSpace.lr_scale must be a range"),
+        (lambda: EnvConfig(history=0), "history must be a whole number of evaluations >= 1"),
         (lambda: TaskSpace(total_steps=(10,), eval_every=20), "eval_every (20)"),
         (lambda: TaskSpace(total_steps=(10,), eval_every=[5, 20]), "eval_every (20)"),
         (lambda: TaskSpace(eval_every=[]), "eval_every is empty"),

@@ -237,13 +237,20 @@ TASK = Task.of("tiny", 5, total_steps=35, eval_every=10, start_lr=3e-3, batch_si
 
 
 @pytest.mark.parametrize(
-    ("warmup_fraction", "cooldown_fraction", "first_action_max_factor"),
-    [(0.0, 0.0, 0.0), (0.0, 0.4, 0.0), (0.4, 0.4, 0.0), (0.0, 0.4, 100.0)],
+    ("warmup_fraction", "cooldown_fraction", "first_action_max_factor", "history"),
+    [
+        (0.0, 0.0, 0.0, 1),
+        (0.0, 0.4, 0.0, 1),
+        (0.4, 0.4, 0.0, 1),
+        (0.0, 0.4, 100.0, 1),
+        (0.0, 0.0, 0.0, 3),  # a history of 3 evaluations
+    ],
 )
 def test_scheduler_on_the_trainer_reproduces_the_env(
-    warmup_fraction, cooldown_fraction, first_action_max_factor
+    warmup_fraction, cooldown_fraction, first_action_max_factor, history
 ):
     policy = make_policy(
+        history=history,
         seed=7,
         scale=3.0,
         action_mode="continuous" if first_action_max_factor else "discrete",
