@@ -178,8 +178,14 @@ def test_hf_example_trains_and_the_policy_moves_the_lr(hf, capsys):
     assert "final validation loss" in output
 
 
-def test_hf_callback_sees_per_step_losses_and_sets_the_policy_lr(hf, tmp_path):
-    trainer = hf_trainer(tmp_path)
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_hf_callback_sees_per_step_losses_and_sets_the_policy_lr(hf, tmp_path, accumulation):
+    # With accumulation, each optimizer step is two micro-batches of half the size.
+    trainer = hf_trainer(
+        tmp_path,
+        per_device_train_batch_size=4 // accumulation,
+        gradient_accumulation_steps=accumulation,
+    )
     callback = hf.LRPilotCallback(moving_policy()).attach(trainer)
     step_lrs = hf_step_lrs(trainer)
     trainer.train()
