@@ -511,6 +511,8 @@ class PolicyController:
     def _load_feature_state(self, state: Mapping[str, Any]) -> None:
         self.features = self._observation_builder(state["start_lr"], state["initial_val_loss"])
         for key in _BUILDER_FIELDS:
+            if key == "past" and key not in state:
+                continue  # saved before observations had a history: there is none
             setattr(self.features, key, state[key])
 
     def parameters(self) -> list[torch.Tensor]:

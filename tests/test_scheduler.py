@@ -221,6 +221,20 @@ def test_state_dict_round_trip_continues_identically(stop_at, first_action_max_f
     assert uninterrupted[stop_at:] == resumed["lrs"]
 
 
+def test_a_policy_with_a_history_resumes_identically_and_older_states_load():
+    policy = make_policy(seed=3, history=3)
+    uninterrupted = train_mlp(policy)["lrs"]
+    checkpoint = train_mlp(policy, stop_at=25)
+    assert len(checkpoint["scheduler"]["features"]["past"]) == 2
+    assert uninterrupted[25:] == train_mlp(policy, resume=checkpoint)["lrs"]
+    # A state saved before observations had a history (no "past") resumes a
+    # one-evaluation policy as before.
+    policy = make_policy(seed=3)
+    checkpoint = train_mlp(policy, stop_at=25)
+    del checkpoint["scheduler"]["features"]["past"]
+    assert train_mlp(policy)["lrs"][25:] == train_mlp(policy, resume=checkpoint)["lrs"]
+
+
 def test_step_with_metrics_is_observe():
     policy = make_policy(seed=3)
     assert train_mlp(policy)["lrs"] == train_mlp(policy, use_step_metrics=True)["lrs"]
