@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from itertools import product
 
 import numpy as np
@@ -193,6 +193,10 @@ class TaskSpace:
                 )
                 for settings in varied:
                     with_overrides(workload, **settings)
+
+    def __hash__(self) -> int:  # `vary` is a dict (of tuples): hashed as its items
+        values = [getattr(self, f.name) for f in fields(self)]
+        return hash(tuple(tuple(v.items()) if isinstance(v, dict) else v for v in values))
 
     @property
     def eval_every_choices(self) -> tuple[int, ...]:

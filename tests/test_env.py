@@ -320,6 +320,13 @@ def test_a_wide_task_space_varies_workload_settings_and_hides_an_lr_scale():
         lr_scale=(0.1, 10.0),
     )
     assert list(wide.vary) == ["n_embd", "n_layer"]  # drawn in the names' order
+    same = TaskSpace(
+        total_steps=[40, 80],
+        eval_every=10,
+        vary={"n_embd": [32, 64], "n_layer": [1, 2]},
+        lr_scale=[0.1, 10.0],
+    )
+    assert same == wide and hash(same) == hash(wide) != hash(plain)  # frozen and hashable
     first_plain, first_wide = (space.sample(np.random.default_rng(3)) for space in (plain, wide))
     assert dataclasses.replace(first_wide, workload=first_plain.workload, lr_scale=1.0) == (
         first_plain
