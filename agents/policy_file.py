@@ -90,6 +90,11 @@ class Policy:
     def normalize(self, observation: np.ndarray) -> np.ndarray:
         """The observation as the network saw it in training (VecNormalize statistics)."""
         obs = np.asarray(observation, dtype=np.float64)
+        if obs.shape != (len(FEATURE_NAMES) * self.history,):
+            raise ConfigError(
+                f"observation of shape {obs.shape}; this policy takes "
+                f"{len(FEATURE_NAMES) * self.history} values ({self.history} evaluations)"
+            )
         if self._obs_mean is None:
             return obs
         return np.clip((obs - self._obs_mean) / self._obs_std, -self._obs_clip, self._obs_clip)
@@ -239,6 +244,12 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
         )
     if tuple(metadata["observation"]["features"]) != FEATURE_NAMES:
         raise ConfigError("policy's observation features differ from this lrpilot's")
+    size = len(FEATURE_NAMES) * observation_history(metadata)
+    if list(metadata["observation"].get("shape", [size])) != [size]:
+        raise ConfigError(
+            f"policy's observation shape {metadata['observation']['shape']!r} is not "
+            f"[{size}] ({len(FEATURE_NAMES)} features x its history)"
+        )
 
 
 def observation_history(metadata: dict[str, Any]) -> int:

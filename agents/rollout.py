@@ -42,7 +42,8 @@ def run_episode(
     `test`, the run's test loss is measured at the end and stands in the last row.
     """
     observation, info = env.reset(seed=task.seed, options={"task": task})
-    rows = [initial_row(info["val_loss"], info["lr"]) | {"action": math.nan, "reward": 0.0}]
+    start_lr = task.lr_scale * info["lr"]  # the LR the run trains at, as in later rows
+    rows = [initial_row(info["val_loss"], start_lr) | {"action": math.nan, "reward": 0.0}]
     total = 0.0
     terminated = truncated = False
     while not (terminated or truncated):

@@ -510,10 +510,15 @@ class PolicyController:
 
     def _load_feature_state(self, state: Mapping[str, Any]) -> None:
         self.features = self._observation_builder(state["start_lr"], state["initial_val_loss"])
+        history = self.features.history
+        past = state.get("past", [])  # saved before observations had a history: none
+        if len(past) != history - 1:
+            raise ConfigError(
+                f"the saved state holds {len(past)} past evaluations; this policy observes "
+                f"{history} at a time (is it the policy the state was saved with?)"
+            )
         for key in _BUILDER_FIELDS:
-            if key == "past" and key not in state:
-                continue  # saved before observations had a history: there is none
-            setattr(self.features, key, state[key])
+            setattr(self.features, key, state[key] if key != "past" else list(past))
 
     def parameters(self) -> list[torch.Tensor]:
         """Every parameter of every group, in the optimizer's order."""

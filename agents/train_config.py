@@ -180,7 +180,7 @@ def load_train_config(preset: str, workload: str | None = None, **overrides) -> 
         env["task_space"] = env.get("task_space", {}) | {"workloads": [workload]}
         data["eval"] = data.get("eval", {}) | {"workload": workload}
         for table in (env["task_space"], data["eval"]):
-            for key in ("corpora", "corpus", "batch_size"):
+            for key in ("corpora", "corpus", "batch_size", "vary"):
                 table.pop(key, None)
     return TrainConfig.from_dict(data)
 

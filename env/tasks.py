@@ -145,6 +145,13 @@ class TaskSpace:
                 )
             vary[name] = tuple(values)
         object.__setattr__(self, "vary", vary)
+        for name, own in (("steps", "total_steps"), ("eval_every", "eval_every")):
+            if name in vary:
+                raise ConfigError(f"TaskSpace.vary.{name}: the space's own {own} sets it")
+        if "batch_size" in vary and self.batch_size is not None:
+            raise ConfigError("TaskSpace.vary.batch_size and TaskSpace.batch_size: give one")
+        if "corpus" in vary and self.corpora is not None:
+            raise ConfigError("TaskSpace.vary.corpus and TaskSpace.corpora: give one")
         for name in ("seeds", "corpora"):
             if getattr(self, name) is not None:
                 object.__setattr__(self, name, tuple(getattr(self, name)))

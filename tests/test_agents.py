@@ -495,3 +495,17 @@ def test_a_policy_with_a_history_trains_saves_and_replays(tmp_path):
     loaded = load_policy(policy.save(tmp_path / "copy"))
     observation = np.random.default_rng(0).normal(size=2 * NUM_FEATURES)
     assert loaded.act(observation) == policy.act(observation)
+    with pytest.raises(ConfigError, match="this policy takes 26 values"):
+        policy.act(observation[:NUM_FEATURES])
+    metadata = dict(policy.metadata, observation=dict(policy.metadata["observation"], shape=[13]))
+    with pytest.raises(ConfigError, match="observation shape"):
+        Policy(policy.weights, metadata)
+
+
+def test_a_workload_flag_trains_that_workload_as_it_is():
+    """`--workload` replaces a preset's workloads and drops the settings it varies, so
+    the runs are that workload's own (the generalist preset varies width and batch)."""
+    config = load_train_config("generalist", workload="small")
+    assert config.env.task_space.workloads == ("small",)
+    assert config.env.task_space.vary == {} and config.env.task_space.corpora is None
+    assert config.env.task_space.lr_scale == (0.1, 10.0)  # the hidden scale stays

@@ -394,6 +394,11 @@ def test_a_history_stacks_the_last_observations_newest_first():
         (lambda: TaskSpace(vary={"n_embd": [64, 30]}), "n_embd"),
         (lambda: TaskSpace(vary={"depth": [1]}), "has no setting depth"),
         (lambda: TaskSpace(lr_scale=(2.0, 1.0)), "TaskSpace.lr_scale must be a range"),
+        (lambda: TaskSpace(vary={"steps": [100]}), "vary.steps: the space's own total_steps"),
+        (
+            lambda: TaskSpace(batch_size=8, vary={"batch_size": [16]}),
+            "TaskSpace.vary.batch_size and TaskSpace.batch_size: give one",
+        ),
         (lambda: EnvConfig(history=0), "history must be a whole number of evaluations >= 1"),
         (lambda: TaskSpace(total_steps=(10,), eval_every=20), "eval_every (20)"),
         (lambda: TaskSpace(total_steps=(10,), eval_every=[5, 20]), "eval_every (20)"),

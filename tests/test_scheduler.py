@@ -233,6 +233,9 @@ def test_a_policy_with_a_history_resumes_identically_and_older_states_load():
     checkpoint = train_mlp(policy, stop_at=25)
     del checkpoint["scheduler"]["features"]["past"]
     assert train_mlp(policy)["lrs"][25:] == train_mlp(policy, resume=checkpoint)["lrs"]
+    # ... but not a policy with another history.
+    with pytest.raises(ConfigError, match="holds 0 past evaluations; this policy observes 3"):
+        train_mlp(make_policy(seed=3, history=3), resume=checkpoint)
 
 
 def test_step_with_metrics_is_observe():
