@@ -176,18 +176,14 @@ class TaskSpace:
                     f"TaskSpace.eval_every ({eval_every}) is larger than the step budget "
                     f"({min(self.total_steps)})"
                 )
-        low, high = self.start_lr if len(self.start_lr) == 2 else (math.nan, math.nan)
-        if not (0 < low <= high and math.isfinite(high)):
-            raise ConfigError(
-                f"TaskSpace.start_lr must be a range (low, high) with 0 < low <= high, "
-                f"got {self.start_lr!r}"
-            )
-        low, high = self.lr_scale if len(self.lr_scale) == 2 else (math.nan, math.nan)
-        if not (0 < low <= high and math.isfinite(high)):
-            raise ConfigError(
-                f"TaskSpace.lr_scale must be a range (low, high) with 0 < low <= high, "
-                f"got {self.lr_scale!r}"
-            )
+        for name in ("start_lr", "lr_scale"):
+            bounds = getattr(self, name)
+            low, high = bounds if len(bounds) == 2 else (math.nan, math.nan)
+            if not (0 < low <= high and math.isfinite(high)):
+                raise ConfigError(
+                    f"TaskSpace.{name} must be a range (low, high) with 0 < low <= high, "
+                    f"got {bounds!r}"
+                )
         if self.batch_size is not None:
             require_positive_int("TaskSpace.batch_size", self.batch_size)
         varied = [
@@ -217,10 +213,7 @@ class TaskSpace:
         drawn_seed = int(rng.integers(SEED_RANGE))
         seed = drawn_seed if self.seeds is None else self.seeds[drawn_seed % len(self.seeds)]
         steps = self.total_steps[rng.integers(len(self.total_steps))]
-        low, high = self.start_lr
-        start_lr = float(math.exp(rng.uniform(math.log(low), math.log(high))))
-        if low == high:
-            start_lr = float(low)
+        start_lr = log_uniform(rng, self.start_lr)
         eval_every = self.eval_every
         if isinstance(eval_every, tuple):
             eval_every = eval_every[rng.integers(len(eval_every))]
@@ -230,8 +223,13 @@ class TaskSpace:
                 name: values[rng.integers(len(values))] for name, values in self.vary.items()
             }
             workload = with_overrides(workload, **settings)
-        lr_scale = 1.0
-        if self.lr_scale != (1.0, 1.0):
-            low, high = self.lr_scale
-            lr_scale = float(math.exp(rng.uniform(math.log(low), math.log(high))))
+        lr_scale = 1.0 if self.lr_scale == (1.0, 1.0) else log_uniform(rng, self.lr_scale)
         return Task(workload, int(seed), int(steps), int(eval_every), start_lr, lr_scale)
+
+
+def log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
+    """One log-uniform draw over `bounds` (one value is drawn even when they are equal,
+    so the draws after it stay the same; then the value is that bound)."""
+    low, high = bounds
+    value = float(math.exp(rng.uniform(math.log(low), math.log(high))))
+    return float(low) if low == high else value
