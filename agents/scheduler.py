@@ -72,6 +72,7 @@ import inspect
 import math
 import weakref
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -648,12 +649,8 @@ class PolicyScheduler(LRScheduler):
         *,
         grad_norm: float | None = None,
     ) -> None:
-        """Show the policy the interval just ended and set the LR of the next one.
-
-        `train_loss`: the interval's per-step train losses (mean, std, slope), or their
-        mean. `grad_norm`: the interval's mean gradient norm, instead of the measured
-        one. Before any step, `observe(val_loss=L_0)` takes the policy's first action.
-        """
+        """`PolicyController.observe`: show the policy the interval just ended and set
+        the LR of the next one."""
         self.controller.observe(train_loss, val_loss, grad_norm=grad_norm)
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
 
@@ -687,28 +684,25 @@ class PolicyScheduler(LRScheduler):
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def check_loop_settings(
-    *,
-    eval_interval: int | None,
-    total_steps: int | None,
-    update_ratio_sample: int | None,
-    start_lr: float | None,
-    initial_val_loss: float | None,
-) -> None:
+@dataclass(frozen=True)
+class LoopSettings:
     """The settings a framework callback takes before it knows its trainer, each checked
     when given (None: taken from the trainer later)."""
-    counts = {
-        "eval_interval": eval_interval,
-        "total_steps": total_steps,
-        "update_ratio_sample": update_ratio_sample,
-    }
-    for name, value in counts.items():
-        if value is not None:
-            require_positive_int(name, value)
-    if start_lr is not None:
-        positive_float("start_lr", start_lr)
-    if initial_val_loss is not None:
-        positive_float("initial validation loss", initial_val_loss)
+
+    eval_interval: int | None = None
+    total_steps: int | None = None
+    start_lr: float | None = None
+    initial_val_loss: float | None = None
+    update_ratio_sample: int | None = UPDATE_RATIO_SAMPLE
+
+    def __post_init__(self) -> None:
+        for name in ("eval_interval", "total_steps", "update_ratio_sample"):
+            if getattr(self, name) is not None:
+                require_positive_int(name, getattr(self, name))
+        if self.start_lr is not None:
+            positive_float("start_lr", self.start_lr)
+        if self.initial_val_loss is not None:
+            positive_float("initial validation loss", self.initial_val_loss)
 
 
 def positive_float(name: str, value: Any) -> float:

@@ -75,8 +75,8 @@ except ImportError:  # also when sys.modules["transformers"] is None
 
 from lrpilot.agents.scheduler import (
     UPDATE_RATIO_SAMPLE,
+    LoopSettings,
     PolicyController,
-    check_loop_settings,
     check_policy,
     total_norm,
 )
@@ -119,21 +119,12 @@ class LRPilotCallback(TrainerCallback):
         update_ratio_sample: int | None = UPDATE_RATIO_SAMPLE,
     ) -> None:
         self.policy = check_policy(policy)
-        check_loop_settings(
-            eval_interval=eval_interval,
-            total_steps=total_steps,
-            update_ratio_sample=update_ratio_sample,
-            start_lr=start_lr,
-            initial_val_loss=initial_val_loss,
+        self.settings = LoopSettings(
+            eval_interval, total_steps, start_lr, initial_val_loss, update_ratio_sample
         )
         if not isinstance(metric, str) or not metric:
             raise ConfigError(f"metric must be the name of an evaluation metric, got {metric!r}")
-        self.eval_interval = eval_interval
-        self.total_steps = total_steps
-        self.start_lr = start_lr
-        self.initial_val_loss = initial_val_loss
         self.metric = metric
-        self.update_ratio_sample = update_ratio_sample
         self.controller: PolicyController | None = None
         self.decisions: list[tuple[int, float, float]] = []
         self._trainer: Trainer | None = None
@@ -198,7 +189,7 @@ class LRPilotCallback(TrainerCallback):
                 f"the Trainer's eval_dataset holds {len(eval_dataset)} named sets: pass "
                 f"metric='eval_<name>_loss' to LRPilotCallback for the one the policy reads"
             )
-        eval_interval = self.eval_interval
+        eval_interval = self.settings.eval_interval
         if eval_interval is None:
             strategy = getattr(args.eval_strategy, "value", args.eval_strategy)
             if strategy != "steps":
@@ -208,7 +199,7 @@ class LRPilotCallback(TrainerCallback):
                 )
             eval_interval = int(state.eval_steps)
         resumed = state.global_step > 0
-        if not resumed and self.initial_val_loss is None and not args.eval_on_start:
+        if not resumed and self.settings.initial_val_loss is None and not args.eval_on_start:
             raise ConfigError(
                 "LRPilotCallback needs the validation loss before training: use "
                 "TrainingArguments(eval_on_start=True), or pass initial_val_loss="
@@ -216,10 +207,10 @@ class LRPilotCallback(TrainerCallback):
         self.controller = PolicyController(
             _inner_optimizer(optimizer),
             self.policy,
-            self.total_steps or state.max_steps,
+            self.settings.total_steps or state.max_steps,
             eval_interval,
-            start_lr=self.start_lr,
-            update_ratio_sample=self.update_ratio_sample,
+            start_lr=self.settings.start_lr,
+            update_ratio_sample=self.settings.update_ratio_sample,
             measure_grad_norm=False,  # measured before clipping, in training_step
         )
         self._lr_scheduler = lr_scheduler
@@ -233,8 +224,8 @@ class LRPilotCallback(TrainerCallback):
         self._micro_batch_losses, self._step_losses = [], []
         if resumed:
             self._restore(state)
-        elif self.initial_val_loss is not None:
-            self._decide(val_loss=self.initial_val_loss)
+        elif self.settings.initial_val_loss is not None:
+            self._decide(val_loss=self.settings.initial_val_loss)
         self._write_lrs()
         return control
 

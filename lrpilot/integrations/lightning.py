@@ -65,8 +65,8 @@ except ImportError:  # also when sys.modules["lightning"] is None
 
 from lrpilot.agents.scheduler import (
     UPDATE_RATIO_SAMPLE,
+    LoopSettings,
     PolicyController,
-    check_loop_settings,
     check_policy,
     total_norm,
 )
@@ -107,21 +107,12 @@ class LRPilotCallback(pl.Callback):
         update_ratio_sample: int | None = UPDATE_RATIO_SAMPLE,
     ) -> None:
         self.policy = check_policy(policy)
-        check_loop_settings(
-            eval_interval=eval_interval,
-            total_steps=total_steps,
-            update_ratio_sample=update_ratio_sample,
-            start_lr=start_lr,
-            initial_val_loss=initial_val_loss,
+        self.settings = LoopSettings(
+            eval_interval, total_steps, start_lr, initial_val_loss, update_ratio_sample
         )
         if not isinstance(monitor, str) or not monitor:
             raise ConfigError(f"monitor must be the name of a logged metric, got {monitor!r}")
-        self.eval_interval = eval_interval
-        self.total_steps = total_steps
-        self.start_lr = start_lr
-        self.initial_val_loss = initial_val_loss
         self.monitor = monitor
-        self.update_ratio_sample = update_ratio_sample
         self.controller: PolicyController | None = None
         self.decisions: list[tuple[int, float, float]] = []
         self._sanity_val_loss: float | None = None  # L_0, from the sanity check
@@ -151,12 +142,12 @@ class LRPilotCallback(pl.Callback):
         # (Some strategies hand the callback its checkpoint state only after this hook.)
         resuming = self._saved_state is not None or trainer.ckpt_path is not None
         full_sanity_check = trainer.num_sanity_val_steps == float("inf")
-        if not resuming and self.initial_val_loss is None and not full_sanity_check:
+        if not resuming and self.settings.initial_val_loss is None and not full_sanity_check:
             raise ConfigError(
                 "LRPilotCallback needs the validation loss before training: use "
                 "Trainer(num_sanity_val_steps=-1), or pass initial_val_loss="
             )
-        if self.eval_interval is None and not _validates_every_n_batches(trainer):
+        if self.settings.eval_interval is None and not _validates_every_n_batches(trainer):
             raise ConfigError(
                 "LRPilotCallback needs an interval: pass eval_interval=, or use "
                 "Trainer(val_check_interval=N, check_val_every_n_epoch=None)"
@@ -166,9 +157,9 @@ class LRPilotCallback(pl.Callback):
         """Make the controller (optimizer states are restored by now), restore it on a
         resume or take the first action, and make the Trainer validate on time."""
         accumulate = trainer.accumulate_grad_batches
-        if self.eval_interval is not None:
+        if self.settings.eval_interval is not None:
             self._validate_every_interval(trainer)
-            eval_interval = self.eval_interval
+            eval_interval = self.settings.eval_interval
         else:
             if trainer.val_check_batch % accumulate:
                 raise ConfigError(
@@ -176,7 +167,7 @@ class LRPilotCallback(pl.Callback):
                     f"number of optimizer steps (accumulate_grad_batches={accumulate})"
                 )
             eval_interval = trainer.val_check_batch // accumulate
-        total_steps = self.total_steps
+        total_steps = self.settings.total_steps
         if total_steps is None:
             total_steps = trainer.max_steps if trainer.max_steps > 0 else None
         if total_steps is None:
@@ -186,15 +177,15 @@ class LRPilotCallback(pl.Callback):
             self.policy,
             total_steps,
             eval_interval,
-            start_lr=self.start_lr,
-            update_ratio_sample=self.update_ratio_sample,
+            start_lr=self.settings.start_lr,
+            update_ratio_sample=self.settings.update_ratio_sample,
             measure_grad_norm=False,  # measured before clipping, in on_before_optimizer_step
         )
         self._batch_losses, self._step_losses = [], []
         if self._saved_state is not None:
             self._restore(trainer)
         else:
-            initial = self.initial_val_loss
+            initial = self.settings.initial_val_loss
             if initial is None:
                 initial = self._sanity_val_loss
             if initial is None:
@@ -207,7 +198,7 @@ class LRPilotCallback(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The Trainer works out its validation batches again when it reloads dataloaders.
-        if self.eval_interval is not None:
+        if self.settings.eval_interval is not None:
             self._validate_every_interval(trainer)
 
     def on_before_optimizer_step(
@@ -292,7 +283,7 @@ class LRPilotCallback(pl.Callback):
 
     def _validate_every_interval(self, trainer: pl.Trainer) -> None:
         """Make the Trainer validate every `eval_interval` optimizer steps, across epochs."""
-        trainer.val_check_batch = self.eval_interval * trainer.accumulate_grad_batches
+        trainer.val_check_batch = self.settings.eval_interval * trainer.accumulate_grad_batches
         trainer.check_val_every_n_epoch = None
 
     def _restore(self, trainer: pl.Trainer) -> None:
