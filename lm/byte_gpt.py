@@ -45,6 +45,22 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_training_settings(workload) -> None:
+    """The budget and Adam settings every built-in family shares: the interval within
+    the budget, betas in [0, 1), weight decay >= 0, a positive clip or None."""
+    if workload.eval_every > workload.steps:
+        raise ConfigError(f"eval_every ({workload.eval_every}) exceeds steps ({workload.steps})")
+    for name in ("beta1", "beta2"):
+        value = getattr(workload, name)
+        if not (isinstance(value, int | float) and 0 <= value < 1):
+            raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
+    decay = workload.weight_decay
+    if not (isinstance(decay, int | float) and decay >= 0):
+        raise ConfigError(f"weight_decay must be >= 0, got {decay!r}")
+    if workload.grad_clip is not None and not workload.grad_clip > 0:
+        raise ConfigError(f"grad_clip must be positive or None, got {workload.grad_clip!r}")
+
+
 @dataclass(frozen=True)
 class ByteGPTWorkload:
     """A byte-level GPT trained with AdamW on a corpus; every field is a TOML key."""
@@ -71,16 +87,7 @@ class ByteGPTWorkload:
         self.model_config()  # checks the sizes
         for name in ("batch_size", "steps", "eval_every", "val_windows", "test_tokens"):
             require_positive_int(name, getattr(self, name))
-        if self.eval_every > self.steps:
-            raise ConfigError(f"eval_every ({self.eval_every}) exceeds steps ({self.steps})")
-        for name in ("beta1", "beta2"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and 0 <= value < 1):
-                raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
-        if not (isinstance(self.weight_decay, int | float) and self.weight_decay >= 0):
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
+        check_training_settings(self)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(

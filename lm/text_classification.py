@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lrpilot.errors import ConfigError, require_positive_int
-from lrpilot.lm.byte_gpt import resolve_device
+from lrpilot.lm.byte_gpt import check_training_settings, resolve_device
 from lrpilot.lm.run import RunParts, StepRun
 
 BUILTIN_DATA = "pystdlib"
@@ -128,16 +128,7 @@ class TextClassificationWorkload:
             raise ConfigError(
                 f"n_embd must be divisible by the {N_HEAD} attention heads, got {self.n_embd}"
             )
-        if self.eval_every > self.steps:
-            raise ConfigError(f"eval_every ({self.eval_every}) exceeds steps ({self.steps})")
-        for name in ("beta1", "beta2"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and 0 <= value < 1):
-                raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
-        if not (isinstance(self.weight_decay, int | float) and self.weight_decay >= 0):
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ConfigError(f"grad_clip must be positive or None, got {self.grad_clip!r}")
+        check_training_settings(self)
         if not isinstance(self.data, str) or not self.data:
             raise ConfigError(f"data must be {BUILTIN_DATA!r} or a path, got {self.data!r}")
         if self.data != BUILTIN_DATA:
