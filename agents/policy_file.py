@@ -11,7 +11,8 @@ Tensor names: `hidden.{i}.weight`, `hidden.{i}.bias` for each hidden layer (tanh
 and, for continuous policies, `log_std`.
 
 This lrpilot reads and writes format version 2, in which every field of the action
-rule is present. Other versions are refused with a one-line error.
+rule is present but `probe_intervals` (added later; 0 when absent, as files written
+before it were trained). Other versions are refused with a one-line error.
 """
 
 from __future__ import annotations
@@ -123,14 +124,14 @@ class Policy:
         return np.clip(mean, -1.0, 1.0).astype(np.float32)
 
     def next_lr(
-        self, lr: float, action, *, first: bool, interval_steps: int, total_steps: int
+        self, lr: float, action, *, interval: int, interval_steps: int, total_steps: int
     ) -> float:
-        """The LR of the next interval after `action`, as the training environment set it
-        (`first`: the run's first action, taken before any step)."""
+        """The LR of interval `interval` (0: the first, set before any step) after
+        `action`, as the training environment set it."""
         return next_lr(
             lr,
             action,
-            first=first,
+            interval=interval,
             interval_steps=interval_steps,
             total_steps=total_steps,
             rule=self.action,
@@ -160,10 +161,16 @@ class Policy:
         return path
 
 
+# Action fields a version-2 file may lack, with the value that means "as before".
+_ACTION_FIELDS_ADDED_LATER = {"probe_intervals": 0}
+
+
 def _action_rule(action: Any) -> ActionRule:
-    """The `ActionRule` of a policy file's `action` table; every field is required."""
+    """The `ActionRule` of a policy file's `action` table; every field is required but
+    those of `_ACTION_FIELDS_ADDED_LATER`, whose absence means their old behaviour."""
     if not isinstance(action, dict):
         raise ConfigError(f"policy metadata 'action' must be a table, got {action!r}")
+    action = _ACTION_FIELDS_ADDED_LATER | action
     fields = {f.name for f in dataclasses.fields(ActionRule)}
     missing = sorted(fields - set(action))
     unknown = sorted(set(action) - fields)

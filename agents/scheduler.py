@@ -121,11 +121,11 @@ def check_policy(policy: Any) -> Any:
             f"{type(policy).__name__} without {', '.join(missing)}"
         )
     parameters = inspect.signature(policy.next_lr).parameters
-    if "first" not in parameters and not any(
+    if "interval" not in parameters and not any(
         p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
     ):
         raise ConfigError(
-            f"policy's next_lr must take the keyword first (the run's first action), as "
+            f"policy's next_lr must take the keyword interval (the interval it sets), as "
             f"Policy.next_lr does; {type(policy).__name__}.next_lr does not"
         )
     return policy
@@ -228,7 +228,7 @@ class PolicyController:
         optimizer: the torch optimizer whose groups' LRs it sets (for a wrapper, such
             as accelerate's, the optimizer inside it: its hooks are where steps happen).
         policy: an lrpilot `Policy` (`load_policy(path)`), or any object with `act`,
-            `next_lr` (with the keyword `first`: the run's first action), `applied_lr`,
+            `next_lr` (with the keyword `interval`: the interval it sets), `applied_lr`,
             `lr_min`, `lr_max` and `masked_features`.
         total_steps: the run's optimizer steps (the `progress` feature is step / T).
         eval_interval: steps between observations; the last interval takes the rest.
@@ -485,7 +485,7 @@ class PolicyController:
             lr = self.policy.next_lr(
                 self.lr,
                 action,
-                first=self.steps_done == 0,
+                interval=self.steps_done // self.eval_interval,
                 interval_steps=next_observation_at - self.steps_done,
                 total_steps=self.total_steps,
             )
@@ -560,7 +560,7 @@ class PolicyScheduler(LRScheduler):
         optimizer: any torch optimizer. Every param group's LR becomes its initial
             LR x (policy LR / `start_lr`), so groups keep their ratios.
         policy: an lrpilot `Policy` (`load_policy(path)`), or any object with `act`,
-            `next_lr` (with the keyword `first`: the run's first action), `applied_lr`,
+            `next_lr` (with the keyword `interval`: the interval it sets), `applied_lr`,
             `lr_min`, `lr_max` and `masked_features`.
         total_steps: the run's optimizer steps (the `progress` feature is step / T).
         eval_interval: steps between observations; the last interval takes the rest.

@@ -19,6 +19,13 @@ taken from the observation at reset before any step: it multiplies the start LR 
 apply), so one action can correct an untuned start LR by up to that factor either way.
 `first_action_max_factor = 0` (default): the first action is like the others.
 
+`probe_intervals` makes the first intervals a probe: the first `p` intervals train
+at the start LR (with the warmup below) whatever the actions, so the first action
+that moves the LR is taken from an observation of how the run took the start LR (its
+loss, gradient norm and update ratio) instead of blind at reset. The wide first action
+is then the one that sets interval `p`. `probe_intervals = 0` (default): no probe; the
+action at reset sets the first interval's LR.
+
 `cooldown_fraction` makes the controller a learned LR with a fixed cooldown: over the
 last `c` of the budget, each step trains at the controller's LR times WSD's
 `1 - sqrt(q)` cooldown factor (`lrpilot.lm.schedules.sqrt_cooldown`), which falls to
@@ -115,6 +122,8 @@ class ActionRule:
     # the first action multiplies the start LR by first_action_max_factor**a; 0: off
     first_action_max_factor: float = 0.0
     factor_span: float = 0.0  # budget fraction a factor applies over; 0: once per interval
+    # the first probe_intervals intervals train at the start LR whatever the actions
+    probe_intervals: int = 0
     lr_min: float = 1e-5
     lr_max: float = 1e-1
     warmup_fraction: float = 0.0  # first budget fraction warmed up linearly; 0: none
@@ -143,6 +152,9 @@ class ActionRule:
         if isinstance(span, bool) or not (isinstance(span, int | float) and 0 <= span <= 1):
             raise ConfigError(f"factor_span must be in [0, 1], got {span!r}")
         object.__setattr__(self, "factor_span", float(span))
+        probe = self.probe_intervals
+        if isinstance(probe, bool) or not isinstance(probe, int) or probe < 0:
+            raise ConfigError(f"probe_intervals must be a whole number >= 0, got {probe!r}")
         if not (
             _positive_finite(self.lr_min)
             and _positive_finite(self.lr_max)
@@ -176,18 +188,21 @@ def next_lr(
     lr: float,
     action,
     *,
-    first: bool,
+    interval: int,
     interval_steps: int,
     total_steps: int,
     rule: ActionRule,
 ) -> float:
-    """The LR of the next interval: `lr` times the action's factor, clipped to the bounds.
-    `first` marks the first action of a run (taken at reset, before any step).
+    """The LR of interval `interval` (0: the first, set at reset, before any step): `lr`
+    times the action's factor, clipped to the bounds. The intervals of the probe keep
+    `lr`; the first action after them may be wider (`first_action_max_factor`).
 
     The one rule for the environment and `PolicyScheduler` (open-loop replay follows
     recorded LRs instead).
     """
-    if first and rule.first_action_max_factor:
+    if interval < rule.probe_intervals:
+        return float(np.clip(lr, rule.lr_min, rule.lr_max))
+    if interval == rule.probe_intervals and rule.first_action_max_factor:
         factor = lr_factor(rule.mode, rule.factors, action, rule.first_action_max_factor)
     else:
         factor = lr_factor(rule.mode, rule.factors, action, rule.continuous_max_factor)

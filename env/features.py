@@ -74,6 +74,23 @@ FEATURES: tuple[Feature, ...] = (
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 NUM_FEATURES = len(FEATURES)
+# The features by what they read, for ablations and the docs; every feature is in one.
+FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
+    "progress": ("progress",),
+    "absolute LR": ("log_lr",),
+    "LR moved": ("log_lr_rel_start",),
+    "loss": (
+        "log_val_rel_prev",
+        "log_val_rel_init",
+        "log_val_rel_best",
+        "train_slope_rel",
+        "train_noise_rel",
+        "gen_gap",
+    ),
+    "gradient norm": ("log_grad_norm", "log_grad_norm_change"),
+    "update ratio": ("log_update_ratio",),
+    "breakdown": ("nonfinite_fraction",),
+}
 
 
 def _log(x: float) -> float:

@@ -2,7 +2,8 @@
 
     reset(seed)   -> sample a Task, make its TrainingRun, measure L_0, observe
     step(action)  -> lr <- clip(lr * factor(action)) (the first action's factor
-                     may be wider: `first_action_max_factor`); train one interval at lr
+                     may be wider: `first_action_max_factor`; the intervals of a
+                     probe, `probe_intervals`, keep the start LR); train one interval at lr
                      (times the warmup and cooldown factors, with
                      `warmup_fraction` and `cooldown_fraction`);
                      observation, instant reward, terminated, truncated, info
@@ -133,7 +134,7 @@ class LRControlEnv(gym.Env):
         self.lr = next_lr(
             self.lr,
             action,
-            first=self.interval == 0,
+            interval=self.interval,
             interval_steps=steps,
             total_steps=self.task.total_steps,
             rule=self.config.action,

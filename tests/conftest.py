@@ -59,6 +59,7 @@ def make_policy(
     warmup_fraction: float = 0.0,
     first_action_max_factor: float = 0.0,
     history: int = 1,
+    probe_intervals: int = 0,
 ) -> Policy:
     """A small policy with random weights, built the way `export_policy` builds one."""
     generator = torch.Generator().manual_seed(seed)
@@ -81,6 +82,7 @@ def make_policy(
         first_action_max_factor=first_action_max_factor,
         cooldown_fraction=cooldown_fraction,
         warmup_fraction=warmup_fraction,
+        probe_intervals=probe_intervals,
     )
     metadata = policy_metadata(
         action=action,

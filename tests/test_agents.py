@@ -137,10 +137,10 @@ def test_policy_file_keeps_its_action_rule(tmp_path):
     assert loaded.metadata["format_version"] == 2
     assert policy_env_config(loaded).action == policy.action  # replay and compare act alike
     half = np.array([0.5])
-    assert loaded.next_lr(0.01, half, first=True, interval_steps=10, total_steps=40) == (
+    assert loaded.next_lr(0.01, half, interval=0, interval_steps=10, total_steps=40) == (
         pytest.approx(0.1)  # the first action: x100**0.5 in full
     )
-    assert loaded.next_lr(0.01, half, first=False, interval_steps=10, total_steps=40) == (
+    assert loaded.next_lr(0.01, half, interval=1, interval_steps=10, total_steps=40) == (
         pytest.approx(0.01 * 2 ** (0.5 * 10 / 20))  # later ones: x2**0.5 per half budget
     )
     assert loaded.applied_lr(1e-3, 0, total_steps=100) == pytest.approx(1e-3 / 5)  # warmup
@@ -164,6 +164,7 @@ def test_policy_file_keeps_its_action_rule(tmp_path):
         ({"action": {"first_action_max_factor": 0.5}}, "first_action_max_factor must be 0"),
         ({"action": {"continuous_max_factor": 1.0}}, "continuous_max_factor must be a finite"),
         ({"action": {"speed": 2}}, "policy action table: missing nothing, unknown speed"),
+        ({"action": {"probe_intervals": -1}}, "probe_intervals must be a whole number >= 0"),
     ],
 )
 def test_a_policy_file_of_another_version_or_with_a_bad_action_is_refused(
@@ -179,6 +180,14 @@ def test_a_policy_file_of_another_version_or_with_a_bad_action_is_refused(
     path = policy.save(tmp_path / "p")  # written as it is, refused when read
     with pytest.raises(ConfigError, match=message):
         load_policy(path)
+
+
+def test_a_policy_file_written_before_probes_loads_without_one(tmp_path):
+    policy = make_policy(action_mode="continuous")
+    del policy.metadata["action"]["probe_intervals"]  # as the shipped default's file
+    loaded = load_policy(policy.save(tmp_path / "p"))
+    assert loaded.action.probe_intervals == 0
+    assert load_policy("default").action.probe_intervals == 0
 
 
 def test_a_policy_file_with_tensors_no_layer_uses_is_refused():
@@ -206,7 +215,7 @@ def test_a_continuous_range_sets_the_lr_in_the_env_as_in_the_file(tmp_path):
     policy = make_policy(action_mode="continuous").with_action(continuous_max_factor=4.0)
     wide = load_policy(policy.save(tmp_path / "wide"))
     # x4**-1 = x0.25 (no factor_span here)
-    assert wide.next_lr(0.01, np.array([-1.0]), first=False, interval_steps=10, total_steps=40) == (
+    assert wide.next_lr(0.01, np.array([-1.0]), interval=1, interval_steps=10, total_steps=40) == (
         pytest.approx(0.0025)
     )
     # Replay and compare build the policy's env from the file: x4**a there too.
@@ -232,7 +241,7 @@ def test_continuous_training_uses_the_range_and_the_initial_std(tmp_path):
     assert policy.action == action  # exported with the policy
     rule = dataclasses.replace(policy.action, factor_span=0.0)  # one factor in full
     assert next_lr(
-        1e-3, np.array([1.0]), first=False, interval_steps=1, total_steps=1, rule=rule
+        1e-3, np.array([1.0]), interval=1, interval_steps=1, total_steps=1, rule=rule
     ) == pytest.approx(4e-3)
     assert abs(float(policy.weights["log_std"]) + 0.7) < 0.1  # one PPO update away from it
 
@@ -508,4 +517,4 @@ def test_a_workload_flag_trains_that_workload_as_it_is():
     config = load_train_config("generalist", workload="small")
     assert config.env.task_space.workloads == ("small",)
     assert config.env.task_space.vary == {} and config.env.task_space.corpora is None
-    assert config.env.task_space.lr_scale == (0.1, 10.0)  # the hidden scale stays
+    assert config.env.task_space.lr_scale == (0.3, 10.0)  # the hidden scale stays

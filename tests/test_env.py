@@ -164,6 +164,21 @@ def test_the_first_action_corrects_the_start_lr_in_full_and_later_ones_per_span(
         assert env.step(half)[4]["lr"] == pytest.approx(first_lr * 2 ** (0.5 * 4 / 6))
 
 
+def test_a_probe_keeps_the_start_lr_and_the_wide_first_action_comes_after_it():
+    task = Task.of("tiny", 0, total_steps=12, eval_every=4, start_lr=1e-3, batch_size=8)
+    env = make_env(
+        mode="continuous", factor_span=0.5, first_action_max_factor=100.0, probe_intervals=1
+    )
+    env.reset(seed=0, options={"task": task})
+    probe = env.step(np.array([1.0], dtype=np.float32))[4]  # ignored: the probe interval
+    assert probe["lr"] == 1e-3
+    assert env.last_stats.lr == 1e-3  # the probe trained at the start LR
+    half = np.array([0.5], dtype=np.float32)
+    first_lr = env.step(half)[4]["lr"]
+    assert first_lr == pytest.approx(1e-2)  # the first action after the probe: x100**0.5
+    assert env.step(half)[4]["lr"] == pytest.approx(first_lr * 2 ** (0.5 * 4 / 6))
+
+
 def test_the_controllers_warmup_and_cooldown_are_wsds():
     wsd = schedule_curve("wsd", 1.0, 400, warmup=0.05, decay=0.2)
     steps = range(400)
@@ -429,6 +444,8 @@ def test_a_history_stacks_the_last_observations_newest_first():
             "warmup_fraction + cooldown_fraction must be at most 1, got 0.5 + 0.6",
         ),
         (lambda: EnvConfig(masked_features=("lr",)), "unknown feature(s) to mask: 'lr'"),
+        (lambda: ActionRule(probe_intervals=-1), "probe_intervals must be a whole number >= 0"),
+        (lambda: ActionRule(probe_intervals=1.5), "probe_intervals must be a whole number >= 0"),
         (
             lambda: ActionRule(first_action_max_factor=10.0),
             "first_action_max_factor needs continuous actions, got action mode 'discrete'",

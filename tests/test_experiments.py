@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from conftest import KILL_AFTER_STORES, make_policy
 
 from lrpilot.cli import main
@@ -504,3 +505,35 @@ def test_result_table_is_written_as_csv_and_markdown(tmp_path):
     assert text.endswith("\n\n3.1 min\n")
     assert pd.read_csv(tmp_path / "results" / "check.csv").equals(table)
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["check.csv", "check.md"]
+
+
+def test_a_mean_ablated_policy_ignores_its_group_and_still_reads_the_rest():
+    from lrpilot.agents.policy_file import Policy
+    from lrpilot.env.features import FEATURE_NAMES
+    from lrpilot.errors import ConfigError
+    from lrpilot.experiments.benchmarks.feature_ablation import (
+        GROUPS,
+        ablated_inputs,
+        mean_ablated,
+    )
+
+    plain = make_policy(seed=3, action_mode="continuous", history=2)
+    with pytest.raises(ConfigError, match="needs a policy with normalisation statistics"):
+        mean_ablated(plain, "loss")
+    size = 2 * len(FEATURE_NAMES)
+    norm = {"mean": [0.5] * size, "var": [4.0] * size, "epsilon": 1e-8, "clip_obs": 10.0}
+    policy = Policy(plain.weights, plain.metadata | {"normalization": norm})
+    observation = np.random.default_rng(0).normal(size=size).astype(np.float32)
+    assert ablated_inputs("history", 2) == list(range(len(FEATURE_NAMES), size))
+    for group in GROUPS:
+        ablated = mean_ablated(policy, group)
+        inside = ablated_inputs(group, 2)
+        outside = [i for i in range(size) if i not in inside]
+        moved_inside, moved_outside = observation.copy(), observation.copy()
+        moved_inside[inside] += 3.0
+        moved_outside[outside] += 3.0
+        before = ablated.forward(observation)
+        assert torch.allclose(ablated.forward(moved_inside), before, atol=1e-4), group
+        assert not torch.allclose(ablated.forward(moved_outside), before, atol=1e-2), group
+        if group == "none":
+            assert torch.equal(before, policy.forward(observation))

@@ -13,7 +13,13 @@ from conftest import make_policy
 
 from lrpilot.agents.scheduler import PolicyScheduler
 from lrpilot.env import LRControlEnv, Task
-from lrpilot.env.features import FEATURE_CLIP, FEATURE_NAMES, ObservationBuilder, finite_clipped
+from lrpilot.env.features import (
+    FEATURE_CLIP,
+    FEATURE_GROUPS,
+    FEATURE_NAMES,
+    ObservationBuilder,
+    finite_clipped,
+)
 from lrpilot.lm.run import IntervalStats, RunParts, StepRun
 
 STATS = IntervalStats(
@@ -107,15 +113,7 @@ def test_negative_losses_read_zero_in_every_loss_ratio():
     builder = ObservationBuilder(1e-3, 2.0, 100)
     builder.update(replace(STATS, val_loss=-1.0), 1e-3)
     observation = builder.update(replace(STATS, val_loss=-2.0, train_loss_mean=-1.5), 1e-3)
-    loss_features = (
-        "log_val_rel_prev",
-        "log_val_rel_init",
-        "log_val_rel_best",
-        "train_slope_rel",
-        "train_noise_rel",
-        "gen_gap",
-    )
-    assert [feature(observation, name) for name in loss_features] == [0.0] * 6
+    assert [feature(observation, name) for name in FEATURE_GROUPS["loss"]] == [0.0] * 6
 
 
 # -- in the env: a run that memorises its data --------------------------------------------------
@@ -189,3 +187,8 @@ def test_the_loop_observes_losses_of_zero():
             scheduler.observe([0.0] * 10, 0.0)
     assert scheduler.last_stats.train_loss_mean == scheduler.last_stats.val_loss == 0.0
     assert all(np.isfinite(lr) and lr > 0 for lr in scheduler.get_last_lr())
+
+
+def test_every_feature_is_in_exactly_one_group():
+    grouped = [name for names in FEATURE_GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(FEATURE_NAMES)

@@ -124,7 +124,7 @@ def replay_policy(policy, initial_val_loss: float, intervals: list[dict]) -> lis
         lr = next_lr(
             lr,
             policy.act(observation),
-            first=index == 0,
+            interval=index,
             interval_steps=len(interval["losses"]),
             total_steps=TOTAL,
             rule=rule,
@@ -254,19 +254,21 @@ TASK = Task.of("tiny", 5, total_steps=35, eval_every=10, start_lr=3e-3, batch_si
 
 
 @pytest.mark.parametrize(
-    ("warmup_fraction", "cooldown_fraction", "first_action_max_factor", "history"),
+    ("warmup_fraction", "cooldown_fraction", "first_action_max_factor", "history", "probe"),
     [
-        (0.0, 0.0, 0.0, 1),
-        (0.0, 0.4, 0.0, 1),
-        (0.4, 0.4, 0.0, 1),
-        (0.0, 0.4, 100.0, 1),
-        (0.0, 0.0, 0.0, 3),  # a history of 3 evaluations
+        (0.0, 0.0, 0.0, 1, 0),
+        (0.0, 0.4, 0.0, 1, 0),
+        (0.4, 0.4, 0.0, 1, 0),
+        (0.0, 0.4, 100.0, 1, 0),
+        (0.0, 0.0, 0.0, 3, 0),  # a history of 3 evaluations
+        (0.4, 0.4, 100.0, 3, 1),  # a probe interval, then the wide first action
     ],
 )
 def test_scheduler_on_the_trainer_reproduces_the_env(
-    warmup_fraction, cooldown_fraction, first_action_max_factor, history
+    warmup_fraction, cooldown_fraction, first_action_max_factor, history, probe
 ):
     policy = make_policy(
+        probe_intervals=probe,
         history=history,
         seed=7,
         scale=3.0,
@@ -280,10 +282,13 @@ def test_scheduler_on_the_trainer_reproduces_the_env(
     env_rows = run_episode(env, policy, TASK).rows[1:]
     env_lrs = [(row["lr"], row["lr_mean"]) for row in env_rows]  # last-step and mean LR
     assert len(set(env_lrs)) > 1, "the test policy should move the LR"
-    if first_action_max_factor:  # the first action took the wide rule: x100**a in full
-        exponent = float(np.asarray(env_rows[0]["action"]).reshape(-1)[0])
+    if probe:  # the probe interval (steps 0-9) trains at the start LR, warmed up
+        last_step_lr = policy.applied_lr(TASK.start_lr, 9, total_steps=TASK.total_steps)
+        assert env_rows[0]["lr"] == pytest.approx(last_step_lr)
+    if first_action_max_factor:  # the first action after the probe: x100**a in full
+        exponent = float(np.asarray(env_rows[probe]["action"]).reshape(-1)[0])
         wide = min(max(TASK.start_lr * 100.0**exponent, policy.lr_min), policy.lr_max)
-        assert env_rows[0]["lr"] == pytest.approx(wide)  # steps 0-9: no warmup or cooldown
+        assert env_rows[probe]["lr"] == pytest.approx(wide)  # no warmup or cooldown there
 
     trainer = TASK.make_run("cpu")  # as LRControlEnv makes it
     trainer.set_lr(TASK.start_lr)
@@ -325,8 +330,8 @@ def _optimizer():
     return torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.01)
 
 
-class _PolicyWithoutFirst:
-    """A duck-typed policy whose next_lr predates the first action's keyword."""
+class _PolicyWithoutInterval:
+    """A duck-typed policy whose next_lr does not take the interval it sets."""
 
     lr_min, lr_max, masked_features = 1e-3, 0.2, ()
 
@@ -348,7 +353,7 @@ class _PolicyWithoutFirst:
         ({"eval_interval": True}, "eval_interval must be a positive integer, got True"),
         ({"eval_interval": 20}, "eval_interval (20) is larger than total_steps (10)"),
         ({"policy": "policy.safetensors"}, "policy must be an lrpilot Policy"),
-        ({"policy": _PolicyWithoutFirst()}, "policy's next_lr must take the keyword first"),
+        ({"policy": _PolicyWithoutInterval()}, "policy's next_lr must take the keyword interval"),
         ({"optimizer": [torch.zeros(1)]}, "optimizer must be a torch Optimizer, got list"),
         ({"optimizer": "no groups"}, "optimizer SGD has no parameter groups"),
         ({"optimizer": "no parameters"}, "optimizer SGD has no parameters"),

@@ -43,6 +43,7 @@ from lrpilot.agents.train_config import (
 )
 from lrpilot.agents.training import CONFIG_FILE, resume, train
 from lrpilot.cli import named_policy
+from lrpilot.env.features import FEATURE_GROUPS
 from lrpilot.env.lr_env import LRControlEnv
 from lrpilot.errors import ConfigError
 from lrpilot.experiments.replay import policy_env_config
@@ -59,16 +60,7 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "no-log-lr": ("features: `log_lr` (the LR itself) masked", {"also_masked": ["log_lr"]}),
     "no-loss-features": (
         "features: every loss feature masked (an open-loop schedule of progress and LR)",
-        {
-            "also_masked": [
-                "log_val_rel_prev",
-                "log_val_rel_init",
-                "log_val_rel_best",
-                "train_slope_rel",
-                "train_noise_rel",
-                "gen_gap",
-            ]
-        },
+        {"also_masked": list(FEATURE_GROUPS["loss"])},
     ),
     "reward-final": ("reward: `final` (-L_T at the end only)", {"reward": "final"}),
     "reward-neg-val-loss": (

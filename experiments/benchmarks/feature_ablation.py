@@ -1,0 +1,169 @@
+"""What each feature group is worth to a trained policy, measured on a suite.
+
+For every group of features, a copy of the policy reads that group as its training
+mean (a mean ablation: the policy's normalisation statistics get a huge variance for
+those inputs, so the normalised input is 0, the value it averaged in training,
+whatever the run does). The copy runs the suite's protocol (`heldout` by default) on
+the suite's evaluation seeds from the given start LRs, and the table reports what
+the policy lost without the group. The schedules and tuning-free optimizers are
+reused from a finished suite folder (`--cache-from`), so only the policy runs are
+new: about 4 minutes per start LR and group on 2 cores for `heldout`.
+
+This ablates a trained policy's inputs; it does not retrain one per group (at 74
+minutes a training, seven trainings do not fit a session). A group the policy
+ignores costs nothing here even if a policy trained without it would have learned
+another way. The groups are `FEATURE_GROUPS` but the absolute LR (`log_lr`), which
+the generalist was trained without and reads as 0 already, plus the history.
+
+Per group and start LR: the median and worst ratio of the policy's mean test loss
+to the best tuned schedule's over the workloads, and on how many workloads it beats
+both tuning-free optimizers; then the robustness over the start LRs (worst / best
+mean test loss, the worst workload). Written to OUT/feature_ablation.{csv,md} (and
+`--results`) and printed:
+
+    python experiments/benchmarks/feature_ablation.py --policy runs/generalist/best \
+        --cache-from runs/heldout --out runs/feature-ablation --jobs 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from lrpilot.agents.policy_file import Policy, load_policy
+from lrpilot.env.features import FEATURE_GROUPS, FEATURE_NAMES
+from lrpilot.errors import ConfigError
+from lrpilot.experiments.report import markdown_table
+from lrpilot.experiments.suite import load_suite, run_suite
+from lrpilot.files import atomic_write_csv, atomic_write_text
+
+HISTORY = "history"  # the group of every feature of the past evaluations
+# group -> the features it ablates in the newest evaluation (HISTORY: the older ones).
+# `absolute LR` is left out: a policy trained with it masked reads it as 0 already.
+GROUPS: dict[str, tuple[str, ...]] = (
+    {"none": ()}
+    | {name: names for name, names in FEATURE_GROUPS.items() if name != "absolute LR"}
+    | {HISTORY: ()}
+)
+TUNING_FREE = ("prodigy", "schedulefree")
+ABLATED_VARIANCE = 1e12  # normalised input = (x - mean) / 1e6: 0 for any feature value
+
+
+def ablated_inputs(group: str, history: int) -> list[int]:
+    """Observation indices the group covers (evaluation k's features start at 13 k)."""
+    n = len(FEATURE_NAMES)
+    if group == HISTORY:
+        return list(range(n, n * history))
+    return [FEATURE_NAMES.index(name) for name in GROUPS[group]]
+
+
+def mean_ablated(policy: Policy, group: str) -> Policy:
+    """`policy` reading the group's inputs as their training mean."""
+    norm = policy.metadata["normalization"]
+    if not norm:
+        raise ConfigError("a mean ablation needs a policy with normalisation statistics")
+    variance = list(norm["var"])
+    for index in ablated_inputs(group, policy.history):
+        variance[index] = ABLATED_VARIANCE
+    return Policy(policy.weights, policy.metadata | {"normalization": norm | {"var": variance}})
+
+
+def describe(group: str) -> str:
+    if group == HISTORY:
+        return "every feature of the past evaluations"
+    return ", ".join(GROUPS[group]) or "nothing"
+
+
+def group_rows(group: str, summary: pd.DataFrame) -> list[dict]:
+    """One row per start LR of the policy: ratios to the best tuned schedule and wins
+    over both tuning-free optimizers; the robustness over the start LRs."""
+    policy = summary[summary["kind"] == "policy"]
+    tuning_free = summary[summary["label"].isin(TUNING_FREE)]
+    best_free = tuning_free.groupby("workload")["mean"].min()
+    spread = policy.groupby("workload")["mean"].agg(lambda m: m.max() / m.min())
+    rows = []
+    for lr, runs in policy.groupby("lr"):
+        means = runs.set_index("workload")["mean"]
+        rows.append(
+            {
+                "group": group,
+                "ablated": describe(group),
+                "start_lr": float(lr),
+                "median ratio to best tuned": float(runs["ratio_to_best"].median()),
+                "worst ratio to best tuned": float(runs["ratio_to_best"].max()),
+                "beats both tuning-free": int((means < best_free.reindex(means.index)).sum()),
+                "workloads": len(runs),
+                "robustness, worst workload": float(spread.max()),
+            }
+        )
+    return rows
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--policy", required=True, help="policy file or folder, or `default`")
+    parser.add_argument("--suite", default="heldout", help="suite name or TOML path")
+    parser.add_argument(
+        "--start-lrs", type=float, nargs="+", default=[1e-3, 1e-2], help="the policy's start LRs"
+    )
+    parser.add_argument(
+        "--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS), help="groups to ablate"
+    )
+    parser.add_argument(
+        "--cache-from",
+        help="a finished suite folder whose cached runs seed each group's (copied once)",
+    )
+    parser.add_argument("--out", required=True, help="folder: one suite folder per group")
+    parser.add_argument("--results", help="also write the tables to this folder")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        policy = load_policy(args.policy)
+        suite = load_suite(args.suite)
+        if any(not lr > 0 for lr in args.start_lrs):
+            raise ConfigError(f"start LRs must be > 0, got {args.start_lrs}")
+        suite = dataclasses.replace(
+            suite, protocol=suite.protocol | {"start_lrs": list(args.start_lrs)}
+        )
+        out = Path(args.out)
+        rows = []
+        for group in args.groups:
+            folder = out / group.replace(" ", "-")
+            if args.cache_from and not folder.exists():
+                shutil.copytree(args.cache_from, folder)
+            path = mean_ablated(policy, group).save(out / "policies" / group.replace(" ", "-"))
+            print(f"== group {group!r}: {path}", flush=True)
+            run_suite(suite, folder, policy=str(path), jobs=args.jobs)
+            rows += group_rows(group, pd.read_csv(folder / "summary.csv"))
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    table = pd.DataFrame(rows)
+    text = (
+        f"# Feature groups of `{args.policy}` on suite `{suite.name}` (mean ablation)\n\n"
+        f"`python experiments/benchmarks/feature_ablation.py --policy {args.policy} "
+        f"--suite {args.suite} --start-lrs {' '.join(map(str, args.start_lrs))}`\n\n"
+        + markdown_table(table.round(4))
+        + "\n"
+    )
+    for folder in [out] + ([Path(args.results)] if args.results else []):
+        atomic_write_csv(folder / "feature_ablation.csv", table)
+        atomic_write_text(folder / "feature_ablation.md", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
