@@ -537,3 +537,17 @@ def test_a_mean_ablated_policy_ignores_its_group_and_still_reads_the_rest():
         assert not torch.allclose(ablated.forward(moved_outside), before, atol=1e-2), group
         if group == "none":
             assert torch.equal(before, policy.forward(observation))
+
+
+def test_the_lr_jump_paths_differ_only_until_they_reach_the_target():
+    from lrpilot.experiments.benchmarks.lr_jumps import INTERVAL, LOW, PATHS, TARGET, path
+
+    settled = range(4 * INTERVAL, 200)  # after every ramp, before the cooldown
+    assert {round(lr_at(step), 12) for lr_at in PATHS.values() for step in settled} == {TARGET}
+    assert path(LOW)(INTERVAL - 1) == LOW  # the probe's last step: warmed up to its LR
+    assert path(LOW)(INTERVAL) == TARGET  # a jump
+    geometric = [path(LOW, "geometric")(k * INTERVAL) for k in range(1, 4)]
+    assert geometric == pytest.approx([LOW * (TARGET / LOW) ** (k / 3) for k in range(1, 4)])
+    linear = path(LOW, "linear")
+    assert LOW < linear(INTERVAL) < linear(INTERVAL + 7) < linear(2 * INTERVAL - 1) == TARGET
+    assert path(TARGET)(299) < TARGET / 10  # the cooldown
