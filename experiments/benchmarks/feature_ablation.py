@@ -127,40 +127,47 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def write_tables(rows: list[dict], args: argparse.Namespace, suite_name: str) -> str:
+    """The table so far, to OUT (and `--results`), as CSV and Markdown."""
+    table = pd.DataFrame(rows)
+    text = (
+        f"# Feature groups of `{args.policy}` on suite `{suite_name}` (mean ablation)\n\n"
+        f"`python experiments/benchmarks/feature_ablation.py --policy {args.policy} "
+        f"--suite {args.suite} --start-lrs {' '.join(map(str, args.start_lrs))}`\n\n"
+        + markdown_table(table.round(4))
+        + "\n"
+    )
+    for folder in [Path(args.out)] + ([Path(args.results)] if args.results else []):
+        atomic_write_csv(folder / "feature_ablation.csv", table)
+        atomic_write_text(folder / "feature_ablation.md", text)
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         policy = load_policy(args.policy)
+        mean_ablated(policy, "none")  # a policy without normalisation statistics: refused now
         suite = load_suite(args.suite)
         if any(not lr > 0 for lr in args.start_lrs):
             raise ConfigError(f"start LRs must be > 0, got {args.start_lrs}")
         suite = dataclasses.replace(
             suite, protocol=suite.protocol | {"start_lrs": list(args.start_lrs)}
         )
-        out = Path(args.out)
-        rows = []
-        for group in args.groups:
-            folder = out / group.replace(" ", "-")
-            if args.cache_from and not folder.exists():
-                shutil.copytree(args.cache_from, folder)
-            path = mean_ablated(policy, group).save(out / "policies" / group.replace(" ", "-"))
-            print(f"== group {group!r}: {path}", flush=True)
-            run_suite(suite, folder, policy=str(path), jobs=args.jobs)
-            rows += group_rows(group, pd.read_csv(folder / "summary.csv"))
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    table = pd.DataFrame(rows)
-    text = (
-        f"# Feature groups of `{args.policy}` on suite `{suite.name}` (mean ablation)\n\n"
-        f"`python experiments/benchmarks/feature_ablation.py --policy {args.policy} "
-        f"--suite {args.suite} --start-lrs {' '.join(map(str, args.start_lrs))}`\n\n"
-        + markdown_table(table.round(4))
-        + "\n"
-    )
-    for folder in [out] + ([Path(args.results)] if args.results else []):
-        atomic_write_csv(folder / "feature_ablation.csv", table)
-        atomic_write_text(folder / "feature_ablation.md", text)
+    out = Path(args.out)
+    rows = []
+    for group in args.groups:  # the table is rewritten after each group
+        folder = out / group.replace(" ", "-")
+        if args.cache_from and not folder.exists():
+            shutil.copytree(args.cache_from, folder)
+        path = mean_ablated(policy, group).save(out / "policies" / group.replace(" ", "-"))
+        print(f"== group {group!r}: {path}", flush=True)
+        run_suite(suite, folder, policy=str(path), jobs=args.jobs)
+        rows += group_rows(group, pd.read_csv(folder / "summary.csv"))
+        text = write_tables(rows, args, suite.name)
     print(text)
     return 0
 
