@@ -37,6 +37,7 @@ from lrpilot.env.features import (
     FEATURE_VERSION,
     check_history,
     check_masked_features,
+    observation_size,
 )
 from lrpilot.errors import ConfigError
 from lrpilot.files import atomic_write_bytes
@@ -62,6 +63,7 @@ class Policy:
             metadata["observation"]["masked"]
         )
         self.history = observation_history(metadata)
+        self.observation_size = observation_size(self.history)
         if self.action.mode == "continuous" and "log_std" not in self.weights:
             raise ConfigError("continuous policy file lacks tensor log_std")
         self.layers = _build_layers(self.weights, metadata)
@@ -73,8 +75,7 @@ class Policy:
         if unused:
             raise ConfigError(f"policy file has tensors no layer uses: {sorted(unused)}")
         norm = metadata["normalization"]
-        size = len(FEATURE_NAMES) * self.history
-        if norm and not len(norm["mean"]) == len(norm["var"]) == size:
+        if norm and not len(norm["mean"]) == len(norm["var"]) == self.observation_size:
             raise ConfigError("policy normalisation statistics do not match the features")
         self._obs_mean = np.asarray(norm["mean"], dtype=np.float64) if norm else None
         self._obs_std = np.sqrt(np.asarray(norm["var"]) + norm["epsilon"]) if norm else None
@@ -91,10 +92,10 @@ class Policy:
     def normalize(self, observation: np.ndarray) -> np.ndarray:
         """The observation as the network saw it in training (VecNormalize statistics)."""
         obs = np.asarray(observation, dtype=np.float64)
-        if obs.shape != (len(FEATURE_NAMES) * self.history,):
+        if obs.shape != (self.observation_size,):
             raise ConfigError(
                 f"observation of shape {obs.shape}; this policy takes "
-                f"{len(FEATURE_NAMES) * self.history} values ({self.history} evaluations)"
+                f"{self.observation_size} values ({self.history} evaluations)"
             )
         if self._obs_mean is None:
             return obs
@@ -251,7 +252,7 @@ def _check_metadata(metadata: dict[str, Any]) -> None:
         )
     if tuple(metadata["observation"]["features"]) != FEATURE_NAMES:
         raise ConfigError("policy's observation features differ from this lrpilot's")
-    size = len(FEATURE_NAMES) * observation_history(metadata)
+    size = observation_size(observation_history(metadata))
     if list(metadata["observation"].get("shape", [size])) != [size]:
         raise ConfigError(
             f"policy's observation shape {metadata['observation']['shape']!r} is not "
@@ -271,7 +272,7 @@ def _build_layers(
     hidden = list(metadata["network"]["hidden"])
     action = metadata["action"]
     n_out = len(action["factors"]) if action["mode"] == "discrete" else 1
-    sizes = [len(FEATURE_NAMES) * observation_history(metadata), *hidden, n_out]
+    sizes = [observation_size(observation_history(metadata)), *hidden, n_out]
     names = [f"hidden.{i}" for i in range(len(hidden))] + ["output"]
     layers = {}
     for name, n_in, n_out_layer in zip(names, sizes[:-1], sizes[1:], strict=True):
@@ -303,7 +304,7 @@ def policy_metadata(
         "feature_version": FEATURE_VERSION,
         "observation": {
             "features": list(FEATURE_NAMES),
-            "shape": [len(FEATURE_NAMES) * history],
+            "shape": [observation_size(history)],
             "masked": list(masked_features),
             "history": history,
         },

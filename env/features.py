@@ -129,6 +129,11 @@ def check_history(history: int) -> int:
     return history
 
 
+def observation_size(history: int) -> int:
+    """Values in an observation of `history` evaluations (`NUM_FEATURES` each)."""
+    return NUM_FEATURES * check_history(history)
+
+
 def check_masked_features(masked: tuple[str, ...]) -> tuple[str, ...]:
     """`masked` as a tuple of known feature names, or a `ConfigError` naming the unknown."""
     masked = tuple(masked)

@@ -29,10 +29,10 @@ from lrpilot.env.actions import ActionRule, applied_lr, next_lr
 from lrpilot.env.features import (
     FEATURE_CLIP,
     FEATURE_VERSION,
-    NUM_FEATURES,
     ObservationBuilder,
     check_history,
     check_masked_features,
+    observation_size,
 )
 from lrpilot.env.rewards import check_reward_name, interval_reward
 from lrpilot.env.tasks import Task, TaskSpace
@@ -88,7 +88,7 @@ class LRControlEnv(gym.Env):
         self.observation_space = spaces.Box(
             -FEATURE_CLIP,
             FEATURE_CLIP,
-            shape=(NUM_FEATURES * self.config.history,),
+            shape=(observation_size(self.config.history),),
             dtype=np.float32,
         )
         self.action_space = self.config.action.action_space()

@@ -219,7 +219,9 @@ def profile_ratios(per_workload: pd.DataFrame) -> pd.DataFrame:
 
 def suite_table(per_workload: pd.DataFrame) -> pd.DataFrame:
     """Per method over the suite: median and worst ratio to the best tuned schedule,
-    workloads won, robustness of the policy, divergences and LM steps."""
+    workloads won, robustness of the policy, on how many workloads each policy row
+    beats every tuning-free optimizer (a lower mean test loss than the best of them),
+    divergences and LM steps."""
     rows = []
     for label, group in per_workload.groupby("label", sort=False):
         ratios = group["ratio_to_best"]
@@ -241,10 +243,21 @@ def suite_table(per_workload: pd.DataFrame) -> pd.DataFrame:
         table["policy robustness (worst / best start LR), worst workload"] = [
             float(spread.max()) if kind == "policy" else math.nan for kind in table["kind"]
         ]
+    tuning_free = per_workload[per_workload["kind"] == "tuningfree"]
+    if not policy.empty and not tuning_free.empty:
+        best_free = tuning_free.groupby("workload")["mean"].min()
+        beaten = {}
+        for label, group in policy.groupby("label", sort=False):
+            means = group.set_index("workload")["mean"]
+            beaten[label] = int((means < best_free.reindex(means.index)).sum())
+        column = [beaten.get(label) for label in table["method"]]  # None: not a policy
+        table["workloads it beats every tuning-free optimizer on"] = pd.Series(column, dtype=object)
     return table
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
     if isinstance(value, float):
         if math.isinf(value):
             return "never"

@@ -99,3 +99,24 @@ def test_a_bad_suite_is_one_line_exit_2(suite, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_suite_table_counts_the_workloads_a_policy_beats_every_tuning_free_optimizer_on():
+    from lrpilot.experiments.suite import suite_table
+
+    rows = []
+    for workload, policy, prodigy, schedulefree in (("a", 1.0, 1.1, 1.2), ("b", 1.0, 1.1, 0.9)):
+        for label, kind, mean in (
+            ("wsd", "schedule", 1.0),
+            ("policy (start 0.001)", "policy", policy),
+            ("prodigy", "tuningfree", prodigy),
+            ("schedulefree", "tuningfree", schedulefree),
+        ):
+            rows.append(
+                {"workload": workload, "label": label, "kind": kind, "mean": mean}
+                | {"ratio_to_best": mean, "diverged": 0, "total_steps": 10}
+            )
+    table = suite_table(pd.DataFrame(rows)).set_index("method")
+    beats = table["workloads it beats every tuning-free optimizer on"]
+    assert beats["policy (start 0.001)"] == 1  # on "a"; on "b" schedule-free is better
+    assert beats["wsd"] is None and beats["prodigy"] is None

@@ -36,7 +36,7 @@ from pathlib import Path
 import pandas as pd
 
 from lrpilot.agents.policy_file import Policy, load_policy
-from lrpilot.env.features import FEATURE_GROUPS, FEATURE_NAMES
+from lrpilot.env.features import FEATURE_GROUPS, FEATURE_NAMES, observation_size
 from lrpilot.errors import ConfigError
 from lrpilot.experiments.report import markdown_table
 from lrpilot.experiments.suite import load_suite, run_suite
@@ -50,7 +50,14 @@ GROUPS: dict[str, tuple[str, ...]] = (
     | {name: names for name, names in FEATURE_GROUPS.items() if name != "absolute LR"}
     | {HISTORY: ()}
 )
-TUNING_FREE = ("prodigy", "schedulefree")
+# The columns of the suite table (`suite_table`) that the ablation table keeps.
+ROW_COLUMNS = (
+    "method",
+    "median ratio to best tuned",
+    "worst ratio to best tuned",
+    "workloads it beats every tuning-free optimizer on",
+    "policy robustness (worst / best start LR), worst workload",
+)
 ABLATED_VARIANCE = 1e12  # normalised input = (x - mean) / 1e6: 0 for any feature value
 
 
@@ -58,7 +65,7 @@ def ablated_inputs(group: str, history: int) -> list[int]:
     """Observation indices the group covers (evaluation k's features start at 13 k)."""
     n = len(FEATURE_NAMES)
     if group == HISTORY:
-        return list(range(n, n * history))
+        return list(range(n, observation_size(history)))
     return [FEATURE_NAMES.index(name) for name in GROUPS[group]]
 
 
@@ -79,29 +86,13 @@ def describe(group: str) -> str:
     return ", ".join(GROUPS[group]) or "nothing"
 
 
-def group_rows(group: str, summary: pd.DataFrame) -> list[dict]:
-    """One row per start LR of the policy: ratios to the best tuned schedule and wins
-    over both tuning-free optimizers; the robustness over the start LRs."""
-    policy = summary[summary["kind"] == "policy"]
-    tuning_free = summary[summary["label"].isin(TUNING_FREE)]
-    best_free = tuning_free.groupby("workload")["mean"].min()
-    spread = policy.groupby("workload")["mean"].agg(lambda m: m.max() / m.min())
-    rows = []
-    for lr, runs in policy.groupby("lr"):
-        means = runs.set_index("workload")["mean"]
-        rows.append(
-            {
-                "group": group,
-                "ablated": describe(group),
-                "start_lr": float(lr),
-                "median ratio to best tuned": float(runs["ratio_to_best"].median()),
-                "worst ratio to best tuned": float(runs["ratio_to_best"].max()),
-                "beats both tuning-free": int((means < best_free.reindex(means.index)).sum()),
-                "workloads": len(runs),
-                "robustness, worst workload": float(spread.max()),
-            }
-        )
-    return rows
+def group_rows(group: str, table: pd.DataFrame) -> list[dict]:
+    """The suite table's policy rows (one per start LR), labelled with the group."""
+    policy = table[table["kind"] == "policy"]
+    return [
+        {"group": group, "ablated": describe(group)} | {k: row[k] for k in ROW_COLUMNS}
+        for _, row in policy.iterrows()
+    ]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -165,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copytree(args.cache_from, folder)
         path = mean_ablated(policy, group).save(out / "policies" / group.replace(" ", "-"))
         print(f"== group {group!r}: {path}", flush=True)
-        run_suite(suite, folder, policy=str(path), jobs=args.jobs)
-        rows += group_rows(group, pd.read_csv(folder / "summary.csv"))
+        rows += group_rows(group, run_suite(suite, folder, policy=str(path), jobs=args.jobs))
         text = write_tables(rows, args, suite.name)
     print(text)
     return 0

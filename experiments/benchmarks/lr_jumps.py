@@ -31,22 +31,25 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from lrpilot.agents.train_config import load_train_config
+from lrpilot.env.actions import applied_lr
 from lrpilot.env.tasks import Task
 from lrpilot.experiments.report import markdown_table
 from lrpilot.files import atomic_write_csv, atomic_write_text
-from lrpilot.lm.schedules import linear_warmup, sqrt_cooldown
 
-WORKLOAD = {"workload": "small", "corpus": "pystdlib:tkinter", "batch_size": 24}
-TOTAL_STEPS, INTERVAL = 300, 15
-WARMUP, COOLDOWN = 0.05, 0.3  # the generalist preset's
-SEEDS = (200001, 200002, 200003)
+PRESET = load_train_config("generalist")  # its validation tasks and its action rule
+RULE = PRESET.env.action
+# One task per validation seed (the start LR does not matter: `lr_at` sets every step's).
+TASKS: tuple[Task, ...] = tuple({task.seed: task for task in PRESET.eval.tasks()}.values())
+TOTAL_STEPS, INTERVAL = PRESET.eval.total_steps, PRESET.eval.eval_every
 TARGET, HIGH, LOW = 1.7e-3, 1e-2, 1e-4
 
 
 def path(probe_lr: float, ramp: str = "jump") -> Callable[[int], float]:
-    """The controller's LR at each step: `probe_lr` over the first interval, then the
-    target, reached at once (`jump`), in three geometric steps (`geometric`), or
-    linearly over one interval (`linear`)."""
+    """The LR of each step: the controller's LR, `probe_lr` over the first interval,
+    then the target, reached at once (`jump`), in three geometric steps (`geometric`),
+    or linearly over one interval (`linear`); warmed up and cooled down by the
+    preset's action rule, as in the environment."""
 
     def controller_lr(step: int) -> float:
         interval, within = divmod(step, INTERVAL)
@@ -58,14 +61,7 @@ def path(probe_lr: float, ramp: str = "jump") -> Callable[[int], float]:
             return probe_lr + (TARGET - probe_lr) * (within + 1) / INTERVAL
         return TARGET
 
-    def lr_at(step: int) -> float:
-        return (
-            controller_lr(step)
-            * linear_warmup(step, TOTAL_STEPS, WARMUP)
-            * sqrt_cooldown(step, TOTAL_STEPS, COOLDOWN)
-        )
-
-    return lr_at
+    return lambda step: applied_lr(controller_lr(step), step, total_steps=TOTAL_STEPS, rule=RULE)
 
 
 PATHS: dict[str, Callable[[int], float]] = {
@@ -77,10 +73,8 @@ PATHS: dict[str, Callable[[int], float]] = {
 }
 
 
-def test_loss(lr_at: Callable[[int], float], seed: int) -> float:
-    """The final test loss of one seeded run of the workload along `lr_at`."""
-    task = Task.of(WORKLOAD["workload"], seed, total_steps=TOTAL_STEPS, eval_every=INTERVAL,
-                   batch_size=WORKLOAD["batch_size"], corpus=WORKLOAD["corpus"])  # fmt: skip
+def test_loss(lr_at: Callable[[int], float], task: Task) -> float:
+    """The final test loss of the task's run along `lr_at`."""
     run = task.make_run("cpu")
     for steps in task.intervals:
         run.train(steps, lr_at)
@@ -93,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows = [
-        {"path": name, "seed": seed, "test_loss": test_loss(lr_at, seed)}
+        {"path": name, "seed": task.seed, "test_loss": test_loss(lr_at, task)}
         for name, lr_at in PATHS.items()
-        for seed in SEEDS
+        for task in TASKS
     ]
     runs = pd.DataFrame(rows)
     table = runs.groupby("path", sort=False)["test_loss"].agg(["mean", "min", "max"])
@@ -104,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     text = (
         "# What a sudden LR change costs (`small` on pystdlib:tkinter, 300 steps)\n\n"
         "`python experiments/benchmarks/lr_jumps.py`: mean / min / max test loss over "
-        f"seeds {', '.join(map(str, SEEDS))}; target LR {TARGET:g}, probes at {HIGH:g} "
-        f"and {LOW:g}\n\n" + markdown_table(table.round(4)) + "\n"
+        f"seeds {', '.join(str(task.seed) for task in TASKS)}; target LR {TARGET:g}, "
+        f"probes at {HIGH:g} and {LOW:g}\n\n" + markdown_table(table.round(4)) + "\n"
     )
     out = Path(args.results)
     atomic_write_csv(out / "lr_jumps.csv", runs)

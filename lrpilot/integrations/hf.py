@@ -120,7 +120,11 @@ class LRPilotCallback(TrainerCallback):
     ) -> None:
         self.policy = check_policy(policy)
         self.settings = LoopSettings(
-            eval_interval, total_steps, start_lr, initial_val_loss, update_ratio_sample
+            eval_interval=eval_interval,
+            total_steps=total_steps,
+            start_lr=start_lr,
+            initial_val_loss=initial_val_loss,
+            update_ratio_sample=update_ratio_sample,
         )
         if not isinstance(metric, str) or not metric:
             raise ConfigError(f"metric must be the name of an evaluation metric, got {metric!r}")

@@ -108,7 +108,11 @@ class LRPilotCallback(pl.Callback):
     ) -> None:
         self.policy = check_policy(policy)
         self.settings = LoopSettings(
-            eval_interval, total_steps, start_lr, initial_val_loss, update_ratio_sample
+            eval_interval=eval_interval,
+            total_steps=total_steps,
+            start_lr=start_lr,
+            initial_val_loss=initial_val_loss,
+            update_ratio_sample=update_ratio_sample,
         )
         if not isinstance(monitor, str) or not monitor:
             raise ConfigError(f"monitor must be the name of a logged metric, got {monitor!r}")
