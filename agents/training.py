@@ -9,7 +9,7 @@ Run folder `DIR/`:
 - `config.toml`: the resolved training config (preset plus flags);
 - `progress.csv`: SB3's logger (a resumed run moves the previous one to
   `progress.1.csv`, `progress.2.csv`, ...); `tb/` TensorBoard logs when installed;
-- `checkpoints/`: SB3 model and `VecNormalize` statistics every `checkpoint_every`
+- `checkpoints/`: SB3 model and `VecNormalize` statistics every `checkpoint_every_timesteps`
   timesteps, and `latest.json` naming the newest (these are internal and pickled,
   like any SB3 checkpoint; share the policy files instead);
 - `policy/policy.safetensors`: the latest policy; `best/policy.safetensors`: the best
@@ -82,8 +82,8 @@ class ProgressBarCallback(BaseCallback):
 
 
 class CheckpointAndEvalCallback(BaseCallback):
-    """Checkpoints every `checkpoint_every` timesteps; evaluation and best policy every
-    `eval_every`.
+    """Checkpoints every `checkpoint_every_timesteps` timesteps; evaluation and best policy every
+    `eval_every_timesteps`.
 
     Both happen when a rollout starts, after PPO's update on the one before: the policy
     saved or evaluated at timestep t has learnt from all t timesteps (mid-rollout, it
@@ -102,8 +102,8 @@ class CheckpointAndEvalCallback(BaseCallback):
         return (self.num_timesteps // every + 1) * every
 
     def _on_training_start(self) -> None:
-        self.next_checkpoint = self._next_multiple(self.run.config.checkpoint_every)
-        self.next_eval = self._next_multiple(self.run.config.eval_every)
+        self.next_checkpoint = self._next_multiple(self.run.config.checkpoint_every_timesteps)
+        self.next_eval = self._next_multiple(self.run.config.eval_every_timesteps)
         if not self.run.evaluations:  # a new run: measure the untrained policy too
             self.run.evaluate(self.model)
 
@@ -116,10 +116,10 @@ class CheckpointAndEvalCallback(BaseCallback):
         # resumed run would end up to one rollout past its `timesteps`.
         if self.num_timesteps >= self.next_checkpoint:
             self.run.checkpoint(self.model)
-            self.next_checkpoint = self._next_multiple(self.run.config.checkpoint_every)
+            self.next_checkpoint = self._next_multiple(self.run.config.checkpoint_every_timesteps)
         if self.num_timesteps >= self.next_eval:
             self.run.evaluate(self.model)
-            self.next_eval = self._next_multiple(self.run.config.eval_every)
+            self.next_eval = self._next_multiple(self.run.config.eval_every_timesteps)
 
 
 # -- the run folder ----------------------------------------------------------------------

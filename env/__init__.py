@@ -8,17 +8,7 @@ from lrpilot.env.features import FEATURE_NAMES, FEATURE_VERSION, FEATURES
 from lrpilot.env.lr_env import EnvConfig, LRControlEnv
 from lrpilot.env.rewards import REWARD_NAMES
 from lrpilot.env.tasks import Task, TaskSpace
-
-ENV_ID = "lrpilot/LRControl-v0"
-
-
-def register_envs() -> None:
-    """Register `lrpilot/LRControl-v0` with Gymnasium (idempotent)."""
-    import gymnasium
-
-    if ENV_ID not in gymnasium.registry:
-        gymnasium.register(id=ENV_ID, entry_point="lrpilot.env.lr_env:LRControlEnv")
-
+from lrpilot.registration import ENV_ID, register_envs
 
 __all__ = [
     "ACTION_MODES",

@@ -49,6 +49,19 @@ from dataclasses import dataclass
 import numpy as np
 from gymnasium import spaces
 
+from lrpilot.config import (
+    above,
+    all_of,
+    check_fields,
+    each,
+    fraction_or_zero,
+    in_range,
+    non_empty,
+    non_negative,
+    one_of,
+    positive,
+    setting,
+)
 from lrpilot.errors import ConfigError
 from lrpilot.lm.schedules import linear_warmup, sqrt_cooldown
 
@@ -57,38 +70,8 @@ DEFAULT_FACTORS: tuple[float, ...] = (0.5, 0.8, 1.0, 1.25, 2.0)
 DEFAULT_CONTINUOUS_MAX_FACTOR = 2.0
 
 
-def check_continuous_max_factor(value: float) -> float:
-    """`value` as a float if it is a finite number > 1 (bools excluded), else a
-    `ConfigError` naming it."""
-    if isinstance(value, bool) or not (isinstance(value, (int, float)) and 1 < value < math.inf):
-        raise ConfigError(f"continuous_max_factor must be a finite number > 1, got {value!r}")
-    return float(value)
-
-
-def check_first_action_max_factor(value: float, mode: str) -> float:
-    """`value` as a float if it is 0 (off) or a finite number > 1 with continuous
-    actions (bools excluded), else a `ConfigError` naming it."""
-    name = "first_action_max_factor"
-    if isinstance(value, bool) or not (
-        isinstance(value, (int, float)) and (value == 0 or 1 < value < math.inf)
-    ):
-        raise ConfigError(f"{name} must be 0 (off) or a finite number > 1, got {value!r}")
-    if value and mode != "continuous":
-        raise ConfigError(f"{name} needs continuous actions, got action mode {mode!r}")
-    return float(value)
-
-
-def check_fractions(warmup: float, cooldown: float) -> tuple[float, float]:
-    """The warmup and cooldown fractions as floats if each is a number in [0, 1) (bools
-    excluded) and they sum to at most 1, else a `ConfigError` naming the values."""
-    for name, value in (("warmup_fraction", warmup), ("cooldown_fraction", cooldown)):
-        if isinstance(value, bool) or not (isinstance(value, (int, float)) and 0 <= value < 1):
-            raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
-    if warmup + cooldown > 1:
-        raise ConfigError(
-            f"warmup_fraction + cooldown_fraction must be at most 1, got {warmup!r} + {cooldown!r}"
-        )
-    return float(warmup), float(cooldown)
+def zero_or_above_one(value: float) -> str | None:
+    return None if value == 0 or value > 1 else "must be 0 (off) or a number > 1"
 
 
 def lr_factor(
@@ -115,59 +98,58 @@ class ActionRule:
     metadata table `action`) and `PolicyScheduler` all act through one `ActionRule`.
     """
 
-    mode: str = "discrete"  # "discrete" or "continuous"
-    factors: tuple[float, ...] = DEFAULT_FACTORS  # LR multipliers of the discrete actions
-    # continuous actions: a in [-1, 1] multiplies the LR by continuous_max_factor**a
-    continuous_max_factor: float = DEFAULT_CONTINUOUS_MAX_FACTOR
-    # the first action multiplies the start LR by first_action_max_factor**a; 0: off
-    first_action_max_factor: float = 0.0
-    factor_span: float = 0.0  # budget fraction a factor applies over; 0: once per interval
-    # the first probe_intervals intervals train at the start LR whatever the actions
-    probe_intervals: int = 0
-    lr_min: float = 1e-5
-    lr_max: float = 1e-1
-    warmup_fraction: float = 0.0  # first budget fraction warmed up linearly; 0: none
-    cooldown_fraction: float = 0.0  # last budget fraction cooled to 0 (1 - sqrt); 0: none
+    mode: str = setting(
+        "discrete", help="discrete (a factor per action) or continuous", check=one_of(ACTION_MODES)
+    )
+    factors: tuple[float, ...] = setting(
+        DEFAULT_FACTORS,
+        help="LR multipliers of the discrete actions",
+        check=all_of(non_empty, each(positive)),
+    )
+    continuous_max_factor: float = setting(
+        DEFAULT_CONTINUOUS_MAX_FACTOR,
+        help="continuous actions: a in [-1, 1] multiplies the LR by this factor**a",
+        check=above(1),
+    )
+    first_action_max_factor: float = setting(
+        0.0,
+        help="the first action multiplies the start LR by this factor**a (continuous); 0: off",
+        check=zero_or_above_one,
+    )
+    factor_span: float = setting(
+        0.0,
+        help="budget fraction each factor applies over, geometrically; 0: once per interval",
+        check=in_range(0, 1),
+    )
+    probe_intervals: int = setting(
+        0,
+        help="the first intervals train at the start LR whatever the actions",
+        check=non_negative,
+    )
+    lr_min: float = setting(1e-5, help="the lowest LR an action can set", check=positive)
+    lr_max: float = setting(1e-1, help="the highest LR an action can set", check=positive)
+    warmup_fraction: float = setting(
+        0.0, help="first budget fraction warmed up linearly; 0: none", check=fraction_or_zero
+    )
+    cooldown_fraction: float = setting(
+        0.0, help="last budget fraction cooled to 0 (1 - sqrt); 0: none", check=fraction_or_zero
+    )
 
     def __post_init__(self) -> None:
-        if self.mode not in ACTION_MODES:
+        check_fields(self)
+        if self.first_action_max_factor and self.mode != "continuous":
             raise ConfigError(
-                f"unknown action mode {self.mode!r}; choose from {', '.join(ACTION_MODES)}"
+                f"first_action_max_factor needs continuous actions, got action mode {self.mode!r}"
             )
-        factors = self.factors
-        if isinstance(factors, str | bytes) or not hasattr(factors, "__iter__"):
-            raise ConfigError(f"factors must be a list of positive numbers, got {factors!r}")
-        if not factors or any(not _positive_finite(f) for f in factors):
-            raise ConfigError(f"factors must be positive numbers, got {tuple(factors)!r}")
-        object.__setattr__(self, "factors", tuple(float(f) for f in factors))
-        object.__setattr__(
-            self, "continuous_max_factor", check_continuous_max_factor(self.continuous_max_factor)
-        )
-        object.__setattr__(
-            self,
-            "first_action_max_factor",
-            check_first_action_max_factor(self.first_action_max_factor, self.mode),
-        )
-        span = self.factor_span
-        if isinstance(span, bool) or not (isinstance(span, int | float) and 0 <= span <= 1):
-            raise ConfigError(f"factor_span must be in [0, 1], got {span!r}")
-        object.__setattr__(self, "factor_span", float(span))
-        probe = self.probe_intervals
-        if isinstance(probe, bool) or not isinstance(probe, int) or probe < 0:
-            raise ConfigError(f"probe_intervals must be a whole number >= 0, got {probe!r}")
-        if not (
-            _positive_finite(self.lr_min)
-            and _positive_finite(self.lr_max)
-            and self.lr_min < self.lr_max
-        ):
+        if not self.lr_min < self.lr_max:
             raise ConfigError(
                 f"need 0 < lr_min < lr_max, got lr_min={self.lr_min!r}, lr_max={self.lr_max!r}"
             )
-        object.__setattr__(self, "lr_min", float(self.lr_min))
-        object.__setattr__(self, "lr_max", float(self.lr_max))
-        warmup, cooldown = check_fractions(self.warmup_fraction, self.cooldown_fraction)
-        object.__setattr__(self, "warmup_fraction", warmup)
-        object.__setattr__(self, "cooldown_fraction", cooldown)
+        if self.warmup_fraction + self.cooldown_fraction > 1:
+            raise ConfigError(
+                f"warmup_fraction + cooldown_fraction must be at most 1, got "
+                f"{self.warmup_fraction!r} + {self.cooldown_fraction!r}"
+            )
 
     def action_space(self) -> spaces.Space:
         """The Gymnasium action space of this rule."""
@@ -178,10 +160,6 @@ class ActionRule:
     def to_dict(self) -> dict:
         """Plain data (lists, not tuples): the `action` table of a policy file or preset."""
         return dataclasses.asdict(self) | {"factors": list(self.factors)}
-
-
-def _positive_finite(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, int | float) and 0 < value < math.inf
 
 
 def next_lr(

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from lrpilot.config import above, check_fields, non_negative, one_of, setting
 from lrpilot.env.actions import ActionRule, applied_lr, next_lr
 from lrpilot.env.features import (
     FEATURE_CLIP,
@@ -34,39 +35,43 @@ from lrpilot.env.features import (
     check_masked_features,
     observation_size,
 )
-from lrpilot.env.rewards import check_reward_name, interval_reward
+from lrpilot.env.rewards import REWARD_NAMES, interval_reward
 from lrpilot.env.tasks import Task, TaskSpace
 from lrpilot.errors import ConfigError
 from lrpilot.lm.run import IntervalStats, TrainingRun
 from lrpilot.lm.trace import DIVERGENCE_FACTOR
+from lrpilot.settings import device_name
 
 
 @dataclass(frozen=True)
 class EnvConfig:
     """Everything that defines the environment; every field is also a keyword of the env."""
 
-    task_space: TaskSpace = field(default_factory=TaskSpace)
-    action: ActionRule = field(default_factory=ActionRule)  # how actions set the LR
-    reward: str = "log_improvement"  # or "neg_val_loss", "final"
-    # L_t above this multiple of L_0 counts as divergence
-    divergence_factor: float = DIVERGENCE_FACTOR
-    divergence_penalty: float = 1.0
-    masked_features: tuple[str, ...] = ()  # features the controller sees as 0 (ablations)
-    history: int = 1  # evaluations per observation, newest first (a frame stack)
-    device: str = "cpu"
+    task_space: TaskSpace = setting(TaskSpace(), help="the tasks each reset draws from")
+    action: ActionRule = setting(ActionRule(), help="how actions set the LR")
+    reward: str = setting(
+        "log_improvement",
+        help=f"the reward, one of: {', '.join(REWARD_NAMES)}",
+        check=one_of(REWARD_NAMES),
+    )
+    divergence_factor: float = setting(
+        DIVERGENCE_FACTOR,
+        help="a validation loss above this multiple of L_0 is divergence",
+        check=above(1),
+    )
+    divergence_penalty: float = setting(
+        1.0, help="the reward lost when a run diverges", check=non_negative
+    )
+    masked_features: tuple[str, ...] = setting(
+        (), help="features the controller sees as 0 (ablations)"
+    )
+    history: int = setting(1, help="evaluations per observation, newest first (a frame stack)")
+    device: str = setting("cpu", help="cpu, cuda, cuda:N, or auto", check=device_name)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.task_space, TaskSpace):
-            raise ConfigError(f"task_space must be a TaskSpace, got {self.task_space!r}")
-        if not isinstance(self.action, ActionRule):
-            raise ConfigError(f"action must be an ActionRule, got {self.action!r}")
+        check_fields(self)
         object.__setattr__(self, "masked_features", check_masked_features(self.masked_features))
         check_history(self.history)
-        check_reward_name(self.reward)
-        if not self.divergence_factor > 1:
-            raise ConfigError(f"divergence_factor must be > 1, got {self.divergence_factor!r}")
-        if not self.divergence_penalty >= 0:
-            raise ConfigError(f"divergence_penalty must be >= 0, got {self.divergence_penalty!r}")
 
 
 class LRControlEnv(gym.Env):

@@ -29,12 +29,6 @@ from lrpilot.errors import ConfigError
 REWARD_NAMES = ("log_improvement", "neg_val_loss", "final")
 
 
-def check_reward_name(name: str) -> str:
-    if name not in REWARD_NAMES:
-        raise ConfigError(f"unknown reward {name!r}; choose from {', '.join(REWARD_NAMES)}")
-    return name
-
-
 def log_improvement(before: float, after: float) -> float:
     """`log(before) - log(after)` for positive losses; at a loss of 0, the features'
     clipped limit (see the module docstring); 0 where a loss is negative."""

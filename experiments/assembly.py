@@ -59,15 +59,15 @@ def notes(
     grids: dict[str, list[float]],
     best: dict[str, tuple[float, float | None]],
 ) -> list[str]:
-    grid = ", ".join(f"{lr:.3g}" for lr in config.grid())
+    grid = ", ".join(f"{lr:.3g}" for lr in config.protocol.grid())
     notes = [
         f"Schedules tuned over peak LRs {grid} on tuning seed(s) "
-        f"{', '.join(map(str, config.tune_seeds))}; evaluated on held-out seed(s) "
-        f"{', '.join(map(str, config.eval_seeds))}.",
+        f"{', '.join(map(str, config.protocol.tune_seeds))}; evaluated on held-out seed(s) "
+        f"{', '.join(map(str, config.protocol.eval_seeds))}.",
     ]
-    tuned = [name for name in config.schedules if default_warmup(name) is not None]
-    if config.warmups and tuned:
-        warmups = ", ".join(f"{w:.3g}" for w in config.warmups)
+    tuned = [name for name in config.protocol.schedules if default_warmup(name) is not None]
+    if config.protocol.warmups and tuned:
+        warmups = ", ".join(f"{w:.3g}" for w in config.protocol.warmups)
         notes.append(
             f"{', '.join(tuned)}: tuned over warmups {warmups} of the run too (every pair)."
         )
@@ -75,11 +75,12 @@ def notes(
         "Policy and controllers start from the given LR, untuned, with no tuning runs.",
         *(
             [
-                f"Tuning-free: {', '.join(config.tuning_free)}, once per evaluation seed at "
+                f"Tuning-free: {', '.join(config.protocol.tuning_free)}, once per evaluation seed "
+                "at "
                 "their recommended settings (Prodigy lr=1 with a cosine decay; schedule-free "
                 "AdamW lr=0.0025 with a 5% warmup), no tuning runs."
             ]
-            if config.tuning_free
+            if config.protocol.tuning_free
             else []
         ),
         "Score: the test loss after the last step, on the workload's test split (which no "
@@ -88,7 +89,7 @@ def notes(
         "is the controller's observation, shown beside it.",
     ]
     for name, grid in grids.items():
-        if len(grid) > config.lr_grid:
+        if len(grid) > config.protocol.lr_grid:
             edge = "still on the widened edge" if best[name][0] in (grid[0], grid[-1]) else "inside"
             notes.append(
                 f"{name}: grid widened to {grid[0]:.3g}..{grid[-1]:.3g}; best peak {edge}."

@@ -39,15 +39,11 @@ from lrpilot.agents.policy_file import policy_from_bytes, resolve_policy_path
 from lrpilot.errors import ConfigError
 from lrpilot.experiments.assembly import assemble, notes
 from lrpilot.experiments.compare_config import CONTROLLERS, CompareConfig
+from lrpilot.experiments.folders import claim_folder
 from lrpilot.experiments.plots import plot_comparison
 from lrpilot.experiments.report import summarize, summary_markdown
 from lrpilot.experiments.run_cache import RUNS_DIR, RunCache, RunSpec
-from lrpilot.files import (
-    atomic_write_csv,
-    atomic_write_json,
-    atomic_write_text,
-    ensure_writable_dir,
-)
+from lrpilot.files import atomic_write_csv, atomic_write_text, ensure_writable_dir
 from lrpilot.lm.byte_gpt import resolve_device
 from lrpilot.lm.optimizers import NOMINAL_LRS
 from lrpilot.lm.trace import trace_scores
@@ -61,9 +57,11 @@ def compare(
     out_dir: str | os.PathLike,
     progress: bool = True,
     backend: RayBackend | None = None,
+    force: bool = False,
 ):
     """Run the comparison protocol into `out_dir` (on Ray with a `backend`); returns the
-    summary table. The outputs and the cache do not depend on the backend."""
+    summary table. The outputs and the cache do not depend on the backend. A folder that
+    holds another comparison is refused unless `force`."""
     out = ensure_writable_dir(out_dir)
     policy_bytes = policy_sha256 = None
     if config.policy is not None:
@@ -71,46 +69,50 @@ def compare(
         policy_bytes = path.read_bytes()
         policy_from_bytes(policy_bytes, str(path))  # not a policy: fail now, not in a worker
         policy_sha256 = hashlib.sha256(policy_bytes).hexdigest()
-    task = config.task(config.eval_seeds[0], config.start_lrs[0])
+    task = config.task(config.protocol.eval_seeds[0], config.protocol.start_lrs[0])
     common = {
         "workload": task.workload.to_dict(),
         "steps": task.total_steps,
         "eval_every": task.eval_every,
-        "device": resolve_device(config.device).type,
+        "device": resolve_device(config.run.device).type,
         "data_sha256": task.workload.digest(),  # also: missing data fails here
     }
     if backend is not None and common["device"] == "cuda" and backend.gpus_per_worker == 0:
         raise ConfigError("device cuda on Ray needs --gpus-per-worker > 0 (Ray hides GPUs)")
-    atomic_write_json(out / "config.json", dataclasses.asdict(config))
+    settings = dataclasses.asdict(config)
+    del settings["jobs"]  # how fast, not what
+    claim_folder(out, "compare", settings, force)
 
     def schedule_spec(name: str, lr: float, seed: int, warmup: float | None) -> RunSpec:
         return RunSpec("schedule", name, lr, seed, **common, warmup=warmup)
 
     controlled = [
         RunSpec("policy", "policy", lr, seed, **common, policy_sha256=policy_sha256)
-        for lr in config.start_lrs
-        for seed in config.eval_seeds
+        for lr in config.protocol.start_lrs
+        for seed in config.protocol.eval_seeds
         if policy_sha256 is not None
     ] + [
         RunSpec("controller", name, lr, seed, **common)
-        for name in config.controllers
-        for lr in config.start_lrs
-        for seed in config.eval_seeds
+        for name in config.protocol.controllers
+        for lr in config.protocol.start_lrs
+        for seed in config.protocol.eval_seeds
     ]
     untuned = controlled + [
         RunSpec("tuningfree", name, NOMINAL_LRS[name], seed, **common)
-        for name in config.tuning_free
-        for seed in config.eval_seeds
+        for name in config.protocol.tuning_free
+        for seed in config.protocol.eval_seeds
     ]
-    grids = {name: config.grid() for name in config.schedules}
-    ratio = grids[config.schedules[0]][1] / grids[config.schedules[0]][0]  # one grid step
+    grids = {name: config.protocol.grid() for name in config.protocol.schedules}
+    ratio = (
+        grids[config.protocol.schedules[0]][1] / grids[config.protocol.schedules[0]][0]
+    )  # one grid step
 
     def tuning_runs(name: str) -> list[RunSpec]:
         return [
             schedule_spec(name, lr, seed, warmup)
             for lr in grids[name]
-            for warmup in config.warmup_grid(name)
-            for seed in config.tune_seeds
+            for warmup in config.protocol.warmup_grid(name)
+            for seed in config.protocol.tune_seeds
         ]
 
     cache = RunCache(out, config.jobs, policy_bytes, progress, backend)
@@ -130,8 +132,8 @@ def compare(
             best = {name: _best_setting(cache, tuning_runs(name)) for name in grids}
             evaluation = [
                 schedule_spec(name, best[name][0], seed, warmup=best[name][1])
-                for name in config.schedules
-                for seed in config.eval_seeds
+                for name in config.protocol.schedules
+                for seed in config.protocol.eval_seeds
             ]
             cache.run(evaluation)
         finally:

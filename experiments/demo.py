@@ -17,27 +17,25 @@ from pathlib import Path
 
 import pandas as pd
 
-from lrpilot.experiments.compare import CompareConfig, compare
+from lrpilot.experiments.compare import compare
+from lrpilot.experiments.compare_config import CompareConfig, Protocol
+from lrpilot.settings import RunSettings
 
 DEMO_PRESET = "demo"
 
 
 def demo_compare_config(policy: str, jobs: int) -> CompareConfig:
     """The demo's comparison: the preset's runs, schedules tuned over 4 peaks each."""
-    return CompareConfig(
+    protocol = Protocol(
         schedules=("constant", "warmup_cosine", "wsd"),
-        policy=policy,
-        workload="tiny",
-        steps=200,
-        eval_every=20,
         lr_grid=4,
         lr_range=(2e-3, 1.6e-2),
         tune_seeds=(0,),
         eval_seeds=(1, 2, 3),
         start_lrs=(1e-3,),
-        jobs=jobs,
-        device="cpu",
     )
+    run = RunSettings("tiny", steps=200, eval_every=20, device="cpu")
+    return CompareConfig(run=run, protocol=protocol, policy=policy, jobs=jobs)
 
 
 def train_demo_controller(out: Path, progress: bool) -> Path:

@@ -24,142 +24,126 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import sys
-from dataclasses import dataclass, field
-from importlib import resources
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from lrpilot.config import checked, from_dict, low_high, packaged_names, read_toml
 from lrpilot.errors import ConfigError
 from lrpilot.experiments.compare import compare
-from lrpilot.experiments.compare_config import CompareConfig
+from lrpilot.experiments.compare_config import CompareConfig, Protocol
+from lrpilot.experiments.folders import claim_folder
 from lrpilot.experiments.plots import plot_performance_profile
 from lrpilot.experiments.report import markdown_table
 from lrpilot.files import atomic_write_csv, atomic_write_text, ensure_writable_dir
 from lrpilot.lm.workloads import workload_from_dict
 from lrpilot.ray_backend import RayBackend
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from lrpilot.settings import RunSettings
 
 UNTUNED_START = 1e-3  # the policy's start LR in the suite's main rows
-# The protocol settings a suite may set; each is a `CompareConfig` field.
-PROTOCOL_KEYS = (
-    "schedules",
-    "lr_grid",
-    "lr_range",
-    "warmups",
-    "tune_seeds",
-    "eval_seeds",
-    "start_lrs",
-    "tuning_free",
-    "controllers",
-)
-ENTRY_KEYS = ("name", "workload", "corpus", "batch_size", "steps", "eval_every", "lr_range")
+RUN_KEYS = ("workload", "corpus", "batch_size", "steps", "eval_every")  # RunSettings fields
+FOLDER_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 @dataclass(frozen=True)
 class SuiteEntry:
-    """One workload of a suite and the settings its comparison changes."""
+    """One workload of a suite: its folder name, its run, and its own peak-LR range."""
 
     name: str
-    workload: str  # a spec; an inline workload is written to OUT/<name>/workload.toml
+    run: RunSettings  # an inline workload's spec is its TOML file, written at run time
     inline: dict[str, Any] | None = None  # the inline workload's settings, if any
-    overrides: dict[str, Any] = field(default_factory=dict)  # CompareConfig fields
+    lr_range: tuple[float, float] | None = None  # replaces the protocol's
+
+    def __post_init__(self) -> None:
+        name = self.name
+        if not isinstance(name, str) or not FOLDER_NAME.fullmatch(name) or name in (".", ".."):
+            raise ConfigError(
+                f"a suite workload's name is its folder: letters, digits, -, _ and . "
+                f"(not . or ..), got {name!r}"
+            )
 
 
 @dataclass(frozen=True)
 class Suite:
     name: str
     description: str
-    protocol: dict[str, Any]  # CompareConfig fields shared by every workload
+    protocol: Protocol  # shared by every workload
     entries: tuple[SuiteEntry, ...]
 
     def config(self, entry: SuiteEntry, policy: str | None, jobs: int, device: str):
         """The comparison of one workload of the suite."""
-        return CompareConfig(
-            policy=policy,
-            workload=entry.workload,
-            jobs=jobs,
-            device=device,
-            **(self.protocol | entry.overrides),
-        )
+        protocol = self.protocol
+        if entry.lr_range is not None:
+            protocol = dataclasses.replace(protocol, lr_range=entry.lr_range)
+        run = dataclasses.replace(entry.run, device=device)
+        return CompareConfig(run=run, protocol=protocol, policy=policy, jobs=jobs)
 
 
 def suite_names() -> list[str]:
-    folder = resources.files("lrpilot.experiments") / "suites"
-    return sorted(
-        p.name.removesuffix(".toml") for p in folder.iterdir() if p.name.endswith(".toml")
-    )
+    return packaged_names("suites")
 
 
 def load_suite(spec: str) -> Suite:
-    """A suite by name (`quick`, `heldout`, `gpu`) or from a TOML file; checked whole."""
-    if spec.endswith(".toml"):
-        path = Path(spec)
-        if not path.is_file():
-            raise ConfigError(f"suite file not found: {spec!r}")
-        text, base = path.read_text(), path.parent
-    else:
-        file = resources.files("lrpilot.experiments") / "suites" / f"{spec}.toml"
-        if not file.is_file():
-            raise ConfigError(f"unknown suite {spec!r}; choose from {', '.join(suite_names())}")
-        text, base = file.read_text(), Path(str(file)).parent
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"suite {spec!r} is not valid TOML: {exc}") from None
+    """A suite by name (`quick`, `heldout`, ...) or from a TOML file; checked whole."""
+    data, base = read_toml(spec, "suite", "suites")
     return suite_from_dict(data, spec, base)
 
 
 def suite_from_dict(data: dict[str, Any], where: str, base: Path) -> Suite:
     settings = dict(data)
-    name = str(settings.pop("name", where))
-    description = str(settings.pop("description", ""))
+    name, description = settings.pop("name", where), settings.pop("description", "")
+    if not isinstance(name, str) or not isinstance(description, str):
+        raise ConfigError(f"suite {where!r}: name and description must be strings")
     entries_data = settings.pop("workloads", [])
-    unknown = sorted(set(settings) - set(PROTOCOL_KEYS))
-    if unknown:
-        raise ConfigError(f"suite {where!r}: unknown setting(s) {', '.join(unknown)}")
+    protocol = from_dict(Protocol, settings, f"suite {where!r}")
     if not isinstance(entries_data, list) or not entries_data:
         raise ConfigError(f"suite {where!r} is empty: give at least one [[workloads]]")
-    entries = []
-    for i, raw in enumerate(entries_data, 1):
-        if not isinstance(raw, dict) or not raw.get("name"):
-            raise ConfigError(f"suite {where!r}: workload {i} needs a name")
-        entry = dict(raw)
-        entry_name = str(entry.pop("name"))
-        overrides = {k: entry.pop(k) for k in ENTRY_KEYS if k in entry and k != "workload"}
-        if "workload" in entry:
-            spec = str(entry.pop("workload"))
-            if entry:
-                raise ConfigError(
-                    f"suite {where!r}, workload {entry_name!r}: unknown key(s) "
-                    f"{', '.join(sorted(entry))} (give `workload = SPEC` or a family inline)"
-                )
-            if spec.endswith(".toml") or ".py:" in spec:
-                spec = str((base / spec).resolve()) if not Path(spec).is_absolute() else spec
-            entries.append(SuiteEntry(entry_name, spec, None, overrides))
-        else:
-            entry.setdefault("name", entry_name)
-            workload_from_dict(entry, f"suite {where!r}, workload {entry_name!r}")  # checked
-            entries.append(SuiteEntry(entry_name, "", entry, overrides))
-    names = [entry.name for entry in entries]
-    doubled = sorted({n for n in names if names.count(n) > 1})
+    entries = [_entry(raw, i, where, base) for i, raw in enumerate(entries_data, 1)]
+    folded = [entry.name.casefold() for entry in entries]
+    doubled = sorted({e.name for e in entries if folded.count(e.name.casefold()) > 1})
     if doubled:
-        raise ConfigError(f"suite {where!r} names a workload twice: {', '.join(doubled)}")
-    suite = Suite(name, description, settings, tuple(entries))
-    # Every comparison's settings checked before any run (an inline workload's own
-    # settings were checked above; its comparison's, on a built-in one).
-    for entry in suite.entries:
-        if entry.inline is not None:
-            entry = SuiteEntry(entry.name, "tiny", None, {})
+        raise ConfigError(f"suite {where!r} names a workload folder twice: {', '.join(doubled)}")
+    suite = Suite(name, description, protocol, tuple(entries))
+    for entry in suite.entries:  # every comparison's settings checked before any run
+        if entry.inline is not None:  # (its workload was checked when it was read)
+            entry = dataclasses.replace(entry, run=dataclasses.replace(entry.run, workload="tiny"))
         suite.config(entry, None, 1, "cpu")
     return suite
+
+
+def _entry(raw: Any, index: int, where: str, base: Path) -> SuiteEntry:
+    """One `[[workloads]]` table: `workload = SPEC`, or a family and its settings inline,
+    with the run settings and `lr_range` of its own."""
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise ConfigError(f"suite {where!r}: workload {index} needs a name")
+    entry = dict(raw)
+    name = entry.pop("name")
+    at = f"suite {where!r}, workload {name!r}"
+    lr_range = entry.pop("lr_range", None)
+    if lr_range is not None:
+        try:
+            lr_range = checked(tuple[float, float], lr_range, "lr_range", low_high)
+        except ConfigError as exc:
+            raise ConfigError(f"{at}: {exc}") from None
+    run = {key: entry.pop(key) for key in RUN_KEYS if key in entry}
+    inline = None
+    if "workload" in run:
+        if entry:
+            raise ConfigError(
+                f"{at}: unknown key(s) {', '.join(sorted(entry))} (give `workload = SPEC` "
+                f"or a family inline)"
+            )
+        spec = run["workload"]
+        if isinstance(spec, str) and (spec.endswith(".toml") or ".py:" in spec):
+            run["workload"] = spec if Path(spec).is_absolute() else str((base / spec).resolve())
+    else:
+        inline = entry | {"name": entry.get("name", name)}
+        workload_from_dict(inline, at)  # checked now
+    return SuiteEntry(name, from_dict(RunSettings, run, at), inline, lr_range)
 
 
 def _inline_spec(entry: SuiteEntry, folder: Path) -> str:
@@ -178,22 +162,28 @@ def run_suite(
     out_dir: str | os.PathLike,
     policy: str | None = "default",
     jobs: int = 1,
-    device: str = "cpu",
+    device: str = "auto",
     progress: bool = True,
     backend: RayBackend | None = None,
+    force: bool = False,
 ) -> pd.DataFrame:
     """Compare every method on every workload of `suite` into `out_dir`; returns the
-    suite table (per method). Re-running continues from the cached runs."""
+    suite table (per method). Re-running continues from the cached runs; a folder that
+    holds another suite is refused unless `force`."""
     out = ensure_writable_dir(out_dir)
+    record = {"suite": suite.name, "protocol": dataclasses.asdict(suite.protocol)}
+    record["workloads"] = [dataclasses.asdict(entry) for entry in suite.entries]
+    claim_folder(out, "benchmark", record | {"policy": policy, "device": device}, force)
     summaries, results = [], []
     for index, entry in enumerate(suite.entries, 1):
         folder = ensure_writable_dir(out / entry.name)
         if entry.inline is not None:
-            entry = dataclasses.replace(entry, workload=_inline_spec(entry, folder))
+            spec = _inline_spec(entry, folder)
+            entry = dataclasses.replace(entry, run=dataclasses.replace(entry.run, workload=spec))
         if progress:
             print(f"[{index}/{len(suite.entries)}] {entry.name}", flush=True)
         config = suite.config(entry, policy, jobs, device)
-        summary = compare(config, folder, progress=progress, backend=backend)
+        summary = compare(config, folder, progress=progress, backend=backend, force=force)
         summaries.append(summary.assign(workload=entry.name))
         frame = pd.read_csv(folder / "results.csv")
         results.append(frame.assign(workload=entry.name))
@@ -288,7 +278,7 @@ def suite_markdown(suite: Suite, per_workload: pd.DataFrame, table: pd.DataFrame
     lines += [markdown_table(frame.map(_fmt)), ""]
     lines += [
         "- Test loss: on each workload's test split, which no controller observes; mean over "
-        f"the evaluation seeds {', '.join(map(str, suite.protocol.get('eval_seeds', [])))}.",
+        f"the evaluation seeds {', '.join(map(str, suite.protocol.eval_seeds))}.",
         "- ÷ best tuned: the method's mean test loss over the best tuned schedule's; its "
         "paired difference has a 95% bootstrap interval over seeds.",
         "- Steps to target: median over seeds of the first step at which the validation loss "

@@ -1,50 +1,61 @@
 """lrpilot: learn learning-rate control for neural-network training, language models first.
 
-The public API gathers the pieces a user reaches for most; the subpackages
-`lrpilot.lm`, `lrpilot.env`, `lrpilot.agents` and `lrpilot.experiments` hold the rest.
+The public API gathers the pieces a user reaches for most: a learned policy in a
+training loop (`load_policy`, `PolicyScheduler`, and the Hugging Face and Lightning
+callbacks), workloads, the environment. The subpackages `lrpilot.lm`, `lrpilot.env`,
+`lrpilot.agents` and `lrpilot.experiments` hold the rest. Names are imported when first
+used, so `import lrpilot` (and the CLI) stays fast and needs no torch.
 """
 
-from lrpilot.env import (
-    ENV_ID,
-    ActionRule,
-    EnvConfig,
-    LRControlEnv,
-    Task,
-    TaskSpace,
-    register_envs,
-)
+from importlib import import_module
+
 from lrpilot.errors import ConfigError
-from lrpilot.lm.corpus import Corpus, load_corpus
-from lrpilot.lm.model import GPT, MODEL_PRESETS, ModelConfig, model_preset
-from lrpilot.lm.run import IntervalStats, RunParts, StepRun, TestResult, TrainingRun
-from lrpilot.lm.schedules import SCHEDULE_NAMES, make_schedule
-from lrpilot.lm.workloads import load_workload
+from lrpilot.registration import ENV_ID, register_envs
 
 __version__ = "0.1.0"
 
+# name -> the module that defines it
+_EXPORTS = {
+    "load_policy": "lrpilot.agents.policy_file",
+    "Policy": "lrpilot.agents.policy_file",
+    "PolicyScheduler": "lrpilot.agents.scheduler",
+    "LRPilotHFCallback": "lrpilot.integrations.hf",
+    "LRPilotLightningCallback": "lrpilot.integrations.lightning",
+    "RunSettings": "lrpilot.settings",
+    "ActionRule": "lrpilot.env.actions",
+    "EnvConfig": "lrpilot.env.lr_env",
+    "LRControlEnv": "lrpilot.env.lr_env",
+    "Task": "lrpilot.env.tasks",
+    "TaskSpace": "lrpilot.env.tasks",
+    "Corpus": "lrpilot.lm.corpus",
+    "load_corpus": "lrpilot.lm.corpus",
+    "GPT": "lrpilot.lm.model",
+    "MODEL_PRESETS": "lrpilot.lm.model",
+    "ModelConfig": "lrpilot.lm.model",
+    "model_preset": "lrpilot.lm.model",
+    "IntervalStats": "lrpilot.lm.run",
+    "RunParts": "lrpilot.lm.run",
+    "StepRun": "lrpilot.lm.run",
+    "TestResult": "lrpilot.lm.run",
+    "TrainingRun": "lrpilot.lm.run",
+    "SCHEDULE_NAMES": "lrpilot.lm.schedules",
+    "make_schedule": "lrpilot.lm.schedules",
+    "load_workload": "lrpilot.lm.workloads",
+}
+
 register_envs()  # gymnasium.make("lrpilot/LRControl-v0", ...) works after `import lrpilot`
 
-__all__ = [
-    "ENV_ID",
-    "GPT",
-    "MODEL_PRESETS",
-    "SCHEDULE_NAMES",
-    "ActionRule",
-    "ConfigError",
-    "Corpus",
-    "EnvConfig",
-    "IntervalStats",
-    "LRControlEnv",
-    "ModelConfig",
-    "RunParts",
-    "StepRun",
-    "Task",
-    "TaskSpace",
-    "TestResult",
-    "TrainingRun",
-    "load_corpus",
-    "load_workload",
-    "make_schedule",
-    "model_preset",
-    "register_envs",
-]
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'lrpilot' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # imported once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+__all__ = ["ENV_ID", "ConfigError", "register_envs", *_EXPORTS]

@@ -29,13 +29,14 @@ from lrpilot.agents.rollout import run_episode
 from lrpilot.agents.train_config import load_train_config
 from lrpilot.agents.training import resume, train
 from lrpilot.cli import main
-from lrpilot.env import EnvConfig, LRControlEnv, Task
+from lrpilot.env import EnvConfig, LRControlEnv
 from lrpilot.env.actions import ActionRule, next_lr
 from lrpilot.env.features import FEATURE_NAMES, NUM_FEATURES
 from lrpilot.errors import ConfigError
 from lrpilot.experiments.replay import policy_env_config
+from lrpilot.settings import RunSettings
 
-TASK = Task.of("tiny", 5, total_steps=40, eval_every=10, start_lr=1e-3, batch_size=8)
+TASK = RunSettings("tiny", steps=40, eval_every=10, batch_size=8).task(5, 1e-3)
 
 
 @pytest.fixture(scope="module")

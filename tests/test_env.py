@@ -8,14 +8,15 @@ import pytest
 import torch
 
 import lrpilot  # noqa: F401  (registers the environment)
-from lrpilot.env import ActionRule, EnvConfig, LRControlEnv, Task, TaskSpace
+from lrpilot.env import ActionRule, EnvConfig, LRControlEnv, TaskSpace
 from lrpilot.env.actions import applied_lr
 from lrpilot.env.features import FEATURE_NAMES, FEATURES
 from lrpilot.env.rewards import REWARD_NAMES, divergence_reward, instant_reward
 from lrpilot.errors import ConfigError
 from lrpilot.lm.schedules import schedule_curve
+from lrpilot.settings import RunSettings
 
-SPACE = TaskSpace(total_steps=(12,), eval_every=4, batch_size=8, start_lr=(1e-3, 1e-2))
+SPACE = TaskSpace(steps=(12,), eval_every=4, batch_size=8, start_lr=(1e-3, 1e-2))
 
 
 ACTION_FIELDS = {f.name for f in dataclasses.fields(ActionRule)}
@@ -93,7 +94,7 @@ def test_reset_observation_holds_the_start_lr_and_masked_features_read_zero():
 def test_factor_span_draws_the_same_lr_curve_against_progress_for_any_budget():
     lr_at_progress = {}
     for total_steps, eval_every in ((12, 4), (24, 4), (24, 6)):
-        space = TaskSpace(total_steps=(total_steps,), eval_every=eval_every, batch_size=8)
+        space = TaskSpace(steps=(total_steps,), eval_every=eval_every, batch_size=8)
         task = space.sample(np.random.default_rng(0))
         env = LRControlEnv(EnvConfig(task_space=space, action=ActionRule(factor_span=0.25)))
         env.reset(seed=0, options={"task": task})
@@ -112,7 +113,7 @@ def test_factor_span_draws_the_same_lr_curve_against_progress_for_any_budget():
 
 
 def test_cooldown_cools_each_step_below_the_controller_lr_down_to_the_end():
-    task = Task.of("tiny", 0, total_steps=12, eval_every=4, start_lr=1e-3, batch_size=8)
+    task = RunSettings("tiny", steps=12, eval_every=4, batch_size=8).task(0, 1e-3)
     env = make_env(cooldown_fraction=0.5)  # cooldown over steps 6..11 of 12
     env.reset(seed=0, options={"task": task})
     log_lr = FEATURE_NAMES.index("log_lr")
@@ -134,7 +135,7 @@ def test_cooldown_cools_each_step_below_the_controller_lr_down_to_the_end():
 
 
 def test_warmup_ramps_each_step_up_to_the_controller_lr_over_the_first_steps():
-    task = Task.of("tiny", 0, total_steps=12, eval_every=4, start_lr=1e-3, batch_size=8)
+    task = RunSettings("tiny", steps=12, eval_every=4, batch_size=8).task(0, 1e-3)
     env = make_env(warmup_fraction=0.5, cooldown_fraction=0.25)  # steps 0..5, then 9..11
     env.reset(seed=0, options={"task": task})
     lrs = []
@@ -153,7 +154,7 @@ def test_warmup_ramps_each_step_up_to_the_controller_lr_over_the_first_steps():
 
 
 def test_the_first_action_corrects_the_start_lr_in_full_and_later_ones_per_span():
-    task = Task.of("tiny", 0, total_steps=12, eval_every=4, start_lr=1e-3, batch_size=8)
+    task = RunSettings("tiny", steps=12, eval_every=4, batch_size=8).task(0, 1e-3)
     half = np.array([0.5], dtype=np.float32)
     for first_factor, expected_first in ((100.0, 1e-3 * 10), (0.0, 1e-3 * 2 ** (0.5 * 4 / 6))):
         env = make_env(mode="continuous", factor_span=0.5, first_action_max_factor=first_factor)
@@ -165,7 +166,7 @@ def test_the_first_action_corrects_the_start_lr_in_full_and_later_ones_per_span(
 
 
 def test_a_probe_keeps_the_start_lr_and_the_wide_first_action_comes_after_it():
-    task = Task.of("tiny", 0, total_steps=12, eval_every=4, start_lr=1e-3, batch_size=8)
+    task = RunSettings("tiny", steps=12, eval_every=4, batch_size=8).task(0, 1e-3)
     env = make_env(
         mode="continuous", factor_span=0.5, first_action_max_factor=100.0, probe_intervals=1
     )
@@ -196,7 +197,7 @@ def test_actions_change_the_lr_multiplicatively_and_are_clipped():
     env.reset(
         seed=0,
         options={
-            "task": Task.of("tiny", 0, total_steps=12, eval_every=4, start_lr=1e-3, batch_size=8)
+            "task": RunSettings("tiny", steps=12, eval_every=4, batch_size=8).task(0, 1e-3)
         },
     )
     assert env.step(4)[4]["lr"] == pytest.approx(2e-3)  # x2
@@ -206,7 +207,7 @@ def test_actions_change_the_lr_multiplicatively_and_are_clipped():
     continuous.reset(
         seed=0,
         options={
-            "task": Task.of("tiny", 0, total_steps=12, eval_every=4, start_lr=1e-3, batch_size=8)
+            "task": RunSettings("tiny", steps=12, eval_every=4, batch_size=8).task(0, 1e-3)
         },
     )
     assert continuous.step(np.array([-1.0]))[4]["lr"] == pytest.approx(5e-4)
@@ -214,18 +215,27 @@ def test_actions_change_the_lr_multiplicatively_and_are_clipped():
     wide.reset(
         seed=0,
         options={
-            "task": Task.of("tiny", 0, total_steps=12, eval_every=4, start_lr=1e-3, batch_size=8)
+            "task": RunSettings("tiny", steps=12, eval_every=4, batch_size=8).task(0, 1e-3)
         },
     )
     assert wide.step(np.array([-1.0]))[4]["lr"] == pytest.approx(2.5e-4)  # x4**-1
     assert wide.step(np.array([0.5]))[4]["lr"] == pytest.approx(5e-4)  # x4**0.5
 
 
-@pytest.mark.parametrize("bad", [1.0, 0.5, math.inf, "4", True])
-def test_continuous_max_factor_must_be_a_number_above_one(bad):
-    message = f"continuous_max_factor must be a finite number > 1, got {bad!r}"
-    with pytest.raises(ConfigError, match=message):
+@pytest.mark.parametrize(
+    "bad, problem",
+    [
+        (1.0, "must be above 1"),
+        (0.5, "must be above 1"),
+        (math.inf, "must be a finite number"),
+        ("4", "must be a number"),
+        (True, "must be a number"),
+    ],
+)
+def test_continuous_max_factor_must_be_a_number_above_one(bad, problem):
+    with pytest.raises(ConfigError) as error:
         ActionRule(continuous_max_factor=bad)
+    assert str(error.value) == f"continuous_max_factor {problem}, got {bad!r}"
 
 
 def test_a_task_space_draws_workloads_and_corpora_and_a_task_can_be_pinned():
@@ -236,7 +246,7 @@ def test_a_task_space_draws_workloads_and_corpora_and_a_task_can_be_pinned():
         (name, corpus) for name in ("tiny", "small") for corpus in ("pydoc", "pystdlib")
     }
     assert {w.batch_size for w in drawn} == {8}
-    task = Task.of("tiny", 11, total_steps=12, eval_every=4, start_lr=3e-3, batch_size=8)
+    task = RunSettings("tiny", steps=12, eval_every=4, batch_size=8).task(11, 3e-3)
     env = LRControlEnv(EnvConfig(task_space=space))
     for seed in (0, 1):
         assert env.reset(seed=seed, options={"task": task})[1]["task"] == task
@@ -312,8 +322,8 @@ def test_render_ansi_is_one_line_per_interval():
 def test_a_task_space_with_several_interval_lengths_draws_each_after_the_other_values():
     """A tuple of `eval_every` draws one more value, last: the first task of a space is
     the same as with one length, and every length turns up."""
-    one = TaskSpace(total_steps=(40, 80), eval_every=10)
-    several = TaskSpace(total_steps=(40, 80), eval_every=[5, 10])
+    one = TaskSpace(steps=(40, 80), eval_every=10)
+    several = TaskSpace(steps=(40, 80), eval_every=[5, 10])
     assert several.eval_every == (5, 10) and several.eval_every_choices == (5, 10)
     first_one = one.sample(np.random.default_rng(3))
     first_several = several.sample(np.random.default_rng(3))
@@ -327,16 +337,16 @@ def test_a_wide_task_space_varies_workload_settings_and_hides_an_lr_scale():
     """`vary` and `lr_scale` draw after every other value: the first task of a space
     without them is the same; every value of `vary` turns up, and the scale stays in
     its range."""
-    plain = TaskSpace(total_steps=(40, 80), eval_every=10)
+    plain = TaskSpace(steps=(40, 80), eval_every=10)
     wide = TaskSpace(
-        total_steps=(40, 80),
+        steps=(40, 80),
         eval_every=10,
         vary={"n_layer": [1, 2], "n_embd": (32, 64)},
         lr_scale=(0.1, 10.0),
     )
     assert list(wide.vary) == ["n_embd", "n_layer"]  # drawn in the names' order
     same = TaskSpace(
-        total_steps=[40, 80],
+        steps=[40, 80],
         eval_every=10,
         vary={"n_embd": [32, 64], "n_layer": [1, 2]},
         lr_scale=[0.1, 10.0],
@@ -358,7 +368,7 @@ def test_a_wide_task_space_varies_workload_settings_and_hides_an_lr_scale():
 def test_a_hidden_lr_scale_trains_the_run_at_the_scaled_lr_and_shows_the_policy_its_own():
     """A task at start LR 1e-3 and scale 4 trains exactly as one at 4e-3 and scale 1;
     its observations differ only in the LR features, which show the policy's LR."""
-    scaled = Task.of("tiny", 5, total_steps=12, eval_every=4, start_lr=1e-3, batch_size=8)
+    scaled = RunSettings("tiny", steps=12, eval_every=4, batch_size=8).task(5, 1e-3)
     scaled = dataclasses.replace(scaled, lr_scale=4.0)
     plain = dataclasses.replace(scaled, start_lr=4e-3, lr_scale=1.0)
     results = []
@@ -405,58 +415,58 @@ def test_a_history_stacks_the_last_observations_newest_first():
 @pytest.mark.parametrize(
     "make, message",
     [
-        (lambda: TaskSpace(vary={"n_embd": []}), "TaskSpace.vary.n_embd must be a non-empty"),
+        (lambda: TaskSpace(vary={"n_embd": []}), "vary.n_embd must not be empty"),
         (lambda: TaskSpace(vary={"n_embd": [64, 30]}), "n_embd"),
         (lambda: TaskSpace(vary={"depth": [1]}), "has no setting depth"),
-        (lambda: TaskSpace(lr_scale=(2.0, 1.0)), "TaskSpace.lr_scale must be a range"),
-        (lambda: TaskSpace(vary={"steps": [100]}), "vary.steps: the space's own total_steps"),
+        (lambda: TaskSpace(lr_scale=(2.0, 1.0)), "lr_scale must be a range LOW,HIGH with 0 < LOW <= HIGH, got 2.0,1.0"),
+        (lambda: TaskSpace(vary={"steps": [100]}), "vary.steps: the space's own steps sets it"),
         (
             lambda: TaskSpace(batch_size=8, vary={"batch_size": [16]}),
-            "TaskSpace.vary.batch_size and TaskSpace.batch_size: give one",
+            "vary.batch_size and batch_size: give one",
         ),
         (lambda: EnvConfig(history=0), "history must be a whole number of evaluations >= 1"),
-        (lambda: TaskSpace(total_steps=(10,), eval_every=20), "eval_every (20)"),
-        (lambda: TaskSpace(total_steps=(10,), eval_every=[5, 20]), "eval_every (20)"),
-        (lambda: TaskSpace(eval_every=[]), "eval_every is empty"),
-        (lambda: TaskSpace(eval_every=[10, 0]), "eval_every must be a positive integer, got 0"),
-        (lambda: TaskSpace(corpora=()), "corpora is empty"),
-        (lambda: TaskSpace(workloads=()), "workloads is empty"),
+        (lambda: TaskSpace(steps=(10,), eval_every=20), "eval_every (20)"),
+        (lambda: TaskSpace(steps=(10,), eval_every=[5, 20]), "eval_every (20)"),
+        (lambda: TaskSpace(eval_every=[]), "eval_every must not be empty"),
+        (lambda: TaskSpace(eval_every=[10, 0]), "eval_every has 0, which must be positive"),
+        (lambda: TaskSpace(corpora=()), "corpora must not be empty"),
+        (lambda: TaskSpace(workloads=()), "workloads must not be empty"),
         (lambda: TaskSpace(workloads=("huge",)), "unknown workload 'huge'"),
         (
             lambda: TaskSpace(workloads=("classify",), corpora=("pydoc",)),
             "has no setting corpus",
         ),
-        (lambda: Task.of("tiny", 0, total_steps=10, eval_every=20), "eval_every (20)"),
-        (lambda: Task.of("tiny", 0, start_lr=0.0), "LR must be a positive number"),
+        (lambda: RunSettings("tiny", steps=10, eval_every=20).task(0, 1e-3), "eval_every (20)"),
+        (lambda: RunSettings("tiny").task(0, 0.0), "start_lr must be positive, got 0.0"),
         (lambda: TaskSpace(start_lr=(1e-2, 1e-3)), "start_lr"),
         (lambda: ActionRule(lr_min=1e-2, lr_max=1e-3), "lr_min=0.01"),
-        (lambda: EnvConfig(reward="accuracy"), "unknown reward 'accuracy'"),
-        (lambda: ActionRule(mode="binary"), "unknown action mode 'binary'"),
-        (lambda: ActionRule(factors=(1.0, -2.0)), "factors must be positive numbers"),
-        (lambda: EnvConfig(action="continuous"), "action must be an ActionRule"),
+        (lambda: EnvConfig(reward="accuracy"), "reward must be one of log_improvement, neg_val_loss, final, got 'accuracy'"),
+        (lambda: ActionRule(mode="binary"), "mode must be one of discrete, continuous, got 'binary'"),
+        (lambda: ActionRule(factors=(1.0, -2.0)), "factors has -2.0, which must be positive"),
+        (lambda: EnvConfig(action="continuous"), "action must be a table, got 'continuous'"),
         (lambda: LRControlEnv(gamma=0.9), "unknown environment setting"),
         (lambda: ActionRule(factor_span=2.0), "factor_span must be in [0, 1], got 2.0"),
         (lambda: ActionRule(cooldown_fraction=1.0), "cooldown_fraction must be in [0, 1), got"),
         (lambda: ActionRule(warmup_fraction=-0.1), "warmup_fraction must be in [0, 1), got -0.1"),
-        (lambda: ActionRule(warmup_fraction=True), "warmup_fraction must be in [0, 1), got True"),
+        (lambda: ActionRule(warmup_fraction=True), "warmup_fraction must be a number, got True"),
         (
             lambda: ActionRule(warmup_fraction=0.5, cooldown_fraction=0.6),
             "warmup_fraction + cooldown_fraction must be at most 1, got 0.5 + 0.6",
         ),
         (lambda: EnvConfig(masked_features=("lr",)), "unknown feature(s) to mask: 'lr'"),
-        (lambda: ActionRule(probe_intervals=-1), "probe_intervals must be a whole number >= 0"),
-        (lambda: ActionRule(probe_intervals=1.5), "probe_intervals must be a whole number >= 0"),
+        (lambda: ActionRule(probe_intervals=-1), "probe_intervals must not be negative, got -1"),
+        (lambda: ActionRule(probe_intervals=1.5), "probe_intervals must be an integer, got 1.5"),
         (
             lambda: ActionRule(first_action_max_factor=10.0),
             "first_action_max_factor needs continuous actions, got action mode 'discrete'",
         ),
         (
             lambda: ActionRule(mode="continuous", first_action_max_factor=1.0),
-            "first_action_max_factor must be 0 (off) or a finite number > 1, got 1.0",
+            "first_action_max_factor must be 0 (off) or a number > 1, got 1.0",
         ),
         (
             lambda: ActionRule(mode="continuous", first_action_max_factor=True),
-            "first_action_max_factor must be 0 (off) or a finite number > 1, got True",
+            "first_action_max_factor must be a number, got True",
         ),
     ],
 )

@@ -13,12 +13,13 @@ from conftest import LR_MAX, LR_MIN, make_policy
 from lrpilot.agents import load_policy
 from lrpilot.agents.rollout import run_episode
 from lrpilot.agents.scheduler import UPDATE_RATIO_SAMPLE, PolicyScheduler, SampledUpdateRatio
-from lrpilot.env import LRControlEnv, Task
+from lrpilot.env import LRControlEnv
 from lrpilot.env.actions import next_lr
 from lrpilot.env.features import ObservationBuilder
 from lrpilot.errors import ConfigError
 from lrpilot.experiments.replay import policy_env_config
 from lrpilot.lm.run import IntervalStats, weight_update_ratio
+from lrpilot.settings import RunSettings
 
 # -- a small regression MLP that is not lrpilot's --------------------------------------------
 
@@ -250,7 +251,7 @@ def test_train_losses_may_be_tensors():
 
 # -- the scheduler reproduces the env ---------------------------------------------------------
 
-TASK = Task.of("tiny", 5, total_steps=35, eval_every=10, start_lr=3e-3, batch_size=8)
+TASK = RunSettings("tiny", steps=35, eval_every=10, batch_size=8).task(5, 3e-3)
 
 
 @pytest.mark.parametrize(
@@ -496,7 +497,7 @@ def test_sampled_update_ratio_is_exact_on_small_tensors_and_close_on_large_ones(
     assert SampledUpdateRatio(None)._is_sampled(large[0]) is False
 
 
-SHIPPED_TASK = Task.of("tiny", 5, total_steps=40, eval_every=10, start_lr=3e-3, batch_size=8)
+SHIPPED_TASK = RunSettings("tiny", steps=40, eval_every=10, batch_size=8).task(5, 3e-3)
 
 
 def drive_tiny(update_ratio_sample):

@@ -16,7 +16,8 @@ import time
 
 import torch
 
-from lrpilot.env import EnvConfig, LRControlEnv, Task
+from lrpilot.env import EnvConfig, LRControlEnv
+from lrpilot.settings import RunSettings
 
 
 def main() -> None:
@@ -27,7 +28,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    task = Task.of("tiny", 0, total_steps=args.steps, eval_every=args.eval_every, start_lr=3e-3)
+    task = RunSettings("tiny", steps=args.steps, eval_every=args.eval_every).task(0, 3e-3)
     env = LRControlEnv(EnvConfig())
     keep_lr = 2  # the discrete action x1
 

@@ -1,0 +1,126 @@
+"""The options of each `lrpilot` command that are not settings of a run or a comparison
+(those are `RunSettings`, `Protocol` and `BackendSettings`): one dataclass per command,
+each field one flag, documented once. The CLI imports this module only for the command
+it runs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lrpilot.config import (
+    all_of,
+    check_fields,
+    distinct,
+    each,
+    non_empty,
+    one_of,
+    positive,
+    setting,
+)
+from lrpilot.config import valid_seed as seed_check
+from lrpilot.lm.schedules import SCHEDULE_NAMES
+from lrpilot.settings import device_name
+
+OUT_HELP = "the folder to write"
+QUIET_HELP = "no progress output"
+
+
+@dataclass(frozen=True)
+class Command:
+    """What every command shares."""
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
+class RunOptions(Command):
+    out: str = setting(help="run folder to write")
+    schedule: str = setting(
+        "warmup_cosine",
+        help=f"the fixed LR schedule, one of: {', '.join(SCHEDULE_NAMES)}",
+        check=one_of(SCHEDULE_NAMES),
+    )
+    lr: float = setting(3e-3, help="the peak learning rate", check=positive)
+    seed: int = setting(0, help="seed of the weights and the batches", check=seed_check)
+    threads: int | None = setting(
+        None, help="torch CPU threads (default: all cores)", check=positive
+    )
+    quiet: bool = setting(False, help=QUIET_HELP)
+
+
+@dataclass(frozen=True)
+class TrainOptions(Command):
+    out: str = setting(help="run folder: new, or the one to --resume")
+    preset: str = setting(
+        "controller",
+        help="a preset (controller, generalist, demo, tiny: TOML files in "
+        "experiments/presets/) or a TOML path; controller trained the shipped policy",
+    )
+    workload: str | None = setting(
+        None,
+        help="train and evaluate on this workload instead of the preset's (a built-in name, "
+        "a .toml file or FILE.py:FUNCTION)",
+    )
+    resume: bool = setting(
+        False, help="continue the run in --out from its last checkpoint (--timesteps extends it)"
+    )
+    quiet: bool = setting(False, help=QUIET_HELP)
+
+
+@dataclass(frozen=True)
+class ReplayOptions(Command):
+    out: str = setting(help=OUT_HELP)
+    policy: str | None = setting(
+        None, help="a policy file or folder, or `default` (the shipped policy)"
+    )
+    trace: str | None = setting(
+        None,
+        help="instead of a policy, a trace.csv (columns step and lr) whose LRs are applied "
+        "open-loop",
+    )
+    seeds: tuple[int, ...] = setting(
+        (1,), help="LM seeds, one run each", check=all_of(non_empty, distinct, each(seed_check))
+    )
+    start_lrs: tuple[float, ...] = setting(
+        (1e-3,),
+        help="the policy's start LRs, one run each (not used with --trace)",
+        check=all_of(non_empty, distinct, each(positive)),
+    )
+    quiet: bool = setting(False, help=QUIET_HELP)
+
+
+@dataclass(frozen=True)
+class CompareOptions(Command):
+    out: str = setting(help="comparison folder (its runs/ is the cache)")
+    force: bool = setting(
+        False, help="replace the results of another comparison held in --out (runs are kept)"
+    )
+    quiet: bool = setting(False, help=QUIET_HELP)
+
+
+@dataclass(frozen=True)
+class BenchmarkOptions(Command):
+    out: str = setting(help="suite folder: one comparison folder per workload")
+    suite: str = setting(
+        help="a suite (quick, heldout, controller_quality, gpu, ...: TOML files in "
+        "experiments/suites/) or a TOML path"
+    )
+    policy: str = setting(
+        "default", help="a policy file or folder, `default` (the shipped policy), or `none`"
+    )
+    jobs: int = setting(1, help="runs in parallel (--backend process)", check=positive)
+    device: str = setting(
+        "auto", help="cpu, cuda, cuda:N, or auto (CUDA when present)", check=device_name
+    )
+    force: bool = setting(
+        False, help="replace the results of another suite held in --out (runs are kept)"
+    )
+    quiet: bool = setting(False, help=QUIET_HELP)
+
+
+@dataclass(frozen=True)
+class DemoOptions(Command):
+    out: str = setting("runs/demo", help=OUT_HELP)
+    jobs: int = setting(2, help="comparison runs in parallel", check=positive)
+    quiet: bool = setting(False, help=QUIET_HELP)
