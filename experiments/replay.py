@@ -187,7 +187,8 @@ def replay(
     device: str = "cpu",
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Replay a policy (closed loop) or an LR trace (open loop) on each task.
+    """Replay a policy (closed loop) or an LR trace (open loop) on each task, into
+    `out_dir/seed_<s>/` (`seed_<s>-start_<lr>/` when the tasks start from several LRs).
 
     Returns the per-seed summary table (also written to `out_dir/summary.csv`).
     """
@@ -197,8 +198,10 @@ def replay(
     env_config = policy_env_config(policy, device) if policy else EnvConfig(device=device)
     mode = "closed loop" if policy else "open loop"
     rows = []
+    several_starts = len({task.start_lr for task in tasks}) > 1
     for task in tasks:
-        run_dir = ensure_writable_dir(out / f"seed_{task.seed}")
+        name = f"seed_{task.seed}" + (f"-start_{task.start_lr:g}" if several_starts else "")
+        run_dir = ensure_writable_dir(out / name)
         start = time.perf_counter()
         if progress:
             print(f"replay ({mode}): seed {task.seed}, {task.total_steps} steps", flush=True)

@@ -174,10 +174,13 @@ def coerce(hint: Any, value: Any, name: str) -> Any:
         if not isinstance(value, list | tuple):
             raise wrong
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(coerce(args[0], v, name) for v in value)
+            args = (args[0],) * len(value)
         if len(value) != len(args):
             raise wrong
-        return tuple(coerce(arg, v, name) for arg, v in zip(args, value, strict=True))
+        try:
+            return tuple(coerce(arg, v, name) for arg, v in zip(args, value, strict=True))
+        except ConfigError:
+            raise wrong from None
     if origin in (dict, Mapping):
         if not isinstance(value, Mapping):
             raise wrong

@@ -16,10 +16,13 @@ from conftest import KILL_AFTER_STORES, make_policy
 
 from lrpilot.cli import main
 from lrpilot.env.actions import lr_factor
+from lrpilot.errors import ConfigError
 from lrpilot.experiments.compare import RUNS_DIR, CompareConfig, compare
+from lrpilot.experiments.compare_config import Protocol
 from lrpilot.experiments.replay import REPLAY_COLUMNS
 from lrpilot.experiments.report import paired_difference, steps_to_target
 from lrpilot.lm.trace import trace_scores
+from lrpilot.settings import RunSettings
 
 SHORT = ["--steps", "20", "--eval-every", "10", "--batch-size", "8", "--quiet"]
 
@@ -87,9 +90,10 @@ def test_replay_bad_input_is_one_line_exit_2(closed_loop, policy_file, tmp_path,
         (["--policy", str(not_a_policy)], "not an lrpilot policy file"),
         (["--policy", str(tmp_path / "missing")], "policy file not found"),
         (["--trace", str(closed_loop / "seed_1" / "trace.csv")], "covers 20 steps"),
-        (["--policy", str(policy_file), "--seeds", ""], "--seeds is empty"),
-        (["--policy", str(policy_file), "--seeds", "1,a"], "comma-separated integers"),
-        (["--policy", str(policy_file), "--seeds=-1"], "Task.seed must be an integer in [0,"),
+        (["--policy", str(policy_file), "--seeds", ""], "seeds must not be empty, got nothing"),
+        (["--policy", str(policy_file), "--seeds", "1,a"], "expected an integer, got 'a'"),
+        (["--policy", str(policy_file), "--seeds=-1"], "seeds has -1, which must be in [0, 2**32)"),
+        (["--seeds", "1"], "give one of --policy (closed loop) or --trace (open loop)"),
     ]
     for flags, message in cases:  # all refused before any training
         code = main(["replay", *flags, "--quiet", "--out", str(tmp_path / "out")])
@@ -105,20 +109,19 @@ def test_replay_bad_input_is_one_line_exit_2(closed_loop, policy_file, tmp_path,
 def small_compare(policy: Path | None, jobs: int = 1) -> CompareConfig:
     """2 schedules on a 2-point grid that the best peak will leave (so it is widened),
     the policy and both baseline controllers, 2 evaluation seeds."""
-    return CompareConfig(
+    protocol = Protocol(
         schedules=("constant", "wsd"),
-        policy=str(policy) if policy else None,
         controllers=("random", "plateau"),
-        steps=20,
-        eval_every=10,
-        batch_size=8,
         lr_grid=2,
         lr_range=(1e-4, 1e-3),
         warmups=(),
         tune_seeds=(0,),
         eval_seeds=(1, 2),
         start_lrs=(3e-3,),
-        jobs=jobs,
+    )
+    run = RunSettings(steps=20, eval_every=10, batch_size=8, device="cpu")
+    return CompareConfig(
+        run=run, protocol=protocol, policy=str(policy) if policy else None, jobs=jobs
     )
 
 
@@ -237,11 +240,21 @@ def test_compare_killed_and_restarted_equals_an_uninterrupted_one(compared, poli
 def test_compare_tunes_the_warmup_with_the_peak_and_reuses_the_own_warmups_runs(tmp_path):
     import dataclasses
 
-    peaks_only = dataclasses.replace(small_compare(None), controllers=())
+    config = small_compare(None)
+    peaks_only = dataclasses.replace(
+        config, protocol=dataclasses.replace(config.protocol, controllers=())
+    )
     compare(peaks_only, tmp_path, progress=False)
     cached = {f: f.stat().st_mtime_ns for f in (tmp_path / RUNS_DIR).glob("*/run.json")}
-    both = dataclasses.replace(peaks_only, warmups=(0.05, 0.5))  # 0.05: wsd's own warmup
-    compare(both, tmp_path, progress=False)
+    summary_before = (tmp_path / "summary.csv").read_bytes()
+    # 0.05: wsd's own warmup
+    both = dataclasses.replace(
+        peaks_only, protocol=dataclasses.replace(peaks_only.protocol, warmups=(0.05, 0.5))
+    )
+    with pytest.raises(ConfigError, match=r"it differs in protocol\.warmups\); give a new --out"):
+        compare(both, tmp_path, progress=False)  # another comparison: refused, nothing replaced
+    assert (tmp_path / "summary.csv").read_bytes() == summary_before
+    compare(both, tmp_path, progress=False, force=True)
     assert all(f.stat().st_mtime_ns == stamp for f, stamp in cached.items())  # not rerun
 
     runs = pd.read_csv(tmp_path / "results.csv").groupby("run").last()
@@ -271,22 +284,22 @@ def test_compare_bad_input_is_one_line_exit_2(tmp_path, capsys):
     not_a_policy = tmp_path / "policy.safetensors"
     not_a_policy.write_bytes(b"\x00" * 64)
     cases = [
-        (["--schedules", ""], "schedule list is empty"),
-        (["--schedules", " , "], "schedule list is empty"),
-        (["--schedules", "constant,cosinus"], "unknown schedule(s) 'cosinus'"),
-        (["--lr-grid", "1"], "lr_grid must be an integer >= 2, got 1"),
+        (["--schedules", ""], "schedules must not be empty, got nothing"),
+        (["--schedules", " , "], "schedules must not be empty, got nothing"),
+        (["--schedules", "constant,cosinus"], "schedules has 'cosinus', which must be one of"),
+        (["--lr-grid", "1"], "lr_grid must be at least 2, got 1"),
         (["--policy", str(not_a_policy)], "not an lrpilot policy file"),
-        (["--controllers", "oracle"], "unknown controller(s) 'oracle'"),
+        (["--controllers", "oracle"], "controllers has 'oracle', which must be one of"),
         (["--tune-seeds", "1", "--eval-seeds", "1,2"], "both tuning and evaluation seeds"),
         (["--lr-range", "1e-2,1e-3"], "lr_range must be LOW,HIGH"),
-        (["--warmups", "0.1,1"], "warmups must be fractions of the run in (0, 1), got (0.1, 1.0)"),
-        (["--warmups", "0.1,0.1"], "warmups must differ in 3 significant digits"),
-        (["--jobs", "0"], "jobs must be a positive integer"),
-        (["--eval-seeds=-1,2"], "seed must be an integer in [0, 2**32), got -1"),
-        (["--eval-seeds", "1,2,2"], "eval_seeds lists a value twice"),
-        (["--start-lr", "1e-3,1.0001e-3"], "start_lrs must differ in 3 significant digits"),
-        (["--address", "auto"], "--address needs --backend ray"),
-        (["--backend", "ray", "--cpus-per-worker", "0"], "cpus_per_worker must be positive"),
+        (["--warmups", "0.1,1"], "warmups has 1.0, which must be a fraction in (0, 1), got 0.1,1.0"),
+        (["--warmups", "0.1,0.1"], "warmups must differ in 3 digits, got 0.1,0.1"),
+        (["--jobs", "0"], "jobs must be positive, got 0"),
+        (["--eval-seeds=-1,2"], "eval_seeds has -1, which must be in [0, 2**32)"),
+        (["--eval-seeds", "1,2,2"], "eval_seeds lists 2 twice, got 1,2,2"),
+        (["--start-lr", "1e-3,1.0001e-3"], "start_lrs must differ in 3 digits"),
+        (["--address", "auto"], "--address needs --backend ray, got address 'auto'"),
+        (["--backend", "ray", "--cpus-per-worker", "0"], "cpus_per_worker must be positive, got 0.0"),
     ]
     for flags, message in cases:
         code = main(["compare", *flags, *SHORT, "--out", str(tmp_path / "out")])
@@ -345,12 +358,12 @@ def test_cache_keys_cover_the_corpus_bytes(tmp_path):
 def test_lrpilot_train_without_a_preset_trains_what_made_the_shipped_policy():
     from lrpilot.agents.policy_file import load_policy
     from lrpilot.agents.train_config import TrainConfig, load_train_config
-    from lrpilot.cli import build_parser
+    from lrpilot.commands import TrainOptions
 
     policy = load_policy("default")
     training = dict(policy.metadata["training"])
     done = training.pop("timesteps_done")
-    preset = build_parser().parse_args(["train", "--out", "x"]).preset
+    preset = TrainOptions(out="x").preset  # what `lrpilot train` uses without --preset
     # The shipped file is what that preset trains, run on to 30000 timesteps with
     # `--resume --timesteps 30000` (docs/model-card.md) ...
     assert TrainConfig.from_dict(training) == load_train_config(preset, timesteps=30000)

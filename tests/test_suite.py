@@ -77,10 +77,22 @@ def test_a_suite_killed_and_restarted_equals_an_uninterrupted_one(quick, tmp_pat
         ("nope", "unknown suite 'nope'"),
         ("missing.toml", "suite file not found"),
         ("empty.toml", "is empty: give at least one [[workloads]]"),
-        ("twice.toml", "names a workload twice: a"),
+        ("twice.toml", "names a workload folder twice: a"),
         ("shared.toml", "seed(s) 1 are both tuning and evaluation seeds"),
         ("badworkload.toml", "unknown workload 'huge'"),
-        ("unknownkey.toml", "unknown setting(s) speed"),
+        ("unknownkey.toml", "unknownkey.toml']: speed"),
+        ("lrrange5.toml", "lr_range must be a list of 2 numbers, got 5"),
+        ("lrrangeab.toml", "lr_range must be a list of 2 numbers, got ['a', 'b']"),
+        ("warmupsx.toml", "warmups must be a list of numbers, got ['x']"),
+        ("evalseeds1.toml", "eval_seeds must be a list of integers, got 1"),
+        ("startfast.toml", "start_lrs must be a list of numbers, got ['fast']"),
+        ("schedulestring.toml", "schedules must be a list of strings, got 'constant'"),
+        ("latin1.toml", "is not UTF-8 text"),
+        ("escape.toml", "got '../escaped'"),
+        ("absolute.toml", "got '/tmp/x'"),
+        ("dot.toml", "got '.'"),
+        ("samefolder.toml", "names a workload folder twice: W1, w1"),
+        ("entryrange.toml", "workload 'a': lr_range must be LOW,HIGH with 0 < LOW < HIGH"),
     ],
 )
 def test_a_bad_suite_is_one_line_exit_2(suite, message, tmp_path, capsys):
@@ -91,9 +103,24 @@ def test_a_bad_suite_is_one_line_exit_2(suite, message, tmp_path, capsys):
         "shared.toml": "tune_seeds = [1]\neval_seeds = [1, 2]\n" + entry,
         "badworkload.toml": '[[workloads]]\nname = "a"\nworkload = "huge"\n',
         "unknownkey.toml": "speed = 2\n" + entry,
+        "lrrange5.toml": "lr_range = 5\n" + entry,
+        "lrrangeab.toml": 'lr_range = ["a", "b"]\n' + entry,
+        "warmupsx.toml": 'warmups = ["x"]\n' + entry,
+        "evalseeds1.toml": "eval_seeds = 1\n" + entry,
+        "startfast.toml": 'start_lrs = ["fast"]\n' + entry,
+        "schedulestring.toml": 'schedules = "constant"\n' + entry,
+        "latin1.toml": 'description = "caf\u00e9"\n'.encode("latin-1") + entry.encode(),
+        "escape.toml": entry.replace('"a"', '"../escaped"'),
+        "absolute.toml": entry.replace('"a"', '"/tmp/x"'),
+        "dot.toml": entry.replace('"a"', '"."'),
+        "samefolder.toml": entry.replace('"a"', '"w1"') + entry.replace('"a"', '"W1"'),
+        "entryrange.toml": entry + "lr_range = [1e-2, 1e-3]\n",
     }
     for name, text in files.items():
-        (tmp_path / name).write_text(text)
+        if isinstance(text, bytes):
+            (tmp_path / name).write_bytes(text)
+        else:
+            (tmp_path / name).write_text(text)
     spec = suite if suite == "nope" else str(tmp_path / suite)
     code = main(["benchmark", "--suite", spec, "--quiet", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
