@@ -135,7 +135,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return from_dict(cls, data, "top level")
+        return from_dict(cls, data)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

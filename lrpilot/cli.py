@@ -188,7 +188,13 @@ def _benchmark(argv: list[str]) -> int:
 
         load_policy(policy)  # a bad policy fails now, not after hours of tuning
     run_suite(
-        suite, options.out, policy, options.jobs, options.device, not options.quiet, backend,
+        suite,
+        options.out,
+        policy,
+        options.jobs,
+        options.device,
+        not options.quiet,
+        backend,
         force=options.force,
     )
     print((Path(options.out) / "summary.md").read_text())

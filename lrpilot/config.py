@@ -237,28 +237,29 @@ def _shown(value: Any) -> str:
     return repr(value)
 
 
-def from_dict(cls: type, data: Any, where: str):
+def from_dict(cls: type, data: Any, where: str = ""):
     """Dataclass `cls` from a TOML table `data`; an unknown key or a bad value is one
-    `ConfigError` that says where (`[where]`)."""
+    `ConfigError` that names the table (`[where]`; nested tables as `[where.name]`)."""
+    prefix = f"[{where}] " if where else ""
     if not isinstance(data, Mapping):
-        raise ConfigError(f"[{where}] must be a table, got {data!r}")
+        raise ConfigError(f"{prefix}must be a table, got {data!r}")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:
-        raise ConfigError(f"unknown key(s) in [{where}]: {', '.join(map(str, unknown))}")
+        raise ConfigError(f"{prefix}unknown key(s): {', '.join(map(str, unknown))}")
     hints = field_types(cls)
     values = {}
     for name, value in data.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
-            value = from_dict(hint, value, f"{where}.{name}")
+            value = from_dict(hint, value, f"{where}.{name}" if where else name)
         values[name] = value
     try:
         return cls(**values)
     except ConfigError as exc:
         if str(exc).startswith("["):
             raise
-        raise ConfigError(f"[{where}] {exc}") from None
+        raise ConfigError(f"{prefix}{exc}") from None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -163,9 +163,12 @@ def test_policy_file_keeps_its_action_rule(tmp_path):
             r"warmup_fraction \+ cooldown_fraction must be at most 1",
         ),
         ({"action": {"first_action_max_factor": 0.5}}, "first_action_max_factor must be 0"),
-        ({"action": {"continuous_max_factor": 1.0}}, "continuous_max_factor must be a finite"),
+        (
+            {"action": {"continuous_max_factor": 1.0}},
+            "continuous_max_factor must be above 1, got 1.0",
+        ),
         ({"action": {"speed": 2}}, "policy action table: missing nothing, unknown speed"),
-        ({"action": {"probe_intervals": -1}}, "probe_intervals must be a whole number >= 0"),
+        ({"action": {"probe_intervals": -1}}, "probe_intervals must not be negative, got -1"),
     ],
 )
 def test_a_policy_file_of_another_version_or_with_a_bad_action_is_refused(
@@ -230,7 +233,7 @@ def test_a_continuous_range_sets_the_lr_in_the_env_as_in_the_file(tmp_path):
 
 
 def test_continuous_training_uses_the_range_and_the_initial_std(tmp_path):
-    config = load_train_config("tiny", timesteps=32, eval_every=32)
+    config = load_train_config("tiny", timesteps=32, eval_every_timesteps=32)
     action = ActionRule(mode="continuous", continuous_max_factor=4.0, first_action_max_factor=10.0)
     env = dataclasses.replace(config.env, action=action)
     ppo = dataclasses.replace(config.ppo, log_std_init=-0.7)
@@ -279,7 +282,7 @@ def test_train_cli_bad_input(tmp_path, capsys):
         (["train", "--preset", "nope", "--out", str(tmp_path / "a")], "unknown preset 'nope'"),
         (
             ["train", "--timesteps", "0", "--out", str(tmp_path / "b")],
-            "timesteps must be a positive integer, got 0",
+            "timesteps must be positive, got 0",
         ),
         (["train", "--resume", "--out", str(tmp_path)], "not a training run folder"),
     ]
@@ -339,7 +342,7 @@ def test_checkpoints_wait_for_a_rollout_start(tmp_path, monkeypatch):
         return checkpoint(self, model)
 
     monkeypatch.setattr(ControllerRun, "checkpoint", recording_checkpoint)
-    config = load_train_config("tiny", timesteps=96, checkpoint_every=48)  # rollout: 32
+    config = load_train_config("tiny", timesteps=96, checkpoint_every_timesteps=48)  # rollout: 32
     train(config, tmp_path / "run", progress=False)
     assert saved == [64, 96]
     policy = resume(tmp_path / "run", timesteps=160, progress=False)
@@ -370,7 +373,7 @@ def test_loading_a_policy_needs_no_stable_baselines3(trained_run):
 
 
 def test_two_environment_processes_train(tmp_path):
-    config = load_train_config("tiny", timesteps=64, n_envs=2, eval_every=64)
+    config = load_train_config("tiny", timesteps=64, n_envs=2, eval_every_timesteps=64)
     policy = train(config, tmp_path / "run", progress=False)
     assert policy.metadata["training"]["timesteps_done"] == 64
     assert policy.metadata["training"]["n_envs"] == 2
@@ -379,24 +382,25 @@ def test_two_environment_processes_train(tmp_path):
 def test_bad_preset_values_are_one_line_errors(tmp_path, capsys):
     import tomli_w
 
-    from lrpilot.presets import load_preset
+    from lrpilot.config import read_toml
 
     cases = [
-        ({"seed": -1}, "seed must be an integer"),
-        ({"ppo": {"net_arch": ["a"]}}, "ppo.net_arch"),
-        ({"eval": {"total_steps": 0}}, "total_steps"),
-        ({"eval": {"select": "median"}}, "eval.select must be one of mean, worst_start_lr"),
-        ({"ppo": {"anneal_lr": "yes"}}, "ppo.anneal_lr must be true or false, got 'yes'"),
-        ({"ppo": {"log_std_init": 9}}, "ppo.log_std_init must be in [-5, 2], got 9"),
-        ({"ppo": {"log_std_init": True}}, "ppo.log_std_init must be in [-5, 2], got True"),
+        ({"seed": -1}, "seed must be in [0, 2**32), got -1"),
+        ({"ppo": {"net_arch": ["a"]}}, "[ppo] net_arch must be a list of integers, got ['a']"),
+        ({"eval": {"run": {"steps": 0}}}, "[eval.run] steps must be positive, got 0"),
+        ({"eval": {"select": "median"}}, "[eval] select must be one of mean, worst_start_lr"),
+        ({"ppo": {"anneal_lr": "yes"}}, "[ppo] anneal_lr must be true or false, got 'yes'"),
+        ({"ppo": {"log_std_init": 9}}, "[ppo] log_std_init must be in [-5, 2], got 9.0"),
+        ({"ppo": {"log_std_init": True}}, "[ppo] log_std_init must be a number, got True"),
         (
             {"env": {"action": {"continuous_max_factor": 1}}},
-            "continuous_max_factor must be a finite number > 1, got 1",
+            "[env.action] continuous_max_factor must be above 1, got 1.0",
         ),
-        ({"env": {"task_space": {"eval_every": "20"}}}, "[env.task_space]"),
+        ({"env": {"task_space": {"eval_every": "20"}}}, "[env.task_space] eval_every must be"),
+        ({"weight": 1}, "unknown key(s): weight"),
     ]
     for i, (change, message) in enumerate(cases):
-        data = load_preset("tiny")
+        data, _ = read_toml("tiny", "preset", "presets")
         for key, value in change.items():
             if isinstance(value, dict) and key in data:
                 for sub_key, sub_value in value.items():
@@ -458,7 +462,7 @@ def test_annealed_ppo_learning_rate_falls_to_zero_across_a_resume(tmp_path):
     import pandas as pd
 
     out = tmp_path / "run"
-    config = load_train_config("tiny", timesteps=128, eval_every=128)
+    config = load_train_config("tiny", timesteps=128, eval_every_timesteps=128)
     config = dataclasses.replace(config, ppo=dataclasses.replace(config.ppo, anneal_lr=True))
     train(config, out, progress=False)
     resume(out, timesteps=192, progress=False)  # restores the schedule from the checkpoint

@@ -196,9 +196,7 @@ def test_actions_change_the_lr_multiplicatively_and_are_clipped():
     env = make_env(lr_min=1e-4, lr_max=2e-3)
     env.reset(
         seed=0,
-        options={
-            "task": RunSettings("tiny", steps=12, eval_every=4, batch_size=8).task(0, 1e-3)
-        },
+        options={"task": RunSettings("tiny", steps=12, eval_every=4, batch_size=8).task(0, 1e-3)},
     )
     assert env.step(4)[4]["lr"] == pytest.approx(2e-3)  # x2
     assert env.step(4)[4]["lr"] == pytest.approx(2e-3)  # clipped at lr_max
@@ -206,17 +204,13 @@ def test_actions_change_the_lr_multiplicatively_and_are_clipped():
     continuous = make_env(mode="continuous")
     continuous.reset(
         seed=0,
-        options={
-            "task": RunSettings("tiny", steps=12, eval_every=4, batch_size=8).task(0, 1e-3)
-        },
+        options={"task": RunSettings("tiny", steps=12, eval_every=4, batch_size=8).task(0, 1e-3)},
     )
     assert continuous.step(np.array([-1.0]))[4]["lr"] == pytest.approx(5e-4)
     wide = make_env(mode="continuous", continuous_max_factor=4.0)
     wide.reset(
         seed=0,
-        options={
-            "task": RunSettings("tiny", steps=12, eval_every=4, batch_size=8).task(0, 1e-3)
-        },
+        options={"task": RunSettings("tiny", steps=12, eval_every=4, batch_size=8).task(0, 1e-3)},
     )
     assert wide.step(np.array([-1.0]))[4]["lr"] == pytest.approx(2.5e-4)  # x4**-1
     assert wide.step(np.array([0.5]))[4]["lr"] == pytest.approx(5e-4)  # x4**0.5
@@ -418,7 +412,10 @@ def test_a_history_stacks_the_last_observations_newest_first():
         (lambda: TaskSpace(vary={"n_embd": []}), "vary.n_embd must not be empty"),
         (lambda: TaskSpace(vary={"n_embd": [64, 30]}), "n_embd"),
         (lambda: TaskSpace(vary={"depth": [1]}), "has no setting depth"),
-        (lambda: TaskSpace(lr_scale=(2.0, 1.0)), "lr_scale must be a range LOW,HIGH with 0 < LOW <= HIGH, got 2.0,1.0"),
+        (
+            lambda: TaskSpace(lr_scale=(2.0, 1.0)),
+            "lr_scale must be a range LOW,HIGH with 0 < LOW <= HIGH, got 2.0,1.0",
+        ),
         (lambda: TaskSpace(vary={"steps": [100]}), "vary.steps: the space's own steps sets it"),
         (
             lambda: TaskSpace(batch_size=8, vary={"batch_size": [16]}),
@@ -440,8 +437,14 @@ def test_a_history_stacks_the_last_observations_newest_first():
         (lambda: RunSettings("tiny").task(0, 0.0), "start_lr must be positive, got 0.0"),
         (lambda: TaskSpace(start_lr=(1e-2, 1e-3)), "start_lr"),
         (lambda: ActionRule(lr_min=1e-2, lr_max=1e-3), "lr_min=0.01"),
-        (lambda: EnvConfig(reward="accuracy"), "reward must be one of log_improvement, neg_val_loss, final, got 'accuracy'"),
-        (lambda: ActionRule(mode="binary"), "mode must be one of discrete, continuous, got 'binary'"),
+        (
+            lambda: EnvConfig(reward="accuracy"),
+            "reward must be one of log_improvement, neg_val_loss, final, got 'accuracy'",
+        ),
+        (
+            lambda: ActionRule(mode="binary"),
+            "mode must be one of discrete, continuous, got 'binary'",
+        ),
         (lambda: ActionRule(factors=(1.0, -2.0)), "factors has -2.0, which must be positive"),
         (lambda: EnvConfig(action="continuous"), "action must be a table, got 'continuous'"),
         (lambda: LRControlEnv(gamma=0.9), "unknown environment setting"),

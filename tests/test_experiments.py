@@ -292,14 +292,20 @@ def test_compare_bad_input_is_one_line_exit_2(tmp_path, capsys):
         (["--controllers", "oracle"], "controllers has 'oracle', which must be one of"),
         (["--tune-seeds", "1", "--eval-seeds", "1,2"], "both tuning and evaluation seeds"),
         (["--lr-range", "1e-2,1e-3"], "lr_range must be LOW,HIGH"),
-        (["--warmups", "0.1,1"], "warmups has 1.0, which must be a fraction in (0, 1), got 0.1,1.0"),
+        (
+            ["--warmups", "0.1,1"],
+            "warmups has 1.0, which must be a fraction in (0, 1), got 0.1,1.0",
+        ),
         (["--warmups", "0.1,0.1"], "warmups must differ in 3 digits, got 0.1,0.1"),
         (["--jobs", "0"], "jobs must be positive, got 0"),
         (["--eval-seeds=-1,2"], "eval_seeds has -1, which must be in [0, 2**32)"),
         (["--eval-seeds", "1,2,2"], "eval_seeds lists 2 twice, got 1,2,2"),
         (["--start-lr", "1e-3,1.0001e-3"], "start_lrs must differ in 3 digits"),
         (["--address", "auto"], "--address needs --backend ray, got address 'auto'"),
-        (["--backend", "ray", "--cpus-per-worker", "0"], "cpus_per_worker must be positive, got 0.0"),
+        (
+            ["--backend", "ray", "--cpus-per-worker", "0"],
+            "cpus_per_worker must be positive, got 0.0",
+        ),
     ]
     for flags, message in cases:
         code = main(["compare", *flags, *SHORT, "--out", str(tmp_path / "out")])

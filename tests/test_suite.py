@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 from conftest import KILL_AFTER_STORES
 
 from lrpilot.cli import main
+from lrpilot.errors import ConfigError
 from lrpilot.experiments.run_cache import RUNS_DIR
 
 pytest.importorskip("prodigyopt")
@@ -147,3 +149,24 @@ def test_the_suite_table_counts_the_workloads_a_policy_beats_every_tuning_free_o
     beats = table["workloads it beats every tuning-free optimizer on"]
     assert beats["policy (start 0.001)"] == 1  # on "a"; on "b" schedule-free is better
     assert beats["wsd"] is None and beats["prodigy"] is None
+
+
+def test_an_output_folder_holds_one_experiment(tmp_path):
+    from lrpilot.experiments.folders import claim_folder
+
+    claim_folder(tmp_path, "compare", {"run": {"steps": 20}, "policy": None}, force=False)
+    claim_folder(tmp_path, "compare", {"run": {"steps": 20}, "policy": None}, force=False)  # resume
+    with pytest.raises(ConfigError, match=r"differs in command, protocol, run.steps\)"):
+        claim_folder(tmp_path, "benchmark", {"run": {"steps": 40}, "protocol": {}}, force=False)
+    claim_folder(tmp_path, "benchmark", {"run": {"steps": 40}}, force=True)  # asked for
+    assert json.loads((tmp_path / "config.json").read_text())["command"] == "benchmark"
+
+
+def test_a_suite_into_a_comparison_folder_is_refused_before_any_run(tmp_path, capsys):
+    from lrpilot.experiments.folders import claim_folder
+
+    claim_folder(tmp_path, "compare", {"policy": None}, force=False)
+    code = main(["benchmark", "--suite", "quick", "--quiet", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds another experiment" in err and "--force" in err, err
+    assert not (tmp_path / "tiny-pydoc").exists()
