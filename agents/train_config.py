@@ -158,32 +158,3 @@ def load_train_config(preset: str, workload: str | None = None, **overrides) -> 
             for key in ("corpora", "corpus", "batch_size", "vary"):
                 table.pop(key, None)
     return TrainConfig.from_dict(data)
-
-
-def load_train_config(preset: str, workload: str | None = None, **overrides) -> TrainConfig:
-    """A preset, with top-level fields (timesteps, n_envs, seed, ...) overridden.
-
-    `workload` (a spec, as `--workload` takes) replaces the preset's training and
-    evaluation workloads, with the workload's own corpus and batch size.
-    """
-    data, _ = read_toml(preset, "preset", "presets")
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    if workload is not None:
-        env = data.setdefault("env", {})
-        env["task_space"] = env.get("task_space", {}) | {"workloads": [workload]}
-        evaluation = data.setdefault("eval", {})
-        evaluation["run"] = evaluation.get("run", {}) | {"workload": workload}
-        for table in (env["task_space"], evaluation["run"]):
-            for key in ("corpora", "corpus", "batch_size", "vary"):
-                table.pop(key, None)
-    return TrainConfig.from_dict(data)
-
-
-def _tomlable(value):
-    """Tuples to lists and unset (None) settings left out, recursively: TOML has arrays,
-    not tuples, and no null."""
-    if isinstance(value, dict):
-        return {k: _tomlable(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list | tuple):
-        return [_tomlable(v) for v in value]
-    return value
