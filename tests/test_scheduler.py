@@ -11,8 +11,9 @@ import torch
 from conftest import LR_MAX, LR_MIN, make_policy
 
 from lrpilot.agents import load_policy
+from lrpilot.agents.measurements import UPDATE_RATIO_SAMPLE, SampledUpdateRatio
 from lrpilot.agents.rollout import run_episode
-from lrpilot.agents.scheduler import UPDATE_RATIO_SAMPLE, PolicyScheduler, SampledUpdateRatio
+from lrpilot.agents.scheduler import PolicyScheduler
 from lrpilot.env import LRControlEnv, Task
 from lrpilot.env.actions import next_lr
 from lrpilot.env.features import ObservationBuilder

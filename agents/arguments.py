@@ -1,0 +1,56 @@
+"""The checks of what a training loop hands the policy's controller: the policy, the
+optimizer, positive numbers. Each refuses bad input with a one-line `ConfigError`."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from typing import Any
+
+import torch
+
+from lrpilot.errors import ConfigError
+
+_POLICY_ATTRIBUTES = ("act", "next_lr", "applied_lr", "lr_min", "lr_max", "masked_features")
+
+
+def check_policy(policy: Any) -> Any:
+    """`policy` if it can drive a run (an lrpilot `Policy`, or an object with the same
+    methods), else a one-line `ConfigError`."""
+    missing = [name for name in _POLICY_ATTRIBUTES if not hasattr(policy, name)]
+    if missing:
+        raise ConfigError(
+            f"policy must be an lrpilot Policy (load_policy(path)), got "
+            f"{type(policy).__name__} without {', '.join(missing)}"
+        )
+    parameters = inspect.signature(policy.next_lr).parameters
+    if "interval" not in parameters and not any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    ):
+        raise ConfigError(
+            f"policy's next_lr must take the keyword interval (the interval it sets), as "
+            f"Policy.next_lr does; {type(policy).__name__}.next_lr does not"
+        )
+    return policy
+
+
+def check_optimizer(optimizer: Any) -> torch.optim.Optimizer:
+    """`optimizer` if it is a torch optimizer with parameters, else a `ConfigError`."""
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError(f"optimizer must be a torch Optimizer, got {type(optimizer).__name__}")
+    if not optimizer.param_groups:
+        raise ConfigError(f"optimizer {type(optimizer).__name__} has no parameter groups")
+    if not any(group["params"] for group in optimizer.param_groups):
+        raise ConfigError(f"optimizer {type(optimizer).__name__} has no parameters")
+    return optimizer
+
+
+def positive_float(name: str, value: Any) -> float:
+    """`value` as a float if it is a positive finite number, else a `ConfigError`."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a positive number, got {value!r}") from None
+    if not (number > 0 and math.isfinite(number)):
+        raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
+    return number
