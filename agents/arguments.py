@@ -1,5 +1,6 @@
 """The checks of what a training loop hands the policy's controller: the policy, the
-optimizer, positive numbers. Each refuses bad input with a one-line `ConfigError`."""
+optimizer, the step budget and interval, positive numbers. Each refuses bad input with
+a one-line `ConfigError`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import torch
 
-from lrpilot.errors import ConfigError
+from lrpilot.errors import ConfigError, require_positive_int
 
 _POLICY_ATTRIBUTES = ("act", "next_lr", "applied_lr", "lr_min", "lr_max", "masked_features")
 
@@ -43,6 +44,16 @@ def check_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     if not any(group["params"] for group in optimizer.param_groups):
         raise ConfigError(f"optimizer {type(optimizer).__name__} has no parameters")
     return optimizer
+
+
+def check_intervals(total_steps: Any, eval_interval: Any) -> None:
+    """A `ConfigError` unless both are positive ints and the interval fits the budget."""
+    require_positive_int("total_steps", total_steps)
+    require_positive_int("eval_interval", eval_interval)
+    if eval_interval > total_steps:
+        raise ConfigError(
+            f"eval_interval ({eval_interval}) is larger than total_steps ({total_steps})"
+        )
 
 
 def positive_float(name: str, value: Any) -> float:

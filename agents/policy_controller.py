@@ -23,12 +23,6 @@ norm, whereas lrpilot's runs measure before clipping. Pass `observe(..., grad_no
 mean of clip_grad_norm_'s returns)` to match them, and `measure_grad_norm=False`, so
 the hook does not read the gradients a second time.
 
-What the caller passes: the interval's train losses (a sequence of floats or of 0-d
-tensors gives mean, std and slope; one number gives the mean, and the std and slope
-features read 0) and the validation loss. The features are scale-free (ratios and
-logs of losses), defined for losses >= 0 (`lrpilot.env.features`; the policy was
-trained on per-byte cross-entropies); the initial validation loss must be > 0.
-
 Under `torch.distributed` (initialised, more than one process), every rank calls
 `observe` at the same steps; rank 0's policy makes the decision (from rank 0's
 losses) and broadcasts it (`lrpilot.agents.distributed`), so every rank trains at the
@@ -45,7 +39,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from lrpilot.agents.arguments import check_optimizer, check_policy, positive_float
+from lrpilot.agents.arguments import (
+    check_intervals,
+    check_optimizer,
+    check_policy,
+    positive_float,
+)
 from lrpilot.agents.distributed import broadcast_from_rank_zero, rank
 from lrpilot.agents.measurements import (
     UPDATE_RATIO_SAMPLE,
@@ -55,7 +54,7 @@ from lrpilot.agents.measurements import (
     train_loss_stats,
 )
 from lrpilot.env.features import ObservationBuilder
-from lrpilot.errors import ConfigError, require_positive_int
+from lrpilot.errors import ConfigError
 from lrpilot.lm.run import IntervalStats
 
 _BUILDER_FIELDS = (
@@ -104,12 +103,7 @@ class PolicyController:
     ) -> None:
         check_optimizer(optimizer)
         check_policy(policy)
-        require_positive_int("total_steps", total_steps)
-        require_positive_int("eval_interval", eval_interval)
-        if eval_interval > total_steps:
-            raise ConfigError(
-                f"eval_interval ({eval_interval}) is larger than total_steps ({total_steps})"
-            )
+        check_intervals(total_steps, eval_interval)
         self.optimizer = optimizer
         self.policy = policy
         self.total_steps = total_steps
@@ -133,20 +127,9 @@ class PolicyController:
         self._reset_measurements()
 
         controller = weakref.ref(self)  # the hooks must not keep a dropped controller alive
-
-        def before_optimizer_step(_optimizer, _args, _kwargs) -> None:
-            alive = controller()
-            if alive is not None:
-                alive._before_optimizer_step()
-
-        def after_optimizer_step(_optimizer, _args, _kwargs) -> None:
-            alive = controller()
-            if alive is not None:
-                alive._after_optimizer_step()
-
         self._hooks = [
-            optimizer.register_step_pre_hook(before_optimizer_step),
-            optimizer.register_step_post_hook(after_optimizer_step),
+            optimizer.register_step_pre_hook(_hook(controller, "_before_optimizer_step")),
+            optimizer.register_step_post_hook(_hook(controller, "_after_optimizer_step")),
         ]
 
     # -- what the front ends call -------------------------------------------------------------
@@ -218,9 +201,11 @@ class PolicyController:
     ) -> None:
         """Show the policy the interval just ended and set the LR of the next one.
 
-        `train_loss`: the interval's per-step train losses (mean, std, slope), or their
-        mean. `grad_norm`: the interval's mean gradient norm, instead of the measured
-        one. Before any step, `observe(val_loss=L_0)` takes the policy's first action.
+        `train_loss`: the interval's per-step train losses, floats or 0-d tensors (mean,
+        std and slope), or their mean (the std and slope features then read 0).
+        `grad_norm`: the interval's mean gradient norm, instead of the measured one.
+        Before any step, `observe(val_loss=L_0)` takes the policy's first action. The
+        features are scale-free (ratios and logs of losses, `lrpilot.env.features`).
         """
         if val_loss is None:
             raise ConfigError("observe() needs val_loss, the validation loss")
@@ -367,16 +352,18 @@ class PolicyController:
         return {key: getattr(builder, key) for key in _BUILDER_FIELDS} if builder else None
 
     def _load_feature_state(self, state: Mapping[str, Any]) -> None:
+        missing = [key for key in _BUILDER_FIELDS if key not in state]
+        if missing:
+            raise ConfigError(f"the saved state's features lack {', '.join(missing)}")
         self.features = self._observation_builder(state["start_lr"], state["initial_val_loss"])
         history = self.features.history
-        past = state.get("past", [])  # saved before observations had a history: none
-        if len(past) != history - 1:
+        if len(state["past"]) != history - 1:
             raise ConfigError(
-                f"the saved state holds {len(past)} past evaluations; this policy observes "
-                f"{history} at a time (is it the policy the state was saved with?)"
+                f"the saved state holds {len(state['past'])} past evaluations; this policy "
+                f"observes {history} at a time (is it the policy the state was saved with?)"
             )
         for key in _BUILDER_FIELDS:
-            setattr(self.features, key, state[key] if key != "past" else list(past))
+            setattr(self.features, key, list(state[key]) if key == "past" else state[key])
 
     def _reset_measurements(self) -> None:
         # The sum stays a tensor between observations: no device sync at every step.
@@ -398,3 +385,14 @@ class PolicyController:
         if self._measuring_update:
             self.update_ratio = self.update_ratio_estimator.after_step(self.parameters())
             self._measuring_update = False
+
+
+def _hook(controller: weakref.ref, method: str):
+    """An optimizer hook that calls the controller's `method`, while the controller lives."""
+
+    def hook(_optimizer, _args, _kwargs) -> None:
+        alive = controller()
+        if alive is not None:
+            getattr(alive, method)()
+
+    return hook

@@ -159,14 +159,13 @@ class PolicyScheduler(LRScheduler):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Continue a saved run: same policy and optimizer set-up; sets the groups' LRs."""
-        state = dict(state_dict)
-        if "steps_done" not in state and "last_epoch" in state:  # saved by lrpilot <= 0.1
-            state["steps_done"] = state["last_epoch"]
-        missing = [key for key in ("last_epoch", "step_count") if key not in state]
+        if not isinstance(state_dict, Mapping):
+            raise ConfigError(f"not a PolicyScheduler state dict: got {type(state_dict).__name__}")
+        missing = [key for key in ("last_epoch", "step_count") if key not in state_dict]
         if missing:
             raise ConfigError(f"not a PolicyScheduler state dict: it lacks {', '.join(missing)}")
-        self.controller.load_state_dict(state, kind="PolicyScheduler", this="scheduler")
+        self.controller.load_state_dict(state_dict, kind="PolicyScheduler", this="scheduler")
         self.base_lrs = list(self.controller.base_lrs)
-        self.last_epoch = state["last_epoch"]
-        self._step_count = state["step_count"]
+        self.last_epoch = state_dict["last_epoch"]
+        self._step_count = state_dict["step_count"]
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
