@@ -8,6 +8,7 @@ import inspect
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
 from lrpilot.errors import ConfigError, require_positive_int
@@ -56,12 +57,30 @@ def check_intervals(total_steps: Any, eval_interval: Any) -> None:
         )
 
 
+def is_number(value: Any) -> bool:
+    """Whether `value` is a real number: an int or a float (numpy's too), not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
+
+
+def _is_scalar(value: Any) -> bool:
+    """A real number, or a tensor of one element."""
+    return is_number(value) or (isinstance(value, torch.Tensor) and value.numel() == 1)
+
+
+def number(name: str, value: Any) -> float:
+    """`value` as a float if it is a number or a one-element tensor (not a string, a
+    bool or None), else a `ConfigError`."""
+    if not _is_scalar(value):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    return float(value)
+
+
 def positive_float(name: str, value: Any) -> float:
     """`value` as a float if it is a positive finite number, else a `ConfigError`."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{name} must be a positive number, got {value!r}") from None
-    if not (number > 0 and math.isfinite(number)):
+    if not _is_scalar(value):
+        raise ConfigError(f"{name} must be a positive number, got {value!r}")
+    if not (float(value) > 0 and math.isfinite(float(value))):
         raise ConfigError(f"{name} must be a positive finite number, got {value!r}")
-    return number
+    return float(value)

@@ -1,5 +1,5 @@
 """What `PolicyController` measures in a training loop: the gradient norm
-(`total_norm`), the update ratio of a step (`SampledUpdateRatio`) and an interval's
+(`total_norm`, `MeanGradNorm`), the update ratio of a step (`SampledUpdateRatio`) and an interval's
 train-loss statistics (`train_loss_stats`), each as `lrpilot.lm.run.StepRun` measures it
 in lrpilot's own runs."""
 
@@ -11,7 +11,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from lrpilot.errors import require_positive_int
+from lrpilot.agents.arguments import is_number
+from lrpilot.errors import ConfigError, require_positive_int
 from lrpilot.lm.run import least_squares_slope
 
 UPDATE_RATIO_SAMPLE = 4096  # elements sampled per tensor for the update ratio
@@ -24,6 +25,36 @@ def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
         return torch.nn.utils.get_total_norm(tensors)
     norms = [torch.linalg.vector_norm(t) for t in tensors]
     return torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))
+
+
+class MeanGradNorm:
+    """The mean gradient norm of an interval's steps (non-finite norms left out). The
+    sum stays a tensor on its device between steps: no device sync at every step."""
+
+    def __init__(self) -> None:
+        self.total: torch.Tensor | float = 0.0
+        self.count: torch.Tensor | int = 0
+
+    def add(self, norm: torch.Tensor | float) -> None:
+        """Add one step's gradient norm."""
+        norm = torch.as_tensor(norm).detach()
+        if norm.dtype in (torch.float16, torch.bfloat16):  # sum in float32, not in half
+            norm = norm.float()
+        finite = torch.isfinite(norm)
+        self.total = self.total + torch.where(finite, norm, 0.0)
+        self.count = self.count + finite.long()
+
+    @torch.no_grad()
+    def add_gradients(self, params: Sequence[torch.Tensor]) -> None:
+        """Add the norm of the gradients `params` hold now (none held: nothing)."""
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            self.add(total_norm(grads))
+
+    def mean(self) -> float:
+        """The mean so far (NaN before any finite norm)."""
+        count = int(self.count)
+        return float(self.total) / count if count else math.nan
 
 
 class SampledUpdateRatio:
@@ -101,29 +132,53 @@ TrainLoss = float | Sequence[float] | torch.Tensor  # what observe() takes as tr
 
 
 def train_loss_values(train_loss: TrainLoss) -> list[float] | float:
-    """An interval's train losses as Python floats (one number stays one number).
-    Tensors are stacked on one device first, so a list of losses kept on a GPU costs
-    one sync, here."""
+    """An interval's train losses as Python floats (one number stays one number), or a
+    one-line `ConfigError` if they are empty or not numbers. Tensors are stacked on one
+    device first, so a list of losses kept on a GPU costs one sync, here."""
     if isinstance(train_loss, torch.Tensor):
-        return train_loss.detach().cpu().tolist()  # a 0-d tensor gives one float
-    try:
-        values = list(train_loss)
-    except TypeError:  # a single number
-        return float(train_loss)
-    tensors = [v for v in values if isinstance(v, torch.Tensor)]
+        if train_loss.dim() > 1:
+            raise ConfigError(
+                f"train_loss must be one loss or a sequence of losses, got a tensor of shape "
+                f"{tuple(train_loss.shape)}"
+            )
+        values = train_loss.detach().cpu().tolist()  # a 0-d tensor gives one float
+    elif is_number(train_loss):
+        values = float(train_loss)
+    elif isinstance(train_loss, Sequence) and not isinstance(train_loss, (str, bytes)):
+        values = _sequence_values(train_loss)
+    else:
+        raise ConfigError(
+            f"train_loss must be a number or a sequence of numbers, got {train_loss!r}"
+        )
+    if values == []:
+        raise ConfigError(
+            "train_loss is empty: observe() needs the interval's train losses (or their "
+            "mean), got []"
+        )
+    return values
+
+
+def _sequence_values(losses: Sequence) -> list[float]:
+    """A sequence of numbers or one-element tensors, as floats."""
+    for loss in losses:
+        if not (is_number(loss) or (isinstance(loss, torch.Tensor) and loss.numel() == 1)):
+            raise ConfigError(
+                f"train_loss must hold numbers or one-element tensors, got {loss!r} in it"
+            )
+    tensors = [loss for loss in losses if isinstance(loss, torch.Tensor)]
     if not tensors:
-        return [float(v) for v in values]
+        return [float(loss) for loss in losses]
     device = tensors[0].device
-    stacked = torch.stack([torch.as_tensor(v).detach().reshape(()).to(device) for v in values])
+    stacked = torch.stack(
+        [torch.as_tensor(loss).detach().reshape(()).to(device) for loss in losses]
+    )
     return stacked.cpu().tolist()
 
 
-def train_loss_stats(train_loss: TrainLoss | None, steps: int) -> tuple[float, float, float, int]:
+def train_loss_stats(train_loss: TrainLoss, steps: int) -> tuple[float, float, float, int]:
     """Mean, std, per-step slope and non-finite count of an interval of `steps` steps, as
     `StepRun.train` computes them (non-finite losses left out). A sequence gives all
-    four; one number gives only the mean; None gives none (NaN)."""
-    if train_loss is None:
-        return math.nan, math.nan, math.nan, 0
+    four; one number gives only the mean (std and slope NaN)."""
     values = train_loss_values(train_loss)
     if isinstance(values, float):  # the mean only: a non-finite one spoils the interval
         if not math.isfinite(values):

@@ -43,14 +43,15 @@ from lrpilot.agents.arguments import (
     check_intervals,
     check_optimizer,
     check_policy,
+    number,
     positive_float,
 )
 from lrpilot.agents.distributed import broadcast_from_rank_zero, rank
 from lrpilot.agents.measurements import (
     UPDATE_RATIO_SAMPLE,
+    MeanGradNorm,
     SampledUpdateRatio,
     TrainLoss,
-    total_norm,
     train_loss_stats,
 )
 from lrpilot.env.features import ObservationBuilder
@@ -178,19 +179,11 @@ class PolicyController:
     def record_grad_norm(self, norm: torch.Tensor | float) -> None:
         """Add one step's gradient norm (a front end that measures it itself); a tensor
         stays on its device: no sync."""
-        norm = torch.as_tensor(norm).detach()
-        if norm.dtype in (torch.float16, torch.bfloat16):  # sum in float32, not in half
-            norm = norm.float()
-        finite = torch.isfinite(norm)
-        self.grad_norm_sum = self.grad_norm_sum + torch.where(finite, norm, 0.0)
-        self.grad_norm_count = self.grad_norm_count + finite.long()
+        self.grad_norms.add(norm)
 
-    @torch.no_grad()
     def record_current_grad_norm(self) -> None:
         """Add the norm of the gradients the parameters hold now (none held: nothing)."""
-        grads = [p.grad for p in self.parameters() if p.grad is not None]
-        if grads:
-            self.record_grad_norm(total_norm(grads))
+        self.grad_norms.add_gradients(self.parameters())
 
     def observe(
         self,
@@ -205,11 +198,11 @@ class PolicyController:
         std and slope), or their mean (the std and slope features then read 0).
         `grad_norm`: the interval's mean gradient norm, instead of the measured one.
         Before any step, `observe(val_loss=L_0)` takes the policy's first action. The
-        features are scale-free (ratios and logs of losses, `lrpilot.env.features`).
+        features are scale-free (ratios and logs of losses, `lrpilot.env.features`); the
+        validation loss must be positive and finite.
         """
         if val_loss is None:
             raise ConfigError("observe() needs val_loss, the validation loss")
-        val_loss = float(val_loss)
         if self.features is None:
             if train_loss is not None or grad_norm is not None:
                 raise ConfigError(
@@ -219,13 +212,14 @@ class PolicyController:
             self.features = self._observation_builder(self.lr, initial)
             self._act(self.features.initial())
             return
+        val_loss = positive_float("val_loss", val_loss)
+        if train_loss is None:
+            raise ConfigError("observe() needs train_loss, the interval's train losses")
         steps = self.steps_done - self.observed_at
         if steps == 0:
             raise RuntimeError("observe() needs at least one step() since the last observation")
         mean, std, slope, nonfinite_steps = train_loss_stats(train_loss, steps)
-        if grad_norm is None:
-            count = int(self.grad_norm_count)
-            grad_norm = float(self.grad_norm_sum) / count if count else math.nan
+        grad_norm = self.grad_norms.mean() if grad_norm is None else number("grad_norm", grad_norm)
         step_lrs = [self.step_lr(step) for step in range(self.observed_at, self.steps_done)]
         self.last_stats = IntervalStats(
             step=self.steps_done,
@@ -236,9 +230,9 @@ class PolicyController:
             train_loss_std=std,
             train_loss_slope=slope,
             val_loss=val_loss,
-            grad_norm=float(grad_norm),
+            grad_norm=grad_norm,
             update_ratio=self.update_ratio,
-            nonfinite=nonfinite_steps > 0 or not math.isfinite(val_loss),
+            nonfinite=nonfinite_steps > 0,
             nonfinite_steps=nonfinite_steps,
             tokens=0,  # not a feature, and unknown here
             seconds=math.nan,  # likewise
@@ -270,8 +264,8 @@ class PolicyController:
             "steps_done": self.steps_done,
             "observed_at": self.observed_at,
             "features": self._feature_state(),
-            "grad_norm_sum": float(self.grad_norm_sum),
-            "grad_norm_count": int(self.grad_norm_count),
+            "grad_norm_sum": float(self.grad_norms.total),
+            "grad_norm_count": int(self.grad_norms.count),
             "update_ratio": self.update_ratio,
         }
 
@@ -306,8 +300,8 @@ class PolicyController:
         self.features = None
         if state_dict["features"] is not None:
             self._load_feature_state(state_dict["features"])
-        self.grad_norm_sum = float(state_dict["grad_norm_sum"])
-        self.grad_norm_count = int(state_dict["grad_norm_count"])
+        self.grad_norms.total = float(state_dict["grad_norm_sum"])
+        self.grad_norms.count = int(state_dict["grad_norm_count"])
         self.update_ratio = float(state_dict["update_ratio"])
         self._measuring_update = False
         self.apply_lrs()
@@ -366,9 +360,7 @@ class PolicyController:
             setattr(self.features, key, list(state[key]) if key == "past" else state[key])
 
     def _reset_measurements(self) -> None:
-        # The sum stays a tensor between observations: no device sync at every step.
-        self.grad_norm_sum: torch.Tensor | float = 0.0
-        self.grad_norm_count: torch.Tensor | int = 0
+        self.grad_norms = MeanGradNorm()
         self.update_ratio = math.nan
 
     @torch.no_grad()

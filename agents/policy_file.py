@@ -50,6 +50,9 @@ class Policy:
         self.action = check_metadata(metadata)
         self.metadata = metadata
         self.weights = {name: tensor.float() for name, tensor in weights.items()}
+        for name, tensor in self.weights.items():
+            if not torch.isfinite(tensor).all():
+                raise ConfigError(f"policy tensor {name} holds NaN or infinite values")
         self.masked_features: tuple[str, ...] = tuple(metadata["observation"]["masked"])
         self.history: int = metadata["observation"]["history"]
         self.observation_size = observation_size(self.history)
@@ -160,6 +163,11 @@ def default_policy_path() -> Path:
 def resolve_policy_path(path: str | os.PathLike) -> Path:
     """The policy file a user means: `default` (the shipped policy), a file, or a folder
     holding `policy.safetensors`."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(
+            f"policy must be a path (a str or os.PathLike) or {DEFAULT_POLICY!r}, got "
+            f"{type(path).__name__} {path!r}"
+        )
     if str(path) == DEFAULT_POLICY and not Path(path).exists():
         path = default_policy_path()
         if not path.is_file():

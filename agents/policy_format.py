@@ -10,6 +10,7 @@ missing, unknown or of the wrong kind. Nothing here reads a file or runs a netwo
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from lrpilot.env.actions import ActionRule
@@ -124,9 +125,21 @@ def _check_fields(name: str, table: Any, fields: tuple[str, ...]) -> None:
 
 
 def _check_normalization(norm: dict[str, Any], size: int) -> None:
-    """VecNormalize's statistics: one finite mean and variance >= 0 per observation value."""
+    """VecNormalize's statistics: one finite mean and variance >= 0 per observation value,
+    a positive epsilon and clip."""
     if not len(norm["mean"]) == len(norm["var"]) == size:
         raise ConfigError("policy normalisation statistics do not match the features")
+    for name in ("mean", "var"):
+        if not all(_is_real(v) and math.isfinite(v) for v in norm[name]):
+            raise ConfigError(f"policy normalization.{name} holds values that are not finite")
+    if min(norm["var"]) < 0:
+        raise ConfigError(f"policy normalization.var holds a negative value, {min(norm['var'])!r}")
     for name in ("epsilon", "clip_obs"):
-        if not (isinstance(norm[name], (int, float)) and norm[name] > 0):
-            raise ConfigError(f"policy normalization.{name} must be a positive number")
+        if not (_is_real(norm[name]) and norm[name] > 0):
+            raise ConfigError(
+                f"policy normalization.{name} must be a positive number, got {norm[name]!r}"
+            )
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

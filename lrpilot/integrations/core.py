@@ -130,13 +130,19 @@ class CallbackCore:
             step != controller.observed_at and controller.is_interval_end(step)
         )
 
-    def _observe(self, val_loss: float) -> None:
+    def _observe(self, val_loss: Any) -> None:
         """Show the policy `val_loss`: L_0 before any step; otherwise the end of an
         interval, with its step losses. Lists the decision in `decisions`."""
         controller = self.controller
         if not controller.started:
             controller.observe(val_loss=val_loss)
         else:
+            if not self._step_losses:
+                raise ConfigError(
+                    f"{type(self).__name__} saw no training loss in steps "
+                    f"{controller.observed_at + 1} to {controller.steps_done}, so it cannot "
+                    f"show the policy the interval"
+                )
             controller.observe(self._step_losses, val_loss)
             self._step_losses = []
         self.decisions.append((controller.steps_done, float(val_loss), controller.lr))

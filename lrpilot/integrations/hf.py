@@ -225,7 +225,7 @@ class LRPilotHFCallback(CallbackCore, TrainerCallback):
                 f"{', '.join(sorted(metrics)) or 'none'} (does the model return a loss on the "
                 f"eval_dataset's labels? set metric= for another name)"
             )
-        self._observe(float(metrics[self.metric]))
+        self._observe(metrics[self.metric])
         self._write_lrs()
         self._save(state)  # the checkpoint after this evaluation holds the decision
         return control

@@ -211,7 +211,7 @@ class LRPilotLightningCallback(CallbackCore, pl.Callback):
                 f"{', '.join(sorted(trainer.callback_metrics)) or 'none'} (log it in "
                 f"validation_step, or set monitor=)"
             )
-        self._observe(float(trainer.callback_metrics[self.monitor]))
+        self._observe(trainer.callback_metrics[self.monitor])
         self.controller.apply_lrs()
 
     # -- checkpoints ------------------------------------------------------------------------
