@@ -259,19 +259,21 @@ def test_hf_and_lightning_callbacks_refuse_what_is_not_a_policy(tmp_path):
         from lrpilot.integrations import hf
 
         assert hf.LRPilotCallback is hf.LRPilotHFCallback  # the alias kept for one release
-        callbacks.append(hf.LRPilotHFCallback)
+        callbacks.append((hf.LRPilotHFCallback, "metric"))
     if importlib.util.find_spec("lightning"):
         from lrpilot.integrations import lightning
 
         assert lightning.LRPilotCallback is lightning.LRPilotLightningCallback
-        callbacks.append(lightning.LRPilotLightningCallback)
-    for callback in callbacks:
+        callbacks.append((lightning.LRPilotLightningCallback, "monitor"))
+    for callback, metric_keyword in callbacks:
         with pytest.raises(ConfigError, match="policy must be an lrpilot Policy"):
             callback("policy.safetensors")
         with pytest.raises(ConfigError, match="eval_interval must be a positive integer"):
             callback(moving_policy(), eval_interval=0)
         with pytest.raises(ConfigError, match=f"{callback.__name__} takes no setting eval_every;"):
             callback(moving_policy(), eval_every=10)
+        with pytest.raises(ConfigError, match=f"{metric_keyword} must be the name of a metric"):
+            callback(moving_policy(), **{metric_keyword: ""})
     with pytest.raises(ConfigError, match="policy file not found"):
         load_policy(tmp_path / "missing.safetensors")
     (tmp_path / "other.safetensors").write_bytes(b"not a policy")

@@ -75,6 +75,13 @@ class LoopSettings:
         return cls(**keywords)
 
 
+def metric_name(keyword: str, value: Any) -> str:
+    """`value` if it can name a metric (a non-empty string), else a `ConfigError`."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{keyword} must be the name of a metric, got {value!r}")
+    return value
+
+
 class CallbackCore:
     """The part of a framework callback that knows no framework.
 

@@ -74,7 +74,7 @@ except ImportError:  # also when sys.modules["transformers"] is None
         "lrpilot.integrations.hf needs the extra: pip install 'lrpilot[hf]'"
     ) from None
 
-from lrpilot.integrations.core import CallbackCore, LoopSettings
+from lrpilot.integrations.core import CallbackCore, LoopSettings, metric_name
 
 STATE_KEY = "lrpilot"  # the callback's entry in TrainerState.stateful_callbacks
 
@@ -96,9 +96,7 @@ class LRPilotHFCallback(CallbackCore, TrainerCallback):
 
     def __init__(self, policy: Any, *, metric: str = "eval_loss", **settings: Any) -> None:
         super().__init__(policy, LoopSettings.from_keywords("LRPilotHFCallback", settings))
-        if not isinstance(metric, str) or not metric:
-            raise ConfigError(f"metric must be the name of an evaluation metric, got {metric!r}")
-        self.metric = metric
+        self.metric = metric_name("metric", metric)
         self._trainer: Trainer | None = None
         self._lr_scheduler: Any = None
 

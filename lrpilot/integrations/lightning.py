@@ -64,7 +64,7 @@ except ImportError:  # also when sys.modules["lightning"] is None
         "lrpilot.integrations.lightning needs the extra: pip install 'lrpilot[lightning]'"
     ) from None
 
-from lrpilot.integrations.core import CallbackCore, LoopSettings
+from lrpilot.integrations.core import CallbackCore, LoopSettings, metric_name
 
 
 class LRPilotLightningCallback(CallbackCore, pl.Callback):
@@ -85,9 +85,7 @@ class LRPilotLightningCallback(CallbackCore, pl.Callback):
 
     def __init__(self, policy: Any, *, monitor: str = "val_loss", **settings: Any) -> None:
         super().__init__(policy, LoopSettings.from_keywords("LRPilotLightningCallback", settings))
-        if not isinstance(monitor, str) or not monitor:
-            raise ConfigError(f"monitor must be the name of a logged metric, got {monitor!r}")
-        self.monitor = monitor
+        self.monitor = metric_name("monitor", monitor)
         self._sanity_val_loss: float | None = None  # L_0, from the sanity check
         self._pending_state: dict[str, Any] | None = None  # a checkpoint's, until train start
 
