@@ -10,9 +10,8 @@ Tensor names: `hidden.{i}.weight`, `hidden.{i}.bias` for each hidden layer (tanh
 `output.weight`, `output.bias` (action logits, or the mean of the continuous action)
 and, for continuous policies, `log_std`.
 
-This lrpilot reads and writes format version 2, in which every field of the action
-rule is present but `probe_intervals` (added later; 0 when absent, as files written
-before it were trained). Other versions are refused with a one-line error.
+The metadata's format (version 4, every field required) is `policy_format`'s; a file
+of another version, or with a field missing, is refused with a one-line error.
 """
 
 from __future__ import annotations
@@ -31,19 +30,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from lrpilot.env.actions import ActionRule, applied_lr, next_lr
-from lrpilot.env.features import (
-    FEATURE_NAMES,
-    FEATURE_VERSION,
-    check_history,
-    check_masked_features,
-    observation_size,
-)
+from lrpilot.agents.policy_format import check_metadata
+from lrpilot.env.actions import applied_lr, next_lr
+from lrpilot.env.features import observation_size
 from lrpilot.errors import ConfigError
 from lrpilot.files import atomic_write_bytes
 
-FORMAT = "lrpilot-policy"
-FORMAT_VERSION = 2
 POLICY_FILENAME = "policy.safetensors"
 METADATA_KEY = "lrpilot"
 
@@ -55,14 +47,14 @@ class Policy:
     """
 
     def __init__(self, weights: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
-        _check_metadata(metadata)
+        self.action = check_metadata(metadata)
         self.metadata = metadata
         self.weights = {name: tensor.float() for name, tensor in weights.items()}
-        self.action = _action_rule(metadata["action"])
-        self.masked_features: tuple[str, ...] = check_masked_features(
-            metadata["observation"]["masked"]
-        )
-        self.history = observation_history(metadata)
+        for name, tensor in self.weights.items():
+            if not torch.isfinite(tensor).all():
+                raise ConfigError(f"policy tensor {name} holds NaN or infinite values")
+        self.masked_features: tuple[str, ...] = tuple(metadata["observation"]["masked"])
+        self.history: int = metadata["observation"]["history"]
         self.observation_size = observation_size(self.history)
         if self.action.mode == "continuous" and "log_std" not in self.weights:
             raise ConfigError("continuous policy file lacks tensor log_std")
@@ -75,8 +67,6 @@ class Policy:
         if unused:
             raise ConfigError(f"policy file has tensors no layer uses: {sorted(unused)}")
         norm = metadata["normalization"]
-        if norm and not len(norm["mean"]) == len(norm["var"]) == self.observation_size:
-            raise ConfigError("policy normalisation statistics do not match the features")
         self._obs_mean = np.asarray(norm["mean"], dtype=np.float64) if norm else None
         self._obs_std = np.sqrt(np.asarray(norm["var"]) + norm["epsilon"]) if norm else None
         self._obs_clip = norm["clip_obs"] if norm else math.inf
@@ -162,27 +152,6 @@ class Policy:
         return path
 
 
-# Action fields a version-2 file may lack, with the value that means "as before".
-_ACTION_FIELDS_ADDED_LATER = {"probe_intervals": 0}
-
-
-def _action_rule(action: Any) -> ActionRule:
-    """The `ActionRule` of a policy file's `action` table; every field is required but
-    those of `_ACTION_FIELDS_ADDED_LATER`, whose absence means their old behaviour."""
-    if not isinstance(action, dict):
-        raise ConfigError(f"policy metadata 'action' must be a table, got {action!r}")
-    action = _ACTION_FIELDS_ADDED_LATER | action
-    fields = {f.name for f in dataclasses.fields(ActionRule)}
-    missing = sorted(fields - set(action))
-    unknown = sorted(set(action) - fields)
-    if missing or unknown:
-        raise ConfigError(
-            f"policy action table: missing {', '.join(missing) or 'nothing'}, "
-            f"unknown {', '.join(unknown) or 'nothing'}"
-        )
-    return ActionRule(**action)
-
-
 DEFAULT_POLICY = "default"  # the name of the policy shipped with lrpilot
 
 
@@ -194,6 +163,11 @@ def default_policy_path() -> Path:
 def resolve_policy_path(path: str | os.PathLike) -> Path:
     """The policy file a user means: `default` (the shipped policy), a file, or a folder
     holding `policy.safetensors`."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise ConfigError(
+            f"policy must be a path (a str or os.PathLike) or {DEFAULT_POLICY!r}, got "
+            f"{type(path).__name__} {path!r}"
+        )
     if str(path) == DEFAULT_POLICY and not Path(path).exists():
         path = default_policy_path()
         if not path.is_file():
@@ -236,35 +210,6 @@ def policy_from_bytes(data: bytes, source: str = "<bytes>") -> Policy:
         ) from None
 
 
-def _check_metadata(metadata: dict[str, Any]) -> None:
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise ConfigError("metadata is not an lrpilot policy's")
-    version = metadata.get("format_version")
-    if isinstance(version, bool) or version != FORMAT_VERSION:
-        raise ConfigError(
-            f"policy format version {version!r} is not supported (this lrpilot reads "
-            f"{FORMAT_VERSION}; retrain or re-export the policy with this lrpilot)"
-        )
-    if metadata.get("feature_version") != FEATURE_VERSION:
-        raise ConfigError(
-            f"policy was trained on feature set {metadata.get('feature_version')!r}, "
-            f"this lrpilot computes {FEATURE_VERSION!r}"
-        )
-    if tuple(metadata["observation"]["features"]) != FEATURE_NAMES:
-        raise ConfigError("policy's observation features differ from this lrpilot's")
-    size = observation_size(observation_history(metadata))
-    if list(metadata["observation"].get("shape", [size])) != [size]:
-        raise ConfigError(
-            f"policy's observation shape {metadata['observation']['shape']!r} is not "
-            f"[{size}] ({len(FEATURE_NAMES)} features x its history)"
-        )
-
-
-def observation_history(metadata: dict[str, Any]) -> int:
-    """Evaluations per observation (`observation.history`; 1 when the file has none)."""
-    return check_history(metadata["observation"].get("history", 1))
-
-
 def _build_layers(
     weights: dict[str, torch.Tensor], metadata: dict[str, Any]
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -272,7 +217,7 @@ def _build_layers(
     hidden = list(metadata["network"]["hidden"])
     action = metadata["action"]
     n_out = len(action["factors"]) if action["mode"] == "discrete" else 1
-    sizes = [observation_size(observation_history(metadata)), *hidden, n_out]
+    sizes = [observation_size(metadata["observation"]["history"]), *hidden, n_out]
     names = [f"hidden.{i}" for i in range(len(hidden))] + ["output"]
     layers = {}
     for name, n_in, n_out_layer in zip(names, sizes[:-1], sizes[1:], strict=True):
@@ -286,30 +231,3 @@ def _build_layers(
             )
         layers[name] = (weight, bias)
     return layers
-
-
-def policy_metadata(
-    *,
-    action: ActionRule,
-    masked_features: tuple[str, ...],
-    history: int = 1,
-    hidden: list[int],
-    normalization: dict[str, Any] | None,
-    training: dict[str, Any],
-) -> dict[str, Any]:
-    """The JSON metadata of a policy file (see docs/policy-file.md)."""
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "feature_version": FEATURE_VERSION,
-        "observation": {
-            "features": list(FEATURE_NAMES),
-            "shape": [observation_size(history)],
-            "masked": list(masked_features),
-            "history": history,
-        },
-        "action": action.to_dict(),
-        "network": {"hidden": list(hidden), "activation": "tanh"},
-        "normalization": normalization,
-        "training": training,
-    }

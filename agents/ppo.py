@@ -12,7 +12,8 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.utils import LinearSchedule
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
-from lrpilot.agents.policy_file import Policy, policy_metadata
+from lrpilot.agents.policy_file import Policy
+from lrpilot.agents.policy_format import policy_metadata
 from lrpilot.agents.train_config import TrainConfig
 from lrpilot.env.lr_env import EnvConfig, LRControlEnv
 from lrpilot.ray_backend import RayBackend

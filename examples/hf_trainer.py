@@ -2,7 +2,7 @@
 
 A small GPT-2 (`GPT2LMHeadModel` built from a `GPT2Config`, vocabulary 256: one token
 per byte; nothing is downloaded) learns the built-in `pydoc` corpus with the Trainer,
-and `lrpilot.integrations.hf.LRPilotCallback` sets the LR from the policy at every
+and `lrpilot.integrations.hf.LRPilotHFCallback` sets the LR from the policy at every
 evaluation. It prints the LR the policy chose at each evaluation and the final
 validation loss. Needs the extra `pip install 'lrpilot[hf]'`.
 
@@ -14,7 +14,7 @@ The wiring is three settings of `TrainingArguments` and one line:
     args = TrainingArguments(..., learning_rate=START_LR, lr_scheduler_type="constant",
                              eval_strategy="steps", eval_steps=20, eval_on_start=True)
     trainer = Trainer(model=model, args=args, train_dataset=..., eval_dataset=...)
-    LRPilotCallback(load_policy("default")).attach(trainer)
+    LRPilotHFCallback(load_policy("default")).attach(trainer)
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import tempfile
 import torch
 
 from lrpilot.agents import load_policy
-from lrpilot.integrations.hf import LRPilotCallback
+from lrpilot.integrations.hf import LRPilotHFCallback
 from lrpilot.lm.corpus import VOCAB_SIZE, load_corpus
 
 
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
         trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=validation)
         trainer.remove_callback(PrinterCallback)  # the lines below say what matters
-        callback = LRPilotCallback(load_policy("default")).attach(trainer)
+        callback = LRPilotHFCallback(load_policy("default")).attach(trainer)
         trainer.train()
         final_val_loss = trainer.evaluate()["eval_loss"]
     print(f"GPT-2, {sum(p.numel() for p in model.parameters()):,} parameters, on pydoc bytes")

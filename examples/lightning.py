@@ -2,7 +2,7 @@
 
 lrpilot's byte-level GPT (the `tiny` preset: 1 layer, 64 wide, 16-byte context) learns
 the built-in `pydoc` corpus in a `LightningModule`, and
-`lrpilot.integrations.lightning.LRPilotCallback` sets the LR from the policy at every
+`lrpilot.integrations.lightning.LRPilotLightningCallback` sets the LR from the policy at every
 validation. It prints the LR the policy chose at each validation and the final
 validation loss. Needs the extra `pip install 'lrpilot[lightning]'`.
 
@@ -13,8 +13,8 @@ The wiring: the module returns one optimizer and no LR scheduler from
 `configure_optimizers` and logs `val_loss`; the Trainer validates fully before
 training (`num_sanity_val_steps=-1`: the policy's L_0); the callback does the rest:
 
-    trainer = pl.Trainer(max_steps=400, num_sanity_val_steps=-1,
-                         callbacks=[LRPilotCallback(load_policy("default"), eval_interval=20)])
+    callback = LRPilotLightningCallback(load_policy("default"), eval_interval=20)
+    trainer = pl.Trainer(max_steps=400, num_sanity_val_steps=-1, callbacks=[callback])
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import lightning.pytorch as pl
 import torch
 
 from lrpilot.agents import load_policy
-from lrpilot.integrations.lightning import LRPilotCallback
+from lrpilot.integrations.lightning import LRPilotLightningCallback
 from lrpilot.lm.corpus import load_corpus
 from lrpilot.lm.model import GPT, ModelConfig, next_byte_loss
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         n_layer=options.n_layer, n_head=4, n_embd=options.n_embd, block_size=options.block_size
     )
     module = ByteLanguageModel(config, options.start_lr, options.seed)
-    callback = LRPilotCallback(load_policy("default"), eval_interval=options.eval_interval)
+    callback = LRPilotLightningCallback(load_policy("default"), eval_interval=options.eval_interval)
     trainer = pl.Trainer(
         max_steps=options.steps,
         accelerator="cpu",

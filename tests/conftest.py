@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lrpilot.agents.policy_file import Policy, policy_metadata
+from lrpilot.agents.policy_file import Policy
+from lrpilot.agents.policy_format import policy_metadata
 from lrpilot.env.actions import DEFAULT_FACTORS, ActionRule
 from lrpilot.env.features import NUM_FEATURES
 from lrpilot.lm.byte_gpt import ByteGPTWorkload

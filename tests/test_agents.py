@@ -135,7 +135,7 @@ def test_policy_file_keeps_its_action_rule(tmp_path):
     )
     loaded = load_policy(policy.save(tmp_path / "policy"))
     assert loaded.action == policy.action
-    assert loaded.metadata["format_version"] == 2
+    assert loaded.metadata["format_version"] == 4
     assert policy_env_config(loaded).action == policy.action  # replay and compare act alike
     half = np.array([0.5])
     assert loaded.next_lr(0.01, half, interval=0, interval_steps=10, total_steps=40) == (
@@ -153,9 +153,10 @@ def test_policy_file_keeps_its_action_rule(tmp_path):
     ("change", "message"),
     [
         ({"format_version": 1}, "policy format version 1 is not supported"),
+        ({"format_version": 2}, "policy format version 2 is not supported"),
         ({"format_version": 3}, "policy format version 3 is not supported"),
         ({"format_version": True}, "policy format version True is not supported"),
-        ({"format_version": "2"}, "policy format version '2' is not supported"),
+        ({"format_version": "4"}, "policy format version '4' is not supported"),
         ({"action": {"mode": "continuous"}}, "policy action table: missing continuous_max_factor"),
         ({"action": {"cooldown_fraction": 1.5}}, r"cooldown_fraction must be in \[0, 1\), got 1.5"),
         (
@@ -186,11 +187,34 @@ def test_a_policy_file_of_another_version_or_with_a_bad_action_is_refused(
         load_policy(path)
 
 
-def test_a_policy_file_written_before_probes_loads_without_one(tmp_path):
+@pytest.mark.parametrize(
+    ("table", "field", "message"),
+    [
+        ("action", "probe_intervals", "policy action table: missing probe_intervals,"),
+        ("observation", "history", "policy observation table: missing history,"),
+        ("observation", "shape", "policy observation table: missing shape,"),
+        ("network", "activation", "policy network table: missing activation,"),
+        (None, "normalization", "policy metadata: missing normalization,"),
+        (None, "training", "policy metadata: missing training,"),
+    ],
+)
+def test_a_policy_file_missing_a_field_is_refused_naming_it(tmp_path, table, field, message):
     policy = make_policy(action_mode="continuous")
-    del policy.metadata["action"]["probe_intervals"]  # as the shipped default's file
-    loaded = load_policy(policy.save(tmp_path / "p"))
-    assert loaded.action.probe_intervals == 0
+    del (policy.metadata[table] if table else policy.metadata)[field]
+    path = policy.save(tmp_path / "p")  # written as it is, refused when read
+    with pytest.raises(ConfigError) as error:
+        load_policy(path)
+    assert message in str(error.value) and "\n" not in str(error.value)
+    assert str(error.value).startswith(repr(str(path)))
+
+
+def test_the_shipped_policy_files_are_of_this_format():
+    files = ["default", *Path(__file__).parents[1].glob("experiments/results/*/policy")]
+    assert len(files) >= 3
+    for path in files:
+        policy = load_policy(path)
+        assert policy.metadata["format_version"] == 4
+        assert all(torch.isfinite(tensor).all() for tensor in policy.weights.values())
     assert load_policy("default").action.probe_intervals == 0
 
 

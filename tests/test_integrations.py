@@ -186,7 +186,7 @@ def test_hf_callback_sees_per_step_losses_and_sets_the_policy_lr(hf, tmp_path, a
         per_device_train_batch_size=4 // accumulation,
         gradient_accumulation_steps=accumulation,
     )
-    callback = hf.LRPilotCallback(moving_policy()).attach(trainer)
+    callback = hf.LRPilotHFCallback(moving_policy()).attach(trainer)
     step_lrs = hf_step_lrs(trainer)
     trainer.train()
     controller = callback.controller
@@ -212,12 +212,12 @@ def test_hf_callback_sees_per_step_losses_and_sets_the_policy_lr(hf, tmp_path, a
 def test_hf_resume_continues_with_the_uninterrupted_lrs(hf, tmp_path):
     saving = {"save_strategy": "steps", "save_steps": 6}  # mid-interval: steps 4 to 8
     uninterrupted = hf_trainer(tmp_path / "first", **saving)
-    first = hf.LRPilotCallback(moving_policy()).attach(uninterrupted)
+    first = hf.LRPilotHFCallback(moving_policy()).attach(uninterrupted)
     first_lrs = hf_step_lrs(uninterrupted)
     uninterrupted.train()
 
     resumed = hf_trainer(tmp_path / "second", **saving)
-    second = hf.LRPilotCallback(moving_policy()).attach(resumed)
+    second = hf.LRPilotHFCallback(moving_policy()).attach(resumed)
     second_lrs = hf_step_lrs(resumed)
     resumed.train(resume_from_checkpoint=str(tmp_path / "first" / "checkpoint-6"))
     assert second_lrs == first_lrs[6:]
@@ -232,7 +232,7 @@ def test_hf_resume_continues_with_the_uninterrupted_lrs(hf, tmp_path):
         ({"eval_on_start": False}, "use TrainingArguments(eval_on_start=True)"),
         ({"eval_strategy": "no"}, "pass eval_interval=, or use eval_strategy='steps'"),
         ({"eval_dataset": None}, "give the Trainer an eval_dataset"),
-        ({"attach": False}, "LRPilotCallback(policy).attach(trainer), not callbacks=[...]"),
+        ({"attach": False}, "LRPilotHFCallback(policy).attach(trainer), not callbacks=[...]"),
         ({"labels": False}, "needs 'eval_loss' in the evaluation metrics"),
     ],
 )
@@ -242,7 +242,7 @@ def test_hf_bad_setups_stop_before_the_first_step(hf, tmp_path, settings, messag
     trainer = hf_trainer(tmp_path, labels=labels, **settings)
     if no_eval_dataset:
         trainer.eval_dataset = None
-    callback = hf.LRPilotCallback(moving_policy())
+    callback = hf.LRPilotHFCallback(moving_policy())
     if attach:
         callback.attach(trainer)
     else:
@@ -254,20 +254,26 @@ def test_hf_bad_setups_stop_before_the_first_step(hf, tmp_path, settings, messag
 
 
 def test_hf_and_lightning_callbacks_refuse_what_is_not_a_policy(tmp_path):
-    modules = []
+    callbacks = []
     if importlib.util.find_spec("transformers"):
         from lrpilot.integrations import hf
 
-        modules.append(hf)
+        assert hf.LRPilotCallback is hf.LRPilotHFCallback  # the alias kept for one release
+        callbacks.append((hf.LRPilotHFCallback, "metric"))
     if importlib.util.find_spec("lightning"):
         from lrpilot.integrations import lightning
 
-        modules.append(lightning)
-    for module in modules:
+        assert lightning.LRPilotCallback is lightning.LRPilotLightningCallback
+        callbacks.append((lightning.LRPilotLightningCallback, "monitor"))
+    for callback, metric_keyword in callbacks:
         with pytest.raises(ConfigError, match="policy must be an lrpilot Policy"):
-            module.LRPilotCallback("policy.safetensors")
+            callback("policy.safetensors")
         with pytest.raises(ConfigError, match="eval_interval must be a positive integer"):
-            module.LRPilotCallback(moving_policy(), eval_interval=0)
+            callback(moving_policy(), eval_interval=0)
+        with pytest.raises(ConfigError, match=f"{callback.__name__} takes no setting eval_every;"):
+            callback(moving_policy(), eval_every=10)
+        with pytest.raises(ConfigError, match=f"{metric_keyword} must be the name of a metric"):
+            callback(moving_policy(), **{metric_keyword: ""})
     with pytest.raises(ConfigError, match="policy file not found"):
         load_policy(tmp_path / "missing.safetensors")
     (tmp_path / "other.safetensors").write_bytes(b"not a policy")
@@ -358,10 +364,10 @@ def test_lightning_example_trains_and_the_policy_moves_the_lr(pl, capsys):
 
 
 def test_lightning_callback_sees_per_step_losses_and_sets_the_policy_lr(pl):
-    from lrpilot.integrations.lightning import LRPilotCallback
+    from lrpilot.integrations.lightning import LRPilotLightningCallback
 
     module = recording_module(pl)
-    callback = LRPilotCallback(moving_policy(), eval_interval=PL_EVERY)
+    callback = LRPilotLightningCallback(moving_policy(), eval_interval=PL_EVERY)
     pl_fit(pl, module, callback, accumulate_grad_batches=2)
     controller = callback.controller
     assert [step for step, _val, _lr in callback.decisions] == [0, 4, 8, 12, 16]
@@ -378,18 +384,20 @@ def test_lightning_callback_sees_per_step_losses_and_sets_the_policy_lr(pl):
 
 
 def test_lightning_callback_acts_at_the_trainers_own_validation_interval(pl):
-    from lrpilot.integrations.lightning import LRPilotCallback
+    from lrpilot.integrations.lightning import LRPilotLightningCallback
 
-    callback = LRPilotCallback(moving_policy())
+    callback = LRPilotLightningCallback(moving_policy())
     pl_fit(pl, recording_module(pl), callback, val_check_interval=8, check_val_every_n_epoch=None)
     assert [step for step, _val, _lr in callback.decisions] == [0, 8, 16]
 
 
 def test_lightning_resume_continues_with_the_uninterrupted_lrs(pl, tmp_path):
-    from lrpilot.integrations.lightning import LRPilotCallback
+    from lrpilot.integrations.lightning import LRPilotLightningCallback
 
     def callback():
-        return LRPilotCallback(moving_policy(), eval_interval=PL_EVERY, total_steps=PL_STEPS)
+        return LRPilotLightningCallback(
+            moving_policy(), eval_interval=PL_EVERY, total_steps=PL_STEPS
+        )
 
     uninterrupted = recording_module(pl)
     pl_fit(pl, uninterrupted, callback())
@@ -420,16 +428,21 @@ def _logs_another_name(self, batch, batch_idx):
         ({"configure_optimizers": _with_scheduler}, {}, "return no LR scheduler"),
         ({"validation_step": _logs_another_name}, {}, "the sanity check logged no 'val_loss'"),
         ({}, {"num_sanity_val_steps": 2}, "use Trainer(num_sanity_val_steps=-1)"),
-        ({}, {"limit_val_batches": 0}, "LRPilotCallback needs validation losses"),
+        ({}, {"limit_val_batches": 0}, "LRPilotLightningCallback needs validation losses"),
         ({}, {"no interval": True}, "pass eval_interval=, or use Trainer(val_check_interval=N"),
     ],
 )
 def test_lightning_bad_setups_stop_before_the_first_step(pl, changes, settings, message):
-    from lrpilot.integrations.lightning import LRPilotCallback
+    from lrpilot.integrations.lightning import LRPilotLightningCallback
 
     interval = None if settings.pop("no interval", False) else PL_EVERY
     module = recording_module(pl, **changes)
     with pytest.raises(ConfigError) as error:
-        pl_fit(pl, module, LRPilotCallback(moving_policy(), eval_interval=interval), **settings)
+        pl_fit(
+            pl,
+            module,
+            LRPilotLightningCallback(moving_policy(), eval_interval=interval),
+            **settings,
+        )
     assert message in str(error.value) and "\n" not in str(error.value)
     assert module.batch_losses == []

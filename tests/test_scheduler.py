@@ -11,8 +11,9 @@ import torch
 from conftest import LR_MAX, LR_MIN, make_policy
 
 from lrpilot.agents import load_policy
+from lrpilot.agents.measurements import UPDATE_RATIO_SAMPLE, SampledUpdateRatio
 from lrpilot.agents.rollout import run_episode
-from lrpilot.agents.scheduler import UPDATE_RATIO_SAMPLE, PolicyScheduler, SampledUpdateRatio
+from lrpilot.agents.scheduler import PolicyScheduler
 from lrpilot.env import LRControlEnv
 from lrpilot.env.actions import next_lr
 from lrpilot.env.features import ObservationBuilder
@@ -222,21 +223,21 @@ def test_state_dict_round_trip_continues_identically(stop_at, first_action_max_f
     assert uninterrupted[stop_at:] == resumed["lrs"]
 
 
-def test_a_policy_with_a_history_resumes_identically_and_older_states_load():
+def test_a_policy_with_a_history_resumes_identically_and_a_state_missing_a_field_is_refused():
     policy = make_policy(seed=3, history=3)
     uninterrupted = train_mlp(policy)["lrs"]
     checkpoint = train_mlp(policy, stop_at=25)
     assert len(checkpoint["scheduler"]["features"]["past"]) == 2
     assert uninterrupted[25:] == train_mlp(policy, resume=checkpoint)["lrs"]
-    # A state saved before observations had a history (no "past") resumes a
-    # one-evaluation policy as before.
-    policy = make_policy(seed=3)
-    checkpoint = train_mlp(policy, stop_at=25)
-    del checkpoint["scheduler"]["features"]["past"]
-    assert train_mlp(policy)["lrs"][25:] == train_mlp(policy, resume=checkpoint)["lrs"]
-    # ... but not a policy with another history.
+    # The state of a one-evaluation policy does not resume a policy with a history.
+    checkpoint = train_mlp(make_policy(seed=3), stop_at=25)
     with pytest.raises(ConfigError, match="holds 0 past evaluations; this policy observes 3"):
-        train_mlp(make_policy(seed=3, history=3), resume=checkpoint)
+        train_mlp(policy, resume=checkpoint)
+    # Every field of the saved features is required.
+    del checkpoint["scheduler"]["features"]["past"]
+    with pytest.raises(ConfigError) as error:
+        train_mlp(make_policy(seed=3), resume=checkpoint)
+    assert str(error.value) == "the saved state's features lack past"
 
 
 def test_step_with_metrics_is_observe():

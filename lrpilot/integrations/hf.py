@@ -1,7 +1,7 @@
-"""The learned policy in a Hugging Face `transformers.Trainer`: `LRPilotCallback`.
+"""The learned policy in a Hugging Face `transformers.Trainer`: `LRPilotHFCallback`.
 
     from lrpilot.agents import load_policy
-    from lrpilot.integrations.hf import LRPilotCallback
+    from lrpilot.integrations.hf import LRPilotHFCallback
 
     args = TrainingArguments(
         ...,
@@ -12,14 +12,15 @@
         eval_on_start=True,            # the validation loss before training: L_0
     )
     trainer = Trainer(model, args, train_dataset=train, eval_dataset=val)
-    LRPilotCallback(load_policy("default")).attach(trainer)
+    LRPilotHFCallback(load_policy("default")).attach(trainer)
     trainer.train()
 
 `attach(trainer)` adds the callback to the trainer and wraps the trainer's
 `training_step`; pass the callback through `attach`, not `callbacks=[...]` (a
 callback that was not attached stops the run at train begin, with a one-line error).
-The work is done by `lrpilot.agents.scheduler.PolicyController`, as in
-`PolicyScheduler`; this module is its wiring to the Trainer:
+The work is done by `lrpilot.agents.policy_controller.PolicyController`, as in
+`PolicyScheduler`, through `lrpilot.integrations.core.CallbackCore`, which the
+Lightning callback shares; this module is the wiring to the Trainer:
 
 - **train losses, per step**: the wrapped `training_step` keeps each micro-batch's
   loss (a tensor, no device sync), and their sum over an optimizer step is that
@@ -73,70 +74,33 @@ except ImportError:  # also when sys.modules["transformers"] is None
         "lrpilot.integrations.hf needs the extra: pip install 'lrpilot[hf]'"
     ) from None
 
-from lrpilot.agents.scheduler import (
-    UPDATE_RATIO_SAMPLE,
-    LoopSettings,
-    PolicyController,
-    check_policy,
-    total_norm,
-)
+from lrpilot.integrations.core import CallbackCore, LoopSettings, metric_name
 
 STATE_KEY = "lrpilot"  # the callback's entry in TrainerState.stateful_callbacks
 
 
-class LRPilotCallback(TrainerCallback):
+class LRPilotHFCallback(CallbackCore, TrainerCallback):
     """Sets a `transformers.Trainer`'s LR from a learned lrpilot policy.
 
     Args:
         policy: an lrpilot `Policy` (`load_policy(path)`).
-        eval_interval: optimizer steps between the policy's decisions; by default the
-            Trainer's `eval_steps` (with `eval_strategy="steps"`).
-        total_steps: the step budget the policy sees; by default the Trainer's
-            `max_steps`.
-        start_lr: the policy's LR at the start; by default the first parameter group's
-            initial LR (`learning_rate`).
-        initial_val_loss: L_0; by default the Trainer's evaluation before training
-            (`eval_on_start=True`).
         metric: the evaluation metric that is the validation loss.
-        update_ratio_sample: elements per tensor the update ratio is estimated from;
-            None: exact.
+        **settings: the `LoopSettings`, each taken from the Trainer when not given:
+            `eval_interval` (its `eval_steps`, with `eval_strategy="steps"`),
+            `total_steps` (its `max_steps`), `start_lr` (the first parameter group's
+            initial LR, `learning_rate`), `initial_val_loss` (its evaluation before
+            training, `eval_on_start=True`), `update_ratio_sample`.
 
-    `controller` (a `PolicyController`, made at train begin) holds what the policy saw
-    and did: `controller.last_stats`, `controller.last_action`, `controller.lr`.
-    `decisions` lists `(step, val_loss, lr)` for every decision of this process's run:
-    the validation loss the policy saw at that step and the LR it set from then on.
+    `controller` and `decisions` hold what the policy saw and did (`CallbackCore`).
     """
 
-    def __init__(
-        self,
-        policy: Any,
-        *,
-        eval_interval: int | None = None,
-        total_steps: int | None = None,
-        start_lr: float | None = None,
-        initial_val_loss: float | None = None,
-        metric: str = "eval_loss",
-        update_ratio_sample: int | None = UPDATE_RATIO_SAMPLE,
-    ) -> None:
-        self.policy = check_policy(policy)
-        self.settings = LoopSettings(
-            eval_interval=eval_interval,
-            total_steps=total_steps,
-            start_lr=start_lr,
-            initial_val_loss=initial_val_loss,
-            update_ratio_sample=update_ratio_sample,
-        )
-        if not isinstance(metric, str) or not metric:
-            raise ConfigError(f"metric must be the name of an evaluation metric, got {metric!r}")
-        self.metric = metric
-        self.controller: PolicyController | None = None
-        self.decisions: list[tuple[int, float, float]] = []
+    def __init__(self, policy: Any, *, metric: str = "eval_loss", **settings: Any) -> None:
+        super().__init__(policy, LoopSettings.from_keywords("LRPilotHFCallback", settings))
+        self.metric = metric_name("metric", metric)
         self._trainer: Trainer | None = None
         self._lr_scheduler: Any = None
-        self._micro_batch_losses: list[torch.Tensor] = []  # of the optimizer step under way
-        self._step_losses: list[torch.Tensor | float] = []  # of the interval under way
 
-    def attach(self, trainer: Trainer) -> LRPilotCallback:
+    def attach(self, trainer: Trainer) -> LRPilotHFCallback:
         """Add this callback to `trainer` and wrap its `training_step` to read each
         step's loss and gradient norm; returns the callback."""
         if not isinstance(trainer, Trainer):
@@ -144,7 +108,7 @@ class LRPilotCallback(TrainerCallback):
                 f"attach() takes a transformers.Trainer, got {type(trainer).__name__}"
             )
         if self._trainer is not None:
-            raise ConfigError("this LRPilotCallback is attached to a Trainer already")
+            raise ConfigError("this LRPilotHFCallback is attached to a Trainer already")
         self._trainer = trainer
         if self not in trainer.callback_handler.callbacks:
             trainer.add_callback(self)
@@ -164,72 +128,66 @@ class LRPilotCallback(TrainerCallback):
         """Check the set-up, make the controller, restore it on a resume, install the LR."""
         if self._trainer is None:
             raise ConfigError(
-                "LRPilotCallback needs the per-step training losses: add it with "
-                "LRPilotCallback(policy).attach(trainer), not callbacks=[...]"
+                "LRPilotHFCallback needs the per-step training losses: add it with "
+                "LRPilotHFCallback(policy).attach(trainer), not callbacks=[...]"
             )
         scheduler_type = getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type)
         if scheduler_type != "constant":
             raise ConfigError(
-                f"LRPilotCallback sets the LR itself: use TrainingArguments("
+                f"LRPilotHFCallback sets the LR itself: use TrainingArguments("
                 f"lr_scheduler_type='constant'), got {scheduler_type!r}"
             )
         if args.get_warmup_steps(state.max_steps) > 0:
             raise ConfigError(
-                f"LRPilotCallback sets the LR itself (the policy has its own warmup): "
+                f"LRPilotHFCallback sets the LR itself (the policy has its own warmup): "
                 f"use warmup_steps=0, got {args.warmup_steps!r}"
             )
         if not isinstance(lr_scheduler, torch.optim.lr_scheduler.LambdaLR):
             raise ConfigError(
-                f"LRPilotCallback needs the Trainer's own constant scheduler, got "
+                f"LRPilotHFCallback needs the Trainer's own constant scheduler, got "
                 f"{type(lr_scheduler).__name__} (do not pass a scheduler in optimizers=)"
             )
         eval_dataset = self._trainer.eval_dataset
         if eval_dataset is None:
             raise ConfigError(
-                "LRPilotCallback needs validation losses: give the Trainer an eval_dataset"
+                "LRPilotHFCallback needs validation losses: give the Trainer an eval_dataset"
             )
         if isinstance(eval_dataset, dict) and self.metric == "eval_loss":
             raise ConfigError(
                 f"the Trainer's eval_dataset holds {len(eval_dataset)} named sets: pass "
-                f"metric='eval_<name>_loss' to LRPilotCallback for the one the policy reads"
+                f"metric='eval_<name>_loss' to LRPilotHFCallback for the one the policy reads"
             )
         eval_interval = self.settings.eval_interval
         if eval_interval is None:
             strategy = getattr(args.eval_strategy, "value", args.eval_strategy)
             if strategy != "steps":
                 raise ConfigError(
-                    f"LRPilotCallback needs an interval: pass eval_interval=, or use "
+                    f"LRPilotHFCallback needs an interval: pass eval_interval=, or use "
                     f"eval_strategy='steps' with eval_steps, got eval_strategy={strategy!r}"
                 )
             eval_interval = int(state.eval_steps)
         resumed = state.global_step > 0
         if not resumed and self.settings.initial_val_loss is None and not args.eval_on_start:
             raise ConfigError(
-                "LRPilotCallback needs the validation loss before training: use "
+                "LRPilotHFCallback needs the validation loss before training: use "
                 "TrainingArguments(eval_on_start=True), or pass initial_val_loss="
             )
-        self.controller = PolicyController(
+        controller = self._make_controller(
             _inner_optimizer(optimizer),
-            self.policy,
-            self.settings.total_steps or state.max_steps,
-            eval_interval,
-            start_lr=self.settings.start_lr,
-            update_ratio_sample=self.settings.update_ratio_sample,
-            measure_grad_norm=False,  # measured before clipping, in training_step
+            total_steps=self.settings.total_steps or state.max_steps,
+            eval_interval=eval_interval,
         )
         self._lr_scheduler = lr_scheduler
-        # The scheduler's factor is the policy's multiplier, at the step it is asked for.
-        controller = self.controller
 
+        # The scheduler's factor is the policy's multiplier, at the step it is asked for.
         def policy_multiplier(step: int) -> float:
             return controller.multiplier(step)
 
         lr_scheduler.lr_lambdas = [policy_multiplier] * len(optimizer.param_groups)
-        self._micro_batch_losses, self._step_losses = [], []
         if resumed:
-            self._restore(state)
+            self._restore_from(state)
         elif self.settings.initial_val_loss is not None:
-            self._decide(val_loss=self.settings.initial_val_loss)
+            self._observe(self.settings.initial_val_loss)
         self._write_lrs()
         return control
 
@@ -240,7 +198,7 @@ class LRPilotCallback(TrainerCallback):
         controller.count_step()
         if controller.steps_done != state.global_step:
             raise ConfigError(
-                f"LRPilotCallback counted {controller.steps_done} steps, the Trainer "
+                f"LRPilotHFCallback counted {controller.steps_done} steps, the Trainer "
                 f"{state.global_step} (was it attached after training started?)"
             )
         self._write_lrs()
@@ -252,30 +210,20 @@ class LRPilotCallback(TrainerCallback):
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         """At L_0 and at every interval's end: show the policy the validation loss."""
-        controller = self.controller
-        if controller is None:  # trainer.evaluate() outside training
+        if self.controller is None:  # trainer.evaluate() outside training
             return control
-        step = state.global_step
-        due = not controller.started or (
-            step != controller.observed_at and controller.is_interval_end(step)
-        )
-        if not due:  # the Trainer's own evaluation, between the policy's intervals
+        if not self._observation_due(state.global_step):  # the Trainer's own evaluation
             return control
         metrics = metrics or {}
         if self.metric not in metrics:
             if isinstance(self._trainer.eval_dataset, dict):  # another named eval set
                 return control
             raise ConfigError(
-                f"LRPilotCallback needs {self.metric!r} in the evaluation metrics, got "
+                f"LRPilotHFCallback needs {self.metric!r} in the evaluation metrics, got "
                 f"{', '.join(sorted(metrics)) or 'none'} (does the model return a loss on the "
                 f"eval_dataset's labels? set metric= for another name)"
             )
-        val_loss = float(metrics[self.metric])
-        if not controller.started:
-            self._decide(val_loss=val_loss)
-        else:
-            self._decide(self._step_losses, val_loss)
-            self._step_losses = []
+        self._observe(metrics[self.metric])
         self._write_lrs()
         self._save(state)  # the checkpoint after this evaluation holds the decision
         return control
@@ -293,20 +241,10 @@ class LRPilotCallback(TrainerCallback):
         step's last micro-batch, the step's loss and gradient norm (before clipping)."""
         if self.controller is None:
             return
-        self._micro_batch_losses.append(loss.detach().reshape(()).float())
-        if not self._trainer.accelerator.sync_gradients:
-            return
-        step_loss = torch.stack(self._micro_batch_losses).sum()
-        self._micro_batch_losses = []
-        self._step_losses.append(step_loss)
-        grads = [p.grad for p in self.controller.parameters() if p.grad is not None]
-        if grads:
-            self.controller.record_grad_norm(total_norm(grads))
-
-    def _decide(self, train_loss: Any = None, val_loss: float | None = None) -> None:
-        self.controller.observe(train_loss, val_loss)
-        decision = (self.controller.steps_done, float(val_loss), self.controller.lr)
-        self.decisions.append(decision)
+        self._add_batch_loss(loss)
+        if self._trainer.accelerator.sync_gradients:
+            self._end_optimizer_step()
+            self.controller.record_current_grad_norm()
 
     def _write_lrs(self) -> None:
         """Each group's LR for the next step, in the optimizer and as the scheduler's."""
@@ -314,25 +252,20 @@ class LRPilotCallback(TrainerCallback):
         self._lr_scheduler._last_lr = list(lrs)
 
     def _save(self, state) -> None:
-        state.stateful_callbacks[STATE_KEY] = {
-            "controller": self.controller.state_dict(),
-            "train_losses": [float(loss) for loss in self._step_losses],
-        }
+        state.stateful_callbacks[STATE_KEY] = self._checkpoint_state()
 
-    def _restore(self, state) -> None:
+    def _restore_from(self, state) -> None:
         saved = state.stateful_callbacks.get(STATE_KEY)
         if saved is None:
             raise ConfigError(
-                f"the checkpoint at step {state.global_step} holds no LRPilotCallback "
+                f"the checkpoint at step {state.global_step} holds no LRPilotHFCallback "
                 f"state (key {STATE_KEY!r} of trainer_state.json's stateful_callbacks)"
             )
-        self.controller.load_state_dict(saved["controller"], kind="LRPilotCallback")
-        if self.controller.steps_done != state.global_step:
-            raise ConfigError(
-                f"the checkpoint's LRPilotCallback state is of step "
-                f"{self.controller.steps_done}, the Trainer's of step {state.global_step}"
-            )
-        self._step_losses = [float(loss) for loss in saved["train_losses"]]
+        self._restore(saved, state.global_step)
+
+
+LRPilotCallback = LRPilotHFCallback
+"""Deprecated alias of `LRPilotHFCallback`, kept for one release: lrpilot 0.2 drops it."""
 
 
 def _inner_optimizer(optimizer: Any) -> torch.optim.Optimizer:

@@ -1,20 +1,21 @@
-"""The learned policy in a `lightning.pytorch.Trainer`: `LRPilotCallback`.
+"""The learned policy in a `lightning.pytorch.Trainer`: `LRPilotLightningCallback`.
 
     import lightning.pytorch as pl
     from lrpilot.agents import load_policy
-    from lrpilot.integrations.lightning import LRPilotCallback
+    from lrpilot.integrations.lightning import LRPilotLightningCallback
 
     trainer = pl.Trainer(
         max_steps=400,
         num_sanity_val_steps=-1,  # a full validation before training: L_0
-        callbacks=[LRPilotCallback(load_policy("default"), eval_interval=20)],
+        callbacks=[LRPilotLightningCallback(load_policy("default"), eval_interval=20)],
     )
     trainer.fit(module, train_loader, val_loader)  # module logs self.log("val_loss", ...)
 
 The module's `configure_optimizers` returns one optimizer, at the policy's start LR,
 and no LR scheduler (one is refused at fit start: the policy sets the LR). The work is
-done by `lrpilot.agents.scheduler.PolicyController`, as in `PolicyScheduler`; this
-module is its wiring to the Trainer's hooks:
+done by `lrpilot.agents.policy_controller.PolicyController`, as in `PolicyScheduler`,
+through `lrpilot.integrations.core.CallbackCore`, which the Hugging Face callback
+shares; this module is the wiring to the Trainer's hooks:
 
 - **train losses, per step**: `on_train_batch_end` reads the loss `training_step`
   returned (`outputs["loss"]`: Lightning divides it by `accumulate_grad_batches`), and
@@ -63,66 +64,30 @@ except ImportError:  # also when sys.modules["lightning"] is None
         "lrpilot.integrations.lightning needs the extra: pip install 'lrpilot[lightning]'"
     ) from None
 
-from lrpilot.agents.scheduler import (
-    UPDATE_RATIO_SAMPLE,
-    LoopSettings,
-    PolicyController,
-    check_policy,
-    total_norm,
-)
+from lrpilot.integrations.core import CallbackCore, LoopSettings, metric_name
 
 
-class LRPilotCallback(pl.Callback):
+class LRPilotLightningCallback(CallbackCore, pl.Callback):
     """Sets a `lightning.pytorch.Trainer`'s LR from a learned lrpilot policy.
 
     Args:
         policy: an lrpilot `Policy` (`load_policy(path)`).
-        eval_interval: optimizer steps between the policy's decisions; by default the
-            Trainer's validation interval (`val_check_interval=N` batches with
-            `check_val_every_n_epoch=None`).
-        total_steps: the step budget the policy sees; by default the Trainer's
-            `max_steps`, else its estimated optimizer steps.
-        start_lr: the policy's LR at the start; by default the first parameter group's
-            initial LR.
-        initial_val_loss: L_0; by default the sanity check's validation loss (with
-            `num_sanity_val_steps=-1`).
         monitor: the logged metric that is the validation loss.
-        update_ratio_sample: elements per tensor the update ratio is estimated from;
-            None: exact.
+        **settings: the `LoopSettings`, each taken from the Trainer when not given:
+            `eval_interval` (its validation interval, `val_check_interval=N` batches
+            with `check_val_every_n_epoch=None`), `total_steps` (its `max_steps`, else
+            its estimated optimizer steps), `start_lr` (the first parameter group's
+            initial LR), `initial_val_loss` (the sanity check's validation loss, with
+            `num_sanity_val_steps=-1`), `update_ratio_sample`.
 
-    `controller` (a `PolicyController`, made at train start) holds what the policy saw
-    and did; `decisions` lists `(step, val_loss, lr)` for every decision of this
-    process's run: the validation loss the policy saw and the LR it set from then on.
+    `controller` and `decisions` hold what the policy saw and did (`CallbackCore`).
     """
 
-    def __init__(
-        self,
-        policy: Any,
-        *,
-        eval_interval: int | None = None,
-        total_steps: int | None = None,
-        start_lr: float | None = None,
-        initial_val_loss: float | None = None,
-        monitor: str = "val_loss",
-        update_ratio_sample: int | None = UPDATE_RATIO_SAMPLE,
-    ) -> None:
-        self.policy = check_policy(policy)
-        self.settings = LoopSettings(
-            eval_interval=eval_interval,
-            total_steps=total_steps,
-            start_lr=start_lr,
-            initial_val_loss=initial_val_loss,
-            update_ratio_sample=update_ratio_sample,
-        )
-        if not isinstance(monitor, str) or not monitor:
-            raise ConfigError(f"monitor must be the name of a logged metric, got {monitor!r}")
-        self.monitor = monitor
-        self.controller: PolicyController | None = None
-        self.decisions: list[tuple[int, float, float]] = []
+    def __init__(self, policy: Any, *, monitor: str = "val_loss", **settings: Any) -> None:
+        super().__init__(policy, LoopSettings.from_keywords("LRPilotLightningCallback", settings))
+        self.monitor = metric_name("monitor", monitor)
         self._sanity_val_loss: float | None = None  # L_0, from the sanity check
-        self._saved_state: dict[str, Any] | None = None  # from a checkpoint, until train start
-        self._batch_losses: list[torch.Tensor] = []  # of the optimizer step under way
-        self._step_losses: list[torch.Tensor | float] = []  # of the interval under way
+        self._pending_state: dict[str, Any] | None = None  # a checkpoint's, until train start
 
     # -- the Trainer's hooks ----------------------------------------------------------------
 
@@ -130,30 +95,30 @@ class LRPilotCallback(pl.Callback):
         """Refuse a set-up the policy cannot run in, before any step."""
         if len(trainer.optimizers) != 1:
             raise ConfigError(
-                f"LRPilotCallback drives one optimizer, configure_optimizers gave "
+                f"LRPilotLightningCallback drives one optimizer, configure_optimizers gave "
                 f"{len(trainer.optimizers)}"
             )
         if trainer.lr_scheduler_configs:
             raise ConfigError(
-                "LRPilotCallback sets the LR itself: return no LR scheduler from "
+                "LRPilotLightningCallback sets the LR itself: return no LR scheduler from "
                 "configure_optimizers"
             )
         if not is_overridden("validation_step", pl_module) or trainer.limit_val_batches == 0:
             raise ConfigError(
-                "LRPilotCallback needs validation losses: give the module a "
+                "LRPilotLightningCallback needs validation losses: give the module a "
                 "validation_step that logs 'val_loss', and a validation dataloader"
             )
         # (Some strategies hand the callback its checkpoint state only after this hook.)
-        resuming = self._saved_state is not None or trainer.ckpt_path is not None
+        resuming = self._pending_state is not None or trainer.ckpt_path is not None
         full_sanity_check = trainer.num_sanity_val_steps == float("inf")
         if not resuming and self.settings.initial_val_loss is None and not full_sanity_check:
             raise ConfigError(
-                "LRPilotCallback needs the validation loss before training: use "
+                "LRPilotLightningCallback needs the validation loss before training: use "
                 "Trainer(num_sanity_val_steps=-1), or pass initial_val_loss="
             )
         if self.settings.eval_interval is None and not _validates_every_n_batches(trainer):
             raise ConfigError(
-                "LRPilotCallback needs an interval: pass eval_interval=, or use "
+                "LRPilotLightningCallback needs an interval: pass eval_interval=, or use "
                 "Trainer(val_check_interval=N, check_val_every_n_epoch=None)"
             )
 
@@ -176,18 +141,12 @@ class LRPilotCallback(pl.Callback):
             total_steps = trainer.max_steps if trainer.max_steps > 0 else None
         if total_steps is None:
             total_steps = int(trainer.estimated_stepping_batches)
-        self.controller = PolicyController(
-            trainer.optimizers[0],
-            self.policy,
-            total_steps,
-            eval_interval,
-            start_lr=self.settings.start_lr,
-            update_ratio_sample=self.settings.update_ratio_sample,
-            measure_grad_norm=False,  # measured before clipping, in on_before_optimizer_step
+        controller = self._make_controller(
+            trainer.optimizers[0], total_steps=total_steps, eval_interval=eval_interval
         )
-        self._batch_losses, self._step_losses = [], []
-        if self._saved_state is not None:
-            self._restore(trainer)
+        if self._pending_state is not None:
+            saved, self._pending_state = self._pending_state, None
+            self._restore(saved, trainer.global_step)
         else:
             initial = self.settings.initial_val_loss
             if initial is None:
@@ -197,8 +156,8 @@ class LRPilotCallback(pl.Callback):
                     f"the sanity check logged no {self.monitor!r}: log it in "
                     f"validation_step, or pass initial_val_loss="
                 )
-            self._decide(val_loss=initial)
-        self.controller.apply_lrs()
+            self._observe(initial)
+        controller.apply_lrs()
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The Trainer works out its validation batches again when it reloads dataloaders.
@@ -208,11 +167,8 @@ class LRPilotCallback(pl.Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
     ) -> None:
-        if self.controller is None:
-            return
-        grads = [p.grad for p in self.controller.parameters() if p.grad is not None]
-        if grads:
-            self.controller.record_grad_norm(total_norm(grads))
+        if self.controller is not None:
+            self.controller.record_current_grad_norm()
 
     def on_train_batch_end(
         self,
@@ -227,15 +183,14 @@ class LRPilotCallback(pl.Callback):
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
         if not isinstance(loss, torch.Tensor):
             raise ConfigError(
-                f"LRPilotCallback needs the training loss: training_step must return it "
-                f"(a tensor, or a dict with 'loss'), got {type(outputs).__name__}"
+                f"LRPilotLightningCallback needs the training loss: training_step must "
+                f"return it (a tensor, or a dict with 'loss'), got {type(outputs).__name__}"
             )
-        self._batch_losses.append(loss.detach().reshape(()).float())
+        self._add_batch_loss(loss)
         controller = self.controller
         if trainer.global_step == controller.steps_done:  # accumulating: no step yet
             return
-        self._step_losses.append(torch.stack(self._batch_losses).sum())
-        self._batch_losses = []
+        self._end_optimizer_step()
         controller.count_step()
         controller.apply_lrs()
 
@@ -246,61 +201,41 @@ class LRPilotCallback(pl.Callback):
             if self.monitor in trainer.callback_metrics:
                 self._sanity_val_loss = float(trainer.callback_metrics[self.monitor])
             return
-        controller = self.controller
-        if controller is None:
-            return
-        step = trainer.global_step
-        if step == controller.observed_at or not controller.is_interval_end(step):
+        if self.controller is None or not self._observation_due(trainer.global_step):
             return
         if self.monitor not in trainer.callback_metrics:
             raise ConfigError(
-                f"LRPilotCallback needs the logged metric {self.monitor!r}, got "
+                f"LRPilotLightningCallback needs the logged metric {self.monitor!r}, got "
                 f"{', '.join(sorted(trainer.callback_metrics)) or 'none'} (log it in "
                 f"validation_step, or set monitor=)"
             )
-        self._decide(self._step_losses, float(trainer.callback_metrics[self.monitor]))
-        self._step_losses = []
-        controller.apply_lrs()
+        self._observe(trainer.callback_metrics[self.monitor])
+        self.controller.apply_lrs()
 
     # -- checkpoints ------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         """Plain Python data: the controller's state and the interval's losses so far."""
         if self.controller is None:
-            return dict(self._saved_state or {})
-        return {
-            "controller": self.controller.state_dict(),
-            "train_losses": [float(loss) for loss in self._step_losses],
-        }
+            return dict(self._pending_state or {})
+        return self._checkpoint_state()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Keep a checkpoint's state until train start, when the optimizer is ready."""
         if state_dict:
-            self._saved_state = dict(state_dict)
+            self._pending_state = dict(state_dict)
 
     # -- internals ----------------------------------------------------------------------------
-
-    def _decide(self, train_loss: Any = None, val_loss: float | None = None) -> None:
-        self.controller.observe(train_loss, val_loss)
-        decision = (self.controller.steps_done, float(val_loss), self.controller.lr)
-        self.decisions.append(decision)
 
     def _validate_every_interval(self, trainer: pl.Trainer) -> None:
         """Make the Trainer validate every `eval_interval` optimizer steps, across epochs."""
         trainer.val_check_batch = self.settings.eval_interval * trainer.accumulate_grad_batches
         trainer.check_val_every_n_epoch = None
 
-    def _restore(self, trainer: pl.Trainer) -> None:
-        saved, self._saved_state = self._saved_state, None
-        if "controller" not in saved:
-            raise ConfigError("not an LRPilotCallback state dict: it lacks controller")
-        self.controller.load_state_dict(saved["controller"], kind="LRPilotCallback")
-        if self.controller.steps_done != trainer.global_step:
-            raise ConfigError(
-                f"the checkpoint's LRPilotCallback state is of step "
-                f"{self.controller.steps_done}, the Trainer's of step {trainer.global_step}"
-            )
-        self._step_losses = [float(loss) for loss in saved["train_losses"]]
+
+LRPilotCallback = LRPilotLightningCallback
+"""Deprecated alias of `LRPilotLightningCallback`, kept for one release: lrpilot 0.2 drops
+it."""
 
 
 def _validates_every_n_batches(trainer: pl.Trainer) -> bool:
