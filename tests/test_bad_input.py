@@ -5,6 +5,7 @@ to it does what the documentation says. Runs are a few steps of tiny models."""
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -50,6 +51,11 @@ def assert_refused(code: int, err: str, *fragments: str) -> None:
     assert "Traceback" not in err
     for fragment in fragments:
         assert fragment in err, (fragment, err)
+
+
+def succeeds(args: list, capsys) -> None:
+    code, err = lrpilot(args, capsys)
+    assert code == 0, err
 
 
 def write_toml(path: Path, settings: dict) -> Path:
@@ -327,3 +333,39 @@ def test_a_users_evaluation_may_return_a_one_element_tensor(user_file, tmp_path,
     code, _ = lrpilot(["run", "--workload", spec, *FAST, "--out", tmp_path / "o"], capsys)
     assert code == 0
     assert pd.read_csv(tmp_path / "o" / "trace.csv")["val_loss"].tolist() == [0.5, 0.5, 0.5]
+
+
+# -- strict JSON ---------------------------------------------------------------------------
+
+
+def strict_json(text: str):
+    """`json.loads`, refusing NaN and Infinity as a strict parser does."""
+
+    def refuse(constant: str):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_every_json_file_written_is_strict_json_a_diverged_run_included(tmp_path, capsys):
+    micro = write_toml(tmp_path / "micro.toml", MICRO)
+    flags = ["--workload", micro, *FAST]
+    succeeds(["run", *flags, "--lr", "1e12", "--out", tmp_path / "run"], capsys)
+    diverged = tmp_path / "huge_lrs.csv"
+    diverged.write_text("step,lr\n0,1e12\n2,1e12\n4,1e12\n")
+    succeeds(["replay", "--trace", diverged, *flags, "--out", tmp_path / "open"], capsys)
+    succeeds(["replay", "--policy", "default", *flags, "--out", tmp_path / "closed"], capsys)
+    grid = ["--schedules", "constant", "--lr-grid", "2", "--lr-range", "1e-3,1e12"]
+    seeds = ["--tune-seeds", "0", "--eval-seeds", "1", "--jobs", "1"]
+    succeeds(["compare", *flags, *grid, *seeds, "--out", tmp_path / "compare"], capsys)
+    train = ["--preset", "tiny", "--workload", micro, "--timesteps", "16", "--quiet"]
+    succeeds(["train", *train, "--out", tmp_path / "train"], capsys)
+    written = sorted(tmp_path.rglob("*.json"))
+    folders = {path.relative_to(tmp_path).parts[0] for path in written}
+    assert folders == {"run", "open", "closed", "compare", "train"}
+    for path in written:
+        strict_json(path.read_text())
+    summary = strict_json((tmp_path / "run" / "summary.json").read_text())
+    assert summary["diverged"] and summary["final_val_loss"] is None
+    assert summary["test_accuracy"] is None  # a language model has none
+    assert strict_json((tmp_path / "open" / "seed_1" / "summary.json").read_text())["diverged"]
