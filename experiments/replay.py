@@ -85,6 +85,8 @@ def read_lr_trace(path: str | os.PathLike) -> pd.DataFrame:
         raise ConfigError(f"trace file not found: {str(path)!r}")
     try:
         trace = pd.read_csv(path)
+    except OSError as exc:
+        raise ConfigError(f"trace file cannot be read: {str(path)!r} ({exc.strerror})") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ConfigError(f"trace file is not a CSV table: {str(path)!r} ({exc})") from None
     missing = [c for c in LR_TRACE_COLUMNS if c not in trace.columns]

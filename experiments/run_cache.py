@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
-import math
 import multiprocessing
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -30,14 +28,13 @@ from lrpilot.env.lr_env import EnvConfig
 from lrpilot.env.tasks import Task
 from lrpilot.experiments.replay import REPLAY_COLUMNS, policy_env_config, run_controller
 from lrpilot.experiments.runs import RunConfig, run_schedule, train_intervals
-from lrpilot.files import atomic_write_json, atomic_write_text
+from lrpilot.files import atomic_write_json, atomic_write_text, json_text
 from lrpilot.lm.optimizers import use_tuning_free
-from lrpilot.lm.schedules import default_warmup
 from lrpilot.lm.trace import DIVERGENCE_FACTOR
 from lrpilot.lm.workloads import workload_from_dict
 from lrpilot.ray_backend import MAX_RETRIES, RayBackend, import_ray
 
-CACHE_VERSION = 2  # bump when a change would alter the numbers of a cached run
+CACHE_VERSION = 3  # bump when a change would alter the numbers of a cached run
 RUNS_DIR = "runs"
 
 
@@ -59,14 +56,8 @@ class RunSpec:
 
     @property
     def key(self) -> str:
-        """The cache key: a hash of the spec and the cache format. A run with no warmup,
-        or with its schedule's own, hashes without the field, as before warmups could be
-        tuned, so those cached runs keep their keys."""
-        fields = dataclasses.asdict(self)
-        own = default_warmup(self.method) if self.kind == "schedule" else None
-        if self.warmup is None or (own is not None and math.isclose(self.warmup, own)):
-            del fields["warmup"]
-        text = json.dumps(fields | {"cache": CACHE_VERSION}, sort_keys=True)
+        """The cache key: a hash of the spec and the cache format."""
+        text = json_text(dataclasses.asdict(self) | {"cache": CACHE_VERSION}, indent=None)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     @property

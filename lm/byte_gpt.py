@@ -26,6 +26,7 @@ import torch
 
 from lrpilot.errors import ConfigError, require_positive_int
 from lrpilot.lm.corpus import Corpus, load_corpus
+from lrpilot.lm.memory import require_fits_in_memory
 from lrpilot.lm.model import GPT, ModelConfig, next_byte_loss
 from lrpilot.lm.run import RunParts, StepRun
 
@@ -45,20 +46,28 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def check_training_settings(workload) -> None:
-    """The budget and Adam settings every built-in family shares: the interval within
-    the budget, betas in [0, 1), weight decay >= 0, a positive clip or None."""
+def is_number(value: object) -> bool:
+    """An int or float (bools excluded), finite."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_common_settings(workload) -> None:
+    """The settings every built-in family shares: a name, the interval within the
+    budget, betas in [0, 1), a finite weight decay >= 0, a positive finite clip or None."""
+    if not isinstance(workload.name, str) or not workload.name:
+        raise ConfigError(f"name must be a non-empty string, got {workload.name!r}")
     if workload.eval_every > workload.steps:
         raise ConfigError(f"eval_every ({workload.eval_every}) exceeds steps ({workload.steps})")
     for name in ("beta1", "beta2"):
         value = getattr(workload, name)
-        if not (isinstance(value, int | float) and 0 <= value < 1):
+        if not (is_number(value) and 0 <= value < 1):
             raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
     decay = workload.weight_decay
-    if not (isinstance(decay, int | float) and decay >= 0):
-        raise ConfigError(f"weight_decay must be >= 0, got {decay!r}")
-    if workload.grad_clip is not None and not workload.grad_clip > 0:
-        raise ConfigError(f"grad_clip must be positive or None, got {workload.grad_clip!r}")
+    if not (is_number(decay) and decay >= 0):
+        raise ConfigError(f"weight_decay must be a finite number >= 0, got {decay!r}")
+    clip = workload.grad_clip
+    if clip is not None and not (is_number(clip) and clip > 0):
+        raise ConfigError(f"grad_clip must be a positive finite number or None, got {clip!r}")
 
 
 @dataclass(frozen=True)
@@ -84,10 +93,18 @@ class ByteGPTWorkload:
     test_tokens: int = 65_536  # predicted bytes the test loss averages over, at least
 
     def __post_init__(self) -> None:
-        self.model_config()  # checks the sizes
+        if not isinstance(self.corpus, str) or not self.corpus:
+            raise ConfigError(
+                f"corpus must be pydoc, pystdlib, or a file or folder path, got {self.corpus!r}"
+            )
         for name in ("batch_size", "steps", "eval_every", "val_windows", "test_tokens"):
             require_positive_int(name, getattr(self, name))
-        check_training_settings(self)
+        check_common_settings(self)
+        require_fits_in_memory(
+            self.num_params(),
+            f"the model (n_layer={self.n_layer}, n_embd={self.n_embd}, "
+            f"block_size={self.block_size})",
+        )
 
     def model_config(self) -> ModelConfig:
         return ModelConfig(
@@ -96,6 +113,10 @@ class ByteGPTWorkload:
             n_embd=self.n_embd,
             block_size=self.block_size,
         )
+
+    def num_params(self) -> int:
+        """The model's parameter count, from its sizes (nothing is built)."""
+        return self.model_config().num_params()  # checks the sizes
 
     def to_dict(self) -> dict:
         return {"family": self.family, **asdict(self)}

@@ -15,7 +15,9 @@ Built-in corpora (no download):
 
 from __future__ import annotations
 
+import fnmatch
 import functools
+import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,16 +86,36 @@ def pystdlib_bytes(max_bytes: int = PYSTDLIB_MAX_BYTES) -> bytes:
 
 
 def path_bytes(path: Path, glob: str = "*") -> bytes:
-    """A file's bytes, or the files under a folder (recursive, sorted, matching `glob`)."""
-    if not path.exists():
-        raise ConfigError(
-            f"corpus path does not exist: {str(path)!r} "
-            f"(built-in corpora: {', '.join(BUILTIN_CORPORA)})"
-        )
-    if path.is_file():
-        return path.read_bytes()
-    files = sorted(p for p in path.rglob(glob) if p.is_file())
-    return b"\n".join(p.read_bytes() for p in files)
+    """A file's bytes, or the files under a folder (recursive, sorted, names matching
+    `glob`); a file or folder that cannot be read is a `ConfigError` naming it."""
+    try:
+        if not path.exists():
+            raise ConfigError(
+                f"corpus path does not exist: {str(path)!r} "
+                f"(built-in corpora: {', '.join(BUILTIN_CORPORA)})"
+            )
+        if path.is_file():
+            return path.read_bytes()
+        return b"\n".join(p.read_bytes() for p in files_under(path, glob))
+    except OSError as exc:
+        where = str(exc.filename or path)
+        raise ConfigError(f"corpus cannot be read: {where!r} ({exc.strerror})") from None
+
+
+def files_under(folder: Path, glob: str = "*") -> list[Path]:
+    """The files under `folder` whose names match `glob`, sorted, symlinked folders not
+    followed; a folder that cannot be listed raises its `OSError` (`Path.rglob` would
+    skip it)."""
+
+    def fail(error: OSError) -> None:
+        raise error
+
+    return sorted(
+        Path(root, name)
+        for root, _folders, names in os.walk(folder, onerror=fail)
+        for name in names
+        if fnmatch.fnmatchcase(name, glob) and Path(root, name).is_file()
+    )
 
 
 def split_bytes(

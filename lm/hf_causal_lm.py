@@ -65,6 +65,16 @@ class HFCausalLMWorkload(ByteGPTWorkload):
             )
         super().__post_init__()
 
+    def num_params(self) -> int:
+        """The model's parameter count, from its sizes (nothing is built): GPT-2 ties
+        its head to the byte embedding and adds position embeddings; Llama has rotary
+        positions, RMSNorm gains, an MLP of three 4C-wide matrices and its own head."""
+        self.model_config()  # checks the sizes
+        C, V = self.n_embd, VOCAB_SIZE
+        if self.architecture == "gpt2":
+            return V * C + self.block_size * C + self.n_layer * (12 * C * C + 13 * C) + 2 * C
+        return V * C + self.n_layer * (16 * C * C + 2 * C) + C + C * V
+
     def build_model(self, init_seed: int) -> torch.nn.Module:
         """The Transformers model, its weights drawn from `init_seed` (on the CPU)."""
         transformers = import_transformers()

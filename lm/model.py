@@ -36,6 +36,13 @@ class ModelConfig:
                 f"ModelConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"
             )
 
+    def num_params(self) -> int:
+        """The parameter count of `GPT(self)`, computed without building it: embeddings,
+        12 C^2 + 13 C per block (attention, MLP, two LayerNorms), final LayerNorm, head."""
+        C, V = self.n_embd, self.vocab_size
+        block = 12 * C * C + 13 * C
+        return V * C + self.block_size * C + self.n_layer * block + 2 * C + C * V
+
 
 # `tiny` is sized for controller training on one CPU core: a 400-step run of
 # 64 x 16-byte sequences takes seconds and still gets well past bigram statistics

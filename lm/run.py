@@ -149,6 +149,12 @@ def batch_length(batch: Any) -> int:
     return 1
 
 
+def described(value: Any, width: int = 60) -> str:
+    """`value`'s type and its repr on one line, cut to `width` characters."""
+    text = " ".join(repr(value).split())
+    return f"{type(value).__name__} {text[:width]}{'...' if len(text) > width else ''}"
+
+
 def check_run_parts(parts: Any, where: str) -> RunParts:
     """`parts` if it is a usable `RunParts`, else a `ConfigError` naming `where`."""
     if not isinstance(parts, RunParts):
@@ -179,8 +185,9 @@ class StepRun:
     skipped and counted; the caller decides whether to end the run.
     """
 
-    def __init__(self, parts: RunParts) -> None:
-        self.parts = check_run_parts(parts, "the workload")
+    def __init__(self, parts: RunParts, where: str = "the workload") -> None:
+        self.where = where  # names the workload in error messages
+        self.parts = check_run_parts(parts, where)
         self.model = parts.model
         self.optimizer = parts.optimizer
         first = float(self.optimizer.param_groups[0]["lr"])
@@ -233,26 +240,57 @@ class StepRun:
         if callable(switch):
             switch()
 
+    def _number(self, value: Any, name: str) -> float:
+        """`value` as a float if it is a number (or a one-element tensor), else a
+        `ConfigError` naming the workload's function `name` that returned it."""
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            return float(value.item())
+        if isinstance(value, int | float | np.number) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{self.where}: {name} must return a number, got {described(value)}")
+
+    def _loss(self, batch: Any) -> torch.Tensor:
+        """The workload's loss of `batch`, checked: a one-element tensor with a gradient."""
+        loss = self.parts.loss(batch)
+        if not isinstance(loss, torch.Tensor):
+            raise ConfigError(
+                f"{self.where}: loss(batch) must return a scalar torch.Tensor, got "
+                f"{described(loss)}"
+            )
+        if loss.numel() != 1:
+            raise ConfigError(
+                f"{self.where}: loss(batch) must return a scalar (the mean over the batch), "
+                f"got a tensor of shape {tuple(loss.shape)}"
+            )
+        if not loss.requires_grad:
+            raise ConfigError(
+                f"{self.where}: loss(batch) returned a tensor without a gradient (computed "
+                f"under torch.no_grad(), detached, or from parameters that do not require grad)"
+            )
+        return loss
+
     @torch.inference_mode()
-    def _evaluation(self, evaluate: Callable[[], float]) -> float:
+    def _evaluation(self, evaluate: Callable[[], Any], name: str) -> float:
         was_training = self.model.training
         self.model.eval()
         self._optimizer_mode("eval")
         try:
-            return float(evaluate())
+            return self._number(evaluate(), name)
         finally:
             self._optimizer_mode("train")
             self.model.train(was_training)
 
     def evaluate(self) -> float:
-        return self._evaluation(self.parts.validation_loss)
+        return self._evaluation(self.parts.validation_loss, "validation_loss()")
 
     def test(self) -> TestResult:
-        loss = self._evaluation(self.parts.test_loss)
+        loss = self._evaluation(self.parts.test_loss, "test_loss()")
         accuracy = self.parts.test_accuracy
         return TestResult(
             loss=loss,
-            accuracy=self._evaluation(accuracy) if accuracy is not None else math.nan,
+            accuracy=math.nan
+            if accuracy is None
+            else self._evaluation(accuracy, "test_accuracy()"),
             items=self.parts.test_items,
         )
 
@@ -276,7 +314,7 @@ class StepRun:
             self.set_lr(step_lr)
             lrs.append(step_lr)
             batch = self._next_batch()
-            loss = self.parts.loss(batch)
+            loss = self._loss(batch)
             loss_value = loss.item()
             self.step += 1
             self.tokens += self._items_in(batch)

@@ -10,84 +10,30 @@ text, cut or padded to `max_bytes` (no tokenizer). `make_run(seed)` builds the r
   `val_examples` fixed examples split off the training data, never trained on;
 - the test loss and accuracy (the score) are on the test set.
 
-Data sets:
-
-- ``pystdlib`` (built in, no download): passages of the standard library's ``.py``
-  sources, labelled by the top-level package they come from (`PYSTDLIB_PACKAGES`).
-  Train and test are split by file, so passages of one file are never in both.
-- a folder holding ``train.csv`` and ``test.csv``, or one ``.csv`` file (every fifth
-  row is then the test set): columns ``text`` and ``label``, others ignored. Labels
-  are strings; class indices follow the sorted training labels.
+The data sets (the built-in ``pystdlib``, or the user's CSV files) are in
+`lrpilot.lm.text_datasets`.
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import sysconfig
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lrpilot.errors import ConfigError, require_positive_int
-from lrpilot.lm.byte_gpt import check_training_settings, resolve_device
+from lrpilot.lm.byte_gpt import check_common_settings, resolve_device
+from lrpilot.lm.memory import require_fits_in_memory
 from lrpilot.lm.run import RunParts, StepRun
+from lrpilot.lm.text_datasets import BUILTIN_DATA, TextDataset, csv_files, load_dataset
 
-BUILTIN_DATA = "pystdlib"
 PAD = 256  # the pad index after the 256 byte values
 N_HEAD = 4  # attention heads of each encoder block
 PATCH_BYTES = 4  # bytes per position the encoder attends over
 EVAL_BATCH_EXAMPLES = 256  # examples per forward pass in the validation and test losses
-
-# Top-level standard-library packages present (with sources) in every CPython 3.10+,
-# each with 150 kB or more of code outside its own test folders.
-PYSTDLIB_PACKAGES = (
-    "asyncio",
-    "email",
-    "http",
-    "importlib",
-    "logging",
-    "multiprocessing",
-    "unittest",
-    "xml",
-)
-PYSTDLIB_TEST_FRACTION = 0.2  # of each package's bytes, by whole files
-PYSTDLIB_MAX_TRAIN = 600  # passages per class: balanced classes, a quick CPU run
-PYSTDLIB_MAX_TEST = 150
-CSV_TEST_EVERY = 5  # a single CSV file: every fifth row is the test set
-WHITESPACE = b" \t\n\r\x0b\x0c"
-
-
-@dataclass(frozen=True)
-class TextDataset:
-    """Labelled texts (as bytes) split into train and test; labels index `classes`."""
-
-    name: str
-    classes: tuple[str, ...]
-    train_texts: tuple[bytes, ...]
-    train_labels: tuple[int, ...]
-    test_texts: tuple[bytes, ...]
-    test_labels: tuple[int, ...]
-
-    def digest(self) -> str:
-        """sha256 over the class names, texts and labels: changed data, a new digest."""
-        digest = hashlib.sha256()
-        digest.update("\n".join(self.classes).encode("utf-8"))
-        for texts, labels in (
-            (self.train_texts, self.train_labels),
-            (self.test_texts, self.test_labels),
-        ):
-            digest.update(len(texts).to_bytes(8, "little"))
-            for text, label in zip(texts, labels, strict=True):
-                digest.update(len(text).to_bytes(8, "little") + label.to_bytes(4, "little"))
-                digest.update(text)
-        return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -128,7 +74,12 @@ class TextClassificationWorkload:
             raise ConfigError(
                 f"n_embd must be divisible by the {N_HEAD} attention heads, got {self.n_embd}"
             )
-        check_training_settings(self)
+        check_common_settings(self)
+        require_fits_in_memory(
+            classifier_num_params(2, self.max_bytes, self.n_embd, self.n_layer),
+            f"the model (n_layer={self.n_layer}, n_embd={self.n_embd}, "
+            f"max_bytes={self.max_bytes}, 2 classes)",
+        )
         if not isinstance(self.data, str) or not self.data:
             raise ConfigError(f"data must be {BUILTIN_DATA!r} or a path, got {self.data!r}")
         if self.data != BUILTIN_DATA:
@@ -146,195 +97,6 @@ class TextClassificationWorkload:
 
     def make_run(self, seed: int, device: str = "cpu") -> StepRun:
         return TextClassificationRun(self.dataset(), self, seed, device)
-
-
-# --- data -------------------------------------------------------------------------
-
-
-def load_dataset(data: str, max_bytes: int) -> TextDataset:
-    """`pystdlib` (its passages are `max_bytes` long), or a CSV folder or file."""
-    if data == BUILTIN_DATA:
-        return pystdlib_dataset(max_bytes)
-    files = csv_files(data)
-    # Keyed by the files' sizes and times too, so an edited CSV is read again.
-    stamps = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
-    return _csv_dataset(data, stamps)
-
-
-def csv_files(data: str) -> tuple[Path, ...]:
-    """(train.csv, test.csv) of a folder, or (file,) of a single .csv file."""
-    path = Path(data).expanduser()
-    if not path.exists():
-        raise ConfigError(
-            f"data path does not exist: {data!r} (give {BUILTIN_DATA!r}, a folder with "
-            f"train.csv and test.csv, or a .csv file)"
-        )
-    if path.is_dir():
-        missing = [name for name in ("train.csv", "test.csv") if not (path / name).is_file()]
-        if missing:
-            raise ConfigError(
-                f"data folder {data!r} has no {' or '.join(missing)} "
-                f"(a data folder holds train.csv and test.csv)"
-            )
-        return path / "train.csv", path / "test.csv"
-    if path.is_file() and path.suffix.lower() == ".csv":
-        return (path,)
-    raise ConfigError(
-        f"data path {data!r} is neither a folder with train.csv and test.csv nor a .csv file"
-    )
-
-
-def read_csv(path: Path) -> tuple[list[bytes], list[str]]:
-    """The `text` (as UTF-8 bytes) and `label` columns of a CSV file, as strings."""
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise ConfigError(f"CSV file {str(path)!r} is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"CSV file {str(path)!r} cannot be read: {first_line}") from None
-    missing = [column for column in ("text", "label") if column not in frame.columns]
-    if missing:
-        columns = ", ".join(repr(str(c)) for c in frame.columns)
-        raise ConfigError(
-            f"CSV file {str(path)!r} has no {' or '.join(repr(m) for m in missing)} column "
-            f"(its columns: {columns}; it needs 'text' and 'label')"
-        )
-    if len(frame) == 0:
-        raise ConfigError(f"CSV file {str(path)!r} is empty (a header but no rows)")
-    texts = [text.encode("utf-8") for text in frame["text"]]
-    return texts, list(frame["label"])
-
-
-@functools.cache
-def _csv_dataset(data: str, stamps: tuple[tuple[str, int, int], ...]) -> TextDataset:
-    files = [Path(stamp[0]) for stamp in stamps]
-    if len(files) == 2:
-        (train_texts, train_names), (test_texts, test_names) = map(read_csv, files)
-        train_file, test_file = str(files[0]), str(files[1])
-    else:
-        texts, names = read_csv(files[0])
-        is_test = [i % CSV_TEST_EVERY == CSV_TEST_EVERY - 1 for i in range(len(texts))]
-        train_texts = [t for t, test in zip(texts, is_test, strict=True) if not test]
-        train_names = [n for n, test in zip(names, is_test, strict=True) if not test]
-        test_texts = [t for t, test in zip(texts, is_test, strict=True) if test]
-        test_names = [n for n, test in zip(names, is_test, strict=True) if test]
-        train_file = test_file = str(files[0])
-        if not test_texts:
-            raise ConfigError(
-                f"CSV file {train_file!r} has {len(texts)} rows, too few to split off "
-                f"every {CSV_TEST_EVERY}th as the test set"
-            )
-    classes = tuple(sorted(set(train_names)))
-    if len(classes) < 2:
-        raise ConfigError(
-            f"CSV file {train_file!r} has only one class ({classes[0]!r}) in its training "
-            f"rows; a classifier needs at least 2"
-        )
-    index = {name: i for i, name in enumerate(classes)}
-    unseen = sorted(set(test_names) - set(classes))
-    if unseen:
-        raise ConfigError(
-            f"CSV file {test_file!r} has test label(s) not in the training labels: "
-            f"{', '.join(map(repr, unseen[:5]))} (training labels: "
-            f"{', '.join(map(repr, classes[:10]))})"
-        )
-    return TextDataset(
-        name=data,
-        classes=classes,
-        train_texts=tuple(train_texts),
-        train_labels=tuple(index[n] for n in train_names),
-        test_texts=tuple(test_texts),
-        test_labels=tuple(index[n] for n in test_names),
-    )
-
-
-def stdlib_root() -> Path:
-    return Path(sysconfig.get_paths()["stdlib"])
-
-
-@functools.cache
-def pystdlib_files() -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
-    """Each package's (train files, test files), as paths relative to the standard
-    library, in sorted order.
-
-    A package's files are taken in the order of the sha256 of their relative paths;
-    they go to test until it holds `PYSTDLIB_TEST_FRACTION` of the package's bytes,
-    the rest (at least one file) to train. Test folders and site-packages are skipped.
-    """
-    root = stdlib_root()
-    splits: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
-    for package in PYSTDLIB_PACKAGES:
-        folder = root / package
-        if not folder.is_dir():
-            continue  # stripped from this Python build
-        sizes: dict[str, int] = {}
-        for path in sorted(folder.rglob("*.py")):
-            folders = path.relative_to(root).parts[:-1]
-            if {"test", "tests", "site-packages", "dist-packages"} & set(folders):
-                continue
-            sizes[path.relative_to(root).as_posix()] = path.stat().st_size
-        if len(sizes) < 2:
-            continue
-        total = sum(sizes.values())
-        test: set[str] = set()
-        test_bytes = 0
-        for relative in sorted(sizes, key=lambda r: hashlib.sha256(r.encode()).hexdigest()):
-            if test_bytes >= PYSTDLIB_TEST_FRACTION * total or len(test) == len(sizes) - 1:
-                break
-            test.add(relative)
-            test_bytes += sizes[relative]
-        train = tuple(r for r in sorted(sizes) if r not in test)
-        splits[package] = (train, tuple(sorted(test)))
-    if len(splits) < 2:
-        raise ConfigError(
-            f"the standard library at {str(root)!r} holds fewer than 2 of the packages "
-            f"{', '.join(PYSTDLIB_PACKAGES)}; use a CSV data set instead"
-        )
-    return splits
-
-
-def file_passages(data: bytes, max_bytes: int) -> list[bytes]:
-    """`data` cut into passages of `max_bytes`, skipping those mostly whitespace."""
-    pieces = (data[i : i + max_bytes] for i in range(0, len(data), max_bytes))
-    return [p for p in pieces if len(p.translate(None, WHITESPACE)) * 2 >= max_bytes]
-
-
-def spread(items: list, count: int) -> list:
-    """At most `count` of `items`, evenly spread over them (all when there are fewer)."""
-    if len(items) <= count:
-        return items
-    picks = np.linspace(0, len(items) - 1, count).round().astype(np.int64)
-    return [items[i] for i in picks]
-
-
-@functools.cache
-def pystdlib_dataset(max_bytes: int = 256) -> TextDataset:
-    """Passages of `max_bytes` of standard-library sources, labelled by package: at most
-    `PYSTDLIB_MAX_TRAIN` training and `PYSTDLIB_MAX_TEST` test passages per class,
-    spread over the package's files."""
-    root = stdlib_root()
-    classes = tuple(sorted(pystdlib_files()))
-    split: dict[str, tuple[list[bytes], list[int]]] = {"train": ([], []), "test": ([], [])}
-    for label, package in enumerate(classes):
-        for part, files, cap in zip(
-            ("train", "test"),
-            pystdlib_files()[package],
-            (PYSTDLIB_MAX_TRAIN, PYSTDLIB_MAX_TEST),
-            strict=True,
-        ):
-            passages = [p for f in files for p in file_passages((root / f).read_bytes(), max_bytes)]
-            passages = spread(passages, cap)
-            split[part][0].extend(passages)
-            split[part][1].extend([label] * len(passages))
-    return TextDataset(
-        name=BUILTIN_DATA,
-        classes=classes,
-        train_texts=tuple(split["train"][0]),
-        train_labels=tuple(split["train"][1]),
-        test_texts=tuple(split["test"][0]),
-        test_labels=tuple(split["test"][1]),
-    )
 
 
 def encode(texts: tuple[bytes, ...] | list[bytes], max_bytes: int) -> torch.Tensor:
@@ -424,6 +186,14 @@ class ByteClassifier(nn.Module):
             x = block(x, keep)
         x = self.ln_f(x) * keep.unsqueeze(-1)
         return self.head(x.sum(1) / keep.sum(1, keepdim=True))
+
+
+def classifier_num_params(n_classes: int, max_bytes: int, n_embd: int, n_layer: int) -> int:
+    """The parameter count of a `ByteClassifier`, computed without building it."""
+    C = n_embd
+    patches = padded_length(max_bytes) // PATCH_BYTES
+    embeddings = (PAD + 1) * C + PATCH_BYTES * C * C + C + patches * C
+    return embeddings + n_layer * (12 * C * C + 13 * C) + 2 * C + C * n_classes + n_classes
 
 
 def padded_length(max_bytes: int) -> int:

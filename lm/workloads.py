@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import importlib.util
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -26,7 +27,7 @@ from typing import Any, ClassVar, Protocol
 from lrpilot.errors import ConfigError, require_positive_int
 from lrpilot.lm.byte_gpt import ByteGPTWorkload
 from lrpilot.lm.model import MODEL_PRESETS
-from lrpilot.lm.run import StepRun, TrainingRun, check_run_parts
+from lrpilot.lm.run import RunParts, StepRun, TrainingRun, check_run_parts
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -59,6 +60,9 @@ class PythonWorkload:
     eval_every: int = 20
 
     def __post_init__(self) -> None:
+        for name in ("path", "function", "name"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r}")
         object.__setattr__(self, "path", str(Path(self.path).expanduser().resolve()))
         if not self.name:
             object.__setattr__(self, "name", f"{Path(self.path).stem}:{self.function}")
@@ -84,13 +88,58 @@ class PythonWorkload:
 
     def make_run(self, seed: int, device: str = "cpu") -> StepRun:
         where = f"{Path(self.path).name}:{self.function}({seed})"
+        parts = check_run_parts(reporting(self.factory(), where)(seed), where)
+        return StepRun(user_code_reported(parts, where), where)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as `Type: first line of its message`."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+def reporting(function: Callable, where: str, call: str = "") -> Callable:
+    """`function`, the user's code, with an exception it raises turned into a one-line
+    `ConfigError` saying where it was raised (`where`, then `call`)."""
+
+    def call_reported(*args: Any) -> Any:
         try:
-            parts = self.factory()(seed)
+            return function(*args)
         except ConfigError:
             raise
-        except Exception as exc:  # the user's code: say where it failed, in one line
-            raise ConfigError(f"{where} raised {type(exc).__name__}: {exc}") from None
-        return StepRun(check_run_parts(parts, where))
+        except Exception as exc:
+            raise ConfigError(
+                f"{where}{': ' + call if call else ''} raised {one_line(exc)}"
+            ) from None
+
+    return call_reported
+
+
+def user_code_reported(parts: RunParts, where: str) -> RunParts:
+    """`parts` whose callables and batches report an exception of the user's code as a
+    one-line `ConfigError` naming the call."""
+
+    def batches() -> Iterator[Any]:
+        next_batch = reporting(iter(parts.batches).__next__, where, "next(batches)")
+        while True:
+            try:
+                yield next_batch()
+            except StopIteration:
+                return
+
+    def checked(name: str, call: str) -> Callable | None:
+        function = getattr(parts, name)
+        return None if function is None else reporting(function, where, call)
+
+    return dataclasses.replace(
+        parts,
+        batches=batches(),
+        loss=checked("loss", "loss(batch)"),
+        validation_loss=checked("validation_loss", "validation_loss()"),
+        test_loss=checked("test_loss", "test_loss()"),
+        test_accuracy=checked("test_accuracy", "test_accuracy()"),
+        items_in=checked("items_in", "items_in(batch)"),
+    )
 
 
 _MODULES: dict[str, Any] = {}
@@ -187,7 +236,9 @@ def load_workload(spec: str) -> Workload:
         if not file.is_file():
             raise ConfigError(f"workload file not found: {spec!r}")
         try:
-            data = tomllib.loads(file.read_text())
+            data = tomllib.loads(file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"workload file {spec!r} cannot be read ({exc.strerror})") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"workload file {spec!r} is not valid TOML: {exc}") from None
         data.setdefault("name", file.stem)

@@ -1,8 +1,13 @@
-"""Atomic file writes: a reader never sees a half-written result file."""
+"""Atomic file writes: a reader never sees a half-written result file.
+
+JSON is strict: a non-finite number (a diverged loss, the accuracy of a language
+model) is written as `null`, never as `NaN` or `Infinity`, which strict parsers refuse.
+"""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -36,8 +41,25 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def finite_or_none(obj: Any) -> Any:
+    """`obj` with every non-finite float (NaN, inf; numpy float64 too) replaced by None, in
+    nested dicts, lists and tuples."""
+    if isinstance(obj, dict):
+        return {key: finite_or_none(value) for key, value in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite_or_none(value) for value in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """`obj` as strict JSON, keys sorted, non-finite numbers as null."""
+    return json.dumps(finite_or_none(obj), indent=indent, sort_keys=True, allow_nan=False)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json_text(obj) + "\n")
 
 
 def atomic_write_csv(path: str | os.PathLike, frame: pd.DataFrame) -> None:

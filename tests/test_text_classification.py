@@ -13,14 +13,8 @@ import torch
 
 from lrpilot.errors import ConfigError
 from lrpilot.lm.run import TrainingRun
-from lrpilot.lm.text_classification import (
-    PAD,
-    ByteClassifier,
-    TextClassificationWorkload,
-    encode,
-    pystdlib_dataset,
-    pystdlib_files,
-)
+from lrpilot.lm.text_classification import PAD, ByteClassifier, TextClassificationWorkload, encode
+from lrpilot.lm.text_datasets import pystdlib_dataset, pystdlib_files
 
 TINY = {"max_bytes": 64, "n_embd": 16, "batch_size": 16, "steps": 20, "eval_every": 10}
 
@@ -236,7 +230,7 @@ def test_too_few_training_examples_for_validation(tmp_path):
         ({"test_examples": -1}, "test_examples must be an integer >= 0"),
         ({"eval_every": 30}, "eval_every (30) exceeds steps (20)"),
         ({"beta2": 1.0}, "beta2 must be in [0, 1), got 1.0"),
-        ({"grad_clip": 0.0}, "grad_clip must be positive or None, got 0.0"),
+        ({"grad_clip": 0.0}, "grad_clip must be a positive finite number or None, got 0.0"),
         ({"data": ""}, "data must be 'pystdlib' or a path"),
     ],
 )
