@@ -18,21 +18,16 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from lrpilot.config import from_dict, read_toml
 from lrpilot.errors import ConfigError, require_positive_int
 from lrpilot.lm.byte_gpt import ByteGPTWorkload
 from lrpilot.lm.model import MODEL_PRESETS
 from lrpilot.lm.run import RunParts, StepRun, TrainingRun, check_run_parts
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 class Workload(Protocol):
@@ -207,17 +202,7 @@ def workload_from_dict(data: dict[str, Any], where: str = "workload") -> Workloa
         raise ConfigError(
             f"{where}: unknown workload family {family!r}; choose from {', '.join(families)}"
         )
-    cls = families[family]
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown {family} setting(s): {', '.join(unknown)}")
-    try:
-        return cls(**settings)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: invalid {family} settings ({exc})") from None
+    return from_dict(families[family], settings, where)
 
 
 def load_workload(spec: str) -> Workload:
@@ -232,15 +217,8 @@ def load_workload(spec: str) -> Workload:
     if spec.endswith(".py"):
         raise ConfigError(f"a Python workload is FILE.py:FUNCTION, got {spec!r}")
     if spec.endswith(".toml"):
+        data, _ = read_toml(spec, "workload")
         file = Path(spec)
-        if not file.is_file():
-            raise ConfigError(f"workload file not found: {spec!r}")
-        try:
-            data = tomllib.loads(file.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise ConfigError(f"workload file {spec!r} cannot be read ({exc.strerror})") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"workload file {spec!r} is not valid TOML: {exc}") from None
         data.setdefault("name", file.stem)
         return workload_from_dict(data, f"workload file {spec!r}")
     raise ConfigError(

@@ -260,6 +260,8 @@ def from_dict(cls: type, data: Any, where: str = ""):
         if str(exc).startswith("["):
             raise
         raise ConfigError(f"{prefix}{exc}") from None
+    except (TypeError, ValueError) as exc:  # a check the dataclass lacks
+        raise ConfigError(f"{prefix}invalid settings ({exc})") from None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

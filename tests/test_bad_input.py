@@ -190,7 +190,7 @@ def test_unreadable_inputs_are_refused(shared_dir, capsys):
         (["run", "--corpus", secret], ["corpus cannot be read", repr(str(secret))]),
         (["run", "--corpus", holding], [repr(str(holding / "b.txt")), "Permission denied"]),
         (["run", "--corpus", nested], [repr(str(nested / "inner")), "Permission denied"]),
-        (["run", "--workload", toml], [f"workload file {str(toml)!r} cannot be read"]),
+        (["run", "--workload", toml], [f"cannot read workload {str(toml)!r}: Permission denied"]),
         (["run", "--workload", classify], [f"CSV file {str(data / 'train.csv')!r} cannot be"]),
         (["replay", "--trace", trace], [f"trace file cannot be read: {str(trace)!r}"]),
         (["run", "--workload", f"{python}:make_run"], ["failed to import: PermissionError"]),

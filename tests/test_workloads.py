@@ -86,7 +86,7 @@ BAD_WORKLOADS = {
     [
         ("missing.toml", "workload file not found"),
         ("unknown_family.toml", "unknown workload family 'vision'"),
-        ("unknown_field.toml", "unknown byte_gpt setting(s): n_layers"),
+        ("unknown_field.toml", "unknown_field.toml'] unknown key(s): n_layers"),
         ("not_toml.toml", "is not valid TOML"),
         ("too_wide.toml", "n_embd (30) must be divisible by n_head (4)"),
         ("missing.py:make_run", "workload file not found"),
