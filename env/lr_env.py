@@ -122,7 +122,7 @@ class LRControlEnv(gym.Env):
         self.features = ObservationBuilder(
             self.lr,
             self.initial_val_loss,
-            task.total_steps,
+            task.steps,
             self.config.masked_features,
             history=self.config.history,
         )
@@ -141,7 +141,7 @@ class LRControlEnv(gym.Env):
             action,
             interval=self.interval,
             interval_steps=steps,
-            total_steps=self.task.total_steps,
+            total_steps=self.task.steps,
             rule=self.config.action,
         )
         stats = self.run.train(steps, self._step_lr)
@@ -172,7 +172,7 @@ class LRControlEnv(gym.Env):
         """The LR of step `step`: the controller's LR, warmed up at the start and cooled
         down near the end."""
         assert self.task is not None
-        lr = applied_lr(self.lr, step, total_steps=self.task.total_steps, rule=self.config.action)
+        lr = applied_lr(self.lr, step, total_steps=self.task.steps, rule=self.config.action)
         return self.task.lr_scale * lr  # the hidden scale of a training task; 1 elsewhere
 
     def _info(self, stats: IntervalStats | None, diverged: bool) -> dict:
@@ -192,7 +192,7 @@ class LRControlEnv(gym.Env):
     def _render_line(self, stats: IntervalStats, reward: float, diverged: bool) -> str:
         assert self.task is not None
         line = (
-            f"step {stats.step:>5}/{self.task.total_steps}  lr {stats.lr:.3e}  "
+            f"step {stats.step:>5}/{self.task.steps}  lr {stats.lr:.3e}  "
             f"train {stats.train_loss_mean:.4f}  val {stats.val_loss:.4f}  reward {reward:+.4f}"
         )
         return line + ("  DIVERGED" if diverged else "")

@@ -48,23 +48,23 @@ class Task:
 
     workload: Workload = setting(help="the workload (`lrpilot.lm.workloads`)")
     seed: int = setting(help="seed of the weights and the batches", check=valid_seed)
-    total_steps: int = setting(help="the step budget", check=positive)
+    steps: int = setting(help="the step budget", check=positive)
     eval_every: int = setting(help="steps per evaluation interval", check=positive)
     start_lr: float = setting(help="the start LR (a schedule's peak)", check=positive)
     lr_scale: float = setting(1.0, help="hidden factor on every LR", check=positive)
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if self.eval_every > self.total_steps:
+        if self.eval_every > self.steps:
             raise ConfigError(
                 f"eval_every ({self.eval_every}) must not exceed the step budget "
-                f"({self.total_steps})"
+                f"({self.steps})"
             )
 
     @property
     def intervals(self) -> list[int]:
         """Steps of each evaluation interval; the last one takes the remainder."""
-        return interval_lengths(self.total_steps, self.eval_every)
+        return interval_lengths(self.steps, self.eval_every)
 
     @property
     def num_intervals(self) -> int:
@@ -82,7 +82,7 @@ class Task:
         return {
             "workload": self.workload.to_dict(),
             "seed": self.seed,
-            "total_steps": self.total_steps,
+            "steps": self.steps,
             "eval_every": self.eval_every,
             "start_lr": self.start_lr,
             "lr_scale": self.lr_scale,

@@ -72,7 +72,7 @@ def compare(
     task = config.task(config.protocol.eval_seeds[0], config.protocol.start_lrs[0])
     common = {
         "workload": task.workload.to_dict(),
-        "steps": task.total_steps,
+        "steps": task.steps,
         "eval_every": task.eval_every,
         "device": resolve_device(config.run.device).type,
         "data_sha256": task.workload.digest(),  # also: missing data fails here
@@ -146,7 +146,7 @@ def compare(
     summary_notes = notes(config, grids, best)
     atomic_write_csv(out / "results.csv", results)
     atomic_write_csv(out / "summary.csv", summary)
-    title = f"{task.workload.name} / {task.total_steps} steps"
+    title = f"{task.workload.name} / {task.steps} steps"
     atomic_write_text(out / "summary.md", summary_markdown(summary, title, summary_notes))
     plot_comparison(results, summary, out)
     return summary

@@ -133,9 +133,9 @@ def run_open_loop(
 ) -> pd.DataFrame:
     """Train `task` at the recorded LRs; rewards as the environment would give them."""
     covered = int(lr_trace["step"].iloc[-1])
-    if task.total_steps > covered:
+    if task.steps > covered:
         raise ConfigError(
-            f"the trace covers {covered} steps but the run asks for {task.total_steps}; "
+            f"the trace covers {covered} steps but the run asks for {task.steps}; "
             f"pass --steps {covered} or less"
         )
     run = task.make_run(env_config.device)
@@ -158,7 +158,7 @@ def run_open_loop(
 
     trace = train_intervals(
         run,
-        task.total_steps,
+        task.steps,
         task.eval_every,
         recorded_lr_function(lr_trace),
         on_interval=reward_and_stop,
@@ -206,7 +206,7 @@ def replay(
         run_dir = ensure_writable_dir(out / name)
         start = time.perf_counter()
         if progress:
-            print(f"replay ({mode}): seed {task.seed}, {task.total_steps} steps", flush=True)
+            print(f"replay ({mode}): seed {task.seed}, {task.steps} steps", flush=True)
         if policy is not None:
             trace = run_controller(policy, task, env_config, run_dir)
         else:

@@ -82,8 +82,8 @@ def execute(spec: RunSpec, policy_bytes: bytes | None) -> pd.DataFrame:
     if spec.kind == "tuningfree":
         task = spec.task()
         run = task.make_run(spec.device)
-        lr_at = use_tuning_free(run, spec.method, task.total_steps)
-        trace = train_intervals(run, task.total_steps, task.eval_every, lr_at, progress=False)
+        lr_at = use_tuning_free(run, spec.method, task.steps)
+        trace = train_intervals(run, task.steps, task.eval_every, lr_at, progress=False)
         return trace.reindex(columns=list(REPLAY_COLUMNS))
     if spec.kind == "policy":
         assert policy_bytes is not None

@@ -104,7 +104,7 @@ def run_schedule(
     out = ensure_writable_dir(out_dir) if out_dir is not None else None
     if out is not None:
         atomic_write_json(out / "config.json", config.to_dict())
-    scheduler = make_schedule(config.schedule, run.optimizer, task.total_steps, **options)
+    scheduler = make_schedule(config.schedule, run.optimizer, task.steps, **options)
 
     def step_plateau(_interval: int, stats: IntervalStats, _rows: list[dict]) -> bool:
         scheduler.step(stats.val_loss)
@@ -113,7 +113,7 @@ def run_schedule(
     start = time.perf_counter()
     trace = train_intervals(
         run,
-        task.total_steps,
+        task.steps,
         task.eval_every,
         lr_function(scheduler, run.optimizer),
         on_interval=step_plateau if config.schedule == PLATEAU else None,

@@ -213,7 +213,7 @@ class MemorisingWorkload:
 
 
 def test_the_env_observes_a_train_loss_of_zero():
-    task = Task(MemorisingWorkload(), seed=0, total_steps=40, eval_every=10, start_lr=0.5)
+    task = Task(MemorisingWorkload(), seed=0, steps=40, eval_every=10, start_lr=0.5)
     env = LRControlEnv()  # discrete actions: action 2 keeps the LR
     env.reset(seed=0, options={"task": task})
     gen_gaps = []

@@ -285,7 +285,7 @@ def test_scheduler_on_the_trainer_reproduces_the_env(
     env_lrs = [(row["lr"], row["lr_mean"]) for row in env_rows]  # last-step and mean LR
     assert len(set(env_lrs)) > 1, "the test policy should move the LR"
     if probe:  # the probe interval (steps 0-9) trains at the start LR, warmed up
-        last_step_lr = policy.applied_lr(TASK.start_lr, 9, total_steps=TASK.total_steps)
+        last_step_lr = policy.applied_lr(TASK.start_lr, 9, total_steps=TASK.steps)
         assert env_rows[0]["lr"] == pytest.approx(last_step_lr)
     if first_action_max_factor:  # the first action after the probe: x100**a in full
         exponent = float(np.asarray(env_rows[probe]["action"]).reshape(-1)[0])
@@ -297,11 +297,11 @@ def test_scheduler_on_the_trainer_reproduces_the_env(
     # The exact update ratio (a copy of every weight), as the run measures it: the
     # default estimate from a sample is compared with it in test_update_ratio_sample_*.
     scheduler = PolicyScheduler(
-        trainer.optimizer, policy, TASK.total_steps, TASK.eval_every,
+        trainer.optimizer, policy, TASK.steps, TASK.eval_every,
         initial_val_loss=trainer.evaluate(), update_ratio_sample=None,
     )  # fmt: skip
     lrs, losses, grad_norms = [], [], []
-    for step in range(1, TASK.total_steps + 1):
+    for step in range(1, TASK.steps + 1):
         # One step of the run at the scheduler's LR. The run clips the gradients and
         # clears them inside train(), so the scheduler would measure clipped norms:
         # the pre-clipping norms go in explicitly, as in a loop with clip_grad_norm_.
@@ -310,7 +310,7 @@ def test_scheduler_on_the_trainer_reproduces_the_env(
         lrs.append(stats.lr)
         losses.append(stats.train_loss_mean)
         grad_norms.append(stats.grad_norm)
-        if step % TASK.eval_every == 0 or step == TASK.total_steps:
+        if step % TASK.eval_every == 0 or step == TASK.steps:
             scheduler.observe(losses, stats.val_loss, grad_norm=float(np.mean(grad_norms)))
             assert scheduler.last_stats.update_ratio == stats.update_ratio  # measured
             losses, grad_norms = [], []
@@ -507,13 +507,13 @@ def drive_tiny(update_ratio_sample):
     interval's update ratio."""
     run = SHIPPED_TASK.make_run("cpu")
     scheduler = PolicyScheduler(
-        run.optimizer, load_policy("default"), SHIPPED_TASK.total_steps,
+        run.optimizer, load_policy("default"), SHIPPED_TASK.steps,
         SHIPPED_TASK.eval_every, initial_val_loss=run.evaluate(),
         update_ratio_sample=update_ratio_sample,
     )  # fmt: skip
     params = [p for group in run.optimizer.param_groups for p in group["params"]]
     lrs, ratios, losses, grad_norms = [], [], [], []
-    for step in range(1, SHIPPED_TASK.total_steps + 1):
+    for step in range(1, SHIPPED_TASK.steps + 1):
         lrs.append(run.optimizer.param_groups[0]["lr"])
         run.model.train()
         loss = run.parts.loss(next(run._batches))

@@ -49,7 +49,7 @@ def drive(estimate: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-step LRs and per-interval mean gradient norms of one run with `estimate`."""
     run = TASK.make_run("cpu")
     scheduler = PolicyScheduler(
-        run.optimizer, load_policy("default"), TASK.total_steps, TASK.eval_every,
+        run.optimizer, load_policy("default"), TASK.steps, TASK.eval_every,
         initial_val_loss=run.evaluate(), measure_grad_norm=False,
     )  # fmt: skip
     params = [p for group in run.optimizer.param_groups for p in group["params"]]
@@ -59,7 +59,7 @@ def drive(estimate: str) -> tuple[np.ndarray, np.ndarray]:
         for p in params
     ]
     lrs, interval_norms, norms, losses = [], [], [], []
-    for step in range(1, TASK.total_steps + 1):
+    for step in range(1, TASK.steps + 1):
         lrs.append(run.optimizer.param_groups[0]["lr"])
         run.model.train()
         loss = run.parts.loss(next(run._batches))
