@@ -60,8 +60,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from lrpilot.agents import load_policy
-from lrpilot.agents import scheduler as scheduler_module
+from lrpilot.agents import load_policy, measurements
 from lrpilot.agents.scheduler import UPDATE_RATIO_SAMPLE, PolicyScheduler
 
 LOOPS = ("constant", "policy", "policy_exact")  # the baseline, the default, a full copy
@@ -155,7 +154,7 @@ def time_loops(args: argparse.Namespace) -> dict[str, float]:
 
     wrap_scheduler_calls(loops["policy"].scheduler, timed)
     # The pre-step hook's gradient norm (what a loop that clips can pass instead).
-    scheduler_module.total_norm = timed(scheduler_module.total_norm, "grad_norm")
+    measurements.total_norm = timed(measurements.total_norm, "grad_norm")
     for loop in loops.values():
         loop()  # warm-up interval, not timed
     times: dict[str, list[float]] = {kind: [] for kind in (*loops, *inside)}
