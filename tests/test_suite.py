@@ -82,7 +82,7 @@ def test_a_suite_killed_and_restarted_equals_an_uninterrupted_one(quick, tmp_pat
         ("twice.toml", "names a workload folder twice: a"),
         ("shared.toml", "seed(s) 1 are both tuning and evaluation seeds"),
         ("badworkload.toml", "unknown workload 'huge'"),
-        ("unknownkey.toml", "unknownkey.toml']: speed"),
+        ("unknownkey.toml", "unknownkey.toml'] unknown key(s): speed"),
         ("lrrange5.toml", "lr_range must be a list of 2 numbers, got 5"),
         ("lrrangeab.toml", "lr_range must be a list of 2 numbers, got ['a', 'b']"),
         ("warmupsx.toml", "warmups must be a list of numbers, got ['x']"),
