@@ -33,21 +33,18 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _parser(name: str, description: str) -> OneLineParser:
-    return OneLineParser(prog=f"lrpilot {name}", description=description)
+def _parser(name: str, options: type) -> OneLineParser:
+    """The parser of one command, described by its options' docstring, with their flags."""
+    parser = OneLineParser(prog=f"lrpilot {name}", description=options.__doc__)
+    add_flags(parser, options)
+    return parser
 
 
 def _run(argv: list[str]) -> int:
     from lrpilot.commands import RunOptions
     from lrpilot.settings import RunSettings
 
-    p = _parser(
-        "run",
-        "Train one run of a workload under a fixed LR schedule and write DIR/trace.csv (one "
-        "row per evaluation interval; the test loss in the last row), DIR/config.json and "
-        "DIR/summary.json.",
-    )
-    add_flags(p, RunOptions)
+    p = _parser("run", RunOptions)
     add_flags(p, RunSettings)
     args = p.parse_args(argv)
     options, run = build(RunOptions, args), build(RunSettings, args)
@@ -73,14 +70,7 @@ def _train(argv: list[str]) -> int:
     from lrpilot.commands import TrainOptions
     from lrpilot.settings import BackendSettings
 
-    p = _parser(
-        "train",
-        "Train a PPO controller on LRControlEnv. A preset sets PPO, the environment and its "
-        "task distribution, and the evaluation tasks; flags override it. Writes "
-        "DIR/config.toml, progress.csv, checkpoints/, policy/ (latest) and best/ (best on the "
-        "evaluation tasks).",
-    )
-    add_flags(p, TrainOptions)
+    p = _parser("train", TrainOptions)
     add_flags(p, TrainConfig, only=("timesteps", "n_envs", "seed"), default_is="the preset's")
     add_flags(p, BackendSettings)
     args = p.parse_args(argv)
@@ -105,15 +95,7 @@ def _replay(argv: list[str]) -> int:
     from lrpilot.commands import ReplayOptions
     from lrpilot.settings import RunSettings
 
-    p = _parser(
-        "replay",
-        "Run a learned policy closed-loop on new runs of a workload, one per seed and start "
-        "LR, or, with --trace, apply the LRs of a recorded trace.csv open-loop on the same "
-        "runs (does the feedback matter, or only the shape?). Writes DIR/seed_<s>/ (with "
-        "several start LRs, DIR/seed_<s>-start_<lr>/): trace.csv (the columns of `lrpilot "
-        "run` plus action and reward), summary.json and plot.png; and DIR/summary.csv.",
-    )
-    add_flags(p, ReplayOptions)
+    p = _parser("replay", ReplayOptions)
     add_flags(p, RunSettings)
     args = p.parse_args(argv)
     options, run = build(ReplayOptions, args), build(RunSettings, args)
@@ -140,17 +122,7 @@ def _compare(argv: list[str]) -> int:
     from lrpilot.experiments.compare_config import CompareConfig
     from lrpilot.settings import BackendSettings
 
-    p = _parser(
-        "compare",
-        "Tune each fixed schedule's peak LR (and warmup) on a log-spaced grid (widened one "
-        "step when the best lies on an edge) on the tuning seeds, run its best setting on the "
-        "evaluation seeds, and run the policy closed-loop on the same evaluation seeds from "
-        "untuned start LRs, and the tuning-free optimizers untuned. Runs are scored by their "
-        "test loss. Every run is cached in DIR/runs/ by a hash of its config: run the same "
-        "command again to resume. Writes DIR/results.csv, summary.csv, summary.md, "
-        "config.json and PNG plots.",
-    )
-    add_flags(p, CompareOptions)
+    p = _parser("compare", CompareOptions)
     add_flags(p, CompareConfig)
     add_flags(p, BackendSettings)
     args = p.parse_args(argv)
@@ -167,15 +139,7 @@ def _benchmark(argv: list[str]) -> int:
     from lrpilot.commands import BenchmarkOptions
     from lrpilot.settings import BackendSettings
 
-    p = _parser(
-        "benchmark",
-        "For every workload of a suite, tune the fixed schedules, then run the policy, the "
-        "tuning-free optimizers and the tuned schedules on the evaluation seeds, as `lrpilot "
-        "compare` does, into DIR/<workload>/ (a cache: run the same command again to "
-        "resume). Writes DIR/summary.md, suite.csv, summary.csv, results.csv and "
-        "performance_profile.png.",
-    )
-    add_flags(p, BenchmarkOptions)
+    p = _parser("benchmark", BenchmarkOptions)
     add_flags(p, BackendSettings)
     args = p.parse_args(argv)
     options, backend = build(BenchmarkOptions, args), build(BackendSettings, args).make()
@@ -204,14 +168,7 @@ def _benchmark(argv: list[str]) -> int:
 def _demo(argv: list[str]) -> int:
     from lrpilot.commands import DemoOptions
 
-    p = _parser(
-        "demo",
-        "Train a small PPO controller (preset `demo`: tiny model, 200-step runs on the "
-        "built-in pydoc corpus) into DIR/controller, then compare it with constant, "
-        "warmup+cosine and WSD, each tuned on a peak-LR grid, on held-out seeds, into "
-        "DIR/compare, and print the summary table. Running it again reuses what is done.",
-    )
-    add_flags(p, DemoOptions)
+    p = _parser("demo", DemoOptions)
     options = build(DemoOptions, p.parse_args(argv))
     from lrpilot.experiments.demo import run_demo
 

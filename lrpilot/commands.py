@@ -35,6 +35,10 @@ class Command:
 
 @dataclass(frozen=True)
 class RunOptions(Command):
+    """Train one run of a workload under a fixed LR schedule and write DIR/trace.csv
+    (one row per evaluation interval; the test loss in the last row), DIR/config.json
+    and DIR/summary.json."""
+
     out: str = setting(help="run folder to write")
     schedule: str = setting(
         "warmup_cosine",
@@ -51,6 +55,11 @@ class RunOptions(Command):
 
 @dataclass(frozen=True)
 class TrainOptions(Command):
+    """Train a PPO controller on LRControlEnv. A preset sets PPO, the environment and
+    its task distribution, and the evaluation tasks; flags override it. Writes
+    DIR/config.toml, progress.csv, checkpoints/, policy/ (latest) and best/ (best on the
+    evaluation tasks)."""
+
     out: str = setting(help="run folder: new, or the one to --resume")
     preset: str = setting(
         "controller",
@@ -70,6 +79,12 @@ class TrainOptions(Command):
 
 @dataclass(frozen=True)
 class ReplayOptions(Command):
+    """Run a learned policy closed-loop on new runs of a workload, one per seed and
+    start LR, or, with --trace, apply the LRs of a recorded trace.csv open-loop on the
+    same runs (does the feedback matter, or only the shape?). Writes DIR/seed_<s>/ (with
+    several start LRs, DIR/seed_<s>-start_<lr>/): trace.csv (the columns of `lrpilot
+    run` plus action and reward), summary.json and plot.png; and DIR/summary.csv."""
+
     out: str = setting(help=OUT_HELP)
     policy: str | None = setting(
         None, help="a policy file or folder, or `default` (the shipped policy)"
@@ -92,6 +107,14 @@ class ReplayOptions(Command):
 
 @dataclass(frozen=True)
 class CompareOptions(Command):
+    """Tune each fixed schedule's peak LR (and warmup) on a log-spaced grid (widened one
+    step when the best lies on an edge) on the tuning seeds, run its best setting on the
+    evaluation seeds, and run the policy closed-loop on the same evaluation seeds from
+    untuned start LRs, and the tuning-free optimizers untuned. Runs are scored by their
+    test loss. Every run is cached in DIR/runs/ by a hash of its config: run the same
+    command again to resume. Writes DIR/results.csv, summary.csv, summary.md,
+    config.json and PNG plots."""
+
     out: str = setting(help="comparison folder (its runs/ is the cache)")
     force: bool = setting(
         False, help="replace the results of another comparison held in --out (runs are kept)"
@@ -101,6 +124,12 @@ class CompareOptions(Command):
 
 @dataclass(frozen=True)
 class BenchmarkOptions(Command):
+    """For every workload of a suite, tune the fixed schedules, then run the policy, the
+    tuning-free optimizers and the tuned schedules on the evaluation seeds, as `lrpilot
+    compare` does, into DIR/<workload>/ (a cache: run the same command again to resume).
+    Writes DIR/summary.md, suite.csv, summary.csv, results.csv and
+    performance_profile.png."""
+
     out: str = setting(help="suite folder: one comparison folder per workload")
     suite: str = setting(
         help="a suite (quick, heldout, controller_quality, gpu, ...: TOML files in "
@@ -121,6 +150,11 @@ class BenchmarkOptions(Command):
 
 @dataclass(frozen=True)
 class DemoOptions(Command):
+    """Train a small PPO controller (preset `demo`: tiny model, 200-step runs on the
+    built-in pydoc corpus) into DIR/controller, then compare it with constant,
+    warmup+cosine and WSD, each tuned on a peak-LR grid, on held-out seeds, into
+    DIR/compare, and print the summary table. Running it again reuses what is done."""
+
     out: str = setting("runs/demo", help=OUT_HELP)
     jobs: int = setting(2, help="comparison runs in parallel", check=positive)
     quiet: bool = setting(False, help=QUIET_HELP)
