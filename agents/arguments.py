@@ -47,14 +47,12 @@ def check_optimizer(optimizer: Any) -> torch.optim.Optimizer:
     return optimizer
 
 
-def check_intervals(total_steps: Any, eval_interval: Any) -> None:
+def check_intervals(steps: Any, eval_every: Any) -> None:
     """A `ConfigError` unless both are positive ints and the interval fits the budget."""
-    require_positive_int("total_steps", total_steps)
-    require_positive_int("eval_interval", eval_interval)
-    if eval_interval > total_steps:
-        raise ConfigError(
-            f"eval_interval ({eval_interval}) is larger than total_steps ({total_steps})"
-        )
+    require_positive_int("steps", steps)
+    require_positive_int("eval_every", eval_every)
+    if eval_every > steps:
+        raise ConfigError(f"eval_every ({eval_every}) is larger than steps ({steps})")
 
 
 def is_number(value: Any) -> bool:

@@ -61,7 +61,7 @@ from lrpilot.lm.run import IntervalStats
 _BUILDER_FIELDS = (
     "start_lr",
     "initial_val_loss",
-    "total_steps",
+    "steps",
     "previous_val_loss",
     "best_val_loss",
     "previous_grad_norm",
@@ -77,8 +77,8 @@ class PolicyController:
             as accelerate's, the optimizer inside it: its hooks are where steps happen).
         policy: an lrpilot `Policy` (`load_policy(path)`), or an object with the methods
             and attributes `lrpilot.agents.arguments.check_policy` asks for.
-        total_steps: the run's optimizer steps (the `progress` feature is step / T).
-        eval_interval: steps between observations; the last interval takes the rest.
+        steps: the run's optimizer steps (the `progress` feature is step / T).
+        eval_every: steps between observations; the last interval takes the rest.
         start_lr: the policy's LR at the start; the first group's initial LR by default.
             Clipped to the policy's range, as the env does.
         update_ratio_sample: elements per tensor `SampledUpdateRatio` samples; None
@@ -95,8 +95,8 @@ class PolicyController:
         self,
         optimizer: torch.optim.Optimizer,
         policy: Any,
-        total_steps: int,
-        eval_interval: int,
+        steps: int,
+        eval_every: int,
         *,
         start_lr: float | None = None,
         update_ratio_sample: int | None = UPDATE_RATIO_SAMPLE,
@@ -104,11 +104,11 @@ class PolicyController:
     ) -> None:
         check_optimizer(optimizer)
         check_policy(policy)
-        check_intervals(total_steps, eval_interval)
+        check_intervals(steps, eval_every)
         self.optimizer = optimizer
         self.policy = policy
-        self.total_steps = total_steps
-        self.eval_interval = eval_interval
+        self.steps = steps
+        self.eval_every = eval_every
         # Each group's LR as the user built it: the policy's LR multiplies these.
         self.base_lrs = [
             float(group.get("initial_lr", group["lr"])) for group in optimizer.param_groups
@@ -142,7 +142,7 @@ class PolicyController:
 
     def is_interval_end(self, step: int) -> bool:
         """Whether step count `step` ends an interval (an observation is due)."""
-        return step % self.eval_interval == 0 or step == self.total_steps
+        return step % self.eval_every == 0 or step == self.steps
 
     def multiplier(self, step: int | None = None) -> float:
         """What every group's initial LR is multiplied by at step `step` (0-based; the
@@ -153,7 +153,7 @@ class PolicyController:
         """The policy's LR at step `step` (the next step by default), times its warmup and
         cooldown factors (1 outside them)."""
         step = self.steps_done if step is None else step
-        return self.policy.applied_lr(self.lr, step, total_steps=self.total_steps)
+        return self.policy.applied_lr(self.lr, step, total_steps=self.steps)
 
     def group_lrs(self, step: int | None = None) -> list[float]:
         """Each group's LR at step `step` (the next step by default)."""
@@ -258,8 +258,8 @@ class PolicyController:
         return {
             "start_lr": self.start_lr,
             "lr": self.lr,
-            "total_steps": self.total_steps,
-            "eval_interval": self.eval_interval,
+            "steps": self.steps,
+            "eval_every": self.eval_every,
             "base_lrs": list(self.base_lrs),
             "steps_done": self.steps_done,
             "observed_at": self.observed_at,
@@ -282,7 +282,7 @@ class PolicyController:
         missing = [key for key in self.state_dict() if key not in state_dict]
         if missing:
             raise ConfigError(f"not a {kind} state dict: it lacks {', '.join(missing)}")
-        for key in ("total_steps", "eval_interval"):
+        for key in ("steps", "eval_every"):
             if state_dict[key] != getattr(self, key):
                 raise ConfigError(
                     f"state dict has {key}={state_dict[key]!r}, this {this} {getattr(self, key)!r}"
@@ -315,15 +315,15 @@ class PolicyController:
         if rank() == 0:
             action = self.policy.act(observation)
             next_observation_at = min(
-                (self.steps_done // self.eval_interval + 1) * self.eval_interval,
-                self.total_steps,
+                (self.steps_done // self.eval_every + 1) * self.eval_every,
+                self.steps,
             )
             lr = self.policy.next_lr(
                 self.lr,
                 action,
-                interval=self.steps_done // self.eval_interval,
+                interval=self.steps_done // self.eval_every,
                 interval_steps=next_observation_at - self.steps_done,
-                total_steps=self.total_steps,
+                total_steps=self.steps,
             )
             decision = (action, lr, self._feature_state())
         action, lr, feature_state = broadcast_from_rank_zero(decision)
@@ -336,7 +336,7 @@ class PolicyController:
         return ObservationBuilder(
             start_lr,
             initial_val_loss,
-            self.total_steps,
+            self.steps,
             self.policy.masked_features,
             history=getattr(self.policy, "history", 1),
         )

@@ -1,11 +1,11 @@
 """`PolicyScheduler`: a learned lrpilot policy as a PyTorch LR scheduler.
 
 Call `step()` after every `optimizer.step()`, as with any scheduler, and
-`observe(train_losses, val_loss)` at every evaluation, every `eval_interval` steps:
+`observe(train_losses, val_loss)` at every evaluation, every `eval_every` steps:
 
     policy = load_policy("default")
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    scheduler = PolicyScheduler(optimizer, policy, total_steps=4000, eval_interval=100)
+    scheduler = PolicyScheduler(optimizer, policy, steps=4000, eval_every=100)
     scheduler.observe(val_loss=evaluate(model))  # L_0: the policy's first action
     losses = []
     for step in range(4000):
@@ -48,8 +48,8 @@ class PolicyScheduler(LRScheduler):
         policy: an lrpilot `Policy` (`load_policy(path)`), or any object with `act`,
             `next_lr` (with the keyword `interval`: the interval it sets), `applied_lr`,
             `lr_min`, `lr_max` and `masked_features`.
-        total_steps: the run's optimizer steps (the `progress` feature is step / T).
-        eval_interval: steps between observations; the last interval takes the rest.
+        steps: the run's optimizer steps (the `progress` feature is step / T).
+        eval_every: steps between observations; the last interval takes the rest.
         start_lr: the LR the policy starts from; the first group's initial LR by
             default. Clipped to the policy's range, as the env does.
         initial_val_loss: L_0, the validation loss before training. If given, the
@@ -71,8 +71,8 @@ class PolicyScheduler(LRScheduler):
         self,
         optimizer: torch.optim.Optimizer,
         policy: Any,
-        total_steps: int,
-        eval_interval: int,
+        steps: int,
+        eval_every: int,
         start_lr: float | None = None,
         initial_val_loss: float | None = None,
         *,
@@ -82,8 +82,8 @@ class PolicyScheduler(LRScheduler):
         self.controller = PolicyController(
             optimizer,
             policy,
-            total_steps,
-            eval_interval,
+            steps,
+            eval_every,
             start_lr=start_lr,
             update_ratio_sample=update_ratio_sample,
             measure_grad_norm=measure_grad_norm,

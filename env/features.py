@@ -162,7 +162,7 @@ class ObservationBuilder:
         self,
         start_lr: float,
         initial_val_loss: float,
-        total_steps: int,
+        steps: int,
         masked: tuple[str, ...] = (),
         history: int = 1,
     ) -> None:
@@ -171,7 +171,7 @@ class ObservationBuilder:
         self._masked_indices = [FEATURE_NAMES.index(name) for name in self.masked]
         self.start_lr = start_lr
         self.initial_val_loss = initial_val_loss
-        self.total_steps = total_steps
+        self.steps = steps
         self.previous_val_loss = initial_val_loss
         self.best_val_loss = initial_val_loss
         self.previous_grad_norm = math.nan
@@ -201,7 +201,7 @@ class ObservationBuilder:
         if math.isfinite(val):
             self.best_val_loss = min(self.best_val_loss, val)
         values = [
-            stats.step / self.total_steps,
+            stats.step / self.steps,
             _log(controller_lr / REFERENCE_LR),
             _log(controller_lr / self.start_lr),
             log_ratio(val, self.previous_val_loss),

@@ -57,8 +57,7 @@ class Task:
         check_fields(self)
         if self.eval_every > self.steps:
             raise ConfigError(
-                f"eval_every ({self.eval_every}) must not exceed the step budget "
-                f"({self.steps})"
+                f"eval_every ({self.eval_every}) must not exceed the step budget ({self.steps})"
             )
 
     @property

@@ -7,7 +7,7 @@ evaluation. It prints the LR the policy chose at each evaluation and the final
 validation loss. Needs the extra `pip install 'lrpilot[hf]'`.
 
     python examples/hf_trainer.py                       # 400 steps, an evaluation every 20
-    python examples/hf_trainer.py --steps 100 --eval-interval 10 --start-lr 1e-2
+    python examples/hf_trainer.py --steps 100 --eval-every 10 --start-lr 1e-2
 
 The wiring is three settings of `TrainingArguments` and one line:
 
@@ -58,7 +58,7 @@ class SpreadWindows(RandomWindows):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=400, help="optimizer steps")
-    parser.add_argument("--eval-interval", type=int, default=20, help="steps per decision")
+    parser.add_argument("--eval-every", type=int, default=20, help="steps per decision")
     parser.add_argument("--start-lr", type=float, default=1e-3, help="the untuned start LR")
     parser.add_argument("--batch-size", type=int, default=32, help="sequences per step")
     parser.add_argument("--block-size", type=int, default=32, help="bytes per sequence")
@@ -110,9 +110,9 @@ def main(argv: list[str] | None = None) -> dict:
             adam_beta2=0.95,
             max_grad_norm=1.0,
             eval_strategy="steps",
-            eval_steps=options.eval_interval,  # the policy acts at every evaluation
+            eval_steps=options.eval_every,  # the policy acts at every evaluation
             eval_on_start=True,  # L_0: the validation loss before training
-            logging_steps=options.eval_interval,
+            logging_steps=options.eval_every,
             save_strategy="no",
             report_to="none",
             use_cpu=True,

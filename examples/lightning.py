@@ -7,13 +7,13 @@ validation. It prints the LR the policy chose at each validation and the final
 validation loss. Needs the extra `pip install 'lrpilot[lightning]'`.
 
     python examples/lightning.py                       # 400 steps, a validation every 20
-    python examples/lightning.py --steps 100 --eval-interval 10 --start-lr 1e-2
+    python examples/lightning.py --steps 100 --eval-every 10 --start-lr 1e-2
 
 The wiring: the module returns one optimizer and no LR scheduler from
 `configure_optimizers` and logs `val_loss`; the Trainer validates fully before
 training (`num_sanity_val_steps=-1`: the policy's L_0); the callback does the rest:
 
-    callback = LRPilotLightningCallback(load_policy("default"), eval_interval=20)
+    callback = LRPilotLightningCallback(load_policy("default"), eval_every=20)
     trainer = pl.Trainer(max_steps=400, num_sanity_val_steps=-1, callbacks=[callback])
 """
 
@@ -90,7 +90,7 @@ class ByteLanguageModel(pl.LightningModule):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=400, help="optimizer steps")
-    parser.add_argument("--eval-interval", type=int, default=20, help="steps per decision")
+    parser.add_argument("--eval-every", type=int, default=20, help="steps per decision")
     parser.add_argument("--start-lr", type=float, default=1e-3, help="the untuned start LR")
     parser.add_argument("--batch-size", type=int, default=64, help="sequences per step")
     parser.add_argument("--block-size", type=int, default=16, help="bytes per sequence")
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         n_layer=options.n_layer, n_head=4, n_embd=options.n_embd, block_size=options.block_size
     )
     module = ByteLanguageModel(config, options.start_lr, options.seed)
-    callback = LRPilotLightningCallback(load_policy("default"), eval_interval=options.eval_interval)
+    callback = LRPilotLightningCallback(load_policy("default"), eval_every=options.eval_every)
     trainer = pl.Trainer(
         max_steps=options.steps,
         accelerator="cpu",

@@ -118,9 +118,9 @@ def test_a_bad_grad_norm_is_refused():
 
 
 def test_the_callbacks_shared_core_refuses_an_interval_without_train_losses():
-    core = CallbackCore(make_policy(), LoopSettings(eval_interval=EVERY))
+    core = CallbackCore(make_policy(), LoopSettings(eval_every=EVERY))
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(3))], lr=0.01)
-    controller = core._make_controller(optimizer, total_steps=4 * EVERY, eval_interval=EVERY)
+    controller = core._make_controller(optimizer, steps=4 * EVERY, eval_every=EVERY)
     core._observe(2.0)
     for _ in range(EVERY):
         controller.count_step()

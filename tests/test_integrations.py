@@ -167,7 +167,7 @@ def test_hf_example_trains_and_the_policy_moves_the_lr(hf, capsys):
     example = load_example("hf_trainer")
     result = example.main(
         [
-            *("--steps", "30", "--eval-interval", "10", "--batch-size", "8"),
+            *("--steps", "30", "--eval-every", "10", "--batch-size", "8"),
             *("--block-size", "16", "--n-layer", "1", "--n-embd", "32", "--val-windows", "16"),
         ]
     )
@@ -230,7 +230,7 @@ def test_hf_resume_continues_with_the_uninterrupted_lrs(hf, tmp_path):
         ({"lr_scheduler_type": "linear"}, "use TrainingArguments(lr_scheduler_type='constant')"),
         ({"warmup_steps": 2}, "use warmup_steps=0, got 2"),
         ({"eval_on_start": False}, "use TrainingArguments(eval_on_start=True)"),
-        ({"eval_strategy": "no"}, "pass eval_interval=, or use eval_strategy='steps'"),
+        ({"eval_strategy": "no"}, "pass eval_every=, or use eval_strategy='steps'"),
         ({"eval_dataset": None}, "give the Trainer an eval_dataset"),
         ({"attach": False}, "LRPilotHFCallback(policy).attach(trainer), not callbacks=[...]"),
         ({"labels": False}, "needs 'eval_loss' in the evaluation metrics"),
@@ -268,10 +268,10 @@ def test_hf_and_lightning_callbacks_refuse_what_is_not_a_policy(tmp_path):
     for callback, metric_keyword in callbacks:
         with pytest.raises(ConfigError, match="policy must be an lrpilot Policy"):
             callback("policy.safetensors")
-        with pytest.raises(ConfigError, match="eval_interval must be a positive integer"):
-            callback(moving_policy(), eval_interval=0)
-        with pytest.raises(ConfigError, match=f"{callback.__name__} takes no setting eval_every;"):
-            callback(moving_policy(), eval_every=10)
+        with pytest.raises(ConfigError, match="eval_every must be a positive integer"):
+            callback(moving_policy(), eval_every=0)
+        with pytest.raises(ConfigError, match=f"{callback.__name__} takes no setting total_steps;"):
+            callback(moving_policy(), total_steps=10)
         with pytest.raises(ConfigError, match=f"{metric_keyword} must be the name of a metric"):
             callback(moving_policy(), **{metric_keyword: ""})
     with pytest.raises(ConfigError, match="policy file not found"):
@@ -354,7 +354,7 @@ def pl_fit(pl, module, callback, *, max_steps=PL_STEPS, ckpt_path=None, **settin
 def test_lightning_example_trains_and_the_policy_moves_the_lr(pl, capsys):
     example = load_example("lightning")
     result = example.main(
-        ["--steps", "30", "--eval-interval", "10", "--batch-size", "8", "--val-windows", "16"]
+        ["--steps", "30", "--eval-every", "10", "--batch-size", "8", "--val-windows", "16"]
     )
     output = capsys.readouterr().out
     lrs = printed_lrs(output)
@@ -367,7 +367,7 @@ def test_lightning_callback_sees_per_step_losses_and_sets_the_policy_lr(pl):
     from lrpilot.integrations.lightning import LRPilotLightningCallback
 
     module = recording_module(pl)
-    callback = LRPilotLightningCallback(moving_policy(), eval_interval=PL_EVERY)
+    callback = LRPilotLightningCallback(moving_policy(), eval_every=PL_EVERY)
     pl_fit(pl, module, callback, accumulate_grad_batches=2)
     controller = callback.controller
     assert [step for step, _val, _lr in callback.decisions] == [0, 4, 8, 12, 16]
@@ -395,9 +395,7 @@ def test_lightning_resume_continues_with_the_uninterrupted_lrs(pl, tmp_path):
     from lrpilot.integrations.lightning import LRPilotLightningCallback
 
     def callback():
-        return LRPilotLightningCallback(
-            moving_policy(), eval_interval=PL_EVERY, total_steps=PL_STEPS
-        )
+        return LRPilotLightningCallback(moving_policy(), eval_every=PL_EVERY, steps=PL_STEPS)
 
     uninterrupted = recording_module(pl)
     pl_fit(pl, uninterrupted, callback())
@@ -429,7 +427,7 @@ def _logs_another_name(self, batch, batch_idx):
         ({"validation_step": _logs_another_name}, {}, "the sanity check logged no 'val_loss'"),
         ({}, {"num_sanity_val_steps": 2}, "use Trainer(num_sanity_val_steps=-1)"),
         ({}, {"limit_val_batches": 0}, "LRPilotLightningCallback needs validation losses"),
-        ({}, {"no interval": True}, "pass eval_interval=, or use Trainer(val_check_interval=N"),
+        ({}, {"no interval": True}, "pass eval_every=, or use Trainer(val_check_interval=N"),
     ],
 )
 def test_lightning_bad_setups_stop_before_the_first_step(pl, changes, settings, message):
@@ -441,7 +439,7 @@ def test_lightning_bad_setups_stop_before_the_first_step(pl, changes, settings, 
         pl_fit(
             pl,
             module,
-            LRPilotLightningCallback(moving_policy(), eval_interval=interval),
+            LRPilotLightningCallback(moving_policy(), eval_every=interval),
             **settings,
         )
     assert message in str(error.value) and "\n" not in str(error.value)

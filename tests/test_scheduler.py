@@ -350,10 +350,10 @@ class _PolicyWithoutInterval:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"total_steps": 0}, "total_steps must be a positive integer, got 0"),
-        ({"total_steps": 10.0}, "total_steps must be a positive integer, got 10.0"),
-        ({"eval_interval": True}, "eval_interval must be a positive integer, got True"),
-        ({"eval_interval": 20}, "eval_interval (20) is larger than total_steps (10)"),
+        ({"steps": 0}, "steps must be a positive integer, got 0"),
+        ({"steps": 10.0}, "steps must be a positive integer, got 10.0"),
+        ({"eval_every": True}, "eval_every must be a positive integer, got True"),
+        ({"eval_every": 20}, "eval_every (20) is larger than steps (10)"),
         ({"policy": "policy.safetensors"}, "policy must be an lrpilot Policy"),
         ({"policy": _PolicyWithoutInterval()}, "policy's next_lr must take the keyword interval"),
         ({"optimizer": [torch.zeros(1)]}, "optimizer must be a torch Optimizer, got list"),
@@ -366,7 +366,7 @@ class _PolicyWithoutInterval:
 )
 def test_bad_arguments_are_one_line_config_errors(kwargs, message):
     arguments = {"optimizer": _optimizer(), "policy": make_policy()}
-    arguments |= {"total_steps": 10, "eval_interval": 5} | kwargs
+    arguments |= {"steps": 10, "eval_every": 5} | kwargs
     if arguments["optimizer"] == "no groups":
         arguments["optimizer"] = _optimizer()
         arguments["optimizer"].param_groups.clear()
@@ -392,7 +392,7 @@ def test_misuse_is_refused():
     with pytest.raises(RuntimeError, match="at least one step"):
         scheduler.observe([1.0], 1.0)
     state = scheduler.state_dict()
-    with pytest.raises(ConfigError, match="state dict has total_steps=10, this scheduler 20"):
+    with pytest.raises(ConfigError, match="state dict has steps=10, this scheduler 20"):
         PolicyScheduler(_optimizer(), make_policy(), 20, 5).load_state_dict(state)
     with pytest.raises(ConfigError, match="not a PolicyScheduler state dict: it lacks lr"):
         scheduler.load_state_dict({k: v for k, v in state.items() if k != "lr"})

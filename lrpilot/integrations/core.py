@@ -37,8 +37,8 @@ class LoopSettings:
     when given; None takes it from the trainer at train start.
 
     Attributes:
-        eval_interval: optimizer steps between the policy's decisions.
-        total_steps: the step budget the policy sees (the `progress` feature).
+        eval_every: optimizer steps between the policy's decisions.
+        steps: the step budget the policy sees (the `progress` feature).
         start_lr: the policy's LR at the start; by default the first parameter group's
             initial LR.
         initial_val_loss: L_0, the validation loss before training.
@@ -46,14 +46,14 @@ class LoopSettings:
             (`SampledUpdateRatio`); None: exact.
     """
 
-    eval_interval: int | None = None
-    total_steps: int | None = None
+    eval_every: int | None = None
+    steps: int | None = None
     start_lr: float | None = None
     initial_val_loss: float | None = None
     update_ratio_sample: int | None = UPDATE_RATIO_SAMPLE
 
     def __post_init__(self) -> None:
-        for name in ("eval_interval", "total_steps", "update_ratio_sample"):
+        for name in ("eval_every", "steps", "update_ratio_sample"):
             if getattr(self, name) is not None:
                 require_positive_int(name, getattr(self, name))
         if self.start_lr is not None:
@@ -104,15 +104,15 @@ class CallbackCore:
         self._step_losses: list[torch.Tensor | float] = []  # of the interval under way
 
     def _make_controller(
-        self, optimizer: torch.optim.Optimizer, *, total_steps: int, eval_interval: int
+        self, optimizer: torch.optim.Optimizer, *, steps: int, eval_every: int
     ) -> PolicyController:
         """The controller of this run, whose gradient norms the callback records itself
         (`controller.record_current_grad_norm()`, before the gradients are clipped)."""
         self.controller = PolicyController(
             optimizer,
             self.policy,
-            total_steps,
-            eval_interval,
+            steps,
+            eval_every,
             start_lr=self.settings.start_lr,
             update_ratio_sample=self.settings.update_ratio_sample,
             measure_grad_norm=False,

@@ -32,12 +32,12 @@ Lightning callback shares; this module is the wiring to the Trainer:
   (`max_grad_norm`), as lrpilot's own runs measure it.
 - **update ratio**: the controller's hooks on the optimizer inside accelerate's
   wrapper (`SampledUpdateRatio`).
-- **when it acts**: at every `eval_interval` steps (its argument; by default the
+- **when it acts**: at every `eval_every` steps (its argument; by default the
   Trainer's `eval_steps` with `eval_strategy="steps"`). At each such step
   `on_step_end` asks the Trainer to evaluate (`control.should_evaluate`), and
   `on_evaluate` reads the validation loss, the metric `eval_loss` (`metric=`),
   and shows the policy the interval. Evaluations at other steps are ignored.
-  The run's step budget is the Trainer's `max_steps` unless `total_steps` is given.
+  The run's step budget is the Trainer's `max_steps` unless `steps` is given.
 - **L_0**: the evaluation the Trainer runs before training with
   `eval_on_start=True`, or `initial_val_loss=`.
 - **the LR**: the Trainer's scheduler must be `lr_scheduler_type="constant"` (any
@@ -86,8 +86,8 @@ class LRPilotHFCallback(CallbackCore, TrainerCallback):
         policy: an lrpilot `Policy` (`load_policy(path)`).
         metric: the evaluation metric that is the validation loss.
         **settings: the `LoopSettings`, each taken from the Trainer when not given:
-            `eval_interval` (its `eval_steps`, with `eval_strategy="steps"`),
-            `total_steps` (its `max_steps`), `start_lr` (the first parameter group's
+            `eval_every` (its `eval_steps`, with `eval_strategy="steps"`),
+            `steps` (its `max_steps`), `start_lr` (the first parameter group's
             initial LR, `learning_rate`), `initial_val_loss` (its evaluation before
             training, `eval_on_start=True`), `update_ratio_sample`.
 
@@ -157,15 +157,15 @@ class LRPilotHFCallback(CallbackCore, TrainerCallback):
                 f"the Trainer's eval_dataset holds {len(eval_dataset)} named sets: pass "
                 f"metric='eval_<name>_loss' to LRPilotHFCallback for the one the policy reads"
             )
-        eval_interval = self.settings.eval_interval
-        if eval_interval is None:
+        eval_every = self.settings.eval_every
+        if eval_every is None:
             strategy = getattr(args.eval_strategy, "value", args.eval_strategy)
             if strategy != "steps":
                 raise ConfigError(
-                    f"LRPilotHFCallback needs an interval: pass eval_interval=, or use "
+                    f"LRPilotHFCallback needs an interval: pass eval_every=, or use "
                     f"eval_strategy='steps' with eval_steps, got eval_strategy={strategy!r}"
                 )
-            eval_interval = int(state.eval_steps)
+            eval_every = int(state.eval_steps)
         resumed = state.global_step > 0
         if not resumed and self.settings.initial_val_loss is None and not args.eval_on_start:
             raise ConfigError(
@@ -174,8 +174,8 @@ class LRPilotHFCallback(CallbackCore, TrainerCallback):
             )
         controller = self._make_controller(
             _inner_optimizer(optimizer),
-            total_steps=self.settings.total_steps or state.max_steps,
-            eval_interval=eval_interval,
+            steps=self.settings.steps or state.max_steps,
+            eval_every=eval_every,
         )
         self._lr_scheduler = lr_scheduler
 

@@ -7,7 +7,7 @@
     trainer = pl.Trainer(
         max_steps=400,
         num_sanity_val_steps=-1,  # a full validation before training: L_0
-        callbacks=[LRPilotLightningCallback(load_policy("default"), eval_interval=20)],
+        callbacks=[LRPilotLightningCallback(load_policy("default"), eval_every=20)],
     )
     trainer.fit(module, train_loader, val_loader)  # module logs self.log("val_loss", ...)
 
@@ -24,14 +24,14 @@ shares; this module is the wiring to the Trainer's hooks:
 - **gradient norm**: `on_before_optimizer_step`, which Lightning calls before it
   clips the gradients (`gradient_clip_val`), as lrpilot's own runs measure it.
 - **update ratio**: the controller's hooks on the optimizer (`SampledUpdateRatio`).
-- **when it acts**: every `eval_interval` optimizer steps. With `eval_interval=`,
+- **when it acts**: every `eval_every` optimizer steps. With `eval_every=`,
   the callback makes the Trainer validate at those steps (at train start it sets the
-  Trainer's `val_check_batch` to `eval_interval * accumulate_grad_batches` and its
+  Trainer's `val_check_batch` to `eval_every * accumulate_grad_batches` and its
   `check_val_every_n_epoch` to None); without it, the interval is the Trainer's own,
   `Trainer(val_check_interval=N, check_val_every_n_epoch=None)`.
   `on_validation_end` reads the validation loss, the logged metric `val_loss`
   (`monitor=`), and shows the policy the interval. The step budget is the Trainer's
-  `max_steps` unless `total_steps` is given.
+  `max_steps` unless `steps` is given.
 - **L_0**: the Trainer's sanity check, when it validates on every validation batch
   (`num_sanity_val_steps=-1`), or `initial_val_loss=`.
 - **the LR**: each parameter group's LR, written into the optimizer after every step:
@@ -74,8 +74,8 @@ class LRPilotLightningCallback(CallbackCore, pl.Callback):
         policy: an lrpilot `Policy` (`load_policy(path)`).
         monitor: the logged metric that is the validation loss.
         **settings: the `LoopSettings`, each taken from the Trainer when not given:
-            `eval_interval` (its validation interval, `val_check_interval=N` batches
-            with `check_val_every_n_epoch=None`), `total_steps` (its `max_steps`, else
+            `eval_every` (its validation interval, `val_check_interval=N` batches
+            with `check_val_every_n_epoch=None`), `steps` (its `max_steps`, else
             its estimated optimizer steps), `start_lr` (the first parameter group's
             initial LR), `initial_val_loss` (the sanity check's validation loss, with
             `num_sanity_val_steps=-1`), `update_ratio_sample`.
@@ -116,9 +116,9 @@ class LRPilotLightningCallback(CallbackCore, pl.Callback):
                 "LRPilotLightningCallback needs the validation loss before training: use "
                 "Trainer(num_sanity_val_steps=-1), or pass initial_val_loss="
             )
-        if self.settings.eval_interval is None and not _validates_every_n_batches(trainer):
+        if self.settings.eval_every is None and not _validates_every_n_batches(trainer):
             raise ConfigError(
-                "LRPilotLightningCallback needs an interval: pass eval_interval=, or use "
+                "LRPilotLightningCallback needs an interval: pass eval_every=, or use "
                 "Trainer(val_check_interval=N, check_val_every_n_epoch=None)"
             )
 
@@ -126,23 +126,23 @@ class LRPilotLightningCallback(CallbackCore, pl.Callback):
         """Make the controller (optimizer states are restored by now), restore it on a
         resume or take the first action, and make the Trainer validate on time."""
         accumulate = trainer.accumulate_grad_batches
-        if self.settings.eval_interval is not None:
+        if self.settings.eval_every is not None:
             self._validate_every_interval(trainer)
-            eval_interval = self.settings.eval_interval
+            eval_every = self.settings.eval_every
         else:
             if trainer.val_check_batch % accumulate:
                 raise ConfigError(
                     f"val_check_interval ({trainer.val_check_batch} batches) is not a whole "
                     f"number of optimizer steps (accumulate_grad_batches={accumulate})"
                 )
-            eval_interval = trainer.val_check_batch // accumulate
-        total_steps = self.settings.total_steps
-        if total_steps is None:
-            total_steps = trainer.max_steps if trainer.max_steps > 0 else None
-        if total_steps is None:
-            total_steps = int(trainer.estimated_stepping_batches)
+            eval_every = trainer.val_check_batch // accumulate
+        steps = self.settings.steps
+        if steps is None:
+            steps = trainer.max_steps if trainer.max_steps > 0 else None
+        if steps is None:
+            steps = int(trainer.estimated_stepping_batches)
         controller = self._make_controller(
-            trainer.optimizers[0], total_steps=total_steps, eval_interval=eval_interval
+            trainer.optimizers[0], steps=steps, eval_every=eval_every
         )
         if self._pending_state is not None:
             saved, self._pending_state = self._pending_state, None
@@ -161,7 +161,7 @@ class LRPilotLightningCallback(CallbackCore, pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The Trainer works out its validation batches again when it reloads dataloaders.
-        if self.settings.eval_interval is not None:
+        if self.settings.eval_every is not None:
             self._validate_every_interval(trainer)
 
     def on_before_optimizer_step(
@@ -228,8 +228,8 @@ class LRPilotLightningCallback(CallbackCore, pl.Callback):
     # -- internals ----------------------------------------------------------------------------
 
     def _validate_every_interval(self, trainer: pl.Trainer) -> None:
-        """Make the Trainer validate every `eval_interval` optimizer steps, across epochs."""
-        trainer.val_check_batch = self.settings.eval_interval * trainer.accumulate_grad_batches
+        """Make the Trainer validate every `eval_every` optimizer steps, across epochs."""
+        trainer.val_check_batch = self.settings.eval_every * trainer.accumulate_grad_batches
         trainer.check_val_every_n_epoch = None
 
 
