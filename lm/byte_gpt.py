@@ -24,7 +24,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from lrpilot.errors import ConfigError, require_positive_int
+from lrpilot.config import check_fields, fraction_or_zero, non_negative, positive, setting
+from lrpilot.errors import ConfigError
 from lrpilot.lm.corpus import Corpus, load_corpus
 from lrpilot.lm.memory import require_fits_in_memory
 from lrpilot.lm.model import GPT, ModelConfig, next_byte_loss
@@ -46,28 +47,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def is_number(value: object) -> bool:
-    """An int or float (bools excluded), finite."""
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_common_settings(workload) -> None:
-    """The settings every built-in family shares: a name, the interval within the
-    budget, betas in [0, 1), a finite weight decay >= 0, a positive finite clip or None."""
-    if not isinstance(workload.name, str) or not workload.name:
-        raise ConfigError(f"name must be a non-empty string, got {workload.name!r}")
+def check_budget(workload) -> None:
+    """The evaluation interval within the step budget (every built-in family)."""
     if workload.eval_every > workload.steps:
         raise ConfigError(f"eval_every ({workload.eval_every}) exceeds steps ({workload.steps})")
-    for name in ("beta1", "beta2"):
-        value = getattr(workload, name)
-        if not (is_number(value) and 0 <= value < 1):
-            raise ConfigError(f"{name} must be in [0, 1), got {value!r}")
-    decay = workload.weight_decay
-    if not (is_number(decay) and decay >= 0):
-        raise ConfigError(f"weight_decay must be a finite number >= 0, got {decay!r}")
-    clip = workload.grad_clip
-    if clip is not None and not (is_number(clip) and clip > 0):
-        raise ConfigError(f"grad_clip must be a positive finite number or None, got {clip!r}")
+
+
+def non_empty_text(value: str) -> str | None:
+    return None if value else "must not be empty"
 
 
 @dataclass(frozen=True)
@@ -76,30 +63,39 @@ class ByteGPTWorkload:
 
     family: ClassVar[str] = "byte_gpt"
 
-    name: str = "tiny"
-    corpus: str = "pydoc"  # pydoc, pystdlib, or a file or folder path
-    n_layer: int = 1
-    n_head: int = 4
-    n_embd: int = 64
-    block_size: int = 16  # context length in bytes
-    batch_size: int = 64  # sequences of block_size bytes per step
-    beta1: float = 0.9
-    beta2: float = 0.95
-    weight_decay: float = 0.1  # on matrices only, not on gains and biases
-    grad_clip: float | None = 1.0  # None: no clipping (the norm is still measured)
-    steps: int = 400  # the step budget
-    eval_every: int = 20  # steps per evaluation interval
-    val_windows: int = 32  # fixed validation windows of block_size predicted bytes
-    test_tokens: int = 65_536  # predicted bytes the test loss averages over, at least
+    name: str = setting("tiny", help="the workload's name in tables", check=non_empty_text)
+    corpus: str = setting(
+        "pydoc",
+        help="pydoc, pystdlib, pystdlib:PACKAGE, or a file or folder path",
+        check=non_empty_text,
+    )
+    n_layer: int = setting(1, help="transformer blocks", check=positive)
+    n_head: int = setting(4, help="attention heads", check=positive)
+    n_embd: int = setting(64, help="model width", check=positive)
+    block_size: int = setting(16, help="context length in bytes", check=positive)
+    batch_size: int = setting(64, help="sequences of block_size bytes per step", check=positive)
+    beta1: float = setting(0.9, help="AdamW's beta1", check=fraction_or_zero)
+    beta2: float = setting(0.95, help="AdamW's beta2", check=fraction_or_zero)
+    weight_decay: float = setting(
+        0.1, help="on matrices only, not on gains and biases", check=non_negative
+    )
+    grad_clip: float | None = setting(
+        1.0,
+        help="gradient-norm clip; none: no clipping (the norm is still measured)",
+        check=positive,
+    )
+    steps: int = setting(400, help="the step budget", check=positive)
+    eval_every: int = setting(20, help="steps per evaluation interval", check=positive)
+    val_windows: int = setting(
+        32, help="fixed validation windows of block_size predicted bytes", check=positive
+    )
+    test_tokens: int = setting(
+        65_536, help="predicted bytes the test loss averages over, at least", check=positive
+    )
 
     def __post_init__(self) -> None:
-        if not isinstance(self.corpus, str) or not self.corpus:
-            raise ConfigError(
-                f"corpus must be pydoc, pystdlib, or a file or folder path, got {self.corpus!r}"
-            )
-        for name in ("batch_size", "steps", "eval_every", "val_windows", "test_tokens"):
-            require_positive_int(name, getattr(self, name))
-        check_common_settings(self)
+        check_fields(self)
+        check_budget(self)
         require_fits_in_memory(
             self.num_params(),
             f"the model (n_layer={self.n_layer}, n_embd={self.n_embd}, "

@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrpilot.errors import ConfigError, require_positive_int
+from lrpilot.config import check_fields, positive, setting
+from lrpilot.errors import ConfigError
 from lrpilot.lm.corpus import VOCAB_SIZE
 
 
@@ -22,15 +23,14 @@ from lrpilot.lm.corpus import VOCAB_SIZE
 class ModelConfig:
     """Sizes of the transformer."""
 
-    n_layer: int = 1
-    n_head: int = 4
-    n_embd: int = 64
-    block_size: int = 16  # context length in bytes
-    vocab_size: int = VOCAB_SIZE
+    n_layer: int = setting(1, help="transformer blocks", check=positive)
+    n_head: int = setting(4, help="attention heads", check=positive)
+    n_embd: int = setting(64, help="model width", check=positive)
+    block_size: int = setting(16, help="context length in bytes", check=positive)
+    vocab_size: int = setting(VOCAB_SIZE, help="bytes: 256", check=positive)
 
     def __post_init__(self) -> None:
-        for name in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size"):
-            require_positive_int(f"ModelConfig.{name}", getattr(self, name))
+        check_fields(self)
         if self.n_embd % self.n_head:
             raise ConfigError(
                 f"ModelConfig.n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})"

@@ -24,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lrpilot.errors import ConfigError, require_positive_int
-from lrpilot.lm.byte_gpt import check_common_settings, resolve_device
+from lrpilot.config import check_fields, fraction_or_zero, non_negative, positive, setting
+from lrpilot.errors import ConfigError
+from lrpilot.lm.byte_gpt import check_budget, non_empty_text, resolve_device
 from lrpilot.lm.memory import require_fits_in_memory
 from lrpilot.lm.run import RunParts, StepRun
 from lrpilot.lm.text_datasets import BUILTIN_DATA, TextDataset, csv_files, load_dataset
@@ -43,38 +44,42 @@ class TextClassificationWorkload:
 
     family: ClassVar[str] = "text_classification"
 
-    name: str = "classify"
-    data: str = BUILTIN_DATA  # pystdlib, a folder with train.csv and test.csv, or a .csv
-    max_bytes: int = 256  # bytes of text per example: longer cut, shorter padded
-    n_embd: int = 64  # model width (4 attention heads)
-    n_layer: int = 1  # transformer encoder layers
-    batch_size: int = 32  # examples per step
-    beta1: float = 0.9  # Adam
-    beta2: float = 0.999
-    weight_decay: float = 0.0  # Adam's L2 penalty
-    grad_clip: float | None = 1.0  # None: no clipping (the norm is still measured)
-    steps: int = 400  # the step budget
-    eval_every: int = 20  # steps per evaluation interval
-    val_examples: int = 256  # split off the training data, never trained on
-    test_examples: int = 0  # test examples scored, spread over the test set; 0: all
+    name: str = setting("classify", help="the workload's name in tables", check=non_empty_text)
+    data: str = setting(
+        BUILTIN_DATA,
+        help="pystdlib, a folder with train.csv and test.csv, or a .csv",
+        check=non_empty_text,
+    )
+    max_bytes: int = setting(
+        256, help="bytes of text per example: longer cut, shorter padded", check=positive
+    )
+    n_embd: int = setting(64, help="model width (4 attention heads)", check=positive)
+    n_layer: int = setting(1, help="transformer encoder layers", check=positive)
+    batch_size: int = setting(32, help="examples per step", check=positive)
+    beta1: float = setting(0.9, help="Adam's beta1", check=fraction_or_zero)
+    beta2: float = setting(0.999, help="Adam's beta2", check=fraction_or_zero)
+    weight_decay: float = setting(0.0, help="Adam's L2 penalty", check=non_negative)
+    grad_clip: float | None = setting(
+        1.0,
+        help="gradient-norm clip; none: no clipping (the norm is still measured)",
+        check=positive,
+    )
+    steps: int = setting(400, help="the step budget", check=positive)
+    eval_every: int = setting(20, help="steps per evaluation interval", check=positive)
+    val_examples: int = setting(
+        256, help="split off the training data, never trained on", check=positive
+    )
+    test_examples: int = setting(
+        0, help="test examples scored, spread over the test set; 0: all", check=non_negative
+    )
 
     def __post_init__(self) -> None:
-        for name in ("max_bytes", "n_embd", "n_layer", "batch_size", "steps", "eval_every"):
-            require_positive_int(name, getattr(self, name))
-        require_positive_int("val_examples", self.val_examples)
-        if (
-            not isinstance(self.test_examples, int)
-            or isinstance(self.test_examples, bool)
-            or self.test_examples < 0
-        ):
-            raise ConfigError(
-                f"test_examples must be an integer >= 0 (0: all), got {self.test_examples!r}"
-            )
+        check_fields(self)
+        check_budget(self)
         if self.n_embd % N_HEAD:
             raise ConfigError(
                 f"n_embd must be divisible by the {N_HEAD} attention heads, got {self.n_embd}"
             )
-        check_common_settings(self)
         require_fits_in_memory(
             classifier_num_params(2, self.max_bytes, self.n_embd, self.n_layer),
             f"the model (n_layer={self.n_layer}, n_embd={self.n_embd}, "

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-from lrpilot.config import from_dict, read_toml
-from lrpilot.errors import ConfigError, require_positive_int
+from lrpilot.config import check_fields, from_dict, positive, read_toml, setting
+from lrpilot.errors import ConfigError
 from lrpilot.lm.byte_gpt import ByteGPTWorkload
 from lrpilot.lm.model import MODEL_PRESETS
 from lrpilot.lm.run import RunParts, StepRun, TrainingRun, check_run_parts
@@ -48,21 +48,17 @@ class PythonWorkload:
 
     family: ClassVar[str] = "python"
 
-    path: str
-    function: str
-    name: str = ""
-    steps: int = 400
-    eval_every: int = 20
+    path: str = setting(help="the Python file")
+    function: str = setting(help="the function of the seed that returns lrpilot.RunParts")
+    name: str = setting("", help="the workload's name in tables (default: FILE:FUNCTION)")
+    steps: int = setting(400, help="the step budget", check=positive)
+    eval_every: int = setting(20, help="steps per evaluation interval", check=positive)
 
     def __post_init__(self) -> None:
-        for name in ("path", "function", "name"):
-            if not isinstance(getattr(self, name), str):
-                raise ConfigError(f"{name} must be a string, got {getattr(self, name)!r}")
+        check_fields(self)
         object.__setattr__(self, "path", str(Path(self.path).expanduser().resolve()))
         if not self.name:
             object.__setattr__(self, "name", f"{Path(self.path).stem}:{self.function}")
-        require_positive_int("steps", self.steps)
-        require_positive_int("eval_every", self.eval_every)
         self.factory()  # a missing file or function fails now, not in a worker
 
     def factory(self):

@@ -163,12 +163,14 @@ def coerce(hint: Any, value: Any, name: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        for arg in args:
-            if arg is not type(None):
-                try:
-                    return coerce(arg, value, name)
-                except ConfigError:
-                    pass
+        choices = [arg for arg in args if arg is not type(None)]
+        if len(choices) == 1:  # X | None: X's own message
+            return coerce(choices[0], value, name)
+        for arg in choices:
+            try:
+                return coerce(arg, value, name)
+            except ConfigError:
+                pass
         raise wrong
     if origin is tuple:
         if not isinstance(value, list | tuple):

@@ -69,11 +69,11 @@ def write_toml(path: Path, settings: dict) -> Path:
 @pytest.mark.parametrize(
     ("settings", "fragments"),
     [
-        ({"corpus": 5}, ["corpus must be pydoc, pystdlib, or a file or folder path, got 5"]),
-        ({"weight_decay": math.inf}, ["weight_decay must be a finite number >= 0, got inf"]),
-        ({"name": [1, 2]}, ["name must be a non-empty string, got [1, 2]"]),
-        ({"grad_clip": math.nan}, ["grad_clip must be a positive finite number or None, got nan"]),
-        ({"beta1": True}, ["beta1 must be in [0, 1), got True"]),
+        ({"corpus": 5}, ["corpus must be a string, got 5"]),
+        ({"weight_decay": math.inf}, ["weight_decay must be a finite number, got inf"]),
+        ({"name": [1, 2]}, ["name must be a string, got [1, 2]"]),
+        ({"grad_clip": math.nan}, ["grad_clip must be a finite number, got nan"]),
+        ({"beta1": True}, ["beta1 must be a number, got True"]),
         (
             {"n_embd": 100_000, "n_head": 4},
             ["(n_layer=1, n_embd=100000, block_size=16) has 120,054,300,000 parameters", "GB"],
