@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lrpilot.errors import ConfigError
+from lrpilot.processes import run_until_stopped
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -508,6 +509,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help (0) or a one-line usage error (2)
         return int(exc.code or 0)
     try:
+        if args.command in ("compare", "benchmark", "train", "demo"):
+            return run_until_stopped(lambda: args.handler(args), args.command, args.out)
         return args.handler(args)
     except ConfigError as exc:
         print(f"lrpilot {args.command}: error: {exc}", file=sys.stderr)
