@@ -5,6 +5,7 @@ until the test opens a gate, so each signal reaches a command with work in fligh
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -106,15 +107,32 @@ def compare_args(workload: Path, out: Path, jobs: int = 2) -> list[str]:
     ]
 
 
+STARTED: list[subprocess.Popen] = []  # the commands the running test started
+
+
+@pytest.fixture(autouse=True)
+def no_command_left_running():
+    """A test that fails midway leaves nothing running: every command it started has
+    its process group killed."""
+    yield
+    while STARTED:
+        command = STARTED.pop()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(command.pid, signal.SIGKILL)
+        command.communicate()
+
+
 def start(args: list[str]) -> subprocess.Popen:
     """`lrpilot ARGS` in a session (and process group) of its own."""
-    return subprocess.Popen(
+    command = subprocess.Popen(
         [sys.executable, "-m", "lrpilot.cli", *args],
         start_new_session=True,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+    STARTED.append(command)
+    return command
 
 
 def live_processes(group: int) -> dict[int, int]:
