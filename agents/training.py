@@ -227,7 +227,7 @@ class ControllerRun:
         if (self.out / "evaluations.csv").is_file():
             self.evaluations = pd.read_csv(self.out / "evaluations.csv").to_dict("records")
         venv = make_vec_env(self.config, self.backend)
-        self.seconds_before = latest.get("seconds", 0.0)  # absent in older run folders
+        self.seconds_before = latest["seconds"]
         self.venv = VecNormalize.load(str(self.checkpoints / latest["vecnormalize"]), venv)
         model = PPO.load(self.checkpoints / latest["model"], env=self.venv, device="cpu")
         # PPO.load re-seeds with the original seed; draw new tasks and noise instead.
