@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 import torch
 from stable_baselines3 import PPO
@@ -16,12 +17,20 @@ from lrpilot.agents.policy_file import Policy
 from lrpilot.agents.policy_format import policy_metadata
 from lrpilot.agents.train_config import TrainConfig
 from lrpilot.env.lr_env import EnvConfig, LRControlEnv
+from lrpilot.processes import forkserver_context, init_worker
 from lrpilot.ray_backend import RayBackend
 
 
 def _make_env(env_config: EnvConfig) -> Monitor:
     torch.set_num_threads(1)  # one core per environment worker
     return Monitor(LRControlEnv(env_config))
+
+
+def _make_env_in_worker(env_config: EnvConfig, ancestor: int) -> Monitor:
+    """`_make_env` in an environment process, which dies with the training process
+    `ancestor` (`lrpilot.processes`)."""
+    init_worker(ancestor)
+    return _make_env(env_config)
 
 
 def make_vec_env(config: TrainConfig, backend: RayBackend | None = None) -> VecEnv:
@@ -35,9 +44,24 @@ def make_vec_env(config: TrainConfig, backend: RayBackend | None = None) -> VecE
     elif config.n_envs == 1:
         venv: VecEnv = DummyVecEnv(factories)
     else:
-        venv = SubprocVecEnv(factories, start_method="forkserver")
+        in_worker = functools.partial(_make_env_in_worker, config.env, os.getpid())
+        context = forkserver_context("lrpilot.agents.ppo")
+        venv = SubprocVecEnv([in_worker] * config.n_envs, context.get_start_method())
     venv.seed(config.seed)
     return venv
+
+
+def close_vec_env(venv: VecEnv) -> None:
+    """Close `venv`; environment processes already killed (a stopped command) are
+    only reaped, without the messages they can no longer answer."""
+    try:
+        venv.close()
+    except (EOFError, OSError):
+        subprocesses = venv.unwrapped
+        for process in getattr(subprocesses, "processes", []):
+            process.kill()
+            process.join()
+        subprocesses.closed = True
 
 
 def make_model(config: TrainConfig, backend: RayBackend | None = None) -> tuple[PPO, VecNormalize]:

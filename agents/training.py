@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from lrpilot.agents.evaluation import evaluate_controller, is_new_best
 from lrpilot.agents.policy_file import Policy
-from lrpilot.agents.ppo import export_policy, make_model, make_vec_env
+from lrpilot.agents.ppo import close_vec_env, export_policy, make_model, make_vec_env
 from lrpilot.agents.train_config import TrainConfig, load_train_config
 from lrpilot.env.lr_env import LRControlEnv
 from lrpilot.errors import ConfigError
@@ -227,7 +227,7 @@ class ControllerRun:
         if (self.out / "evaluations.csv").is_file():
             self.evaluations = pd.read_csv(self.out / "evaluations.csv").to_dict("records")
         venv = make_vec_env(self.config, self.backend)
-        self.seconds_before = latest.get("seconds", 0.0)  # absent in older run folders
+        self.seconds_before = latest["seconds"]
         self.venv = VecNormalize.load(str(self.checkpoints / latest["vecnormalize"]), venv)
         model = PPO.load(self.checkpoints / latest["model"], env=self.venv, device="cpu")
         # PPO.load re-seeds with the original seed; draw new tasks and noise instead.
@@ -251,7 +251,7 @@ class ControllerRun:
             model.logger.dump(model.num_timesteps)
         finally:
             assert self.venv is not None
-            self.venv.close()
+            close_vec_env(self.venv)
         atomic_write_json(
             self.out / "training.json",
             {

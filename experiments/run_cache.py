@@ -5,14 +5,15 @@ Every run is cached in `DIR/runs/<key>/` under a hash of everything that determi
 its numbers, written atomically (`trace.csv`, then `run.json`, which marks it done); a
 comparison that is killed and started again recomputes only unfinished runs. Runs go
 in parallel over `jobs` processes, each with one torch thread, or over Ray tasks, so
-results do not depend on either.
+results do not depend on either; the processes die with the comparison's own
+(`lrpilot.processes`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import multiprocessing
+import os
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from lrpilot.files import atomic_write_json, atomic_write_text, json_text
 from lrpilot.lm.optimizers import use_tuning_free
 from lrpilot.lm.trace import DIVERGENCE_FACTOR
 from lrpilot.lm.workloads import workload_from_dict
+from lrpilot.processes import forkserver_context, init_worker
 from lrpilot.ray_backend import MAX_RETRIES, RayBackend, import_ray
 
 CACHE_VERSION = 3  # bump when a change would alter the numbers of a cached run
@@ -168,9 +170,12 @@ class RunCache:
 
     def _run_on_processes(self, todo: list[RunSpec]) -> None:
         if self.pool is None:
-            context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["lrpilot.experiments.run_cache"])
-            self.pool = ProcessPoolExecutor(self.jobs, mp_context=context)
+            self.pool = ProcessPoolExecutor(
+                self.jobs,
+                mp_context=forkserver_context("lrpilot.experiments.run_cache"),
+                initializer=init_worker,
+                initargs=(os.getpid(),),
+            )
         pending = {self.pool.submit(run_trace_csv, spec, self.policy_bytes): spec for spec in todo}
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)

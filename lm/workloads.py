@@ -147,9 +147,7 @@ def _import_file(path: str):
         try:
             spec.loader.exec_module(module)
         except Exception as exc:
-            raise ConfigError(
-                f"workload file {path!r} failed to import: {type(exc).__name__}: {exc}"
-            ) from None
+            raise ConfigError(f"workload file {path!r} failed to import: {one_line(exc)}") from None
         _MODULES[path] = module
     return _MODULES[path]
 

@@ -40,6 +40,18 @@ def _parser(name: str, options: type) -> OneLineParser:
     return parser
 
 
+def _until_stopped(command: str, out: str, work: Callable[[], None]) -> int:
+    """Run a long command's `work` with SIGTERM and SIGINT turned into a clean stop: its
+    workers end with it and one line says how to resume (`lrpilot.processes`)."""
+    from lrpilot.processes import run_until_stopped
+
+    def call() -> int:
+        work()
+        return 0
+
+    return run_until_stopped(call, command, out)
+
+
 def _run(argv: list[str]) -> int:
     from lrpilot.commands import RunOptions
     from lrpilot.settings import RunSettings
@@ -78,17 +90,23 @@ def _train(argv: list[str]) -> int:
     from lrpilot.agents.training import resume, train
 
     progress = not options.quiet
-    if options.resume:
-        if options.workload is not None:
-            raise ConfigError("--workload applies to a new run; --resume keeps the run's own")
-        policy = resume(options.out, timesteps=args.timesteps, progress=progress, backend=backend)
-    else:
+    if options.resume and options.workload is not None:
+        raise ConfigError("--workload applies to a new run; --resume keeps the run's own")
+    if not options.resume:
         overrides = {"timesteps": args.timesteps, "n_envs": args.n_envs, "seed": args.seed}
         config = load_train_config(options.preset, workload=options.workload, **overrides)
-        policy = train(config, options.out, progress=progress, backend=backend)
-    done = policy.metadata["training"]["timesteps_done"]
-    print(f"trained {done} timesteps; policy: {options.out}/policy/policy.safetensors")
-    return 0
+
+    def work() -> None:
+        if options.resume:
+            policy = resume(
+                options.out, timesteps=args.timesteps, progress=progress, backend=backend
+            )
+        else:
+            policy = train(config, options.out, progress=progress, backend=backend)
+        done = policy.metadata["training"]["timesteps_done"]
+        print(f"trained {done} timesteps; policy: {options.out}/policy/policy.safetensors")
+
+    return _until_stopped("train", options.out, work)
 
 
 def _replay(argv: list[str]) -> int:
@@ -130,9 +148,13 @@ def _compare(argv: list[str]) -> int:
     backend = build(BackendSettings, args).make()
     from lrpilot.experiments.compare import compare
 
-    compare(config, options.out, progress=not options.quiet, backend=backend, force=options.force)
-    print((Path(options.out) / "summary.md").read_text())
-    return 0
+    def work() -> None:
+        compare(
+            config, options.out, progress=not options.quiet, backend=backend, force=options.force
+        )
+        print((Path(options.out) / "summary.md").read_text())
+
+    return _until_stopped("compare", options.out, work)
 
 
 def _benchmark(argv: list[str]) -> int:
@@ -151,18 +173,21 @@ def _benchmark(argv: list[str]) -> int:
         from lrpilot.agents.policy_file import load_policy
 
         load_policy(policy)  # a bad policy fails now, not after hours of tuning
-    run_suite(
-        suite,
-        options.out,
-        policy,
-        options.jobs,
-        options.device,
-        not options.quiet,
-        backend,
-        force=options.force,
-    )
-    print((Path(options.out) / "summary.md").read_text())
-    return 0
+
+    def work() -> None:
+        run_suite(
+            suite,
+            options.out,
+            policy,
+            options.jobs,
+            options.device,
+            not options.quiet,
+            backend,
+            force=options.force,
+        )
+        print((Path(options.out) / "summary.md").read_text())
+
+    return _until_stopped("benchmark", options.out, work)
 
 
 def _demo(argv: list[str]) -> int:
@@ -172,9 +197,11 @@ def _demo(argv: list[str]) -> int:
     options = build(DemoOptions, p.parse_args(argv))
     from lrpilot.experiments.demo import run_demo
 
-    run_demo(options.out, jobs=options.jobs, progress=not options.quiet)
-    print((Path(options.out) / "compare" / "summary.md").read_text())
-    return 0
+    def work() -> None:
+        run_demo(options.out, jobs=options.jobs, progress=not options.quiet)
+        print((Path(options.out) / "compare" / "summary.md").read_text())
+
+    return _until_stopped("demo", options.out, work)
 
 
 HANDLERS: dict[str, Callable[[list[str]], int]] = {

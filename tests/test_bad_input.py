@@ -166,6 +166,10 @@ def test_unreadable_inputs_are_refused(shared_dir, capsys):
     (holding / "a.txt").write_bytes(text)
     (holding / "b.txt").write_bytes(text)
     unreadable(holding / "b.txt")
+    closed = shared_dir / "closed"
+    closed.mkdir()
+    (closed / "a.txt").write_bytes(text)
+    unreadable(closed)
     nested = shared_dir / "nested"
     (nested / "inner").mkdir(parents=True)
     (nested / "inner" / "a.txt").write_bytes(text)
@@ -189,6 +193,7 @@ def test_unreadable_inputs_are_refused(shared_dir, capsys):
     cases = [
         (["run", "--corpus", secret], ["corpus cannot be read", repr(str(secret))]),
         (["run", "--corpus", holding], [repr(str(holding / "b.txt")), "Permission denied"]),
+        (["run", "--corpus", closed], [f"corpus cannot be read: {str(closed)!r}"]),
         (["run", "--corpus", nested], [repr(str(nested / "inner")), "Permission denied"]),
         (["run", "--workload", toml], [f"cannot read workload {str(toml)!r}: Permission denied"]),
         (["run", "--workload", classify], [f"CSV file {str(data / 'train.csv')!r} cannot be"]),
