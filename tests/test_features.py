@@ -1,13 +1,13 @@
-"""Observation features for losses of 0 (a memorised data set) and below, in the env
-and in a training loop; and unchanged for positive losses."""
+"""Observation features: their values on a hand-made run, and losses of 0 (a memorised
+data set) and below, in the env and in a training loop."""
 
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, replace
 
 import numpy as np
+import pytest
 import torch
 from conftest import make_policy
 
@@ -18,7 +18,6 @@ from lrpilot.env.features import (
     FEATURE_GROUPS,
     FEATURE_NAMES,
     ObservationBuilder,
-    finite_clipped,
 )
 from lrpilot.lm.run import IntervalStats, RunParts, StepRun
 
@@ -44,48 +43,102 @@ def feature(observation: np.ndarray, name: str) -> float:
     return float(observation[FEATURE_NAMES.index(name)])
 
 
-def old_observation(builder: ObservationBuilder, stats: IntervalStats, lr: float) -> np.ndarray:
-    """The formulas as they were before losses of 0 were handled (positive values)."""
-    val, mean = stats.val_loss, stats.train_loss_mean
-    best = min(builder.best_val_loss, val)
-    return finite_clipped(
-        [
-            stats.step / builder.total_steps,
-            math.log(lr / 1e-3),
-            math.log(lr / builder.start_lr),
-            math.log(val / builder.previous_val_loss),
-            math.log(val / builder.initial_val_loss),
-            math.log(val / best),
-            stats.train_loss_slope * stats.steps / mean,
-            stats.train_loss_std / mean,
-            math.log(val / mean),
-            math.log(stats.grad_norm),
-            math.log(stats.grad_norm / builder.previous_grad_norm)
-            if math.isfinite(builder.previous_grad_norm)
-            else 0.0,
-            math.log(stats.update_ratio),
-            0.0,
-        ]
-    )
-
-
-def test_positive_losses_give_exactly_the_features_they_gave():
-    rng = np.random.default_rng(0)
-    builder = ObservationBuilder(3e-3, 5.0, 400)
-    for interval in range(1, 30):
-        stats = replace(
+# Three intervals of a 100-step run that starts at LR 2e-3 from a validation loss of 4.0:
+# the run improves, then its validation loss goes back up above its best.
+INTERVALS = (
+    (
+        replace(STATS, train_loss_mean=3.0, train_loss_std=0.3, val_loss=3.2, grad_norm=2.0),
+        2e-3,
+    ),
+    (
+        replace(
             STATS,
-            step=20 * interval,
-            train_loss_mean=float(rng.uniform(1e-3, 6)),
-            train_loss_std=float(rng.uniform(0, 1)),
-            train_loss_slope=float(rng.normal(0, 0.05)),
-            val_loss=float(rng.uniform(1e-3, 6)),
-            grad_norm=float(rng.uniform(1e-2, 3)),
-            update_ratio=float(rng.uniform(1e-4, 1e-2)),
-        )
-        lr = float(rng.uniform(1e-4, 1e-2))
-        expected = old_observation(builder, stats, lr)
-        assert np.array_equal(builder.update(stats, controller_lr=lr), expected)  # bit for bit
+            step=40,
+            train_loss_mean=2.5,
+            train_loss_std=0.5,
+            train_loss_slope=-0.005,
+            val_loss=2.4,
+            grad_norm=1.0,
+            update_ratio=2e-3,
+            nonfinite_steps=2,
+        ),
+        4e-3,
+    ),
+    (
+        replace(
+            STATS,
+            step=60,
+            train_loss_mean=2.2,
+            train_loss_std=0.11,
+            train_loss_slope=0.002,
+            val_loss=2.6,
+            grad_norm=4.0,
+            update_ratio=5e-4,
+        ),
+        1e-3,
+    ),
+)
+# The features of each interval, computed once and checked against the formulas of
+# `env/features.py` (the comments).
+EXPECTED = (
+    {
+        "progress": 0.2,  # 20 / 100
+        "log_lr": 0.6931472,  # log(2e-3 / 1e-3)
+        "log_lr_rel_start": 0.0,
+        "log_val_rel_prev": -0.2231435,  # log(3.2 / 4.0)
+        "log_val_rel_init": -0.2231435,
+        "log_val_rel_best": 0.0,  # 3.2 is the best so far
+        "train_slope_rel": -0.06666667,  # -0.01 * 20 / 3.0
+        "train_noise_rel": 0.1,  # 0.3 / 3.0
+        "gen_gap": 0.06453852,  # log(3.2 / 3.0)
+        "log_grad_norm": 0.6931472,  # log(2.0)
+        "log_grad_norm_change": 0.0,  # no previous norm
+        "log_update_ratio": -6.907755,  # log(1e-3)
+        "nonfinite_fraction": 0.0,
+    },
+    {
+        "progress": 0.4,
+        "log_lr": 1.386294,  # log(4e-3 / 1e-3)
+        "log_lr_rel_start": 0.6931472,  # log(4e-3 / 2e-3)
+        "log_val_rel_prev": -0.2876821,  # log(2.4 / 3.2)
+        "log_val_rel_init": -0.5108256,  # log(2.4 / 4.0)
+        "log_val_rel_best": 0.0,
+        "train_slope_rel": -0.04,  # -0.005 * 20 / 2.5
+        "train_noise_rel": 0.2,  # 0.5 / 2.5
+        "gen_gap": -0.04082200,  # log(2.4 / 2.5)
+        "log_grad_norm": 0.0,
+        "log_grad_norm_change": -0.6931472,  # log(1.0 / 2.0)
+        "log_update_ratio": -6.214608,  # log(2e-3)
+        "nonfinite_fraction": 0.1,  # 2 / 20
+    },
+    {
+        "progress": 0.6,
+        "log_lr": 0.0,
+        "log_lr_rel_start": -0.6931472,  # log(1e-3 / 2e-3)
+        "log_val_rel_prev": 0.08004271,  # log(2.6 / 2.4)
+        "log_val_rel_init": -0.4307829,  # log(2.6 / 4.0)
+        "log_val_rel_best": 0.08004271,  # log(2.6 / 2.4): above its best
+        "train_slope_rel": 0.01818182,  # 0.002 * 20 / 2.2
+        "train_noise_rel": 0.05,  # 0.11 / 2.2
+        "gen_gap": 0.1670541,  # log(2.6 / 2.2)
+        "log_grad_norm": 1.386294,  # log(4.0)
+        "log_grad_norm_change": 1.386294,  # log(4.0 / 1.0)
+        "log_update_ratio": -7.600903,  # log(5e-4)
+        "nonfinite_fraction": 0.0,
+    },
+)
+
+
+def test_every_feature_of_a_run_has_its_recorded_value():
+    builder = ObservationBuilder(2e-3, 4.0, 100)
+    initial = builder.initial()  # the start LR, and nothing trained yet
+    assert feature(initial, "log_lr") == pytest.approx(0.6931472)
+    assert np.count_nonzero(initial) == 1
+    for (stats, lr), expected in zip(INTERVALS, EXPECTED, strict=True):
+        assert list(expected) == list(FEATURE_NAMES)
+        observation = builder.update(stats, controller_lr=lr)
+        values = {name: feature(observation, name) for name in FEATURE_NAMES}
+        assert values == pytest.approx(expected, rel=1e-6, abs=1e-7), stats.step
 
 
 def test_losses_of_zero_are_defined_and_take_their_limits():
