@@ -1,1 +1,3 @@
-"""The training substrate: byte-level corpora, the GPT model, the Trainer, fixed LR schedules."""
+"""The training substrate: workloads (byte-level corpora and GPT, Hugging Face causal LMs,
+text classification, a user's own), `StepRun` that trains any of them interval by
+interval, optimizers and fixed LR schedules."""

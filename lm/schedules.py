@@ -300,7 +300,7 @@ def default_warmup(name: str) -> float | None:
 def lr_function(
     scheduler: FixedSchedule | ReduceLROnPlateau, optimizer: torch.optim.Optimizer
 ) -> Callable[[int], float]:
-    """The per-step LR function that `Trainer.run_interval` takes, for a schedule.
+    """The per-step LR function that `TrainingRun.train` takes, for a schedule.
 
     A fixed schedule is evaluated in closed form; `ReduceLROnPlateau` holds the
     optimizer's current LR, which it lowers when stepped with the validation loss.

@@ -36,8 +36,8 @@ baseline, with a target of at most 1% each:
      tensor of 64 KiB or more on its own and unmaps it when freed: otherwise the
      heap's reuse of freed memory hides or inflates tens of MiB at random. A third
      loop, with the exact update ratio (a copy of all 67 MB of weights at each
-     interval's end, what `PolicyScheduler` did before `SampledUpdateRatio`), shows
-     the size of difference the measurement sees.
+     interval's end, which `SampledUpdateRatio` avoids), shows the size of difference
+     the measurement sees.
 
     python experiments/benchmarks/bench_scheduler.py            # about 5 minutes on 2 cores
     python experiments/benchmarks/bench_scheduler.py --intervals 4 --memory-repeats 1
