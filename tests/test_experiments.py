@@ -377,141 +377,6 @@ def test_lrpilot_train_without_a_preset_trains_what_made_the_shipped_policy():
     assert policy.action == TrainConfig.from_dict(training).env.action
 
 
-def test_every_ablation_variant_changes_the_controller_preset():
-    from lrpilot.agents.train_config import load_train_config
-    from lrpilot.experiments.benchmarks.ablations import VARIANTS, variant_config
-
-    preset = variant_config({}, timesteps=1600)
-    assert preset.env == load_train_config("controller").env  # "full": the preset itself
-    for name, (_, changes) in VARIANTS.items():
-        config = variant_config(changes, timesteps=1600)  # a valid config
-        if name == "full":
-            continue
-        assert (config.env, config.ppo) != (preset.env, preset.ppo), name
-
-
-def test_policy_selection_margin_is_the_worst_ratio_to_a_target():
-    from lrpilot.experiments.benchmarks.select_policy import (
-        QUALITY,
-        ROBUSTNESS,
-        selection_row,
-    )
-
-    settings = [
-        {"setting": "held-out seeds", QUALITY: 0.95, ROBUSTNESS: 1.01, "minutes": 0.8},
-        {"setting": "larger model (small)", QUALITY: 0.9999, ROBUSTNESS: 1.0404, "minutes": 3.1},
-    ]
-    row = selection_row("v9", "runs/v9/best", settings)
-    assert row["held-out seeds: quality"] == 0.95
-    assert row["larger model: robustness"] == 1.0404
-    assert row["targets met"] == 2  # 0.95 and 1.01 meet theirs; 0.9999 and 1.0404 do not
-    assert row["margin"] == round(1.0404 / 1.02, 4)  # robustness misses by more than quality
-    assert row["minutes"] == 3.9
-    settings[1][ROBUSTNESS] = 1.0
-    assert selection_row("v9", "p", settings)["margin"] == round(0.9999 / 0.99, 4)
-
-
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--candidate", "v9"], "NAME=PATH, got 'v9'"),
-        (["--candidate", "v9=/no/such/policy"], "policy file not found: '/no/such/policy'"),
-        (["--candidate", "a=default", "--candidate", "a=default"], "candidate names must differ"),
-        (
-            ["--candidate", "a=default", "--validation-seeds", "100001", "2"],
-            "validation seeds must not include the comparison seeds 1, 2, 3, got (100001, 2)",
-        ),
-        (
-            ["--candidate", "a=default", "--validation-seeds", "0", "100001"],
-            "seed(s) 0 are both tuning and evaluation seeds",
-        ),
-    ],
-)
-def test_policy_selection_refuses_bad_input_before_measuring(
-    flags, message, tmp_path, monkeypatch, capsys
-):
-    from lrpilot.experiments.benchmarks import select_policy
-
-    def fail(*args, **kwargs):
-        raise AssertionError("measured a candidate despite bad input")
-
-    monkeypatch.setattr(select_policy, "measure", fail)
-    monkeypatch.setattr(sys, "argv", ["select_policy.py", "--results", str(tmp_path), *flags])
-    with pytest.raises(SystemExit) as exit_info:
-        select_policy.main()
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())  # nothing written
-
-
-def test_policy_selection_judges_every_candidate_on_the_validation_seeds_given(
-    tmp_path, monkeypatch
-):
-    from lrpilot.experiments.benchmarks import select_policy
-    from lrpilot.experiments.benchmarks.select_policy import QUALITY, ROBUSTNESS
-
-    seen = []
-
-    def fake_measure(name, setting, policy, eval_seeds, **kwargs):
-        seen.append((policy, eval_seeds))
-        return {"setting": name, QUALITY: 0.97, ROBUSTNESS: 1.0, "minutes": 0.0}
-
-    monkeypatch.setattr(select_policy, "measure", fake_measure)
-    seeds = ["100001", "100002", "100003", "100004", "100005", "100006"]
-    argv = ["select_policy.py", "--results", str(tmp_path), "--candidate", "old=default"]
-    argv += ["--candidate", "new=default", "--validation-seeds", *seeds]
-    monkeypatch.setattr(sys, "argv", argv)
-    select_policy.main()
-    assert {s for _, s in seen} == {tuple(map(int, seeds))}
-    assert len(seen) == 2 * len(select_policy.SETTINGS)
-    text = (tmp_path / "policy_selection.md").read_text()
-    assert "validation seeds 100001, 100002, 100003, 100004, 100005, 100006" in text
-    assert "--validation-seeds " + " ".join(seeds) in text  # the command that reproduces it
-    assert "Chosen: **old**" in text  # a tie goes to the first listed
-
-
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--warmups", "0.1", "1"], "warmups must be fractions of the run in (0, 1)"),
-        (["--eval-seeds", "0", "1"], "seed(s) 0 are both tuning and evaluation seeds"),
-    ],
-)
-def test_controller_quality_refuses_bad_input_before_measuring(
-    flags, message, tmp_path, monkeypatch, capsys
-):
-    from lrpilot.experiments.benchmarks import controller_quality
-
-    def fail(*args, **kwargs):
-        raise AssertionError("measured a setting despite bad input")
-
-    monkeypatch.setattr(controller_quality, "measure", fail)
-    argv = ["controller_quality.py", "--results", str(tmp_path), "--out", str(tmp_path), *flags]
-    monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit) as exit_info:
-        controller_quality.main()
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert message in err and err.strip().splitlines()[-1].startswith("controller_quality.py")
-    assert not list(tmp_path.iterdir())
-
-
-def test_ablations_refuse_a_bad_policy_before_training(tmp_path, monkeypatch, capsys):
-    from lrpilot.experiments.benchmarks import ablations
-
-    def fail(*args, **kwargs):
-        raise AssertionError("trained a variant despite bad input")
-
-    monkeypatch.setattr(ablations, "trained_policy", fail)
-    argv = ["ablations.py", "--results", str(tmp_path), "--policy", "v9=/no/such/policy"]
-    monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit) as exit_info:
-        ablations.main()
-    assert exit_info.value.code == 2
-    assert "policy file not found: '/no/such/policy'" in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())
-
-
 def test_result_table_is_written_as_csv_and_markdown(tmp_path):
     from lrpilot.experiments.report import write_result_table
 
@@ -526,47 +391,21 @@ def test_result_table_is_written_as_csv_and_markdown(tmp_path):
     assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["check.csv", "check.md"]
 
 
-def test_a_mean_ablated_policy_ignores_its_group_and_still_reads_the_rest():
+def test_a_policy_reads_its_inputs_through_its_normalisation_statistics():
     from lrpilot.agents.policy_file import Policy
-    from lrpilot.env.features import FEATURE_NAMES
-    from lrpilot.errors import ConfigError
-    from lrpilot.experiments.benchmarks.feature_ablation import (
-        GROUPS,
-        ablated_inputs,
-        mean_ablated,
-    )
 
     plain = make_policy(seed=3, action_mode="continuous", history=2)
-    with pytest.raises(ConfigError, match="needs a policy with normalisation statistics"):
-        mean_ablated(plain, "loss")
-    size = 2 * len(FEATURE_NAMES)
-    norm = {"mean": [0.5] * size, "var": [4.0] * size, "epsilon": 1e-8, "clip_obs": 10.0}
+    size = plain.observation_size
+    mean, var = np.linspace(-1, 1, size), np.linspace(0.5, 4, size)
+    norm = {"mean": mean.tolist(), "var": var.tolist(), "epsilon": 1e-8, "clip_obs": 10.0}
     policy = Policy(plain.weights, plain.metadata | {"normalization": norm})
-    observation = np.random.default_rng(0).normal(size=size).astype(np.float32)
-    assert ablated_inputs("history", 2) == list(range(len(FEATURE_NAMES), size))
-    for group in GROUPS:
-        ablated = mean_ablated(policy, group)
-        inside = ablated_inputs(group, 2)
-        outside = [i for i in range(size) if i not in inside]
-        moved_inside, moved_outside = observation.copy(), observation.copy()
-        moved_inside[inside] += 3.0
-        moved_outside[outside] += 3.0
-        before = ablated.forward(observation)
-        assert torch.allclose(ablated.forward(moved_inside), before, atol=1e-4), group
-        assert not torch.allclose(ablated.forward(moved_outside), before, atol=1e-2), group
-        if group == "none":
-            assert torch.equal(before, policy.forward(observation))
-
-
-def test_the_lr_jump_paths_differ_only_until_they_reach_the_target():
-    from lrpilot.experiments.benchmarks.lr_jumps import INTERVAL, LOW, PATHS, TARGET, path
-
-    settled = range(4 * INTERVAL, 200)  # after every ramp, before the cooldown
-    assert {round(lr_at(step), 12) for lr_at in PATHS.values() for step in settled} == {TARGET}
-    assert path(LOW)(INTERVAL - 1) == LOW  # the probe's last step: warmed up to its LR
-    assert path(LOW)(INTERVAL) == TARGET  # a jump
-    geometric = [path(LOW, "geometric")(k * INTERVAL) for k in range(1, 4)]
-    assert geometric == pytest.approx([LOW * (TARGET / LOW) ** (k / 3) for k in range(1, 4)])
-    linear = path(LOW, "linear")
-    assert LOW < linear(INTERVAL) < linear(INTERVAL + 7) < linear(2 * INTERVAL - 1) == TARGET
-    assert path(TARGET)(299) < TARGET / 10  # the cooldown
+    observation = np.random.default_rng(0).normal(size=size)
+    observation[0] = 1e6  # far outside the statistics: clipped to clip_obs
+    normalized = np.clip((observation - mean) / np.sqrt(var + 1e-8), -10.0, 10.0)
+    assert normalized[0] == 10.0
+    assert torch.allclose(policy.forward(observation), plain.forward(normalized), atol=1e-5)
+    # A huge variance makes every input read as its mean, whatever its value.
+    flat = Policy(plain.weights, plain.metadata | {"normalization": norm | {"var": [1e12] * size}})
+    moved = observation + 3.0
+    assert torch.allclose(flat.forward(moved), flat.forward(observation), atol=1e-4)
+    assert not torch.allclose(policy.forward(moved), policy.forward(observation), atol=1e-2)

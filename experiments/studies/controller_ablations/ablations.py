@@ -13,12 +13,12 @@ LRs 1e-4, 1e-3, 1e-2; tiny model on pydoc, 400 steps):
 `--policy NAME=PATH` adds already-trained policies (e.g. the shipped default, which
 had the full PPO budget) to the same table, measured the same way. Variants whose
 run folder already holds a finished training are measured without retraining, so
-an interrupted benchmark continues where it stopped; a folder trained with another
-config (an older preset) is refused, not reused.
+an interrupted study continues where it stopped; a folder trained with another
+config is refused, not reused.
 
-Written to `experiments/results/ablations.{csv,md}` and printed:
+Written to `experiments/studies/controller_ablations/ablations.{csv,md}` and printed:
 
-    python experiments/benchmarks/ablations.py --policy "full budget=default"
+    python experiments/studies/controller_ablations/ablations.py --policy "full budget=default"
 """
 
 from __future__ import annotations
@@ -195,7 +195,9 @@ def main() -> None:
         help="also measure a trained policy (path, or `default`); repeatable",
     )
     parser.add_argument("--out", default="runs/ablations", help="run folders of the variants")
-    parser.add_argument("--results", default="experiments/results", help="tables folder")
+    parser.add_argument(
+        "--results", default="experiments/studies/controller_ablations", help="tables folder"
+    )
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)  # evaluations run here, beside the env worker processes
@@ -224,7 +226,7 @@ def main() -> None:
     options = [f"--timesteps {args.timesteps}"] + [f'--policy "{n}={p}"' for n, p in args.policy]
     if args.variants != DEFAULT_VARIANTS:
         options.append("--variants " + " ".join(args.variants))
-    command = "python experiments/benchmarks/ablations.py " + " ".join(options)
+    command = "python experiments/studies/controller_ablations/ablations.py " + " ".join(options)
     text = f"# Controller ablations\n\n`{command}`\n\n{markdown_table(table)}\n"
     atomic_write_text(results / "ablations.md", text)
     print(text)

@@ -21,7 +21,7 @@ both tuning-free optimizers; then the robustness over the start LRs (worst / bes
 mean test loss, the worst workload). Written to OUT/feature_ablation.{csv,md} (and
 `--results`) and printed:
 
-    python experiments/benchmarks/feature_ablation.py --policy runs/generalist/best \
+    python experiments/studies/feature_groups/feature_ablation.py --policy runs/generalist/best \
         --cache-from runs/heldout --out runs/feature-ablation --jobs 2
 """
 
@@ -123,7 +123,7 @@ def write_tables(rows: list[dict], args: argparse.Namespace, suite_name: str) ->
     table = pd.DataFrame(rows)
     text = (
         f"# Feature groups of `{args.policy}` on suite `{suite_name}` (mean ablation)\n\n"
-        f"`python experiments/benchmarks/feature_ablation.py --policy {args.policy} "
+        f"`python experiments/studies/feature_groups/feature_ablation.py --policy {args.policy} "
         f"--suite {args.suite} --start-lrs {' '.join(map(str, args.start_lrs))}`\n\n"
         + markdown_table(table.round(4))
         + "\n"

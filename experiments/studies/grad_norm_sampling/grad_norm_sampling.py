@@ -15,11 +15,12 @@ For each, the script prints the largest relative difference from the exact run i
 the intervals' mean gradient norms and in the per-step LR path. (Both runs start
 alike; once the LRs differ the two runs differ too, so the LR figure includes that.)
 
-    python experiments/benchmarks/grad_norm_sampling.py        # about 4 seconds
+    python experiments/studies/grad_norm_sampling/grad_norm_sampling.py        # about 4 seconds
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 
 import numpy as np
@@ -83,6 +84,7 @@ def drive(estimate: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     torch.set_num_threads(1)
     exact_lrs, exact_norms = drive("exact")
     print(f"{'estimate':<18} {'mean grad norm, max diff':>25} {'LR path, max diff':>18}")

@@ -17,9 +17,9 @@ and 30% `1 - sqrt` cooldown:
 
 The target, 1.7e-3, is where the generalist's policy holds this run from a start of
 1e-3. Reported: the mean test loss over the seeds and its ratio to `target`'s.
-Written to experiments/results/lr_jumps.{csv,md} (or `--results`) and printed:
+Written to experiments/studies/lr_jumps/lr_jumps.{csv,md} (or `--results`) and printed:
 
-    python experiments/benchmarks/lr_jumps.py          # about 5 minutes on 2 cores
+    python experiments/studies/lr_jumps/lr_jumps.py          # about 5 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def test_loss(lr_at: Callable[[int], float], task: Task) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", default="experiments/results", help="output folder")
+    parser.add_argument("--results", default="experiments/studies/lr_jumps", help="output folder")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     rows = [
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     table = table.reset_index()
     text = (
         "# What a sudden LR change costs (`small` on pystdlib:tkinter, 300 steps)\n\n"
-        "`python experiments/benchmarks/lr_jumps.py`: mean / min / max test loss over "
+        "`python experiments/studies/lr_jumps/lr_jumps.py`: mean / min / max test loss over "
         f"seeds {', '.join(str(task.seed) for task in TASKS)}; target LR {TARGET:g}, "
         f"probes at {HIGH:g} and {LOW:g}\n\n" + markdown_table(table.round(4)) + "\n"
     )

@@ -1,65 +1,95 @@
-"""Choose which trained policy to ship by controller_quality.py's targets, on validation seeds.
+"""Choose which trained policy to ship by the `controller_quality` suite's targets, on
+validation seeds.
 
-Each candidate policy is measured exactly as `controller_quality.py` measures the
-shipped one (the same four settings, the same tuned schedules, the same code), but on
-the validation LM seeds (100001, 100002, 100003 by default; `--validation-seeds` for
-more) instead of the comparison seeds 1, 2, 3, which must never choose what ships and
+Each candidate policy runs the `controller_quality` suite (its four workloads, its tuned
+schedules, the same code as `lrpilot benchmark --suite controller_quality`), but on the
+validation LM seeds (100001, 100002, 100003 by default; `--validation-seeds` for more)
+instead of the suite's comparison seeds 1, 2, 3, which must never choose what ships and
 are refused here. Schedules are tuned on seed 0 as there.
 
-A candidate's margin is its worst ratio to a target over the eight (four settings x
-quality and robustness):
+Per workload, a candidate's quality is its mean test loss from 1e-3 over the best tuned
+schedule's (target <= 0.99) and its robustness the worst / best of its mean test losses
+over the start LRs (target <= 1.02). Its margin is its worst ratio to a target over the
+eight figures (four workloads x quality and robustness):
 
-    margin = max over settings of max(quality / 0.99, robustness / 1.02)
+    margin = max over workloads of max(quality / 0.99, robustness / 1.02)
 
 so a margin <= 1 meets every target on the validation seeds. The candidate with the
 smallest margin is chosen; a tie goes to the one listed first (list the incumbent
 first). Unlike checkpoint selection during training (400-step `tiny` tasks only), this
 sees the larger model and the 2x budget, on other seeds.
 
-Written to `experiments/results/policy_selection.{csv,md}` and printed:
+Written to `experiments/studies/policy_selection/policy_selection.{csv,md}` (or
+`--results`) and printed:
 
-    python experiments/benchmarks/select_policy.py --jobs 2 \\
+    python experiments/studies/policy_selection/select_policy.py --jobs 2 \\
         --candidate current=default --candidate new=runs/controller/best
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import time
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from lrpilot.cli import named_policy, positive_int
 from lrpilot.errors import ConfigError
-from lrpilot.experiments.benchmarks.controller_quality import (
-    COMPARISON_SEEDS,
-    QUALITY,
-    QUALITY_TARGET,
-    ROBUSTNESS,
-    ROBUSTNESS_TARGET,
-    SETTINGS,
-    compare_config,
-    measure,
-    short_name,
-)
 from lrpilot.experiments.report import write_result_table
+from lrpilot.experiments.suite import UNTUNED_START, Suite, load_suite, run_suite
 
+SUITE = "controller_quality"
+RESULTS = "experiments/studies/policy_selection"
 VALIDATION_SEEDS = (100001, 100002, 100003)  # the training run's evaluation seeds
+QUALITY_TARGET = 0.99  # policy from UNTUNED_START / best tuned schedule, at most
+ROBUSTNESS_TARGET = 1.02  # policy's worst / best over the start LRs, at most
 
 
-def selection_row(candidate: str, path: str, settings: list[dict]) -> dict:
+def validation_suite(seeds: tuple[int, ...]) -> Suite:
+    """The `controller_quality` suite on `seeds` instead of its comparison seeds."""
+    suite = load_suite(SUITE)
+    comparison = tuple(suite.protocol["eval_seeds"])
+    if set(seeds) & set(comparison):
+        raise ConfigError(
+            f"validation seeds must not include the comparison seeds "
+            f"{', '.join(map(str, comparison))}, got {seeds}"
+        )
+    suite = dataclasses.replace(suite, protocol=suite.protocol | {"eval_seeds": list(seeds)})
+    suite.config(suite.entries[0], None, 1, "cpu")  # bad seeds (tuning seed, twice): refused
+    return suite
+
+
+def workload_figures(per_workload: pd.DataFrame) -> list[dict]:
+    """Per workload of a suite's `summary.csv`: the policy's quality and robustness."""
+    rows = []
+    for workload, group in per_workload.groupby("workload", sort=False):
+        policy = group[group["kind"] == "policy"]
+        untuned = policy[np.isclose(policy["lr"], UNTUNED_START)].iloc[0]
+        rows.append(
+            {
+                "workload": workload,
+                "quality": round(float(untuned["ratio_to_best"]), 4),
+                "robustness": round(float(policy["mean"].max() / policy["mean"].min()), 4),
+            }
+        )
+    return rows
+
+
+def selection_row(candidate: str, path: str, figures: list[dict], minutes: float) -> dict:
     """One candidate's eight figures, how many targets they meet, its margin and the
     minutes its measurement took (with the schedules' runs, when not yet cached)."""
     row: dict = {"candidate": candidate, "policy": path}
     ratios = []
-    for setting in settings:
-        name = short_name(setting["setting"])
-        quality, robustness = setting[QUALITY], setting[ROBUSTNESS]
-        row[f"{name}: quality"] = quality
-        row[f"{name}: robustness"] = robustness
-        ratios += [quality / QUALITY_TARGET, robustness / ROBUSTNESS_TARGET]
+    for figure in figures:
+        row[f"{figure['workload']}: quality"] = figure["quality"]
+        row[f"{figure['workload']}: robustness"] = figure["robustness"]
+        ratios += [figure["quality"] / QUALITY_TARGET, figure["robustness"] / ROBUSTNESS_TARGET]
     row["targets met"] = sum(r <= 1 for r in ratios)
     row["margin"] = round(max(ratios), 4)
-    row["minutes"] = round(sum(setting["minutes"] for setting in settings), 1)  # 0 if cached
+    row["minutes"] = round(minutes, 1)
     return row
 
 
@@ -80,12 +110,11 @@ def main() -> None:
     parser.add_argument(
         "--out",
         default="runs/policy_selection",
-        help="folder of the compare runs, one per setting (a cache: reruns reuse its runs)",
+        help="suite folder of the runs, one compare folder per workload (a cache: reruns "
+        "reuse its runs)",
     )
     parser.add_argument(
-        "--results",
-        default="experiments/results",
-        help="folder for policy_selection.csv and .md",
+        "--results", default=RESULTS, help="folder for policy_selection.csv and .md"
     )
     parser.add_argument(
         "--validation-seeds",
@@ -102,40 +131,26 @@ def main() -> None:
     if len({name for name, _ in candidates}) != len(candidates):
         parser.error(f"candidate names must differ, got {[n for n, _ in candidates]!r}")
     seeds = tuple(args.validation_seeds)
-    if set(seeds) & set(COMPARISON_SEEDS):
-        comparison = ", ".join(map(str, COMPARISON_SEEDS))
-        parser.error(
-            f"validation seeds must not include the comparison seeds {comparison}, got {seeds}"
-        )
-    try:  # bad seeds (the tuning seed, duplicates): one line now, before any measuring
-        compare_config(next(iter(SETTINGS.values())), "default", seeds, args.jobs)
+    try:  # bad seeds: one line now, before any measuring
+        suite = validation_suite(seeds)
     except ConfigError as error:
         parser.error(str(error))
 
     rows = []
     for name, path in candidates:
-        settings = [
-            measure(
-                setting,
-                values,
-                policy=path,
-                eval_seeds=seeds,
-                jobs=args.jobs,
-                out=args.out,
-                quiet=args.quiet,
-            )
-            for setting, values in SETTINGS.items()
-        ]
-        rows.append(selection_row(name, path, settings))
+        start = time.perf_counter()
+        run_suite(suite, args.out, policy=path, jobs=args.jobs, progress=not args.quiet)
+        figures = workload_figures(pd.read_csv(Path(args.out) / "summary.csv"))
+        rows.append(selection_row(name, path, figures, (time.perf_counter() - start) / 60))
         print(f"{name}: margin {rows[-1]['margin']}, {rows[-1]['targets met']} of 8 targets met")
     table = pd.DataFrame(rows)
     chosen = table.loc[table["margin"].idxmin(), "candidate"]  # idxmin: the first of ties
-    command = "python experiments/benchmarks/select_policy.py --jobs {} {}".format(
+    command = "python experiments/studies/policy_selection/select_policy.py --jobs {} {}".format(
         args.jobs, " ".join(f"--candidate {n}={p}" for n, p in candidates)
     )
     if seeds != VALIDATION_SEEDS:
         command += " --validation-seeds " + " ".join(map(str, seeds))
-    if args.results != "experiments/results":
+    if args.results != RESULTS:
         command += f" --results {args.results}"
     text = write_result_table(
         args.results,
