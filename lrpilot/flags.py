@@ -100,3 +100,19 @@ def build(cls: type, namespace: argparse.Namespace, **given: Any):
         elif getattr(namespace, f.name, None) is not None:
             values[f.name] = getattr(namespace, f.name)
     return cls(**values)
+
+
+def named_policy(text: str) -> tuple[str, str]:
+    """An argparse type for `NAME=PATH` (PATH: `default`, a policy file or a folder
+    holding one), checked at once so a missing policy fails before hours of work."""
+    from lrpilot.agents.policy_file import resolve_policy_path  # torch: only when used
+    from lrpilot.errors import ConfigError
+
+    name, sep, path = text.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
+    try:
+        resolve_policy_path(path)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return name, path

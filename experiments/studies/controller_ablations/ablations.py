@@ -42,14 +42,14 @@ from lrpilot.agents.train_config import (
     start_lr_column,
 )
 from lrpilot.agents.training import CONFIG_FILE, resume, train
-from lrpilot.cli import named_policy
+from lrpilot.config import read_toml
 from lrpilot.env.features import FEATURE_GROUPS
 from lrpilot.env.lr_env import LRControlEnv
 from lrpilot.errors import ConfigError
 from lrpilot.experiments.replay import policy_env_config
 from lrpilot.experiments.report import markdown_table
 from lrpilot.files import atomic_write_csv, atomic_write_text
-from lrpilot.presets import load_preset
+from lrpilot.flags import named_policy
 
 PRESET = "controller"
 # name -> (what changes, changes to the preset's [env] table). `also_masked` adds
@@ -114,9 +114,9 @@ DEFAULT_VARIANTS = [name for name in VARIANTS if name != "no-loss-features"]
 
 
 def variant_config(changes: dict, timesteps: int) -> TrainConfig:
-    data = copy.deepcopy(load_preset(PRESET))
+    data = copy.deepcopy(read_toml(PRESET, "preset", "presets")[0])
     data["timesteps"] = timesteps
-    data["eval_every"] = timesteps  # evaluate the untrained and the final policy only
+    data["eval_every_timesteps"] = timesteps  # evaluate the untrained and the final policy only
     changes = dict(changes)
     data["ppo"].update(changes.pop("ppo", {}))
     data["env"]["action"].update(changes.pop("action", {}))
@@ -132,7 +132,9 @@ def check_same_config(out: Path, config: TrainConfig) -> None:
     to another budget would restart it midway, which a fresh run never does)."""
     if not (out / CONFIG_FILE).is_file():
         return
-    ignored = {"eval_every"} if config.ppo.anneal_lr else {"timesteps", "eval_every"}
+    ignored = (
+        {"eval_every_timesteps"} if config.ppo.anneal_lr else {"timesteps", "eval_every_timesteps"}
+    )
     saved = pd.json_normalize(load_train_config(str(out / CONFIG_FILE)).to_dict()).iloc[0].to_dict()
     wanted = pd.json_normalize(config.to_dict()).iloc[0].to_dict()
     differ = sorted(

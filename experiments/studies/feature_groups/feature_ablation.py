@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         if any(not lr > 0 for lr in args.start_lrs):
             raise ConfigError(f"start LRs must be > 0, got {args.start_lrs}")
         suite = dataclasses.replace(
-            suite, protocol=suite.protocol | {"start_lrs": list(args.start_lrs)}
+            suite, protocol=dataclasses.replace(suite.protocol, start_lrs=tuple(args.start_lrs))
         )
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)

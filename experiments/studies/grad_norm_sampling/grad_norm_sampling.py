@@ -28,9 +28,9 @@ import torch
 
 from lrpilot.agents import load_policy
 from lrpilot.agents.scheduler import PolicyScheduler
-from lrpilot.env import Task
+from lrpilot.settings import RunSettings
 
-TASK = Task.of("tiny", 5, total_steps=40, eval_every=10, start_lr=3e-3, batch_size=8)
+TASK = RunSettings("tiny", batch_size=8, steps=40, eval_every=10).task(5, 3e-3)
 SAMPLE = 4096
 
 

@@ -41,7 +41,7 @@ PRESET = load_train_config("generalist")  # its validation tasks and its action 
 RULE = PRESET.env.action
 # One task per validation seed (the start LR does not matter: `lr_at` sets every step's).
 TASKS: tuple[Task, ...] = tuple({task.seed: task for task in PRESET.eval.tasks()}.values())
-TOTAL_STEPS, INTERVAL = PRESET.eval.total_steps, PRESET.eval.eval_every
+TOTAL_STEPS, INTERVAL = PRESET.eval.run.steps, PRESET.eval.run.eval_every
 TARGET, HIGH, LOW = 1.7e-3, 1e-2, 1e-4
 
 

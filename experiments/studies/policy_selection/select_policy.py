@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lrpilot.cli import named_policy, positive_int
 from lrpilot.errors import ConfigError
 from lrpilot.experiments.report import write_result_table
 from lrpilot.experiments.suite import UNTUNED_START, Suite, load_suite, run_suite
+from lrpilot.flags import named_policy
 
 SUITE = "controller_quality"
 RESULTS = "experiments/studies/policy_selection"
@@ -51,13 +51,15 @@ ROBUSTNESS_TARGET = 1.02  # policy's worst / best over the start LRs, at most
 def validation_suite(seeds: tuple[int, ...]) -> Suite:
     """The `controller_quality` suite on `seeds` instead of its comparison seeds."""
     suite = load_suite(SUITE)
-    comparison = tuple(suite.protocol["eval_seeds"])
+    comparison = suite.protocol.eval_seeds
     if set(seeds) & set(comparison):
         raise ConfigError(
             f"validation seeds must not include the comparison seeds "
             f"{', '.join(map(str, comparison))}, got {seeds}"
         )
-    suite = dataclasses.replace(suite, protocol=suite.protocol | {"eval_seeds": list(seeds)})
+    suite = dataclasses.replace(
+        suite, protocol=dataclasses.replace(suite.protocol, eval_seeds=tuple(seeds))
+    )
     suite.config(suite.entries[0], None, 1, "cpu")  # bad seeds (tuning seed, twice): refused
     return suite
 
@@ -104,9 +106,7 @@ def main() -> None:
         help="a candidate policy (`default`, a policy file or a folder holding one); "
         "repeat for each; ties go to the first",
     )
-    parser.add_argument(
-        "--jobs", type=positive_int, default=2, help="LM runs in parallel (processes)"
-    )
+    parser.add_argument("--jobs", type=int, default=2, help="LM runs in parallel (processes)")
     parser.add_argument(
         "--out",
         default="runs/policy_selection",
