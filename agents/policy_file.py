@@ -34,7 +34,7 @@ from lrpilot.agents.policy_format import check_metadata
 from lrpilot.env.actions import applied_lr, next_lr
 from lrpilot.env.features import observation_size
 from lrpilot.errors import ConfigError
-from lrpilot.files import atomic_write_bytes
+from lrpilot.files import atomic_write_bytes, json_text
 
 POLICY_FILENAME = "policy.safetensors"
 METADATA_KEY = "lrpilot"
@@ -146,7 +146,7 @@ class Policy:
         if path.suffix != ".safetensors":
             path.mkdir(parents=True, exist_ok=True)
             path = path / POLICY_FILENAME
-        text = json.dumps(self.metadata, sort_keys=True)
+        text = json_text(self.metadata, indent=None)
         tensors = {name: t.contiguous() for name, t in self.weights.items()}
         atomic_write_bytes(path, save_safetensors(tensors, metadata={METADATA_KEY: text}))
         return path

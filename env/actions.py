@@ -33,6 +33,15 @@ near 0 by the last step (0.6% of the controller's LR in a 400-step run with c = 
 The controller keeps acting; its own LR is what the observation shows.
 `cooldown_fraction = 0` (default): the controller's LR is the LR of every step.
 
+`range_start` makes the search for the run's LR part of the rule (an online range
+test): the first interval trains at `range_start` times the start LR, far below any
+plausible LR, and each later action moves the LR geometrically, up by at most
+`rise_factor` per interval (a > 0: `rise_factor**a`), down as far as the other
+actions (a < 0: `continuous_max_factor**a`). Rising is what the controller does until
+the run's answer says stop; holding (a = 0) stops the rise, a < 0 backs off, and a > 0
+later resumes it. So no action jumps the LR up: a too-high LR is approached from
+below, one bounded step per interval. `range_start = 0` (default): off.
+
 `warmup_fraction` is the same at the start: over the first `w` of the budget, each
 step `s < W` trains at the controller's LR times WSD's linear warmup factor
 `(s + 1) / W`, where `W = round(w T)` (at least 1), so a run started at a high LR does
@@ -134,6 +143,18 @@ class ActionRule:
     cooldown_fraction: float = setting(
         0.0, help="last budget fraction cooled to 0 (1 - sqrt); 0: none", check=fraction_or_zero
     )
+    range_start: float = setting(
+        0.0,
+        help="online range test: the first interval trains at this fraction of the start LR, "
+        "and no action raises the LR by more than rise_factor (continuous actions; 0: off)",
+        check=fraction_or_zero,
+    )
+    rise_factor: float = setting(
+        2.5,
+        help="online range test: the largest rise of the LR per interval (per factor_span of "
+        "the budget, when that is set); moves down are bounded by continuous_max_factor",
+        check=above(1),
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -144,6 +165,14 @@ class ActionRule:
         if not self.lr_min < self.lr_max:
             raise ConfigError(
                 f"need 0 < lr_min < lr_max, got lr_min={self.lr_min!r}, lr_max={self.lr_max!r}"
+            )
+        if self.range_start and (
+            self.mode != "continuous" or self.probe_intervals or self.first_action_max_factor
+        ):
+            raise ConfigError(
+                f"range_start needs continuous actions without a probe or a wide first action, "
+                f"got mode {self.mode!r}, probe_intervals {self.probe_intervals}, "
+                f"first_action_max_factor {self.first_action_max_factor}"
             )
         if self.warmup_fraction + self.cooldown_fraction > 1:
             raise ConfigError(
@@ -173,17 +202,23 @@ def next_lr(
 ) -> float:
     """The LR of interval `interval` (0: the first, set at reset, before any step): `lr`
     times the action's factor, clipped to the bounds. The intervals of the probe keep
-    `lr`; the first action after them may be wider (`first_action_max_factor`).
+    `lr`; the first action after them may be wider (`first_action_max_factor`). With
+    the range test, the first interval starts at `range_start` times `lr` and no action
+    rises by more than `rise_factor`.
 
     The one rule for the environment and `PolicyScheduler` (open-loop replay follows
     recorded LRs instead).
     """
     if interval < rule.probe_intervals:
         return float(np.clip(lr, rule.lr_min, rule.lr_max))
+    if rule.range_start and interval == 0:  # the range test starts far below `lr`
+        return float(np.clip(lr * rule.range_start, rule.lr_min, rule.lr_max))
     if interval == rule.probe_intervals and rule.first_action_max_factor:
         factor = lr_factor(rule.mode, rule.factors, action, rule.first_action_max_factor)
     else:
         factor = lr_factor(rule.mode, rule.factors, action, rule.continuous_max_factor)
+        if rule.range_start and factor > 1:  # the range test rises by at most rise_factor
+            factor = lr_factor(rule.mode, rule.factors, action, rule.rise_factor)
         if rule.factor_span > 0:
             factor = factor ** (interval_steps / (rule.factor_span * total_steps))
     return float(np.clip(lr * factor, rule.lr_min, rule.lr_max))
