@@ -21,6 +21,7 @@ from lrpilot.lm.schedules import PLATEAU, schedule_curve
 _PROGRESS = FEATURE_NAMES.index("progress")
 _LOG_LR = FEATURE_NAMES.index("log_lr_rel_start")
 _VAL_REL_INIT = FEATURE_NAMES.index("log_val_rel_init")
+_VAL_REL_PREV = FEATURE_NAMES.index("log_val_rel_prev")
 
 
 class Controller(Protocol):
@@ -31,7 +32,8 @@ def action_for_factor(rule: ActionRule, wanted: float):
     """The action of `rule` whose LR factor comes closest (in log space) to `wanted`."""
     if rule.mode == "discrete":
         return int(np.argmin([abs(math.log(f / wanted)) for f in rule.factors]))
-    exponent = math.log(wanted) / math.log(rule.continuous_max_factor)
+    top = rule.rise_factor if rule.range_start and wanted > 1 else rule.continuous_max_factor
+    exponent = math.log(wanted) / math.log(top)
     return np.array([np.clip(exponent, -1.0, 1.0)], dtype=np.float32)
 
 
@@ -110,3 +112,46 @@ class PlateauController(_FactorController):
             self.bad_intervals = 0
             return self._action(self.factor)
         return self._action(1.0)
+
+
+# The online range test that `RangeStopController` drives: from a tenth of the start LR,
+# up by at most x2.5 per interval, then a 1 - sqrt cooldown over the last 20%.
+RANGE_TEST_RULE = ActionRule(
+    mode="continuous",
+    continuous_max_factor=4.0,
+    range_start=0.1,
+    rise_factor=2.5,
+    cooldown_fraction=0.2,
+)
+
+
+class RangeStopController(_FactorController):
+    """The online range test driven by a fixed rule, the non-learned method on that
+    mechanism: rise while each interval's log-improvement of the validation loss is at
+    least `stop_fraction` of the best interval's so far; at the first that is not, back
+    off by `backoff` once and hold the LR for the rest of the run."""
+
+    def __init__(
+        self,
+        stop_fraction: float = 0.3,
+        backoff: float = 2.0,
+        rule: ActionRule = RANGE_TEST_RULE,
+    ) -> None:
+        if not rule.range_start:
+            raise ConfigError("RangeStopController needs an action rule with range_start > 0")
+        super().__init__(rule)
+        self.stop_fraction, self.backoff = stop_fraction, backoff
+        self.rising, self.best_gain = True, 0.0
+
+    def act(self, observation: np.ndarray):
+        if float(observation[_PROGRESS]) == 0.0:  # a new episode
+            self.rising, self.best_gain = True, 0.0
+            return self._action(self.rule.rise_factor)
+        if not self.rising:
+            return self._action(1.0)
+        gain = -float(observation[_VAL_REL_PREV])  # log(L_{t-1} / L_t)
+        self.best_gain = max(self.best_gain, gain)
+        if gain < self.stop_fraction * self.best_gain:
+            self.rising = False
+            return self._action(1.0 / self.backoff)
+        return self._action(self.rule.rise_factor)

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from lrpilot.agents.controllers import PlateauController, RandomController
+from lrpilot.agents.controllers import PlateauController, RandomController, RangeStopController
 from lrpilot.agents.policy_file import policy_from_bytes
 from lrpilot.env.lr_env import EnvConfig
 from lrpilot.env.tasks import Task
@@ -97,6 +97,9 @@ def execute(spec: RunSpec, policy_bytes: bytes | None) -> pd.DataFrame:
     env_config = EnvConfig(device=spec.device)
     if spec.method == "random":
         controller = RandomController(env_config.action.action_space(), seed=spec.seed)
+    elif spec.method == "rangestop":
+        controller = RangeStopController()
+        env_config = EnvConfig(device=spec.device, action=controller.rule)
     else:
         controller = PlateauController()
     return run_controller(controller, spec.task(), env_config)

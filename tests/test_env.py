@@ -489,3 +489,60 @@ def test_the_log_rewards_are_defined_for_a_loss_of_zero():
     assert reward(0.0, 0.0) == 0.0 and reward(0.0, 1.0) == -10.0
     assert reward(-1.0, 0.5) == 0.0  # a negative loss has no log
     assert reward(1.0, 0.0, "final") == 10.0  # from L_0 = 2 to 0
+
+
+def test_the_online_range_test_starts_low_rises_bounded_and_moves_down_freely():
+    rule = ActionRule(mode="continuous", continuous_max_factor=4.0, range_start=0.1)
+    env = LRControlEnv(EnvConfig(action=rule))
+    env.reset(
+        options={"task": RunSettings("tiny", steps=60, eval_every=10, batch_size=8).task(0, 1e-3)}
+    )
+    actions = (1.0, 1.0, 1.0, 0.5, 0.0, -1.0)  # the first is not read: the test starts low
+    lrs = [env.step(np.array([a]))[4]["lr"] for a in actions]
+    expected = [
+        1e-4,
+        2.5e-4,
+        6.25e-4,
+        6.25e-4 * 2.5**0.5,
+        6.25e-4 * 2.5**0.5,
+        6.25e-4 * 2.5**0.5 / 4,
+    ]
+    assert lrs == pytest.approx(expected)  # up by at most x2.5 an interval, down by up to x4
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"range_start": 0.1}, "range_start needs continuous actions"),
+        ({"mode": "continuous", "range_start": 0.1, "probe_intervals": 1}, "without a probe"),
+        ({"mode": "continuous", "range_start": 1.5}, "range_start must be in [0, 1), got 1.5"),
+        ({"mode": "continuous", "rise_factor": 1.0}, "rise_factor must be above 1, got 1.0"),
+    ],
+)
+def test_bad_range_test_settings_are_one_line_errors(settings, message):
+    with pytest.raises(ConfigError) as error:
+        ActionRule(**settings)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_range_stop_rule_rises_until_the_gain_fades_then_backs_off_and_holds():
+    from lrpilot.agents.controllers import RANGE_TEST_RULE, RangeStopController
+    from lrpilot.env.features import FEATURE_NAMES, NUM_FEATURES
+
+    def observation(progress: float, gain: float) -> np.ndarray:
+        values = np.zeros(NUM_FEATURES, dtype=np.float32)
+        values[FEATURE_NAMES.index("progress")] = progress
+        values[FEATURE_NAMES.index("log_val_rel_prev")] = -gain  # log(L_t / L_{t-1})
+        return values
+
+    controller = RangeStopController(stop_fraction=0.3, backoff=2.0)
+    gains = (0.0, 0.5, 0.4, 0.1, 0.6)  # the 4th is under 30% of the best: stop
+    factors = []
+    for t, gain in enumerate(gains):
+        action = controller.act(observation(t / 10, gain))
+        exponent = float(np.asarray(action).reshape(-1)[0])
+        top = RANGE_TEST_RULE.rise_factor if exponent > 0 else RANGE_TEST_RULE.continuous_max_factor
+        factors.append(top**exponent)
+    assert factors == pytest.approx([2.5, 2.5, 2.5, 0.5, 1.0])  # then it holds
+    controller.act(observation(0.0, 0.0))  # a new episode rises again
+    assert controller.rising

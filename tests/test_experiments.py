@@ -111,7 +111,7 @@ def small_compare(policy: Path | None, jobs: int = 1) -> CompareConfig:
     the policy and both baseline controllers, 2 evaluation seeds."""
     protocol = Protocol(
         schedules=("constant", "wsd"),
-        controllers=("random", "plateau"),
+        controllers=("random", "plateau", "rangestop"),
         lr_grid=2,
         lr_range=(1e-4, 1e-3),
         warmups=(),
@@ -129,7 +129,7 @@ COMPARE_FLAGS = [
     "--schedules",
     "constant,wsd",
     "--controllers",
-    "random,plateau",
+    "random,plateau,rangestop",
     "--lr-grid",
     "2",
     "--lr-range",
@@ -175,6 +175,8 @@ def test_compare_follows_the_protocol(compared):
         chosen = evaluation[evaluation["method"] == schedule]["peak_or_start_lr"]
         assert chosen.tolist() == pytest.approx([best, best])
     assert set(evaluation[evaluation["kind"] != "schedule"]["peak_or_start_lr"]) == {3e-3}
+    rangestop = results[results["method"] == "rangestop"].groupby("seed")["lr"]
+    assert rangestop.nth(1).tolist() == pytest.approx([3e-4, 3e-4])  # row 0: before training
 
     summary = pd.read_csv(compared / "summary.csv")
     assert set(summary["label"]) == {
@@ -183,6 +185,7 @@ def test_compare_follows_the_protocol(compared):
         "policy (start 0.003)",
         "random (start 0.003)",
         "plateau (start 0.003)",
+        "rangestop (start 0.003)",
     }
     reference = summary[summary["note"].fillna("").str.startswith("reference")]
     assert len(reference) == 1 and reference["diff_to_best"].iloc[0] == 0

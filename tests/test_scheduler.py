@@ -264,22 +264,26 @@ TASK = RunSettings("tiny", steps=35, eval_every=10, batch_size=8).task(5, 3e-3)
         (0.0, 0.4, 100.0, 1, 0),
         (0.0, 0.0, 0.0, 3, 0),  # a history of 3 evaluations
         (0.4, 0.4, 100.0, 3, 1),  # a probe interval, then the wide first action
+        (0.0, 0.4, None, 1, 0),  # the online range test (no first action factor)
     ],
 )
 def test_scheduler_on_the_trainer_reproduces_the_env(
     warmup_fraction, cooldown_fraction, first_action_max_factor, history, probe
 ):
+    range_test = first_action_max_factor is None
     policy = make_policy(
         probe_intervals=probe,
         history=history,
         seed=7,
         scale=3.0,
-        action_mode="continuous" if first_action_max_factor else "discrete",
+        action_mode="continuous" if first_action_max_factor != 0.0 else "discrete",
         factor_span=0.2 if first_action_max_factor else 0.0,
         warmup_fraction=warmup_fraction,
         cooldown_fraction=cooldown_fraction,
-        first_action_max_factor=first_action_max_factor,
+        first_action_max_factor=first_action_max_factor or 0.0,
     )
+    if range_test:
+        policy = policy.with_action(range_start=0.1, rise_factor=2.5)
     env = LRControlEnv(policy_env_config(policy))
     env_rows = run_episode(env, policy, TASK).rows[1:]
     env_lrs = [(row["lr"], row["lr_mean"]) for row in env_rows]  # last-step and mean LR
