@@ -170,3 +170,25 @@ def test_a_suite_into_a_comparison_folder_is_refused_before_any_run(tmp_path, ca
     err = capsys.readouterr().err
     assert code == 2 and "holds another experiment" in err and "--force" in err, err
     assert not (tmp_path / "tiny-pydoc").exists()
+
+
+def test_the_validation_suite_shares_no_workload_corpus_or_seed_with_heldout():
+    from lrpilot.experiments.suite import load_suite
+
+    validation, heldout = load_suite("validation"), load_suite("heldout")
+
+    def corpora(suite) -> set[str]:
+        found = set()
+        for entry in suite.entries:
+            settings = entry.inline or {}
+            found.add(entry.run.corpus or settings.get("corpus") or settings.get("data"))
+        return found - {None}
+
+    assert len(validation.entries) >= 6
+    assert not {e.name for e in validation.entries} & {e.name for e in heldout.entries}
+    assert not corpora(validation) & corpora(heldout)
+    seeds = set(validation.protocol.tune_seeds) | set(validation.protocol.eval_seeds)
+    assert not seeds & (set(heldout.protocol.tune_seeds) | set(heldout.protocol.eval_seeds))
+    grid = validation.protocol.grid()
+    assert max(b / a for a, b in zip(grid, grid[1:], strict=False)) <= 2 + 1e-9
+    assert len(validation.protocol.tune_seeds) == 2
