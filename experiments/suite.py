@@ -74,6 +74,11 @@ class Suite:
     protocol: Protocol  # shared by every workload
     entries: tuple[SuiteEntry, ...]
 
+    def with_controllers(self, controllers: tuple[str, ...]) -> Suite:
+        """The suite with these baseline controllers in place of its own (checked)."""
+        protocol = dataclasses.replace(self.protocol, controllers=controllers)
+        return dataclasses.replace(self, protocol=protocol)
+
     def config(self, entry: SuiteEntry, policy: str | None, jobs: int, device: str):
         """The comparison of one workload of the suite."""
         protocol = self.protocol

@@ -41,8 +41,7 @@ def _parser(name: str, options: type) -> OneLineParser:
 
 
 def _until_stopped(command: str, out: str, work: Callable[[], None]) -> int:
-    """Run a long command's `work` with SIGTERM and SIGINT turned into a clean stop: its
-    workers end with it and one line says how to resume (`lrpilot.processes`)."""
+    """Run `work` with SIGTERM and SIGINT turned into a clean stop (`lrpilot.processes`)."""
     from lrpilot.processes import run_until_stopped
 
     def call() -> int:
@@ -168,6 +167,7 @@ def _benchmark(argv: list[str]) -> int:
     from lrpilot.experiments.suite import load_suite, run_suite
 
     suite = load_suite(options.suite)
+    suite = suite if options.controllers is None else suite.with_controllers(options.controllers)
     policy = None if options.policy == "none" else options.policy
     if policy is not None:
         from lrpilot.agents.policy_file import load_policy

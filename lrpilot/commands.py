@@ -138,6 +138,11 @@ class BenchmarkOptions(Command):
     policy: str = setting(
         "default", help="a policy file or folder, `default` (the shipped policy), or `none`"
     )
+    controllers: tuple[str, ...] | None = setting(
+        None,
+        help="baseline controllers to run on every workload, comma-separated (random, "
+        "plateau, rangestop), in place of the suite's own (default: the suite's)",
+    )
     jobs: int = setting(1, help="runs in parallel (--backend process)", check=positive)
     device: str = setting(
         "auto", help="cpu, cuda, cuda:N, or auto (CUDA when present)", check=device_name
