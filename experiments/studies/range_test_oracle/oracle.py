@@ -1,0 +1,115 @@
+"""What any controller on the online range test can reach: an open-loop oracle.
+
+For every workload of a suite, the range test (`lrpilot.agents.controllers.
+RANGE_TEST_RULE`: from a tenth of the start LR, up by x2.5 per interval, a 20%
+cooldown) is run with a scripted stop: rise for `k` intervals, back off by `b` once,
+then hold. Each (k, b) runs on the suite's evaluation seeds; the oracle is the best
+(k, b) in hindsight, per workload, by mean test loss over those seeds. No policy on this
+mechanism with this stop-and-hold shape can beat it on these seeds, so it bounds what a
+learned stop can gain, and its ratio to the best tuned schedule (from the suite's own
+results, `--suite-results`) says whether the mechanism can reach the targets at all.
+
+    python experiments/studies/range_test_oracle/oracle.py --suite validation \
+        --suite-results runs/validation --jobs 2
+
+Writes `oracle.csv` (every workload x k x b x seed) and `oracle.md` (per workload: the
+best stop, its mean test loss, and its ratio to the best tuned schedule) into `--out`
+(default: this folder). Re-running reuses the rows already in `oracle.csv`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lrpilot.agents.controllers import RANGE_TEST_RULE, action_for_factor
+from lrpilot.env.lr_env import EnvConfig
+from lrpilot.experiments.replay import run_controller
+from lrpilot.experiments.report import markdown_table
+from lrpilot.experiments.suite import load_suite
+from lrpilot.files import atomic_write_csv, atomic_write_text
+from lrpilot.lm.trace import trace_scores
+
+HERE = Path(__file__).resolve().parent
+COLUMNS = ["workload", "stop", "backoff", "seed", "test_loss"]
+
+
+class ScriptedStop:
+    """Rise for `stop` intervals, back off by `backoff` once, then hold."""
+
+    def __init__(self, stop: int, backoff: float) -> None:
+        self.stop, self.backoff, self.acted = stop, backoff, 0
+
+    def act(self, observation):
+        self.acted += 1  # the first action sets the range test's start, whatever it is
+        if self.acted <= self.stop:
+            wanted = RANGE_TEST_RULE.rise_factor
+        else:
+            wanted = 1.0 / self.backoff if self.acted == self.stop + 1 else 1.0
+        return action_for_factor(RANGE_TEST_RULE, wanted)
+
+
+def one_run(job: tuple) -> dict:
+    name, task, stop, backoff = job
+    config = EnvConfig(device="cpu", action=RANGE_TEST_RULE)
+    trace = run_controller(ScriptedStop(stop, backoff), task, config)
+    _, test_loss = trace_scores(trace)
+    return {"workload": name, "stop": stop, "backoff": backoff, "seed": task.seed,
+            "test_loss": test_loss}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suite", default="validation", help="a suite name or TOML path")
+    parser.add_argument("--suite-results", help="that suite's benchmark folder (tuned best)")
+    parser.add_argument("--stops", default="1,2,3,4,5,6,7,8", help="rise intervals to try")
+    parser.add_argument("--backoffs", default="1,2", help="back-off factors to try")
+    parser.add_argument("--start-lr", type=float, default=1e-3, help="the untuned start LR")
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel")
+    parser.add_argument("--out", default=str(HERE), help="folder for oracle.csv and .md")
+    args = parser.parse_args()
+    suite = load_suite(args.suite)
+    stops = [int(s) for s in args.stops.split(",")]
+    backoffs = [float(b) for b in args.backoffs.split(",")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    done = pd.read_csv(out / "oracle.csv") if (out / "oracle.csv").is_file() else None
+    have = set() if done is None else set(map(tuple, done[COLUMNS[:4]].values.tolist()))
+    jobs = []
+    for entry in suite.entries:
+        if entry.inline is not None:  # an inline workload: written where compare puts it
+            path = Path(args.suite_results or out) / entry.name / "workload.toml"
+            entry = dataclasses.replace(
+                entry, run=dataclasses.replace(entry.run, workload=str(path))
+            )
+        for seed in suite.protocol.eval_seeds:
+            task = entry.run.task(seed, args.start_lr)
+            jobs += [(entry.name, task, k, b) for k in stops for b in backoffs
+                     if (entry.name, k, b, seed) not in have]  # fmt: skip
+    rows = [] if done is None else done.to_dict("records")
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for row in pool.map(one_run, jobs):
+            rows.append(row)
+            atomic_write_csv(out / "oracle.csv", pd.DataFrame(rows, columns=COLUMNS))
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    means = table.groupby(["workload", "stop", "backoff"])["test_loss"].mean().reset_index()
+    best = means.loc[means.groupby("workload")["test_loss"].idxmin()].set_index("workload")
+    if args.suite_results:
+        summary = pd.read_csv(Path(args.suite_results) / "summary.csv")
+        tuned = summary[summary["kind"] == "schedule"].groupby("workload")["mean"].min()
+        best["ratio to best tuned"] = best["test_loss"] / tuned.reindex(best.index)
+    lines = ["# The range test's open-loop oracle", "", markdown_table(best.reset_index().round(4))]
+    if "ratio to best tuned" in best:
+        ratios = best["ratio to best tuned"]
+        lines += ["", f"Median ratio {np.median(ratios):.4f}, worst {ratios.max():.4f}."]
+    atomic_write_text(out / "oracle.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
