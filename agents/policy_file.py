@@ -17,6 +17,7 @@ of another version, or with a field missing, is refused with a one-line error.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -139,6 +140,13 @@ class Policy:
         trained."""
         action = dataclasses.replace(self.action, **changes)  # which checks the values
         return Policy(self.weights, self.metadata | {"action": action.to_dict()})
+
+    def digest(self) -> str:
+        """sha256 of the metadata and the weights: two policies that act alike share it."""
+        digest = hashlib.sha256(json_text(self.metadata, indent=None).encode())
+        for name in sorted(self.weights):
+            digest.update(name.encode() + self.weights[name].numpy().tobytes())
+        return digest.hexdigest()
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the policy file (atomically); `path` is a file or a folder."""

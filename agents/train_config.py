@@ -14,6 +14,7 @@ from lrpilot.config import (
     all_of,
     at_least,
     check_fields,
+    distinct,
     each,
     from_dict,
     in_range,
@@ -92,7 +93,9 @@ class EvalSettings:
         RunSettings(steps=400, eval_every=20, device="cpu"), help="the evaluation run"
     )
     seeds: tuple[int, ...] = setting(
-        (100001, 100002), help="evaluation seeds", check=all_of(non_empty, each(valid_seed))
+        (100001, 100002),
+        help="evaluation seeds",
+        check=all_of(non_empty, distinct, each(valid_seed)),
     )
     start_lrs: tuple[float, ...] = setting(
         (3e-4, 3e-3), help="start LRs", check=all_of(non_empty, each(positive))
@@ -134,8 +137,9 @@ class TrainConfig:
         check_fields(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return from_dict(cls, data)
+    def from_dict(cls, data: dict[str, Any], where: str = "") -> TrainConfig:
+        """A config from a preset's tables (`where` names the preset in errors)."""
+        return from_dict(cls, data, where)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -157,4 +161,4 @@ def load_train_config(preset: str, workload: str | None = None, **overrides) -> 
         for table in (env["task_space"], evaluation["run"]):
             for key in ("corpora", "corpus", "batch_size", "vary"):
                 table.pop(key, None)
-    return TrainConfig.from_dict(data)
+    return TrainConfig.from_dict(data, f"preset {preset!r}")

@@ -140,6 +140,8 @@ class TaskSpace:
     def __post_init__(self) -> None:
         check_fields(self)
         vary = {}
+        if any(not isinstance(name, str) for name in self.vary):
+            raise ConfigError(f"vary must name workload settings, got {list(self.vary)!r}")
         for name in sorted(self.vary):
             vary[name] = checked(tuple[Any, ...], self.vary[name], f"vary.{name}", non_empty)
         object.__setattr__(self, "vary", vary)

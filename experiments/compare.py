@@ -62,26 +62,11 @@ def compare(
     """Run the comparison protocol into `out_dir` (on Ray with a `backend`); returns the
     summary table. The outputs and the cache do not depend on the backend. A folder that
     holds another comparison is refused unless `force`."""
+    setup = prepare(config, backend)
+    common, policy_bytes, policy_sha256 = setup.common, setup.policy_bytes, setup.policy_sha256
     out = ensure_writable_dir(out_dir)
-    policy_bytes = policy_sha256 = None
-    if config.policy is not None:
-        path = resolve_policy_path(config.policy)
-        policy_bytes = path.read_bytes()
-        policy_from_bytes(policy_bytes, str(path))  # not a policy: fail now, not in a worker
-        policy_sha256 = hashlib.sha256(policy_bytes).hexdigest()
+    claim_folder(out, "compare", setup.record, force)
     task = config.task(config.protocol.eval_seeds[0], config.protocol.start_lrs[0])
-    common = {
-        "workload": task.workload.to_dict(),
-        "steps": task.steps,
-        "eval_every": task.eval_every,
-        "device": resolve_device(config.run.device).type,
-        "data_sha256": task.workload.digest(),  # also: missing data fails here
-    }
-    if backend is not None and common["device"] == "cuda" and backend.gpus_per_worker == 0:
-        raise ConfigError("device cuda on Ray needs --gpus-per-worker > 0 (Ray hides GPUs)")
-    settings = dataclasses.asdict(config)
-    del settings["jobs"]  # how fast, not what
-    claim_folder(out, "compare", settings, force)
 
     def schedule_spec(name: str, lr: float, seed: int, warmup: float | None) -> RunSpec:
         return RunSpec("schedule", name, lr, seed, **common, warmup=warmup)
@@ -150,6 +135,44 @@ def compare(
     atomic_write_text(out / "summary.md", summary_markdown(summary, title, summary_notes))
     plot_comparison(results, summary, out)
     return summary
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+    """What a comparison's runs depend on, checked before anything is written."""
+
+    common: dict  # the RunSpec fields every run shares: the workload, budget, device, data
+    policy_bytes: bytes | None
+    policy_sha256: str | None
+    protocol: dict  # the Protocol, as a table
+
+    @property
+    def record(self) -> dict:
+        """What the comparison folder records (and a rerun must match): its runs' settings,
+        the protocol and the policy's digest, whatever paths or spellings named them."""
+        return {"runs": self.common, "protocol": self.protocol, "policy": self.policy_sha256}
+
+
+def prepare(config: CompareConfig, backend: RayBackend | None = None) -> Setup:
+    """Check what a comparison needs (the policy file, the data, the device) and return
+    what its runs share; a bad input fails here, before anything is written."""
+    policy_bytes = policy_sha256 = None
+    if config.policy is not None:
+        path = resolve_policy_path(config.policy)
+        policy_bytes = path.read_bytes()
+        policy_from_bytes(policy_bytes, str(path))  # not a policy: fail now, not in a worker
+        policy_sha256 = hashlib.sha256(policy_bytes).hexdigest()
+    task = config.task(config.protocol.eval_seeds[0], config.protocol.start_lrs[0])
+    common = {
+        "workload": task.workload.to_dict(),
+        "steps": task.steps,
+        "eval_every": task.eval_every,
+        "device": resolve_device(config.run.device).type,
+        "data_sha256": task.workload.digest(),  # also: missing data fails here
+    }
+    if backend is not None and common["device"] == "cuda" and backend.gpus_per_worker == 0:
+        raise ConfigError("device cuda on Ray needs --gpus-per-worker > 0 (Ray hides GPUs)")
+    return Setup(common, policy_bytes, policy_sha256, dataclasses.asdict(config.protocol))
 
 
 def _best_setting(cache: RunCache, specs: list[RunSpec]) -> tuple[float, float | None]:

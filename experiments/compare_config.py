@@ -112,7 +112,9 @@ class CompareConfig:
     run: RunSettings = setting(RunSettings(), help="which run")
     protocol: Protocol = setting(Protocol(), help="the comparison protocol")
     policy: str | None = setting(
-        None, help="policy file or folder, or `default` (the shipped policy); optional"
+        None,
+        help="policy file or folder, or `default` (the shipped policy); optional",
+        check=non_empty,
     )
     jobs: int = setting(1, help="runs in parallel (--backend process)", check=positive)
 

@@ -23,7 +23,10 @@ def claim_folder(out: Path, command: str, settings: dict[str, Any], force: bool)
         try:
             held = json.loads(path.read_text())
         except (OSError, ValueError):
-            held = {"command": "unreadable"}
+            raise ConfigError(
+                f"{str(path)!r} cannot be read as JSON: give a new --out, or --force to "
+                f"replace what the folder holds"
+            ) from None
         changed = _differences(held, record)
         if changed:
             raise ConfigError(

@@ -29,9 +29,11 @@ from lrpilot.env.lr_env import EnvConfig, LRControlEnv
 from lrpilot.env.rewards import interval_reward
 from lrpilot.env.tasks import Task
 from lrpilot.errors import ConfigError
+from lrpilot.experiments.folders import claim_folder
 from lrpilot.experiments.plots import plot_run
 from lrpilot.experiments.runs import run_summary, train_intervals
 from lrpilot.files import atomic_write_csv, atomic_write_json, ensure_writable_dir
+from lrpilot.lm.byte_gpt import resolve_device
 from lrpilot.lm.run import IntervalStats
 from lrpilot.lm.trace import TRACE_COLUMNS
 
@@ -124,6 +126,16 @@ def recorded_lr_function(trace: pd.DataFrame) -> Callable[[int], float]:
     return lr_at
 
 
+def check_covers(lr_trace: pd.DataFrame, task: Task) -> None:
+    """A one-line error unless the recorded trace covers the task's whole budget."""
+    covered = int(lr_trace["step"].iloc[-1])
+    if task.steps > covered:
+        raise ConfigError(
+            f"the trace covers {covered} steps but the run asks for {task.steps}; "
+            f"pass --steps {covered} or less"
+        )
+
+
 def run_open_loop(
     lr_trace: pd.DataFrame,
     task: Task,
@@ -132,12 +144,7 @@ def run_open_loop(
     progress: bool = False,
 ) -> pd.DataFrame:
     """Train `task` at the recorded LRs; rewards as the environment would give them."""
-    covered = int(lr_trace["step"].iloc[-1])
-    if task.steps > covered:
-        raise ConfigError(
-            f"the trace covers {covered} steps but the run asks for {task.steps}; "
-            f"pass --steps {covered} or less"
-        )
+    check_covers(lr_trace, task)
     run = task.make_run(env_config.device)
     num_intervals = task.num_intervals
     start_lr = float(lr_trace["lr"].iloc[0])  # row 0: the recorded start LR
@@ -188,15 +195,26 @@ def replay(
     lr_trace: pd.DataFrame | None = None,
     device: str = "cpu",
     progress: bool = True,
+    force: bool = False,
 ) -> pd.DataFrame:
     """Replay a policy (closed loop) or an LR trace (open loop) on each task, into
     `out_dir/seed_<s>/` (`seed_<s>-start_<lr>/` when the tasks start from several LRs).
+    A folder that holds another experiment is refused unless `force`.
 
     Returns the per-seed summary table (also written to `out_dir/summary.csv`).
     """
     if (policy is None) == (lr_trace is None):
         raise ConfigError("give either a policy (closed loop) or an LR trace (open loop)")
+    device = resolve_device(device).type  # an unusable device fails before any file
+    for task in tasks if lr_trace is not None else ():
+        check_covers(lr_trace, task)
+    record = {"tasks": [task.to_dict() for task in tasks], "device": device}
+    if policy is not None:
+        record["policy"] = policy.digest()
+    else:
+        record["lrs"] = lr_trace["lr"].tolist()
     out = ensure_writable_dir(out_dir)
+    claim_folder(out, "replay", record, force)
     env_config = policy_env_config(policy, device) if policy else EnvConfig(device=device)
     mode = "closed loop" if policy else "open loop"
     rows = []

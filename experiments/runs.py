@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from lrpilot.env.tasks import Task
 from lrpilot.errors import ConfigError
+from lrpilot.experiments.folders import claim_folder
 from lrpilot.files import atomic_write_csv, atomic_write_json, ensure_writable_dir
 from lrpilot.lm.run import IntervalStats, TrainingRun, interval_lengths
 from lrpilot.lm.schedules import PLATEAU, SCHEDULE_NAMES, lr_function, make_schedule
@@ -94,16 +95,21 @@ def train_intervals(
 
 
 def run_schedule(
-    config: RunConfig, out_dir: str | Path | None = None, progress: bool = True, **options
+    config: RunConfig,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+    force: bool = False,
+    **options,
 ):
     """Train one run under a fixed schedule; return its trace as a DataFrame, writing the
-    run folder if given. `options` go to the schedule (e.g. `warmup=0.2`)."""
+    run folder if given (a folder that holds another experiment is refused unless
+    `force`). `options` go to the schedule (e.g. `warmup=0.2`)."""
     task = config.task
     run = task.make_run(config.device)
     run.set_lr(task.start_lr)  # the schedule's peak: its LR at the optimizer's creation
     out = ensure_writable_dir(out_dir) if out_dir is not None else None
     if out is not None:
-        atomic_write_json(out / "config.json", config.to_dict())
+        claim_folder(out, "run", config.to_dict() | {"options": options}, force)
     scheduler = make_schedule(config.schedule, run.optimizer, task.steps, **options)
 
     def step_plateau(_interval: int, stats: IntervalStats, _rows: list[dict]) -> bool:

@@ -25,6 +25,7 @@ import dataclasses
 import math
 import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ import pandas as pd
 
 from lrpilot.config import checked, from_dict, low_high, packaged_names, read_toml
 from lrpilot.errors import ConfigError
-from lrpilot.experiments.compare import compare
+from lrpilot.experiments.compare import compare, prepare
 from lrpilot.experiments.compare_config import CompareConfig, Protocol
 from lrpilot.experiments.folders import claim_folder
 from lrpilot.experiments.plots import plot_performance_profile
@@ -105,7 +106,12 @@ def suite_from_dict(data: dict[str, Any], where: str, base: Path) -> Suite:
         raise ConfigError(f"suite {where!r}: name and description must be strings")
     entries_data = settings.pop("workloads", [])
     protocol = from_dict(Protocol, settings, f"suite {where!r}")
-    if not isinstance(entries_data, list) or not entries_data:
+    if not isinstance(entries_data, list):
+        raise ConfigError(
+            f"suite {where!r}: workloads must be a list of [[workloads]] tables, "
+            f"got {entries_data!r}"
+        )
+    if not entries_data:
         raise ConfigError(f"suite {where!r} is empty: give at least one [[workloads]]")
     entries = [_entry(raw, i, where, base) for i, raw in enumerate(entries_data, 1)]
     folded = [entry.name.casefold() for entry in entries]
@@ -116,14 +122,19 @@ def suite_from_dict(data: dict[str, Any], where: str, base: Path) -> Suite:
     for entry in suite.entries:  # every comparison's settings checked before any run
         if entry.inline is not None:  # (its workload was checked when it was read)
             entry = dataclasses.replace(entry, run=dataclasses.replace(entry.run, workload="tiny"))
-        suite.config(entry, None, 1, "cpu")
+        try:
+            suite.config(entry, None, 1, "cpu")
+        except ConfigError as exc:
+            raise ConfigError(f"suite {where!r}, workload {entry.name!r}: {exc}") from None
     return suite
 
 
 def _entry(raw: Any, index: int, where: str, base: Path) -> SuiteEntry:
     """One `[[workloads]]` table: `workload = SPEC`, or a family and its settings inline,
     with the run settings and `lr_range` of its own."""
-    if not isinstance(raw, dict) or "name" not in raw:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"suite {where!r}: workload {index} must be a table, got {raw!r}")
+    if "name" not in raw:
         raise ConfigError(f"suite {where!r}: workload {index} needs a name")
     entry = dict(raw)
     name = entry.pop("name")
@@ -151,15 +162,34 @@ def _entry(raw: Any, index: int, where: str, base: Path) -> SuiteEntry:
     return SuiteEntry(name, from_dict(RunSettings, run, at), inline, lr_range)
 
 
-def _inline_spec(entry: SuiteEntry, folder: Path) -> str:
-    """An inline workload as a TOML file in its comparison folder (what compare reads)."""
+def _with_inline_spec(entry: SuiteEntry, folder: Path) -> SuiteEntry:
+    """An inline workload as a TOML file in `folder` (what compare reads), and the entry
+    naming it; an entry with a spec of its own as it is."""
+    if entry.inline is None:
+        return entry
     import tomli_w
 
     path = folder / "workload.toml"
     text = tomli_w.dumps(entry.inline)
     if not path.is_file() or path.read_text() != text:
         atomic_write_text(path, text)
-    return str(path)
+    return dataclasses.replace(entry, run=dataclasses.replace(entry.run, workload=str(path)))
+
+
+def _records(suite: Suite, policy: str | None, device: str, backend) -> dict[str, dict]:
+    """Every workload's comparison checked (policy, data, device) before anything is
+    written, and what its folder will record."""
+    records = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        for entry in suite.entries:
+            folder = Path(scratch) / entry.name
+            folder.mkdir()
+            config = suite.config(_with_inline_spec(entry, folder), policy, 1, device)
+            try:
+                records[entry.name] = prepare(config, backend).record
+            except ConfigError as exc:
+                raise ConfigError(f"workload {entry.name!r}: {exc}") from None
+    return records
 
 
 def run_suite(
@@ -175,16 +205,13 @@ def run_suite(
     """Compare every method on every workload of `suite` into `out_dir`; returns the
     suite table (per method). Re-running continues from the cached runs; a folder that
     holds another suite is refused unless `force`."""
+    record = {"suite": suite.name} | _records(suite, policy, device, backend)
     out = ensure_writable_dir(out_dir)
-    record = {"suite": suite.name, "protocol": dataclasses.asdict(suite.protocol)}
-    record["workloads"] = [dataclasses.asdict(entry) for entry in suite.entries]
-    claim_folder(out, "benchmark", record | {"policy": policy, "device": device}, force)
+    claim_folder(out, "benchmark", record, force)
     summaries, results = [], []
     for index, entry in enumerate(suite.entries, 1):
         folder = ensure_writable_dir(out / entry.name)
-        if entry.inline is not None:
-            spec = _inline_spec(entry, folder)
-            entry = dataclasses.replace(entry, run=dataclasses.replace(entry.run, workload=spec))
+        entry = _with_inline_spec(entry, folder)
         if progress:
             print(f"[{index}/{len(suite.entries)}] {entry.name}", flush=True)
         config = suite.config(entry, policy, jobs, device)

@@ -47,6 +47,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def spread(n: int, count: int) -> torch.Tensor:
+    """`count` indices spread evenly over `range(n)` (float32 steps, as the splits were
+    first drawn; clamped, since float32 rounds the last index past `n - 1` once `n`
+    exceeds 2**24)."""
+    return torch.linspace(0, n - 1, count).long().clamp(max=n - 1)
+
+
 def check_budget(workload) -> None:
     """The evaluation interval within the step budget (every built-in family)."""
     if workload.eval_every > workload.steps:
@@ -161,12 +168,12 @@ class ByteGPTRun(StepRun):
         # Every window of block_size + 1 bytes, as views (no copy): (n - block, block + 1).
         self._train_windows = corpus.train.unfold(0, block + 1, 1)
         val_windows = corpus.val.unfold(0, block + 1, 1)
-        picks = torch.linspace(0, val_windows.size(0) - 1, workload.val_windows).long()
+        picks = spread(val_windows.size(0), workload.val_windows)
         self._val_batch = val_windows[picks].long().to(self.device)  # (val_windows, block + 1)
         # Non-overlapping windows (each byte predicted once), spread over the test split.
         test_windows = corpus.test.unfold(0, block + 1, block)
         count = min(test_windows.size(0), math.ceil(workload.test_tokens / block))
-        picks = torch.linspace(0, test_windows.size(0) - 1, count).long()
+        picks = spread(test_windows.size(0), count)
         self._test_batch = test_windows[picks].long().to(self.device)  # (count, block + 1)
         super().__init__(
             RunParts(

@@ -165,8 +165,9 @@ def load_corpus(spec: str, *, glob: str = "*") -> Corpus:
     elif spec == "pystdlib":
         data = pystdlib_bytes()
     elif spec.startswith("pystdlib:"):
-        folder = Path(sysconfig.get_paths()["stdlib"]) / spec.removeprefix("pystdlib:")
-        if not folder.is_dir():
+        package = spec.removeprefix("pystdlib:")
+        folder = Path(sysconfig.get_paths()["stdlib"]) / package
+        if not package or not folder.is_dir():
             raise ConfigError(f"no standard-library folder {spec!r} on this machine")
         data = path_bytes(folder, glob)
     else:

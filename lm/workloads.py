@@ -192,6 +192,10 @@ def workload_from_dict(data: dict[str, Any], where: str = "workload") -> Workloa
     settings = dict(data)
     family = settings.pop("family", None)
     families = _families()
+    if family is None:
+        raise ConfigError(
+            f"{where}: give a workload family ({', '.join(families)}) and its settings"
+        )
     if family not in families:
         raise ConfigError(
             f"{where}: unknown workload family {family!r}; choose from {', '.join(families)}"

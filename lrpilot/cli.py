@@ -35,7 +35,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def _parser(name: str, options: type) -> OneLineParser:
     """The parser of one command, described by its options' docstring, with their flags."""
-    parser = OneLineParser(prog=f"lrpilot {name}", description=options.__doc__)
+    parser = OneLineParser(prog=f"lrpilot {name}", description=options.__doc__, allow_abbrev=False)
     add_flags(parser, options)
     return parser
 
@@ -66,7 +66,7 @@ def _run(argv: list[str]) -> int:
         import torch
 
         torch.set_num_threads(options.threads)
-    trace = run_schedule(config, options.out, progress=not options.quiet)
+    trace = run_schedule(config, options.out, not options.quiet, force=options.force)
     last = trace.iloc[-1]
     print(
         f"final val_loss {last['val_loss']:.4f}, test_loss {last['test_loss']:.4f} "
@@ -77,7 +77,7 @@ def _run(argv: list[str]) -> int:
 
 
 def _train(argv: list[str]) -> int:
-    from lrpilot.agents.train_config import TrainConfig, load_train_config
+    from lrpilot.agents.train_config import DEFAULT_PRESET, TrainConfig, load_train_config
     from lrpilot.commands import TrainOptions
     from lrpilot.settings import BackendSettings
 
@@ -88,19 +88,18 @@ def _train(argv: list[str]) -> int:
     options, backend = build(TrainOptions, args), build(BackendSettings, args).make()
     from lrpilot.agents.training import resume, train
 
-    progress = not options.quiet
-    if options.resume and options.workload is not None:
-        raise ConfigError("--workload applies to a new run; --resume keeps the run's own")
-    if not options.resume:
-        overrides = {"timesteps": args.timesteps, "n_envs": args.n_envs, "seed": args.seed}
-        config = load_train_config(options.preset, workload=options.workload, **overrides)
+    progress, overrides = not options.quiet, {"n_envs": args.n_envs, "seed": args.seed}
+    new_run = {"preset": options.preset, "workload": options.workload} | overrides
+    if options.resume and any(value is not None for value in new_run.values()):
+        given = [name for name, value in new_run.items() if value is not None]
+        raise ConfigError(f"{', '.join(given)}: for a new run; --resume keeps the run's own")
+    preset, timesteps = options.preset or DEFAULT_PRESET, args.timesteps
 
     def work() -> None:
         if options.resume:
-            policy = resume(
-                options.out, timesteps=args.timesteps, progress=progress, backend=backend
-            )
+            policy = resume(options.out, timesteps=timesteps, progress=progress, backend=backend)
         else:
+            config = load_train_config(preset, options.workload, timesteps=timesteps, **overrides)
             policy = train(config, options.out, progress=progress, backend=backend)
         done = policy.metadata["training"]["timesteps_done"]
         print(f"trained {done} timesteps; policy: {options.out}/policy/policy.safetensors")
@@ -125,10 +124,8 @@ def _replay(argv: list[str]) -> int:
     lr_trace = read_lr_trace(options.trace) if options.trace else None
     start_lrs = options.start_lrs if lr_trace is None else (float(lr_trace["lr"].iloc[-1]),)
     tasks = [run.task(seed, lr) for lr in start_lrs for seed in options.seeds]
-    progress = not options.quiet
-    table = replay(
-        tasks, options.out, policy=policy, lr_trace=lr_trace, device=run.device, progress=progress
-    )
+    how = {"device": run.device, "progress": not options.quiet, "force": options.force}
+    table = replay(tasks, options.out, policy=policy, lr_trace=lr_trace, **how)
     print(table.to_string(index=False))
     print(f"wrote {options.out}/summary.csv and {options.out}/seed_*/")
     return 0
@@ -168,11 +165,7 @@ def _benchmark(argv: list[str]) -> int:
 
     suite = load_suite(options.suite)
     suite = suite if options.controllers is None else suite.with_controllers(options.controllers)
-    policy = None if options.policy == "none" else options.policy
-    if policy is not None:
-        from lrpilot.agents.policy_file import load_policy
-
-        load_policy(policy)  # a bad policy fails now, not after hours of tuning
+    policy = None if options.policy == "none" else options.policy  # checked by run_suite
 
     def work() -> None:
         run_suite(

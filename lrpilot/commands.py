@@ -39,7 +39,7 @@ class RunOptions(Command):
     (one row per evaluation interval; the test loss in the last row), DIR/config.json
     and DIR/summary.json."""
 
-    out: str = setting(help="run folder to write")
+    out: str = setting(check=non_empty, help="run folder to write")
     schedule: str = setting(
         "warmup_cosine",
         help=f"the fixed LR schedule, one of: {', '.join(SCHEDULE_NAMES)}",
@@ -50,6 +50,7 @@ class RunOptions(Command):
     threads: int | None = setting(
         None, help="torch CPU threads (default: all cores)", check=positive
     )
+    force: bool = setting(False, help="replace the results of another experiment held in --out")
     quiet: bool = setting(False, help=QUIET_HELP)
 
 
@@ -60,11 +61,12 @@ class TrainOptions(Command):
     DIR/config.toml, progress.csv, checkpoints/, policy/ (latest) and best/ (best on the
     evaluation tasks)."""
 
-    out: str = setting(help="run folder: new, or the one to --resume")
-    preset: str = setting(
-        "controller",
+    out: str = setting(check=non_empty, help="run folder: new, or the one to --resume")
+    preset: str | None = setting(
+        None,
         help="a preset (controller, generalist, demo, tiny: TOML files in "
-        "experiments/presets/) or a TOML path; controller trained the shipped policy",
+        "experiments/presets/) or a TOML path (default: controller, which trained the "
+        "shipped policy)",
     )
     workload: str | None = setting(
         None,
@@ -85,9 +87,9 @@ class ReplayOptions(Command):
     several start LRs, DIR/seed_<s>-start_<lr>/): trace.csv (the columns of `lrpilot
     run` plus action and reward), summary.json and plot.png; and DIR/summary.csv."""
 
-    out: str = setting(help=OUT_HELP)
+    out: str = setting(check=non_empty, help=OUT_HELP)
     policy: str | None = setting(
-        None, help="a policy file or folder, or `default` (the shipped policy)"
+        None, help="a policy file or folder, or `default` (the shipped policy)", check=non_empty
     )
     trace: str | None = setting(
         None,
@@ -102,6 +104,7 @@ class ReplayOptions(Command):
         help="the policy's start LRs, one run each (not used with --trace)",
         check=all_of(non_empty, distinct, each(positive)),
     )
+    force: bool = setting(False, help="replace the results of another experiment held in --out")
     quiet: bool = setting(False, help=QUIET_HELP)
 
 
@@ -115,7 +118,7 @@ class CompareOptions(Command):
     command again to resume. Writes DIR/results.csv, summary.csv, summary.md,
     config.json and PNG plots."""
 
-    out: str = setting(help="comparison folder (its runs/ is the cache)")
+    out: str = setting(check=non_empty, help="comparison folder (its runs/ is the cache)")
     force: bool = setting(
         False, help="replace the results of another comparison held in --out (runs are kept)"
     )
@@ -130,13 +133,15 @@ class BenchmarkOptions(Command):
     Writes DIR/summary.md, suite.csv, summary.csv, results.csv and
     performance_profile.png."""
 
-    out: str = setting(help="suite folder: one comparison folder per workload")
+    out: str = setting(check=non_empty, help="suite folder: one comparison folder per workload")
     suite: str = setting(
         help="a suite (quick, heldout, controller_quality, gpu, ...: TOML files in "
         "experiments/suites/) or a TOML path"
     )
     policy: str = setting(
-        "default", help="a policy file or folder, `default` (the shipped policy), or `none`"
+        "default",
+        help="a policy file or folder, `default` (the shipped policy), or `none`",
+        check=non_empty,
     )
     controllers: tuple[str, ...] | None = setting(
         None,
@@ -160,6 +165,6 @@ class DemoOptions(Command):
     warmup+cosine and WSD, each tuned on a peak-LR grid, on held-out seeds, into
     DIR/compare, and print the summary table. Running it again reuses what is done."""
 
-    out: str = setting("runs/demo", help=OUT_HELP)
+    out: str = setting("runs/demo", help=OUT_HELP, check=non_empty)
     jobs: int = setting(2, help="comparison runs in parallel", check=positive)
     quiet: bool = setting(False, help=QUIET_HELP)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import sys
 import types
 import typing
@@ -26,6 +27,8 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from lrpilot.errors import ConfigError
 
@@ -145,9 +148,17 @@ def describe(hint: Any) -> str:
         return " or ".join(describe(a) for a in args if a is not type(None))
     if origin is tuple:
         if len(args) == 2 and args[1] is Ellipsis:
+            if args[0] is Any:
+                return "a list"
             return f"a list of {describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
         return f"a list of {len(args)} {describe(args[0]).removeprefix('a ')}s"
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    names = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        Any: "a value",
+    }
     if hint in names:
         return names[hint]
     return "a table" if origin in (dict, Mapping) or dataclasses.is_dataclass(hint) else str(hint)
@@ -181,7 +192,9 @@ def coerce(hint: Any, value: Any, name: str) -> Any:
             raise wrong
         try:
             return tuple(coerce(arg, v, name) for arg, v in zip(args, value, strict=True))
-        except ConfigError:
+        except ConfigError as item:
+            if "finite" in str(item):  # the right kind, but inf or nan: say so
+                raise ConfigError(f"{name} must hold finite numbers, got {value!r}") from None
             raise wrong from None
     if origin in (dict, Mapping):
         if not isinstance(value, Mapping):
@@ -197,12 +210,12 @@ def coerce(hint: Any, value: Any, name: str) -> Any:
         if not isinstance(value, bool):
             raise wrong
         return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+    if hint is int:  # numpy's integers too
+        if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
             raise wrong
-        return value
+        return int(value)
     if hint is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
             raise wrong
         if not math.isfinite(value):
             raise ConfigError(f"{name} must be a finite number, got {value!r}")
@@ -298,6 +311,8 @@ def read_toml(spec: str, what: str, folder: str | None = None) -> tuple[dict[str
         raise ConfigError(f"a {what} is a name or a .toml path, got {spec!r}")
     if spec.endswith(".toml") or folder is None:
         path = Path(spec)
+        if path.is_dir():
+            raise ConfigError(f"{what} {spec!r} is a folder, not a TOML file")
         if not path.is_file():
             raise ConfigError(f"{what} file not found: {spec!r}")
     else:

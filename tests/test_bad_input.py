@@ -15,11 +15,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import tomli_w
+from conftest import make_policy
 
 # Imported now: the code a test runs without root's rights cannot read root's Python.
 import lrpilot.experiments.replay
 import lrpilot.experiments.runs
 import lrpilot.lm.text_classification
+from lrpilot.agents.policy_file import default_policy_path
 from lrpilot.cli import main
 from lrpilot.lm import memory
 from lrpilot.lm.byte_gpt import ByteGPTWorkload
@@ -374,3 +376,55 @@ def test_every_json_file_written_is_strict_json_a_diverged_run_included(tmp_path
     assert summary["diverged"] and summary["final_val_loss"] is None
     assert summary["test_accuracy"] is None  # a language model has none
     assert strict_json((tmp_path / "open" / "seed_1" / "summary.json").read_text())["diverged"]
+
+
+# -- output folders and the settings' own checks ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["run", "--out", ""], ["out must not be empty"]),
+        (["compare", "--out", "x", "--policy", ""], ["policy must not be empty"]),
+        (["compare", "--out", "x", "--lr-range", "1e-3,nan"], ["lr_range must hold finite"]),
+        (["train", "--out", "x", "--resume", "--seed", "7"], ["seed: for a new run"]),
+        (["run", "--out", "x", "--l", "1e-3"], ["unrecognized arguments: --l"]),  # no abbreviations
+    ],
+)
+def test_settings_refuse_what_no_run_can_use(args, fragments, tmp_path, capsys):
+    with contextlib.chdir(tmp_path):
+        code, err = lrpilot([*args, *(FAST if args[0] != "train" else [])], capsys)
+    assert_refused(code, err, *fragments)
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even --out
+
+
+def test_a_comparison_folder_is_known_by_what_its_runs_depend_on(tmp_path, capsys):
+    policy = tmp_path / "p.safetensors"
+    shutil.copy(default_policy_path(), policy)
+    out = tmp_path / "out"
+    flags = [*FAST, "--schedules", "constant", "--lr-grid", "2", "--eval-seeds", "1"]
+    flags += ["--tune-seeds", "0", "--batch-size", "4", "--out", out]
+    succeeds(["compare", "--policy", policy, *flags], capsys)
+    with contextlib.chdir(tmp_path):  # the same policy and device, spelled otherwise
+        succeeds(["compare", "--policy", "p.safetensors", *flags, "--device", "auto"], capsys)
+    make_policy(seed=3).save(policy)  # another policy under the same path
+    code, err = lrpilot(["compare", "--policy", policy, *flags], capsys)
+    assert_refused(code, err, "differs in policy")
+
+
+def test_a_refused_benchmark_leaves_its_folder_empty(tmp_path, capsys):
+    suite = tmp_path / "s.toml"
+    suite.write_text('[[workloads]]\nname = "a"\nworkload = "tiny"\ncorpus = "/nonexistent"\n')
+    code, err = lrpilot(
+        ["benchmark", "--suite", suite, "--policy", "none", "--out", tmp_path / "o"], capsys
+    )
+    assert_refused(code, err, "workload 'a'", "/nonexistent")
+    assert not (tmp_path / "o").exists()
+
+
+def test_windows_are_spread_within_a_split_of_any_length():
+    from lrpilot.lm.byte_gpt import spread
+
+    for n in (82_268_144, 2**25 + 3):  # float32 steps round the last index past n - 1
+        assert int(spread(n, 32).max()) < n
+    assert spread(10, 4).tolist() == [0, 3, 6, 9]

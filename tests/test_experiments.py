@@ -38,7 +38,7 @@ def policy_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def closed_loop(policy_file, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("replay")
-    args = ["replay", "--policy", str(policy_file), "--seeds", "1,2", "--start-lr", "3e-3"]
+    args = ["replay", "--policy", str(policy_file), "--seeds", "1,2", "--start-lrs", "3e-3"]
     assert main([*args, *SHORT, "--out", str(out)]) == 0
     return out
 
@@ -140,7 +140,7 @@ COMPARE_FLAGS = [
     "0",
     "--eval-seeds",
     "1,2",
-    "--start-lr",
+    "--start-lrs",
     "3e-3",
     *SHORT,
 ]  # fmt: skip  (the same comparison as small_compare, as CLI flags)
@@ -303,7 +303,7 @@ def test_compare_bad_input_is_one_line_exit_2(tmp_path, capsys):
         (["--jobs", "0"], "jobs must be positive, got 0"),
         (["--eval-seeds=-1,2"], "eval_seeds has -1, which must be in [0, 2**32)"),
         (["--eval-seeds", "1,2,2"], "eval_seeds lists 2 twice, got 1,2,2"),
-        (["--start-lr", "1e-3,1.0001e-3"], "start_lrs must differ in 3 digits"),
+        (["--start-lrs", "1e-3,1.0001e-3"], "start_lrs must differ in 3 digits"),
         (["--address", "auto"], "--address needs --backend ray, got address 'auto'"),
         (
             ["--backend", "ray", "--cpus-per-worker", "0"],
@@ -366,13 +366,12 @@ def test_cache_keys_cover_the_corpus_bytes(tmp_path):
 
 def test_lrpilot_train_without_a_preset_trains_what_made_the_shipped_policy():
     from lrpilot.agents.policy_file import load_policy
-    from lrpilot.agents.train_config import TrainConfig, load_train_config
-    from lrpilot.commands import TrainOptions
+    from lrpilot.agents.train_config import DEFAULT_PRESET, TrainConfig, load_train_config
 
     policy = load_policy("default")
     training = dict(policy.metadata["training"])
     done = training.pop("timesteps_done")
-    preset = TrainOptions(out="x").preset  # what `lrpilot train` uses without --preset
+    preset = DEFAULT_PRESET  # what `lrpilot train` uses without --preset
     # The shipped file is what that preset trains, run on to 30000 timesteps with
     # `--resume --timesteps 30000` (docs/model-card.md) ...
     assert TrainConfig.from_dict(training) == load_train_config(preset, timesteps=30000)
