@@ -137,9 +137,9 @@ class TrainConfig:
         check_fields(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "") -> TrainConfig:
-        """A config from a preset's tables (`where` names the preset in errors)."""
-        return from_dict(cls, data, where)
+    def from_dict(cls, data: dict[str, Any], source: str = "") -> TrainConfig:
+        """A config from a preset's tables (`source` names the preset in errors)."""
+        return from_dict(cls, data, source=source)
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)

@@ -252,10 +252,11 @@ def _shown(value: Any) -> str:
     return repr(value)
 
 
-def from_dict(cls: type, data: Any, where: str = ""):
+def from_dict(cls: type, data: Any, where: str = "", *, source: str = ""):
     """Dataclass `cls` from a TOML table `data`; an unknown key or a bad value is one
-    `ConfigError` that names the table (`[where]`; nested tables as `[where.name]`)."""
-    prefix = f"[{where}] " if where else ""
+    `ConfigError` that names the file (`source`, e.g. "preset 'x.toml'") and the table
+    (`[where]`; nested tables as `[where.name]`)."""
+    prefix = (f"{source}: " if source else "") + (f"[{where}] " if where else "")
     if not isinstance(data, Mapping):
         raise ConfigError(f"{prefix}must be a table, got {data!r}")
     known = {f.name for f in dataclasses.fields(cls)}
@@ -267,13 +268,12 @@ def from_dict(cls: type, data: Any, where: str = ""):
     for name, value in data.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
-            value = from_dict(hint, value, f"{where}.{name}" if where else name)
+            table = f"{where}.{name}" if where else name
+            value = from_dict(hint, value, table, source=source)
         values[name] = value
     try:
         return cls(**values)
     except ConfigError as exc:
-        if str(exc).startswith("["):
-            raise
         raise ConfigError(f"{prefix}{exc}") from None
     except (TypeError, ValueError) as exc:  # a check the dataclass lacks
         raise ConfigError(f"{prefix}invalid settings ({exc})") from None
