@@ -82,3 +82,22 @@ def test_bad_interval_arguments(small_corpus, micro_workload):
         trainer.train(0, 1e-3)
     with pytest.raises(ConfigError, match="learning rate"):
         trainer.train(1, float("nan"))
+
+
+def test_prodigy_as_its_authors_advise_warms_up_and_safeguards_the_warmup():
+    pytest.importorskip("prodigyopt")
+    from lrpilot.lm.optimizers import use_tuning_free
+    from lrpilot.settings import RunSettings
+
+    task = RunSettings("tiny", steps=40, eval_every=10, batch_size=4).task(0, 1e-3)
+    plain, warmed = task.make_run("cpu"), task.make_run("cpu")
+    plain_lr, warmed_lr = (
+        use_tuning_free(plain, "prodigy", 40),
+        use_tuning_free(warmed, "prodigy_warmup", 40),
+    )
+    assert plain_lr(0) == 1.0 and warmed_lr(0) == pytest.approx(0.5)  # 2 warmup steps of 40
+    assert warmed_lr(2) == pytest.approx(1.0) and warmed_lr(39) < 0.01
+    assert [
+        g["safeguard_warmup"]
+        for g in (plain.optimizer.param_groups[0], warmed.optimizer.param_groups[0])
+    ] == [False, True]
