@@ -6,12 +6,13 @@ Every group of settings is a frozen dataclass whose fields are declared with
 field against its type annotation and its `check`, so a bad value is one `ConfigError`
 naming the field and the value, whether it came from a flag, a TOML file or Python.
 
-- `from_dict(cls, table, where)` builds a dataclass from a TOML table (nested tables
-  become nested dataclasses; an unknown key is named);
+- `from_dict(cls, table, where, source=...)` builds a dataclass from a TOML table
+  (nested tables become nested dataclasses; an unknown key is named, with its file and
+  table);
 - `read_toml(spec, what, folder)` reads a TOML file by path, or by name from a folder of
   the package (`presets`, `suites`).
 
-This module imports neither torch nor gymnasium: the CLI builds its parser from it.
+This module imports no torch: the CLI builds its parser from it.
 """
 
 from __future__ import annotations
