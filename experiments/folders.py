@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from lrpilot.errors import ConfigError
-from lrpilot.files import atomic_write_json
+from lrpilot.files import atomic_write_json, json_text
 
 CONFIG_FILE = "config.json"  # what a folder holds: the command and its settings
 
@@ -17,7 +17,7 @@ def claim_folder(out: Path, command: str, settings: dict[str, Any], force: bool)
     `settings`. A folder that holds another experiment (another command, or different
     settings) is refused, naming the difference, unless `force`: then its results are
     replaced (cached runs are kept, keyed by their own settings)."""
-    record = json.loads(json.dumps({"command": command} | settings))  # as it reads back
+    record = json.loads(json_text({"command": command} | settings))  # as it reads back
     path = out / CONFIG_FILE
     if path.is_file() and not force:
         try:
