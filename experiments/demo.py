@@ -24,7 +24,7 @@ from lrpilot.settings import RunSettings
 DEMO_PRESET = "demo"
 
 
-def demo_compare_config(policy: str, jobs: int) -> CompareConfig:
+def demo_compare_config(policy: str | None, jobs: int) -> CompareConfig:
     """The demo's comparison: the preset's runs, schedules tuned over 4 peaks each."""
     protocol = Protocol(
         schedules=("constant", "warmup_cosine", "wsd"),
@@ -58,7 +58,7 @@ def train_demo_controller(out: Path, progress: bool) -> Path:
 def run_demo(out_dir: str | os.PathLike, jobs: int = 2, progress: bool = True) -> pd.DataFrame:
     """The whole demo; returns the comparison summary (also in DIR/compare/summary.md)."""
     out = Path(out_dir)
-    demo_compare_config("", jobs)  # bad settings fail now, not after training
+    demo_compare_config(None, jobs)  # bad settings fail now, not after training
     policy = train_demo_controller(out / "controller", progress)
     print(f"comparing {policy} with tuned schedules in {out / 'compare'}")
     return compare(demo_compare_config(str(policy), jobs), out / "compare", progress=progress)

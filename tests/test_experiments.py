@@ -411,3 +411,15 @@ def test_a_policy_reads_its_inputs_through_its_normalisation_statistics():
     moved = observation + 3.0
     assert torch.allclose(flat.forward(moved), flat.forward(observation), atol=1e-4)
     assert not torch.allclose(policy.forward(moved), policy.forward(observation), atol=1e-2)
+
+
+def test_the_demo_checks_its_comparison_then_compares_its_trained_policy(tmp_path, monkeypatch):
+    from lrpilot.agents.policy_file import default_policy_path
+    from lrpilot.experiments import demo
+
+    compared = []
+    monkeypatch.setattr(demo, "train_demo_controller", lambda out, progress: default_policy_path())
+    monkeypatch.setattr(demo, "compare", lambda config, out, progress: compared.append(config))
+    demo.run_demo(tmp_path, jobs=2, progress=False)
+    assert [config.policy for config in compared] == [str(default_policy_path())]
+    assert compared[0].run.steps == 200 and compared[0].jobs == 2
