@@ -8,6 +8,8 @@ validation loss relative to its initial value), so they work on any task.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from typing import Protocol
 
@@ -125,6 +127,18 @@ RANGE_TEST_RULE = ActionRule(
 )
 
 
+RANGE_STOP = {"stop_fraction": 0.3, "backoff": 2.0}  # the rule's own settings
+
+
+def rule_digest(name: str) -> str:
+    """sha256 of a rule-driven baseline's settings ("" for the others): a comparison's
+    cache keys its runs by it, so changed settings are new runs, not stale ones."""
+    if name != "rangestop":
+        return ""
+    settings = {"rule": RANGE_TEST_RULE.to_dict()} | RANGE_STOP
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
 class RangeStopController(_FactorController):
     """The online range test driven by a fixed rule, the non-learned method on that
     mechanism: rise while each interval's log-improvement of the validation loss is at
@@ -133,8 +147,8 @@ class RangeStopController(_FactorController):
 
     def __init__(
         self,
-        stop_fraction: float = 0.3,
-        backoff: float = 2.0,
+        stop_fraction: float = RANGE_STOP["stop_fraction"],
+        backoff: float = RANGE_STOP["backoff"],
         rule: ActionRule = RANGE_TEST_RULE,
     ) -> None:
         if not rule.range_start:

@@ -35,6 +35,7 @@ import os
 
 import numpy as np
 
+from lrpilot.agents.controllers import rule_digest
 from lrpilot.agents.policy_file import policy_from_bytes, resolve_policy_path
 from lrpilot.errors import ConfigError
 from lrpilot.experiments.assembly import assemble, notes
@@ -77,7 +78,7 @@ def compare(
         for seed in config.protocol.eval_seeds
         if policy_sha256 is not None
     ] + [
-        RunSpec("controller", name, lr, seed, **common)
+        RunSpec("controller", name, lr, seed, **common, policy_sha256=rule_digest(name))
         for name in config.protocol.controllers
         for lr in config.protocol.start_lrs
         for seed in config.protocol.eval_seeds

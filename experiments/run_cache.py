@@ -53,7 +53,9 @@ class RunSpec:
     eval_every: int
     device: str
     data_sha256: str = ""  # the workload's data (or code) digest: an edit is a new run
-    policy_sha256: str = ""  # the policy file's digest: a new policy is a new run
+    # what sets the LR besides the method's name: the policy file's digest, or a rule's
+    # settings' (`rule_digest`); a new one is a new run
+    policy_sha256: str = ""
     warmup: float | None = None  # a schedule's warmup fraction; None: it has none
 
     @property

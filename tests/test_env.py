@@ -546,3 +546,12 @@ def test_the_range_stop_rule_rises_until_the_gain_fades_then_backs_off_and_holds
     assert factors == pytest.approx([2.5, 2.5, 2.5, 0.5, 1.0])  # then it holds
     controller.act(observation(0.0, 0.0))  # a new episode rises again
     assert controller.rising
+
+
+def test_a_rules_settings_are_part_of_its_runs_cache_key(monkeypatch):
+    from lrpilot.agents import controllers
+
+    before = controllers.rule_digest("rangestop")
+    assert before and controllers.rule_digest("plateau") == ""  # plateau's keys stay as they were
+    monkeypatch.setitem(controllers.RANGE_STOP, "backoff", 3.0)
+    assert controllers.rule_digest("rangestop") != before
