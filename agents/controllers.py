@@ -151,8 +151,11 @@ class RangeStopController(_FactorController):
         backoff: float = RANGE_STOP["backoff"],
         rule: ActionRule = RANGE_TEST_RULE,
     ) -> None:
-        if not rule.range_start:
-            raise ConfigError("RangeStopController needs an action rule with range_start > 0")
+        if not rule.range_start or rule.factor_span:
+            raise ConfigError(
+                "RangeStopController needs an action rule with range_start > 0 and no "
+                f"factor_span, got range_start {rule.range_start}, factor_span {rule.factor_span}"
+            )
         super().__init__(rule)
         self.stop_fraction, self.backoff = stop_fraction, backoff
         self.rising, self.best_gain = True, 0.0

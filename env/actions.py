@@ -36,8 +36,9 @@ The controller keeps acting; its own LR is what the observation shows.
 `range_start` makes the search for the run's LR part of the rule (an online range
 test): the first interval trains at `range_start` times the start LR, far below any
 plausible LR, and each later action moves the LR geometrically, up by at most
-`rise_factor` per interval (a > 0: `rise_factor**a`), down as far as the other
-actions (a < 0: `continuous_max_factor**a`). Rising is what the controller does until
+`rise_factor` per interval (per `factor_span` of the budget, when that is set; a > 0:
+`rise_factor**a`), down as far as the other actions (a < 0:
+`continuous_max_factor**a`). Rising is what the controller does until
 the run's answer says stop; holding (a = 0) stops the rise, a < 0 backs off, and a > 0
 later resumes it. So no action jumps the LR up: a too-high LR is approached from
 below, one bounded step per interval. `range_start = 0` (default): off.

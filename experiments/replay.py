@@ -209,6 +209,7 @@ def replay(
     for task in tasks if lr_trace is not None else ():
         check_covers(lr_trace, task)
     record = {"tasks": [task.to_dict() for task in tasks], "device": device}
+    record["data_sha256"] = sorted({task.workload.digest() for task in tasks})
     if policy is not None:
         record["policy"] = policy.digest()
     else:

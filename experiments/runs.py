@@ -21,6 +21,7 @@ from lrpilot.env.tasks import Task
 from lrpilot.errors import ConfigError
 from lrpilot.experiments.folders import claim_folder
 from lrpilot.files import atomic_write_csv, atomic_write_json, ensure_writable_dir
+from lrpilot.lm.byte_gpt import resolve_device
 from lrpilot.lm.run import IntervalStats, TrainingRun, interval_lengths
 from lrpilot.lm.schedules import PLATEAU, SCHEDULE_NAMES, lr_function, make_schedule
 from lrpilot.lm.trace import (
@@ -109,7 +110,9 @@ def run_schedule(
     run.set_lr(task.start_lr)  # the schedule's peak: its LR at the optimizer's creation
     out = ensure_writable_dir(out_dir) if out_dir is not None else None
     if out is not None:
-        claim_folder(out, "run", config.to_dict() | {"options": options}, force)
+        record = config.to_dict() | {"device": resolve_device(config.device).type}
+        record |= {"data_sha256": task.workload.digest(), "options": options}
+        claim_folder(out, "run", record, force)
     scheduler = make_schedule(config.schedule, run.optimizer, task.steps, **options)
 
     def step_plateau(_interval: int, stats: IntervalStats, _rows: list[dict]) -> bool:

@@ -205,7 +205,7 @@ def run_suite(
     """Compare every method on every workload of `suite` into `out_dir`; returns the
     suite table (per method). Re-running continues from the cached runs; a folder that
     holds another suite is refused unless `force`."""
-    record = {"suite": suite.name} | _records(suite, policy, device, backend)
+    record = {"suite": suite.name, "workloads": _records(suite, policy, device, backend)}
     out = ensure_writable_dir(out_dir)
     claim_folder(out, "benchmark", record, force)
     summaries, results = [], []

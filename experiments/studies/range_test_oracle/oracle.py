@@ -4,9 +4,9 @@ For every workload of a suite, the range test (`lrpilot.agents.controllers.
 RANGE_TEST_RULE`: from a tenth of the start LR, up by x2.5 per interval, a 20%
 cooldown) is run with a scripted stop: rise for `k` intervals, back off by `b` once,
 then hold. Each (k, b) runs on the suite's evaluation seeds; the oracle is the best
-(k, b) in hindsight, per workload, by mean test loss over those seeds. No policy on this
-mechanism with this stop-and-hold shape can beat it on these seeds, so it bounds what a
-learned stop can gain, and its ratio to the best tuned schedule (from the suite's own
+(k, b) in hindsight, per workload, by mean test loss over those seeds. No stop-and-hold
+controller within the (k, b) grid tried can beat it on these seeds, so it bounds what a
+learned stop of that shape can gain, and its ratio to the best tuned schedule (from the suite's own
 results, `--suite-results`) says whether the mechanism can reach the targets at all.
 
     python experiments/studies/range_test_oracle/oracle.py --suite validation \
@@ -40,17 +40,19 @@ COLUMNS = ["workload", "stop", "backoff", "seed", "test_loss"]
 
 
 class ScriptedStop:
-    """Rise for `stop` intervals, back off by `backoff` once, then hold."""
+    """After the start (the first action, which the range test ignores), rise `stop`
+    times, back off by `backoff` once, then hold."""
 
     def __init__(self, stop: int, backoff: float) -> None:
         self.stop, self.backoff, self.acted = stop, backoff, 0
 
     def act(self, observation):
-        self.acted += 1  # the first action sets the range test's start, whatever it is
-        if self.acted <= self.stop:
+        self.acted += 1
+        rises_done = self.acted - 2  # the action now sets the LR after this many rises
+        if rises_done < self.stop:
             wanted = RANGE_TEST_RULE.rise_factor
         else:
-            wanted = 1.0 / self.backoff if self.acted == self.stop + 1 else 1.0
+            wanted = 1.0 / self.backoff if rises_done == self.stop else 1.0
         return action_for_factor(RANGE_TEST_RULE, wanted)
 
 
@@ -76,6 +78,8 @@ def main() -> None:
     suite = load_suite(args.suite)
     stops = [int(s) for s in args.stops.split(",")]
     backoffs = [float(b) for b in args.backoffs.split(",")]
+    if any(not 1 <= b <= RANGE_TEST_RULE.continuous_max_factor for b in backoffs):
+        parser.error(f"back-offs must be in [1, {RANGE_TEST_RULE.continuous_max_factor}]")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     done = pd.read_csv(out / "oracle.csv") if (out / "oracle.csv").is_file() else None
