@@ -9,7 +9,6 @@ validation loss relative to its initial value), so they work on any task.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from typing import Protocol
 
@@ -18,6 +17,7 @@ import numpy as np
 from lrpilot.env.actions import ActionRule
 from lrpilot.env.features import FEATURE_NAMES
 from lrpilot.errors import ConfigError
+from lrpilot.files import json_text
 from lrpilot.lm.schedules import PLATEAU, schedule_curve
 
 _PROGRESS = FEATURE_NAMES.index("progress")
@@ -136,7 +136,7 @@ def rule_digest(name: str) -> str:
     if name != "rangestop":
         return ""
     settings = {"rule": RANGE_TEST_RULE.to_dict()} | RANGE_STOP
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json_text(settings, indent=None).encode()).hexdigest()
 
 
 class RangeStopController(_FactorController):

@@ -67,7 +67,6 @@ def compare(
     common, policy_bytes, policy_sha256 = setup.common, setup.policy_bytes, setup.policy_sha256
     out = ensure_writable_dir(out_dir)
     claim_folder(out, "compare", setup.record, force)
-    task = config.task(config.protocol.eval_seeds[0], config.protocol.start_lrs[0])
 
     def schedule_spec(name: str, lr: float, seed: int, warmup: float | None) -> RunSpec:
         return RunSpec("schedule", name, lr, seed, **common, warmup=warmup)
@@ -132,7 +131,7 @@ def compare(
     summary_notes = notes(config, grids, best)
     atomic_write_csv(out / "results.csv", results)
     atomic_write_csv(out / "summary.csv", summary)
-    title = f"{task.workload.name} / {task.steps} steps"
+    title = f"{common['workload']['name']} / {common['steps']} steps"
     atomic_write_text(out / "summary.md", summary_markdown(summary, title, summary_notes))
     plot_comparison(results, summary, out)
     return summary

@@ -87,14 +87,12 @@ def add_flags(
         )
 
 
-def build(cls: type, namespace: argparse.Namespace, **given: Any):
-    """Dataclass `cls` from the parsed flags (nested dataclasses too); `given` fields
-    come from elsewhere. Flags left at None keep the field's own default."""
+def build(cls: type, namespace: argparse.Namespace):
+    """Dataclass `cls` from the parsed flags (nested dataclasses too). Flags left at None
+    keep the field's own default."""
     hints = field_types(cls)
-    values = dict(given)
+    values = {}
     for f in dataclasses.fields(cls):
-        if f.name in values:
-            continue
         if dataclasses.is_dataclass(hints[f.name]):
             values[f.name] = build(hints[f.name], namespace)
         elif getattr(namespace, f.name, None) is not None:

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from lrpilot.config import check_fields, one_of, positive, setting
+from lrpilot.config import check_fields, non_negative, one_of, positive, setting
 from lrpilot.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ class BackendSettings:
     gpus_per_worker: float = setting(
         0.0,
         help="Ray: GPUs each worker reserves",
-        check=lambda v: None if v >= 0 else "must not be negative",
+        check=non_negative,
     )
 
     def __post_init__(self) -> None:
