@@ -36,7 +36,7 @@ from lrpilot.files import atomic_write_csv, atomic_write_text
 from lrpilot.lm.trace import trace_scores
 
 HERE = Path(__file__).resolve().parent
-COLUMNS = ["workload", "stop", "backoff", "seed", "test_loss"]
+COLUMNS = ["workload", "stop", "backoff", "seed", "test_loss", "test_accuracy", "lrs", "val_losses"]
 
 
 class ScriptedStop:
@@ -62,7 +62,10 @@ def one_run(job: tuple) -> dict:
     trace = run_controller(ScriptedStop(stop, backoff), task, config)
     _, test_loss = trace_scores(trace)
     return {"workload": name, "stop": stop, "backoff": backoff, "seed": task.seed,
-            "test_loss": test_loss}  # fmt: skip
+            "test_loss": test_loss, "test_accuracy": float(trace["test_accuracy"].iloc[-1]),
+            # the LR and validation loss of every interval, for studying stop rules
+            "lrs": " ".join(f"{v:.6g}" for v in trace["lr"]),
+            "val_losses": " ".join(f"{v:.6g}" for v in trace["val_loss"])}  # fmt: skip
 
 
 def main() -> None:
