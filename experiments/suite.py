@@ -349,9 +349,9 @@ def suite_markdown(suite: Suite, per_workload: pd.DataFrame, table: pd.DataFrame
     ]
     if (per_workload["metric"] == "accuracy").any():
         lines.append(
-            "- Ranked by test accuracy: the score is the test error, 1 − accuracy, so that "
+            "- Ranked by test accuracy: the score is the test error, 1 - accuracy, so that "
             "lower is better as for the loss; that workload's ratios, differences, wins, "
-            "robustness and profile are of the test error, (1 − accuracy) / (1 − the best "
+            "robustness and profile are of the test error, (1 - accuracy) / (1 - the best "
             "tuned schedule's accuracy), and it has no steps to target (—: the runs observe "
             "no validation accuracy)."
         )

@@ -142,7 +142,7 @@ def test_the_suite_tables_print_both_metrics_and_which_ranks():
     )
     assert "| cls | policy (start 0.001) | test accuracy | 2.1500 | 0.8500 | 0.5000 |" in markdown
     assert "| lm | policy (start 0.001) | test loss | 2.1500 | — | 0.5000 |" in markdown
-    assert "Ranked by test accuracy: the score is the test error, 1 − accuracy" in markdown
+    assert "Ranked by test accuracy: the score is the test error, 1 - accuracy" in markdown
 
 
 def test_the_suite_table_scores_every_controller_and_the_policy_against_each_optimizer():
