@@ -10,12 +10,14 @@ import pandas as pd
 from lrpilot.experiments.compare_config import CompareConfig
 from lrpilot.experiments.replay import REPLAY_COLUMNS
 from lrpilot.experiments.run_cache import RunCache, RunSpec
+from lrpilot.experiments.scoring import run_scores
 from lrpilot.lm.schedules import default_warmup
-from lrpilot.lm.trace import DIVERGENCE_FACTOR, run_diverged, trace_scores
+from lrpilot.lm.trace import DIVERGENCE_FACTOR, run_diverged
 
 
-def assemble(cache: RunCache, phases: list[tuple[str, RunSpec]]):
-    """The long results table (run x interval) and the one-row-per-run table."""
+def assemble(cache: RunCache, phases: list[tuple[str, RunSpec]], metric: str):
+    """The long results table (run x interval) and the one-row-per-run table, scored by
+    `metric` (`lrpilot.experiments.scoring.run_scores`)."""
     frames, runs = [], []
     for phase, spec in phases:
         trace = cache.trace(spec)
@@ -31,18 +33,16 @@ def assemble(cache: RunCache, phases: list[tuple[str, RunSpec]]):
             "run": spec.key,
         }
         frames.append(trace.assign(**about)[[*about, *REPLAY_COLUMNS]])
-        val_score, test_score = trace_scores(trace)
         runs.append(
             {
                 "label": spec.label,
                 "kind": spec.kind,
+                "method": spec.method,
                 "phase": phase,
                 "seed": spec.seed,
                 "lr": spec.lr,
                 "warmup": warmup,
-                "score": test_score,
-                "val_score": val_score,
-                "accuracy": float(trace["test_accuracy"].iloc[-1]),
+                **run_scores(trace, metric),
                 "curve_steps": trace["step"].tolist(),
                 "curve_val": trace["val_loss"].tolist(),
                 "steps": int(trace["step"].iloc[-1]),
@@ -58,6 +58,7 @@ def notes(
     config: CompareConfig,
     grids: dict[str, list[float]],
     best: dict[str, tuple[float, float | None]],
+    metric: str,
 ) -> list[str]:
     grid = ", ".join(f"{lr:.3g}" for lr in config.protocol.grid())
     notes = [
@@ -83,10 +84,7 @@ def notes(
             if config.protocol.tuning_free
             else []
         ),
-        "Score: the test loss after the last step, on the workload's test split (which no "
-        "controller observes; schedules are tuned by it on the tuning seeds); a diverged run "
-        f"scores {DIVERGENCE_FACTOR:g} x its initial validation loss. The validation loss "
-        "is the controller's observation, shown beside it.",
+        *score_notes(metric),
     ]
     for name, grid in grids.items():
         if len(grid) > config.protocol.lr_grid:
@@ -95,3 +93,25 @@ def notes(
                 f"{name}: grid widened to {grid[0]:.3g}..{grid[-1]:.3g}; best peak {edge}."
             )
     return notes
+
+
+def score_notes(metric: str) -> list[str]:
+    """What a comparison ranked by `metric` scores, as its summary's notes say."""
+    if metric == "loss":
+        return [
+            "Score: the test loss after the last step, on the workload's test split (which no "
+            "controller observes; schedules are tuned by it on the tuning seeds); a diverged "
+            f"run scores {DIVERGENCE_FACTOR:g} x its initial validation loss. The validation "
+            "loss is the controller's observation, shown beside it."
+        ]
+    return [
+        "Score: the test accuracy after the last step, on the workload's test split (which "
+        "no controller observes; schedules are tuned by it on the tuning seeds); a diverged "
+        f"run (validation loss above {DIVERGENCE_FACTOR:g} x its initial one) scores accuracy "
+        "0. The test loss is shown beside it, and the validation loss, the controller's "
+        "observation.",
+        "Ranked by the test error, 1 - accuracy, so that lower is better as for a loss: "
+        "÷ best tuned is (1 - accuracy) / (1 - the best tuned schedule's), ≤ 1.00 ties or "
+        "beats it; the paired difference and wins are of the test error too.",
+        "Steps to target: — (the runs observe no validation accuracy to reach a target on).",
+    ]

@@ -7,18 +7,23 @@ The protocol (docs/design.md, in the spirit of AlgoPerf):
    grid is widened by one step on that side and the new point is run too. With
    `warmups`, a schedule that has a warmup is tuned over every (peak, warmup) pair:
    for runs of a few hundred steps the warmup matters as much as the peak;
-2. each schedule's best setting (lowest mean test loss over the tuning seeds) is run
-   on the evaluation seeds, which the tuning never saw;
+2. each schedule's best setting (the best mean score over the tuning seeds) is run on
+   the evaluation seeds, which the tuning never saw;
 3. the policy (and any baseline controller) runs closed-loop on the same evaluation
    seeds from each given start LR, untuned, with no tuning runs of its own; the
    tuning-free optimizers (Prodigy, schedule-free AdamW) run once per evaluation seed
    at their recommended settings (`lrpilot.lm.optimizers`).
 
-A run's score is its test loss, measured once at the end on the workload's test split,
-which no controller observes; a diverged run scores the divergence cap
-(`lrpilot.lm.trace.scored_test_loss`). Schedules are tuned by the same score on the
-tuning seeds: a held-out split far larger than the controller's validation windows, so
-the tuned baseline is, if anything, stronger than a practitioner's.
+A run's score is the workload's metric (`Workload.metric`, or `CompareConfig.metric`),
+measured once at the end on the workload's test split, which no controller observes:
+its test loss (a diverged run scores the divergence cap,
+`lrpilot.lm.trace.scored_test_loss`), or its test accuracy (a diverged run scores 0),
+ranked as the test error 1 - accuracy so that lower is better for both
+(`lrpilot.experiments.scoring`). Schedules are tuned by the same score on the tuning
+seeds: a held-out split far larger than the controller's validation windows, so the
+tuned baseline is, if anything, stronger than a practitioner's. The summary prints both
+the test loss and the test accuracy (where the workload measures one) and says which
+ranks.
 
 Every run is cached in `DIR/runs/` (`lrpilot.experiments.run_cache`): a compare that
 is killed and started again with the same arguments recomputes only unfinished runs.
@@ -44,10 +49,10 @@ from lrpilot.experiments.folders import claim_folder
 from lrpilot.experiments.plots import plot_comparison
 from lrpilot.experiments.report import summarize, summary_markdown
 from lrpilot.experiments.run_cache import RUNS_DIR, RunCache, RunSpec
+from lrpilot.experiments.scoring import run_scores
 from lrpilot.files import atomic_write_csv, atomic_write_text, ensure_writable_dir
 from lrpilot.lm.byte_gpt import resolve_device
 from lrpilot.lm.optimizers import NOMINAL_LRS
-from lrpilot.lm.trace import trace_scores
 from lrpilot.ray_backend import RayBackend, ray_session
 
 __all__ = ["CONTROLLERS", "RUNS_DIR", "CompareConfig", "compare"]
@@ -65,6 +70,7 @@ def compare(
     holds another comparison is refused unless `force`."""
     setup = prepare(config, backend)
     common, policy_bytes, policy_sha256 = setup.common, setup.policy_bytes, setup.policy_sha256
+    metric = setup.metric
     out = ensure_writable_dir(out_dir)
     claim_folder(out, "compare", setup.record, force)
 
@@ -107,14 +113,14 @@ def compare(
             cache.run([spec for name in grids for spec in tuning_runs(name)] + untuned)
             # 2. one more grid step (for every warmup) where the best peak lies on an edge
             for name, grid in grids.items():
-                best, _ = _best_setting(cache, tuning_runs(name))
+                best, _ = _best_setting(cache, tuning_runs(name), metric)
                 if best == grid[0]:
                     grid.insert(0, grid[0] / ratio)
                 elif best == grid[-1]:
                     grid.append(grid[-1] * ratio)
             cache.run([spec for name in grids for spec in tuning_runs(name)])  # only the new ones
             # 3. each schedule at its best peak (and warmup) on the evaluation seeds
-            best = {name: _best_setting(cache, tuning_runs(name)) for name in grids}
+            best = {name: _best_setting(cache, tuning_runs(name), metric) for name in grids}
             evaluation = [
                 schedule_spec(name, best[name][0], seed, warmup=best[name][1])
                 for name in config.protocol.schedules
@@ -126,9 +132,9 @@ def compare(
 
     tuning_specs = [spec for name in grids for spec in tuning_runs(name)]
     phases = [("tune", s) for s in tuning_specs] + [("eval", s) for s in evaluation + untuned]
-    results, runs = assemble(cache, phases)
-    summary = summarize(runs)
-    summary_notes = notes(config, grids, best)
+    results, runs = assemble(cache, phases, metric)
+    summary = summarize(runs, metric)
+    summary_notes = notes(config, grids, best, metric)
     atomic_write_csv(out / "results.csv", results)
     atomic_write_csv(out / "summary.csv", summary)
     title = f"{common['workload']['name']} / {common['steps']} steps"
@@ -145,12 +151,19 @@ class Setup:
     policy_bytes: bytes | None
     policy_sha256: str | None
     protocol: dict  # the Protocol, as a table
+    metric: str  # what the schedules are tuned and the methods ranked by
 
     @property
     def record(self) -> dict:
         """What the comparison folder records (and a rerun must match): its runs' settings,
-        the protocol and the policy's digest, whatever paths or spellings named them."""
-        return {"runs": self.common, "protocol": self.protocol, "policy": self.policy_sha256}
+        the protocol, the policy's digest and the metric, whatever paths or spellings
+        named them."""
+        return {
+            "runs": self.common,
+            "protocol": self.protocol,
+            "policy": self.policy_sha256,
+            "metric": self.metric,
+        }
 
 
 def prepare(config: CompareConfig, backend: RayBackend | None = None) -> Setup:
@@ -164,7 +177,7 @@ def prepare(config: CompareConfig, backend: RayBackend | None = None) -> Setup:
         policy_sha256 = hashlib.sha256(policy_bytes).hexdigest()
     task = config.task(config.protocol.eval_seeds[0], config.protocol.start_lrs[0])
     common = {
-        "workload": task.workload.to_dict(),
+        "workload": task.workload.to_dict(),  # not its metric: the runs do not depend on it
         "steps": task.steps,
         "eval_every": task.eval_every,
         "device": resolve_device(config.run.device).type,
@@ -172,15 +185,15 @@ def prepare(config: CompareConfig, backend: RayBackend | None = None) -> Setup:
     }
     if backend is not None and common["device"] == "cuda" and backend.gpus_per_worker == 0:
         raise ConfigError("device cuda on Ray needs --gpus-per-worker > 0 (Ray hides GPUs)")
-    return Setup(common, policy_bytes, policy_sha256, dataclasses.asdict(config.protocol))
+    protocol = dataclasses.asdict(config.protocol)
+    return Setup(common, policy_bytes, policy_sha256, protocol, task.workload.metric)
 
 
-def _best_setting(cache: RunCache, specs: list[RunSpec]) -> tuple[float, float | None]:
-    """The (peak LR, warmup) with the lowest mean score over the tuning seeds (ties: the
-    lower LR, then the shorter warmup)."""
+def _best_setting(cache: RunCache, specs: list[RunSpec], metric: str) -> tuple[float, float | None]:
+    """The (peak LR, warmup) with the lowest mean score by `metric` over the tuning seeds
+    (ties: the lower LR, then the shorter warmup)."""
     scores: dict[tuple[float, float | None], list[float]] = {}
     for spec in specs:
-        trace = cache.trace(spec)
-        _, score = trace_scores(trace)
+        score = run_scores(cache.trace(spec), metric)["score"]
         scores.setdefault((spec.lr, spec.warmup), []).append(score)
     return min(scores, key=lambda s: (float(np.mean(scores[s])), s[0], s[1] or 0.0))

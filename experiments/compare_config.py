@@ -23,6 +23,7 @@ from lrpilot.config import (
 )
 from lrpilot.env.tasks import Task
 from lrpilot.errors import ConfigError
+from lrpilot.lm.metric import METRICS
 from lrpilot.lm.optimizers import TUNING_FREE, check_tuning_free
 from lrpilot.lm.schedules import SCHEDULE_NAMES, default_warmup
 from lrpilot.settings import RunSettings
@@ -117,6 +118,11 @@ class CompareConfig:
         check=non_empty,
     )
     jobs: int = setting(1, help="runs in parallel (--backend process)", check=positive)
+    metric: str | None = setting(
+        None,
+        help="what to tune and rank by in place of the workload's own: loss or accuracy",
+        check=one_of(METRICS),
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -124,5 +130,5 @@ class CompareConfig:
 
     def task(self, seed: int, lr: float) -> Task:
         """The comparison's workload as one run: `seed`, and `lr` to start from (the peak
-        of a schedule)."""
-        return self.run.task(seed, lr)
+        of a schedule); its `metric` is `metric` where given."""
+        return self.run.task(seed, lr, metric=self.metric)

@@ -39,7 +39,8 @@ def plot_run(trace: pd.DataFrame, path: Path, title: str) -> None:
 
 
 def plot_comparison(results: pd.DataFrame, summary: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Loss curves, LR curves (means over evaluation seeds) and final loss per method."""
+    """Loss curves, LR curves (means over evaluation seeds) and, per method, the final
+    score by the workload's metric (test loss, or test accuracy) in `final_loss.png`."""
     evaluation = results[results["phase"] == "eval"]
     curves = evaluation.groupby(["label", "step"], sort=False)[["val_loss", "lr"]].mean()
     paths = []
@@ -69,18 +70,22 @@ def plot_comparison(results: pd.DataFrame, summary: pd.DataFrame, out_dir: Path)
     figure = Figure(figsize=(8, 0.5 * len(summary) + 1.5), layout="constrained")
     ax = figure.subplots()
     positions = np.arange(len(summary))
-    ax.errorbar(summary["mean"], positions, xerr=summary["std"].fillna(0.0), fmt="o", capsize=4)
+    by_loss = summary["metric"].iloc[0] == "loss"
+    means = summary["mean"] if by_loss else summary["accuracy"]  # accuracy = 1 - mean error
+    ax.errorbar(means, positions, xerr=summary["std"].fillna(0.0), fmt="o", capsize=4)
     ax.set_yticks(positions, summary["label"])
     ax.invert_yaxis()
-    ax.set_xlabel("final validation loss (nats/byte), mean ± std over evaluation seeds")
+    metric = "test loss (lower is better)" if by_loss else "test accuracy (higher is better)"
+    ax.set_xlabel(f"{metric}, mean ± std over evaluation seeds")
     _save(figure, out_dir / "final_loss.png")
     paths.append(out_dir / "final_loss.png")
     return paths
 
 
-def plot_performance_profile(ratios: pd.DataFrame, path: Path) -> None:
-    """For each method (a column of `ratios`: its mean test loss over the best method's,
-    one row per workload), the share of workloads within a factor tau of the best."""
+def plot_performance_profile(ratios: pd.DataFrame, path: Path, score: str) -> None:
+    """For each method (a column of `ratios`: its mean `score` over the best method's,
+    one row per workload; lower is better), the share of workloads within a factor tau of
+    the best."""
     figure = Figure(figsize=(7, 4.5), layout="constrained")
     ax = figure.subplots()
     finite = ratios.to_numpy()[np.isfinite(ratios.to_numpy())]
@@ -90,7 +95,7 @@ def plot_performance_profile(ratios: pd.DataFrame, path: Path) -> None:
         values = ratios[method].dropna().to_numpy()
         shares = [(values <= tau).mean() if len(values) else 0.0 for tau in taus]
         ax.step(taus, shares, where="post", label=method)
-    ax.set_xlabel("tau: mean test loss / best method's on the workload")
+    ax.set_xlabel(f"tau: mean {score} / best method's on the workload")
     ax.set_ylabel("share of workloads within tau")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"performance profile over {len(ratios)} workloads")

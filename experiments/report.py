@@ -1,5 +1,6 @@
-"""The summary of a comparison: per method, the test loss and its paired difference to
-the best tuned schedule, with wins, losses and the LM steps each method spent.
+"""The summary of a comparison: per method, its score (by the workload's metric: test
+loss, or test accuracy ranked as the test error) and its paired difference to the best
+tuned schedule, with both test metrics, wins, losses and the LM steps each method spent.
 
 One implementation for `lrpilot compare`, the demo and the benchmarks.
 """
@@ -14,6 +15,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
+from lrpilot.experiments.scoring import score_ratio
 from lrpilot.files import atomic_write_csv, atomic_write_text
 
 BOOTSTRAP_RESAMPLES = 9999
@@ -58,11 +60,14 @@ def steps_to_target(steps: list[int], val_losses: list[float], target: float) ->
 SUMMARY_COLUMNS = (
     "label",
     "kind",
+    "method",
     "lr",
     "warmup",
     "seeds",
+    "metric",
     "mean",
     "std",
+    "test_loss",
     "val_mean",
     "accuracy",
     "ratio_to_best",
@@ -81,18 +86,23 @@ SUMMARY_COLUMNS = (
 )
 
 
-def summarize(runs: pd.DataFrame) -> pd.DataFrame:
-    """Per method, over the evaluation seeds.
+def summarize(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per method, over the evaluation seeds, ranked by `metric` ("loss" or "accuracy").
 
-    `runs` has one row per run: label, kind, phase, seed, lr, warmup (a schedule's warmup
-    fraction; NaN if none), score (the scored test loss), val_score (the scored final
-    validation loss), accuracy (test; NaN for language models), steps and diverged.
+    `runs` has one row per run: label, kind, method, phase, seed, lr, warmup (a
+    schedule's warmup fraction; NaN if none), score (lower is better: the scored test
+    loss, or the test error 1 - accuracy, `lrpilot.experiments.scoring`), test_loss and
+    accuracy (scored; accuracy NaN for language models), val_score (the scored final
+    validation loss), steps and diverged. `mean` and `std` are of the score, and so are
+    the ratio, the paired difference and the wins.
     The reference is the tuned schedule with the lowest mean score; every method is
-    compared with it seed by seed (a win is a strictly lower test loss on that seed).
-    With the columns `curve_steps` and `curve_val` (each run's validation curve), each
-    method's time to target is the median over seeds of the step at which its
-    validation loss first reaches the reference's mean final validation loss (inf when
-    fewer than half its seeds reach it), and `reached_target` counts those seeds.
+    compared with it seed by seed (a win is a strictly lower score on that seed).
+    Ranked by loss, with the columns `curve_steps` and `curve_val` (each run's
+    validation curve), each method's time to target is the median over seeds of the
+    step at which its validation loss first reaches the reference's mean final
+    validation loss (inf when fewer than half its seeds reach it), and `reached_target`
+    counts those seeds; ranked by accuracy there is none (NaN): the runs observe no
+    validation accuracy.
     """
     evaluation = runs[runs["phase"] == "eval"]
     scores = evaluation.pivot_table(index="seed", columns="label", values="score")
@@ -107,7 +117,7 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
         tuning = runs[(runs["phase"] == "tune") & (runs["label"] == label)]
         tuning_steps = int(tuning["steps"].sum())
         eval_steps = int(group["steps"].sum())
-        if "curve_steps" in group:
+        if "curve_steps" in group and metric == "loss":
             reach = sorted(
                 steps_to_target(steps, losses, target)
                 for steps, losses in zip(group["curve_steps"], group["curve_val"], strict=True)
@@ -120,14 +130,17 @@ def summarize(runs: pd.DataFrame) -> pd.DataFrame:
             {
                 "label": label,
                 "kind": group["kind"].iloc[0],
+                "method": group["method"].iloc[0],
                 "lr": float(group["lr"].iloc[0]),
                 "warmup": float(group["warmup"].iloc[0]),
                 "seeds": len(mine),
+                "metric": metric,
                 "mean": float(mine.mean()),
                 "std": float(mine.std(ddof=1)) if len(mine) > 1 else math.nan,
+                "test_loss": float(group["test_loss"].mean()),
                 "val_mean": float(group["val_score"].mean()),
                 "accuracy": float(group["accuracy"].mean()),
-                "ratio_to_best": float(mine.mean() / reference.mean()),
+                "ratio_to_best": score_ratio(float(mine.mean()), float(reference.mean())),
                 "steps_to_target": to_target,
                 "reached_target": reached,
                 "diff_to_best": diff,
@@ -154,7 +167,8 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 
 def summary_markdown(summary: pd.DataFrame, title: str, notes: list[str]) -> str:
-    """The human-readable summary: one table, numbers rounded for reading."""
+    """The human-readable summary: one table, numbers rounded for reading; its first
+    score column is the metric that ranks."""
 
     def interval(row) -> str:
         if row["note"].startswith("reference"):
@@ -163,21 +177,39 @@ def summary_markdown(summary: pd.DataFrame, title: str, notes: list[str]) -> str
             return f"{row['diff_to_best']:+.4f}"
         return f"{row['diff_to_best']:+.4f} [{row['diff_ci_low']:+.4f}, {row['diff_ci_high']:+.4f}]"
 
+    def mean_std(means: pd.Series, digits: int) -> list[str]:
+        return [
+            f"{m:.{digits}f} ± {s:.{digits}f}" if not math.isnan(s) else f"{m:.{digits}f}"
+            for m, s in zip(means, summary["std"], strict=True)
+        ]
+
+    losses = summary["test_loss"].map(lambda v: f"{v:.4f}")
+    val_losses = summary["val_mean"].map(lambda v: f"{v:.4f}")
+    ratios = summary["ratio_to_best"].map(lambda v: f"{v:.4f}")
+    if summary["metric"].iloc[0] == "loss":
+        scores = {
+            "test loss (mean ± std)": mean_std(summary["mean"], 4),
+            "val loss": val_losses,
+            "test accuracy": summary["accuracy"].map(
+                lambda v: "—" if math.isnan(v) else f"{v:.3f}"
+            ),
+            "÷ best tuned": ratios,
+            "paired diff to best [95% CI]": summary.apply(interval, axis=1),
+        }
+    else:  # ranked by accuracy: ratio and differences of the test error
+        scores = {
+            "test accuracy (mean ± std)": mean_std(summary["accuracy"], 3),
+            "test loss": losses,
+            "val loss": val_losses,
+            "÷ best tuned (test error)": ratios,
+            "paired diff in test error to best [95% CI]": summary.apply(interval, axis=1),
+        }
     table = pd.DataFrame(
         {
             "method": summary["label"],
             "peak / start LR": summary["lr"].map(lambda v: f"{v:.3g}"),
             "warmup": summary["warmup"].map(lambda v: "—" if math.isnan(v) else f"{v:.0%}"),
-            "test loss (mean ± std)": [
-                f"{m:.4f} ± {s:.4f}" if not math.isnan(s) else f"{m:.4f}"
-                for m, s in zip(summary["mean"], summary["std"], strict=True)
-            ],
-            "val loss": summary["val_mean"].map(lambda v: f"{v:.4f}"),
-            "test accuracy": summary["accuracy"].map(
-                lambda v: "—" if math.isnan(v) else f"{v:.3f}"
-            ),
-            "÷ best tuned": summary["ratio_to_best"].map(lambda v: f"{v:.4f}"),
-            "paired diff to best [95% CI]": summary.apply(interval, axis=1),
+            **scores,
             "steps to target": [
                 "never" if math.isinf(v) else ("—" if math.isnan(v) else f"{v:.0f}")
                 for v in summary["steps_to_target"]

@@ -4,7 +4,7 @@ A suite is a TOML file (`experiments/suites/NAME.toml`, or a path): the protocol
 settings (schedules, peak-LR grid, warmups, tuning and evaluation seeds, the policy's
 start LRs, the tuning-free optimizers) and a list of `[[workloads]]`, each a workload
 (`workload = SPEC`, or a `family` with its settings inline) with a `name`, optional
-`corpus`, `batch_size`, `steps`, `eval_every` and `lr_range` of its own.
+`corpus`, `batch_size`, `steps`, `eval_every`, `lr_range` and `metric` of its own.
 
 Each workload is one `lrpilot compare` into `OUT/<name>/` (its runs cached there, so
 an interrupted suite resumes where it stopped); then the suite's report:
@@ -12,11 +12,16 @@ an interrupted suite resumes where it stopped); then the suite's report:
 - `results.csv`: every workload's long results table, with a `workload` column;
 - `summary.csv`: one row per workload x method (the compare summaries);
 - `suite.csv` and `summary.md`: per method over the suite, the median and worst ratio
-  of its mean test loss to the best tuned schedule's, the workloads it won (a lower
-  mean test loss than the best tuned schedule), the policy's robustness (worst / best
-  mean test loss over its start LRs), divergences and the LM steps spent;
+  of its mean score to the best tuned schedule's, the workloads it won (a lower mean
+  score than the best tuned schedule), divergences and the LM steps spent; for the
+  policy and each controller, its robustness (worst / best mean score over its start
+  LRs) and the workloads on which it beats every tuning-free optimizer, and each one;
 - `performance_profile.png`: for each method, the share of workloads on which its
-  mean test loss is within a factor tau of the best method's.
+  mean score is within a factor tau of the best method's.
+
+A workload's score is its metric (`lrpilot.experiments.scoring`): the test loss, or
+the test error 1 - accuracy for one ranked by accuracy, so that lower is better and a
+ratio <= 1 ties or beats the reference on every workload.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from lrpilot.experiments.compare_config import CompareConfig, Protocol
 from lrpilot.experiments.folders import claim_folder
 from lrpilot.experiments.plots import plot_performance_profile
 from lrpilot.experiments.report import markdown_table
+from lrpilot.experiments.scoring import RANKED_BY, score_name, score_ratio
 from lrpilot.files import atomic_write_csv, atomic_write_text, ensure_writable_dir
 from lrpilot.lm.workloads import workload_from_dict
 from lrpilot.ray_backend import RayBackend
@@ -58,6 +64,7 @@ class SuiteEntry:
     run: RunSettings  # an inline workload's spec is its TOML file, written at run time
     inline: dict[str, Any] | None = None  # the inline workload's settings, if any
     lr_range: tuple[float, float] | None = None  # replaces the protocol's
+    metric: str | None = None  # replaces the workload's own (an inline one has its own)
 
     def __post_init__(self) -> None:
         name = self.name
@@ -86,7 +93,9 @@ class Suite:
         if entry.lr_range is not None:
             protocol = dataclasses.replace(protocol, lr_range=entry.lr_range)
         run = dataclasses.replace(entry.run, device=device)
-        return CompareConfig(run=run, protocol=protocol, policy=policy, jobs=jobs)
+        return CompareConfig(
+            run=run, protocol=protocol, policy=policy, jobs=jobs, metric=entry.metric
+        )
 
 
 def suite_names() -> list[str]:
@@ -130,8 +139,9 @@ def suite_from_dict(data: dict[str, Any], where: str, base: Path) -> Suite:
 
 
 def _entry(raw: Any, index: int, where: str, base: Path) -> SuiteEntry:
-    """One `[[workloads]]` table: `workload = SPEC`, or a family and its settings inline,
-    with the run settings and `lr_range` of its own."""
+    """One `[[workloads]]` table: `workload = SPEC` (with a `metric` of its own, if
+    given), or a family and its settings inline, with the run settings and `lr_range` of
+    its own."""
     if not isinstance(raw, dict):
         raise ConfigError(f"suite {where!r}: workload {index} must be a table, got {raw!r}")
     if "name" not in raw:
@@ -146,8 +156,9 @@ def _entry(raw: Any, index: int, where: str, base: Path) -> SuiteEntry:
         except ConfigError as exc:
             raise ConfigError(f"{at}: {exc}") from None
     run = {key: entry.pop(key) for key in RUN_KEYS if key in entry}
-    inline = None
+    inline = metric = None
     if "workload" in run:
+        metric = entry.pop("metric", None)
         if entry:
             raise ConfigError(
                 f"{at}: unknown key(s) {', '.join(sorted(entry))} (give `workload = SPEC` "
@@ -159,7 +170,7 @@ def _entry(raw: Any, index: int, where: str, base: Path) -> SuiteEntry:
     else:
         inline = entry | {"name": entry.get("name", name)}
         workload_from_dict(inline, at)  # checked now
-    return SuiteEntry(name, from_dict(RunSettings, run, at), inline, lr_range)
+    return SuiteEntry(name, from_dict(RunSettings, run, at), inline, lr_range, metric)
 
 
 def _with_inline_spec(entry: SuiteEntry, folder: Path) -> SuiteEntry:
@@ -225,25 +236,31 @@ def run_suite(
     atomic_write_csv(out / "summary.csv", per_workload)
     atomic_write_csv(out / "suite.csv", table)
     atomic_write_text(out / "summary.md", suite_markdown(suite, per_workload, table))
-    plot_performance_profile(profile_ratios(per_workload), out / "performance_profile.png")
+    score = score_name(per_workload.groupby("workload")["metric"].first())
+    plot_performance_profile(profile_ratios(per_workload), out / "performance_profile.png", score)
     return table
 
 
 def profile_ratios(per_workload: pd.DataFrame) -> pd.DataFrame:
-    """workload x method: mean test loss over the best method's on that workload (each
+    """workload x method: mean score over the best method's on that workload (each
     tuned schedule, the tuning-free optimizers and the policy from the untuned start)."""
     rows = per_workload[
         (per_workload["kind"] != "policy") | np.isclose(per_workload["lr"], UNTUNED_START)
     ]
     means = rows.pivot_table(index="workload", columns="label", values="mean")
-    return means.div(means.min(axis=1), axis=0)
+    return means.apply(lambda row: row.map(lambda m: score_ratio(m, row.min())), axis=1)
+
+
+UNTUNED_KINDS = ("policy", "controller")  # run from each start LR, untuned
 
 
 def suite_table(per_workload: pd.DataFrame) -> pd.DataFrame:
-    """Per method over the suite: median and worst ratio to the best tuned schedule,
-    workloads won, robustness of the policy, on how many workloads each policy row
-    beats every tuning-free optimizer (a lower mean test loss than the best of them),
-    divergences and LM steps."""
+    """Per method over the suite (its mean scores, lower is better): median and worst
+    ratio to the best tuned schedule, workloads won, divergences and LM steps; and for
+    each row of the policy and of each controller, its robustness (the worst over
+    workloads of worst / best mean score over its start LRs) and on how many workloads
+    it beats every tuning-free optimizer (a lower mean score than the best of them), and
+    each one."""
     rows = []
     for label, group in per_workload.groupby("label", sort=False):
         ratios = group["ratio_to_best"]
@@ -259,21 +276,31 @@ def suite_table(per_workload: pd.DataFrame) -> pd.DataFrame:
         }
         rows.append(row)
     table = pd.DataFrame(rows)
-    policy = per_workload[per_workload["kind"] == "policy"]
-    if not policy.empty:
-        spread = policy.groupby("workload")["mean"].agg(lambda m: m.max() / m.min())
-        table["policy robustness (worst / best start LR), worst workload"] = [
-            float(spread.max()) if kind == "policy" else math.nan for kind in table["kind"]
-        ]
+    untuned = per_workload[per_workload["kind"].isin(UNTUNED_KINDS)]
+    if untuned.empty:
+        return table
+    robustness = {}
+    for _, group in untuned.groupby("method", sort=False):
+        spread = group.groupby("workload")["mean"].agg(lambda m: score_ratio(m.max(), m.min()))
+        robustness |= dict.fromkeys(group["label"], float(spread.max()))
+    column = "robustness (worst / best start LR), worst workload"
+    table[column] = [robustness.get(label, math.nan) for label in table["method"]]
     tuning_free = per_workload[per_workload["kind"] == "tuningfree"]
-    if not policy.empty and not tuning_free.empty:
-        best_free = tuning_free.groupby("workload")["mean"].min()
-        beaten = {}
-        for label, group in policy.groupby("label", sort=False):
-            means = group.set_index("workload")["mean"]
-            beaten[label] = int((means < best_free.reindex(means.index)).sum())
-        column = [beaten.get(label) for label in table["method"]]  # None: not a policy
-        table["workloads it beats every tuning-free optimizer on"] = pd.Series(column, dtype=object)
+    if tuning_free.empty:
+        return table
+    means = untuned.pivot_table(index="workload", columns="label", values="mean")
+    free = tuning_free.pivot_table(index="workload", columns="label", values="mean")
+    free = free.reindex(means.index)
+
+    def wins(reference: pd.Series) -> pd.Series:
+        """Per row: the workloads it has a lower mean score than `reference` on (None:
+        not a row of the policy or a controller)."""
+        counts = {label: int((means[label] < reference).sum()) for label in means.columns}
+        return pd.Series([counts.get(label) for label in table["method"]], dtype=object)
+
+    table["workloads it beats every tuning-free optimizer on"] = wins(free.min(axis=1))
+    for name in tuning_free["label"].unique():
+        table[f"workloads it beats {name} on"] = wins(free[name])
     return table
 
 
@@ -293,10 +320,13 @@ def suite_markdown(suite: Suite, per_workload: pd.DataFrame, table: pd.DataFrame
         lines += [suite.description, ""]
     lines += ["## Over the suite", "", markdown_table(table.map(_fmt)), ""]
     lines += ["## Per workload", ""]
+    ranked_by = per_workload["metric"].map(RANKED_BY)
     columns = {
         "workload": "workload",
         "label": "method",
-        "mean": "test loss (mean)",
+        "ranked by": "ranked by",
+        "test_loss": "test loss (mean)",
+        "accuracy": "test accuracy (mean)",
         "ratio_to_best": "÷ best tuned",
         "diff_ci_low": "diff CI low",
         "diff_ci_high": "diff CI high",
@@ -306,7 +336,7 @@ def suite_markdown(suite: Suite, per_workload: pd.DataFrame, table: pd.DataFrame
         "diverged": "diverged",
         "total_steps": "LM steps",
     }
-    frame = per_workload[list(columns)].rename(columns=columns)
+    frame = per_workload.assign(**{"ranked by": ranked_by})[list(columns)].rename(columns=columns)
     lines += [markdown_table(frame.map(_fmt)), ""]
     lines += [
         "- Test loss: on each workload's test split, which no controller observes; mean over "
@@ -317,4 +347,12 @@ def suite_markdown(suite: Suite, per_workload: pd.DataFrame, table: pd.DataFrame
         "reaches the best tuned schedule's mean final validation loss (never: not reached).",
         "- A workload won: a mean test loss below the best tuned schedule's.",
     ]
+    if (per_workload["metric"] == "accuracy").any():
+        lines.append(
+            "- Ranked by test accuracy: the score is the test error, 1 - accuracy, so that "
+            "lower is better as for the loss; that workload's ratios, differences, wins, "
+            "robustness and profile are of the test error, (1 - accuracy) / (1 - the best "
+            "tuned schedule's accuracy), and it has no steps to target (—: the runs observe "
+            "no validation accuracy)."
+        )
     return "\n".join(lines) + "\n"

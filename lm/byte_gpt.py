@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import math
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -28,6 +28,7 @@ from lrpilot.config import check_fields, fraction_or_zero, non_negative, positiv
 from lrpilot.errors import ConfigError
 from lrpilot.lm.corpus import Corpus, load_corpus
 from lrpilot.lm.memory import require_fits_in_memory
+from lrpilot.lm.metric import metric_setting, require_loss_metric, run_settings
 from lrpilot.lm.model import GPT, ModelConfig, next_byte_loss
 from lrpilot.lm.run import RunParts, StepRun
 
@@ -99,9 +100,11 @@ class ByteGPTWorkload:
     test_tokens: int = setting(
         65_536, help="predicted bytes the test loss averages over, at least", check=positive
     )
+    metric: str = metric_setting("loss")
 
     def __post_init__(self) -> None:
         check_fields(self)
+        require_loss_metric(self)
         check_budget(self)
         require_fits_in_memory(
             self.num_params(),
@@ -122,7 +125,7 @@ class ByteGPTWorkload:
         return self.model_config().num_params()  # checks the sizes
 
     def to_dict(self) -> dict:
-        return {"family": self.family, **asdict(self)}
+        return run_settings(self)
 
     def digest(self) -> str:
         """sha256 of the corpus bytes: an edited corpus file makes new runs."""

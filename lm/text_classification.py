@@ -16,7 +16,7 @@ The data sets (the built-in ``pystdlib``, or the user's CSV files) are in
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
@@ -28,6 +28,7 @@ from lrpilot.config import check_fields, fraction_or_zero, non_negative, positiv
 from lrpilot.errors import ConfigError
 from lrpilot.lm.byte_gpt import check_budget, non_empty_text, resolve_device
 from lrpilot.lm.memory import require_fits_in_memory
+from lrpilot.lm.metric import metric_setting, run_settings
 from lrpilot.lm.run import RunParts, StepRun
 from lrpilot.lm.text_datasets import BUILTIN_DATA, TextDataset, csv_files, load_dataset
 
@@ -72,6 +73,7 @@ class TextClassificationWorkload:
     test_examples: int = setting(
         0, help="test examples scored, spread over the test set; 0: all", check=non_negative
     )
+    metric: str = metric_setting("accuracy")
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -94,7 +96,7 @@ class TextClassificationWorkload:
         return load_dataset(self.data, self.max_bytes)
 
     def to_dict(self) -> dict:
-        return {"family": self.family, **asdict(self)}
+        return run_settings(self)
 
     def digest(self) -> str:
         """sha256 of the data set's texts and labels: an edited CSV makes new runs."""

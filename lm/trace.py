@@ -112,6 +112,29 @@ def scored_test_loss(
     return float(test_loss)
 
 
+def scored_test_accuracy(
+    val_losses: list[float],
+    nonfinite: list[bool],
+    test_accuracy: float,
+    factor: float = DIVERGENCE_FACTOR,
+) -> float:
+    """A run's test accuracy, a diverged run scoring 0 (the worst, as the cap is for the
+    loss); NaN where none was measured (a language model)."""
+    if math.isnan(test_accuracy):
+        return math.nan
+    if run_diverged(val_losses, nonfinite, factor):
+        return 0.0
+    return float(test_accuracy)
+
+
+def trace_accuracy(trace, factor: float = DIVERGENCE_FACTOR) -> float:
+    """The scored test accuracy of a finished run's trace (`scored_test_accuracy`)."""
+    val_losses, nonfinite = trace["val_loss"].tolist(), trace["nonfinite"].tolist()
+    return scored_test_accuracy(
+        val_losses, nonfinite, float(trace["test_accuracy"].iloc[-1]), factor
+    )
+
+
 def trace_scores(trace, factor: float = DIVERGENCE_FACTOR) -> tuple[float, float]:
     """(scored final validation loss, scored test loss) of a finished run's trace."""
     val_losses, nonfinite = trace["val_loss"].tolist(), trace["nonfinite"].tolist()

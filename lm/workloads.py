@@ -8,9 +8,11 @@ A workload is one of:
 - a user's own training, `FILE.py:FUNCTION`: the function takes a seed and returns
   `lrpilot.RunParts` (`examples/custom_workload.py`).
 
-Every workload has `name`, `steps` and `eval_every` (its budget), `make_run(seed,
-device) -> TrainingRun`, `to_dict()` (every setting, with `family`) and `digest()` (a
-hash of the data or code its numbers depend on, for caches).
+Every workload has `name`, `steps` and `eval_every` (its budget), `metric` (what
+`compare` ranks it by: `loss`, or `accuracy` for text classification, its default;
+`FILE.py:FUNCTION` workloads are ranked by loss), `make_run(seed, device) ->
+TrainingRun`, `to_dict()` (every setting its runs depend on, with `family`: all but
+`metric`) and `digest()` (a hash of the data or code its numbers depend on, for caches).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any, ClassVar, Protocol
 from lrpilot.config import check_fields, from_dict, positive, read_toml, setting
 from lrpilot.errors import ConfigError
 from lrpilot.lm.byte_gpt import ByteGPTWorkload
+from lrpilot.lm.metric import metric_setting, require_loss_metric, run_settings
 from lrpilot.lm.model import MODEL_PRESETS
 from lrpilot.lm.run import RunParts, StepRun, TrainingRun, check_run_parts
 
@@ -34,6 +37,7 @@ class Workload(Protocol):
     name: str
     steps: int
     eval_every: int
+    metric: str  # what compare ranks by: "loss" or "accuracy" (`lrpilot.lm.metric`)
 
     def make_run(self, seed: int, device: str = "cpu") -> TrainingRun: ...
 
@@ -53,9 +57,11 @@ class PythonWorkload:
     name: str = setting("", help="the workload's name in tables (default: FILE:FUNCTION)")
     steps: int = setting(400, help="the step budget", check=positive)
     eval_every: int = setting(20, help="steps per evaluation interval", check=positive)
+    metric: str = metric_setting("loss")
 
     def __post_init__(self) -> None:
         check_fields(self)
+        require_loss_metric(self, "a custom workload is ranked by test loss")
         object.__setattr__(self, "path", str(Path(self.path).expanduser().resolve()))
         if not self.name:
             object.__setattr__(self, "name", f"{Path(self.path).stem}:{self.function}")
@@ -71,7 +77,7 @@ class PythonWorkload:
         return function
 
     def to_dict(self) -> dict:
-        return {"family": self.family, **dataclasses.asdict(self)}
+        return run_settings(self)
 
     def digest(self) -> str:
         """sha256 of the file: its code (and whatever data it makes) sets the numbers."""

@@ -56,7 +56,7 @@ ROW_COLUMNS = (
     "median ratio to best tuned",
     "worst ratio to best tuned",
     "workloads it beats every tuning-free optimizer on",
-    "policy robustness (worst / best start LR), worst workload",
+    "robustness (worst / best start LR), worst workload",
 )
 ABLATED_VARIANCE = 1e12  # normalised input = (x - mean) / 1e6: 0 for any feature value
 
