@@ -12,11 +12,12 @@ own, wherever its stop lies inside the oracle's stops.
 Selection rule, fixed before the figures were seen: the setting with the lowest median
 over the suite's workloads of (its mean score / the best tuned schedule's), ties broken
 by the lowest worst ratio. The score is the workload's test loss, or its test error
-rate (1 - accuracy) where the workload ranks by accuracy (`--accuracy`).
+rate (1 - accuracy) where the workload ranks by accuracy (its `metric`, read from the
+suite's `summary.csv`, whose `mean` is that score).
 
     python experiments/studies/range_test_oracle/stop_rule.py \
         --oracle experiments/studies/range_test_oracle/validation/oracle.csv \
-        --suite-results runs/validation --accuracy classify-128
+        --suite-results runs/validation
 
 Prints a table of every setting and writes `stop_rule.md` beside the oracle's CSV.
 """
@@ -54,17 +55,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--oracle", required=True, help="oracle.csv of the suite")
     parser.add_argument("--suite-results", required=True, help="the suite's benchmark folder")
-    parser.add_argument("--accuracy", default="", help="workloads scored by accuracy (a,b)")
     args = parser.parse_args()
     oracle = pd.read_csv(args.oracle)
-    by_accuracy = {name for name in args.accuracy.split(",") if name}
+    summary = pd.read_csv(Path(args.suite_results) / "summary.csv")
+    by_accuracy = set(summary.loc[summary["metric"] == "accuracy", "workload"])
     oracle["score"] = [
         1 - row.test_accuracy if row.workload in by_accuracy else row.test_loss
         for row in oracle.itertuples()
     ]
     longest = oracle["stop"].max()
     rising = oracle[(oracle["stop"] == longest) & (oracle["backoff"] == 1.0)]
-    tuned = _best_tuned(Path(args.suite_results), by_accuracy)
+    schedules = summary[summary["kind"] == "schedule"]
+    tuned = schedules.groupby("workload")["mean"].min().to_dict()  # the best tuned score
     rows = []
     for fraction in FRACTIONS:
         for backoff in BACKOFFS:
@@ -100,16 +102,6 @@ def main() -> None:
     ]
     atomic_write_text(Path(args.oracle).with_name("stop_rule.md"), "\n".join(lines) + "\n")
     print("\n".join(lines))
-
-
-def _best_tuned(folder: Path, by_accuracy: set[str]) -> dict[str, float]:
-    """The best tuned schedule's mean score per workload, from the suite's summary."""
-    summary = pd.read_csv(folder / "summary.csv")
-    tuned = summary[summary["kind"] == "schedule"].copy()
-    tuned["score"] = [
-        1 - row.accuracy if row.workload in by_accuracy else row.mean for row in tuned.itertuples()
-    ]
-    return tuned.groupby("workload")["score"].min().to_dict()
 
 
 if __name__ == "__main__":
