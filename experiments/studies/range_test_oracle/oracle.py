@@ -13,7 +13,9 @@ results, `--suite-results`) says whether the mechanism can reach the targets at 
         --suite-results runs/validation --jobs 2
 
 Writes `oracle.csv` (every workload x k x b x seed) and `oracle.md` (per workload: the
-best stop, its mean test loss, and its ratio to the best tuned schedule) into `--out`
+best stop, its mean score, and its ratio to the best tuned schedule's; the score is the
+test loss, or the test error 1 - accuracy where the workload's metric is accuracy) into
+`--out`
 (default: this folder). Re-running reuses the rows already in `oracle.csv`.
 """
 
@@ -104,18 +106,32 @@ def main() -> None:
             rows.append(row)
             atomic_write_csv(out / "oracle.csv", pd.DataFrame(rows, columns=COLUMNS))
     table = pd.DataFrame(rows, columns=COLUMNS)
-    means = table.groupby(["workload", "stop", "backoff"])["test_loss"].mean().reset_index()
-    best = means.loc[means.groupby("workload")["test_loss"].idxmin()].set_index("workload")
-    if args.suite_results:
-        summary = pd.read_csv(Path(args.suite_results) / "summary.csv")
+    # The score each workload ranks by (its metric, from the suite's summary): the test
+    # loss, or the test error 1 - accuracy; lower is better.
+    summary = pd.read_csv(Path(args.suite_results) / "summary.csv") if args.suite_results else None
+    by_accuracy = (
+        set() if summary is None else set(summary.loc[summary["metric"] == "accuracy", "workload"])
+    )
+    table["score"] = [
+        1 - row.test_accuracy if row.workload in by_accuracy else row.test_loss
+        for row in table.itertuples()
+    ]
+    means = table.groupby(["workload", "stop", "backoff"])["score"].mean().reset_index()
+    best = means.loc[means.groupby("workload")["score"].idxmin()].set_index("workload")
+    if summary is not None:
         tuned = summary[summary["kind"] == "schedule"].groupby("workload")["mean"].min()
-        best["ratio to best tuned"] = best["test_loss"] / tuned.reindex(best.index)
+        best["ratio to best tuned"] = best["score"] / tuned.reindex(best.index)
     lines = ["# The range test's open-loop oracle", "", markdown_table(best.reset_index().round(4))]
     if "ratio to best tuned" in best:
         ratios = best["ratio to best tuned"]
         lines += ["", f"Median ratio {np.median(ratios):.4f}, worst {ratios.max():.4f}."]
     atomic_write_text(out / "oracle.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _ranked_by_accuracy(summary: pd.DataFrame) -> set[str]:
+    """The workloads of a suite's `summary.csv` that rank by accuracy."""
+    return set(summary.loc[summary["metric"] == "accuracy", "workload"])
 
 
 if __name__ == "__main__":
