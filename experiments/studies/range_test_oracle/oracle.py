@@ -15,8 +15,7 @@ results, `--suite-results`) says whether the mechanism can reach the targets at 
 Writes `oracle.csv` (every workload x k x b x seed) and `oracle.md` (per workload: the
 best stop, its mean score, and its ratio to the best tuned schedule's; the score is the
 test loss, or the test error 1 - accuracy where the workload's metric is accuracy) into
-`--out`
-(default: this folder). Re-running reuses the rows already in `oracle.csv`.
+`--out` (default: this folder). Re-running reuses the rows already in `oracle.csv`.
 """
 
 from __future__ import annotations
