@@ -118,7 +118,9 @@ def train_mlp(
 def replay_policy(policy, initial_val_loss: float, intervals: list[dict]) -> list[float]:
     """The LR of each interval as the env would set it from the same measurements."""
     lr = float(np.clip(0.05, policy.lr_min, policy.lr_max))
-    features = ObservationBuilder(lr, initial_val_loss, TOTAL, policy.masked_features)
+    features = ObservationBuilder(
+        lr, initial_val_loss, TOTAL, policy.masked_features, version=policy.feature_version
+    )
     observation = features.initial()
     rule = policy.action
     lrs = []
@@ -339,7 +341,7 @@ def _optimizer():
 class _PolicyWithoutInterval:
     """A duck-typed policy whose next_lr does not take the interval it sets."""
 
-    lr_min, lr_max, masked_features = 1e-3, 0.2, ()
+    lr_min, lr_max, masked_features, feature_version = 1e-3, 0.2, (), "v2"
 
     def act(self, observation):
         return 2
