@@ -273,6 +273,7 @@ class PolicyController:
             "grad_norm_sum": float(self.grad_norms.total),
             "grad_norm_count": int(self.grad_norms.count),
             "update_ratio": self.update_ratio,
+            "tokens_per_step": self.tokens_per_step,
         }
 
     def load_state_dict(
@@ -288,6 +289,8 @@ class PolicyController:
         missing = [key for key in self.state_dict() if key not in state_dict]
         if missing:
             raise ConfigError(f"not a {kind} state dict: it lacks {', '.join(missing)}")
+        if self.tokens_per_step is None:  # the saved run's, measured or given
+            self.tokens_per_step = check_tokens_per_step(state_dict["tokens_per_step"])
         for key in ("steps", "eval_every"):
             if state_dict[key] != getattr(self, key):
                 raise ConfigError(

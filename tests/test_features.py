@@ -288,3 +288,37 @@ def test_the_loop_observes_train_losses_of_zero():
 def test_every_feature_is_in_exactly_one_group():
     grouped = [name for names in FEATURE_GROUPS.values() for name in names]
     assert sorted(grouped) == sorted(FEATURE_NAMES)
+
+
+# -- the run's sizes, measured by the run ---------------------------------------------------
+
+
+def test_a_run_measures_its_sizes_without_changing_its_training(micro_workload):
+    asked, plain = micro_workload.make_run(3), micro_workload.make_run(3)
+    context = asked.context()  # before any step: takes the first batch out early
+    weights = [p for p in asked.model.parameters() if p.dim() >= 2]
+    assert context == RunContext(
+        params=sum(p.numel() for p in asked.model.parameters()),
+        mean_fan_in=sum(p[0].numel() for p in weights) / len(weights),
+        tokens_per_step=micro_workload.batch_size * micro_workload.block_size,  # 8 x 16
+    )
+    first, second = asked.train(5, 1e-3), plain.train(5, 1e-3)
+    assert replace(first, seconds=0.0) == replace(second, seconds=0.0)
+    assert asked.context() == context  # constant over the run
+
+
+def test_a_run_of_example_batches_counts_examples_per_step():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
+    examples = (torch.randn(16, 4), torch.randint(0, 3, (16,)))  # not token sequences
+    run = StepRun(
+        RunParts(
+            model=model,
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            batches=iter(lambda: examples, None),
+            loss=lambda batch: torch.nn.functional.cross_entropy(model(batch[0]), batch[1]),
+            validation_loss=lambda: 1.0,
+            test_loss=lambda: 1.0,
+        )
+    )
+    # N = 4 * 8 + 8 + 8 * 3 + 3, F = (4 + 8) / 2, B = 16 examples (`batch_length`).
+    assert run.context() == RunContext(params=67, mean_fan_in=6.0, tokens_per_step=16)
