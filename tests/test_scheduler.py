@@ -631,6 +631,20 @@ def test_a_v3_policy_sees_the_sizes_of_the_loop():
     )
 
 
+def test_a_v3_schedulers_state_keeps_the_tokens_per_step_it_was_given():
+    def make_optimizer():
+        return torch.optim.SGD([torch.zeros(32, 16, requires_grad=True)], lr=0.01)
+
+    policy = make_policy(feature_version="v3")
+    first = PolicyScheduler(
+        make_optimizer(), policy, 100, 10, initial_val_loss=2.0, tokens_per_step=4096
+    )
+    resumed = PolicyScheduler(make_optimizer(), policy, 100, 10)  # no tokens_per_step
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.controller.tokens_per_step == 4096
+    assert resumed.controller.features.context == first.controller.features.context
+
+
 # -- data parallel: rank 0 decides ---------------------------------------------------------------
 
 
