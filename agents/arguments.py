@@ -13,7 +13,15 @@ import torch
 
 from lrpilot.errors import ConfigError, require_positive_int
 
-_POLICY_ATTRIBUTES = ("act", "next_lr", "applied_lr", "lr_min", "lr_max", "masked_features")
+_POLICY_ATTRIBUTES = (
+    "act",
+    "next_lr",
+    "applied_lr",
+    "lr_min",
+    "lr_max",
+    "masked_features",
+    "feature_version",
+)
 
 
 def check_policy(policy: Any) -> Any:

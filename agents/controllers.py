@@ -20,6 +20,7 @@ from lrpilot.errors import ConfigError
 from lrpilot.files import json_text
 from lrpilot.lm.schedules import PLATEAU, schedule_curve
 
+# Each feature set extends the one before it, so these indices hold in every set.
 _PROGRESS = FEATURE_NAMES.index("progress")
 _LOG_LR = FEATURE_NAMES.index("log_lr_rel_start")
 _VAL_REL_INIT = FEATURE_NAMES.index("log_val_rel_init")

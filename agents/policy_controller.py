@@ -46,6 +46,7 @@ from lrpilot.agents.arguments import (
     number,
     positive_float,
 )
+from lrpilot.agents.context import check_tokens_per_step, loop_context
 from lrpilot.agents.distributed import broadcast_from_rank_zero, rank
 from lrpilot.agents.measurements import (
     UPDATE_RATIO_SAMPLE,
@@ -85,6 +86,9 @@ class PolicyController:
             measures the exact ratio (a copy of every weight at each interval's end).
         measure_grad_norm: measure the gradient norm in the optimizer's pre-step hook;
             False when the front end records it itself (`record_current_grad_norm`).
+        tokens_per_step: the tokens (or examples) one optimizer step trains on, which a
+            policy whose feature set reads the run's sizes needs before its first
+            action (`lrpilot.agents.context`); a front end may set it until then.
 
     The front end calls `count_step()` after every optimizer step, `observe(...)` at
     every evaluation (the first one, before any step, with only `val_loss=L_0`), and
@@ -101,12 +105,14 @@ class PolicyController:
         start_lr: float | None = None,
         update_ratio_sample: int | None = UPDATE_RATIO_SAMPLE,
         measure_grad_norm: bool = True,
+        tokens_per_step: int | None = None,
     ) -> None:
         check_optimizer(optimizer)
         check_policy(policy)
         check_intervals(steps, eval_every)
         self.optimizer = optimizer
         self.policy = policy
+        self.tokens_per_step = check_tokens_per_step(tokens_per_step)
         self.steps = steps
         self.eval_every = eval_every
         # Each group's LR as the user built it: the policy's LR multiplies these.
@@ -267,6 +273,7 @@ class PolicyController:
             "grad_norm_sum": float(self.grad_norms.total),
             "grad_norm_count": int(self.grad_norms.count),
             "update_ratio": self.update_ratio,
+            "tokens_per_step": self.tokens_per_step,
         }
 
     def load_state_dict(
@@ -282,6 +289,8 @@ class PolicyController:
         missing = [key for key in self.state_dict() if key not in state_dict]
         if missing:
             raise ConfigError(f"not a {kind} state dict: it lacks {', '.join(missing)}")
+        if self.tokens_per_step is None:  # the saved run's, measured or given
+            self.tokens_per_step = check_tokens_per_step(state_dict["tokens_per_step"])
         for key in ("steps", "eval_every"):
             if state_dict[key] != getattr(self, key):
                 raise ConfigError(
@@ -333,12 +342,15 @@ class PolicyController:
         self.apply_lrs()
 
     def _observation_builder(self, start_lr: float, initial_val_loss: float) -> ObservationBuilder:
+        version = self.policy.feature_version
         return ObservationBuilder(
             start_lr,
             initial_val_loss,
             self.steps,
             self.policy.masked_features,
             history=getattr(self.policy, "history", 1),
+            version=version,
+            context=loop_context(version, self.parameters(), self.tokens_per_step),
         )
 
     def _feature_state(self) -> dict[str, Any] | None:

@@ -2,7 +2,8 @@
 
 The metadata is one JSON document (docs/policy-file.md describes it field by field).
 `policy_metadata` builds it; `check_metadata` refuses, in one line naming the field,
-a document of another format or version, of another feature set, or with a field
+a document of another format or version, of a feature set this lrpilot does not
+compute (`lrpilot.env.features.FEATURE_SETS`), or with a field
 missing, unknown or of the wrong kind. Nothing here reads a file or runs a network
 (`lrpilot.agents.policy_file` does).
 """
@@ -15,10 +16,10 @@ from typing import Any
 
 from lrpilot.env.actions import ActionRule
 from lrpilot.env.features import (
-    FEATURE_NAMES,
     FEATURE_VERSION,
     check_history,
     check_masked_features,
+    feature_names,
     observation_size,
 )
 from lrpilot.errors import ConfigError
@@ -51,18 +52,20 @@ def policy_metadata(
     action: ActionRule,
     masked_features: tuple[str, ...],
     history: int = 1,
+    feature_version: str = FEATURE_VERSION,
     hidden: list[int],
     normalization: dict[str, Any] | None,
     training: dict[str, Any],
 ) -> dict[str, Any]:
-    """The JSON metadata of a policy file (see docs/policy-file.md)."""
+    """The JSON metadata of a policy file (see docs/policy-file.md) observing the
+    feature set `feature_version`."""
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "feature_version": FEATURE_VERSION,
+        "feature_version": feature_version,
         "observation": {
-            "features": list(FEATURE_NAMES),
-            "shape": [observation_size(history)],
+            "features": list(feature_names(feature_version)),
+            "shape": [observation_size(history, feature_version)],
             "masked": list(masked_features),
             "history": history,
         },
@@ -85,23 +88,25 @@ def check_metadata(metadata: Any) -> ActionRule:
             f"{FORMAT_VERSION}; retrain or re-export the policy with this lrpilot)"
         )
     _check_fields("policy metadata", metadata, _TOP_FIELDS)
-    if metadata["feature_version"] != FEATURE_VERSION:
-        raise ConfigError(
-            f"policy was trained on feature set {metadata['feature_version']!r}, "
-            f"this lrpilot computes {FEATURE_VERSION!r}"
-        )
+    version = metadata["feature_version"]
+    try:
+        names = feature_names(version)
+    except ConfigError as exc:
+        raise ConfigError(f"policy was trained on an {exc}") from None
     for table, fields in _TABLE_FIELDS.items():
         if not (table == "normalization" and metadata[table] is None):
             _check_fields(f"policy {table} table", metadata[table], fields)
     observation = metadata["observation"]
-    if tuple(observation["features"]) != FEATURE_NAMES:
-        raise ConfigError("policy's observation features differ from this lrpilot's")
-    check_masked_features(observation["masked"])
-    size = observation_size(check_history(observation["history"]))
+    if tuple(observation["features"]) != names:
+        raise ConfigError(
+            f"policy's observation features differ from this lrpilot's feature set {version!r}"
+        )
+    check_masked_features(observation["masked"], version)
+    size = observation_size(check_history(observation["history"]), version)
     if observation["shape"] != [size]:
         raise ConfigError(
             f"policy's observation shape {observation['shape']!r} is not [{size}] "
-            f"({len(FEATURE_NAMES)} features x its history)"
+            f"({len(names)} features of set {version!r} x its history)"
         )
     activation = metadata["network"]["activation"]
     if activation != ACTIVATION:

@@ -47,7 +47,7 @@ class PolicyScheduler(LRScheduler):
             LR x (policy LR / `start_lr`), so groups keep their ratios.
         policy: an lrpilot `Policy` (`load_policy(path)`), or any object with `act`,
             `next_lr` (with the keyword `interval`: the interval it sets), `applied_lr`,
-            `lr_min`, `lr_max` and `masked_features`.
+            `lr_min`, `lr_max`, `masked_features` and `feature_version`.
         steps: the run's optimizer steps (the `progress` feature is step / T).
         eval_every: steps between observations; the last interval takes the rest.
         start_lr: the LR the policy starts from; the first group's initial LR by
@@ -60,6 +60,11 @@ class PolicyScheduler(LRScheduler):
         measure_grad_norm: measure the gradient norm at every `optimizer.step()`. Pass
             False when every `observe()` gets `grad_norm=` (a loop that clips passes
             the mean of `clip_grad_norm_`'s returns): the hook then reads no gradients.
+        tokens_per_step: the tokens one optimizer step trains on (e.g. batch size x
+            sequence length x accumulation steps x processes), or the examples for a
+            model whose batch is not token sequences. Needed by a policy whose feature
+            set reads the run's sizes (`lrpilot.agents.context`); without it such a
+            policy's first observation is a one-line `ConfigError`.
 
     `last_epoch` counts the `step()` calls: the optimizer steps done. `lr`, `last_stats`
     and `last_action` are the policy's LR and what it saw and did at the last
@@ -78,6 +83,7 @@ class PolicyScheduler(LRScheduler):
         *,
         update_ratio_sample: int | None = UPDATE_RATIO_SAMPLE,
         measure_grad_norm: bool = True,
+        tokens_per_step: int | None = None,
     ) -> None:
         self.controller = PolicyController(
             optimizer,
@@ -87,6 +93,7 @@ class PolicyScheduler(LRScheduler):
             start_lr=start_lr,
             update_ratio_sample=update_ratio_sample,
             measure_grad_norm=measure_grad_norm,
+            tokens_per_step=tokens_per_step,
         )
         super().__init__(optimizer)
         self.base_lrs = list(self.controller.base_lrs)

@@ -1,15 +1,28 @@
-"""Observation features: scale-free loss statistics built from `IntervalStats`.
+"""Observation features: scale-free loss statistics built from `IntervalStats`, and the
+sizes of the run (`RunContext`) that fix the optimal LR in scaling-law fits.
 
-`FEATURES` is the one table of what the controller sees: name, formula and why.
-The README repeats it. Every value is finite: a non-finite input gives 0 and every
-feature is clipped to [-FEATURE_CLIP, FEATURE_CLIP]. Change the set, change
-`FEATURE_VERSION`: policy files record it and refuse a mismatch.
+`FEATURES` is the one table of what a controller may see: name, formula and why.
+docs/design.md repeats it. Every value is finite: a non-finite input gives 0 and every
+feature is clipped to [-FEATURE_CLIP, FEATURE_CLIP].
+
+Feature sets. `FEATURE_SETS` names, per version, the features an observation holds, in
+order: the features of its `FEATURE_GROUPS`, group after group. Each set extends the
+one before it (a test checks it), so a feature has the same index in every set that
+holds it. Policy files record the set they were trained on (`feature_version`), and
+the env and the in-loop controller build the observation of that set; new training
+uses `FEATURE_VERSION`. Change what a set holds, add a version.
 
 Notation: `L_t` validation loss after interval t (`L_0` before training), `lr_0` the
 start LR, `lr_t` the LR the controller set for interval t, `m_t`, `s_t`, `k_t` the
 train-loss mean, standard deviation and per-step slope over the interval, `n_t` its
 steps, `g_t` the mean gradient norm, `u_t` the update-to-weight ratio, `T` the step
-budget.
+budget; `N` the parameters the optimizer trains, `F` their weight matrices' mean fan-in
+and `B` the tokens (or examples) per optimizer step (`lrpilot.lm.run_context`).
+
+The context features (`log_params`, `log_fan_in`, `log_tokens_per_step`, `log_budget`)
+are constant over a run and are in every observation, the initial one included: the
+sizes are known before the first step. Each is a log around a reference size, so
+typical runs give small values.
 
 Losses of 0 and below. The features are made for losses >= 0 (cross-entropy, MSE),
 and are defined for a loss of exactly 0, as when a small data set is memorised:
@@ -36,9 +49,14 @@ import numpy as np
 
 from lrpilot.errors import ConfigError
 from lrpilot.lm.run import IntervalStats
+from lrpilot.lm.run_context import RunContext
 
-FEATURE_VERSION = "v2"
 REFERENCE_LR = 1e-3  # `log_lr` is measured from here, so typical LRs give small values
+# The context features are measured from these sizes, so typical runs give small values.
+REFERENCE_PARAMS = 1e6
+REFERENCE_FAN_IN = 64
+REFERENCE_TOKENS_PER_STEP = 1e3
+REFERENCE_BUDGET = 1e3
 FEATURE_CLIP = 10.0
 
 
@@ -71,10 +89,29 @@ FEATURES: tuple[Feature, ...] = (
         "log_update_ratio", "log(u_t)", "step size relative to the weights, LR made scale-free"
     ),
     Feature("nonfinite_fraction", "skipped steps / n_t", "the run is breaking down"),
+    Feature(
+        "log_params",
+        "log(N / 1e6)",
+        "model size: the optimal LR falls as models grow",
+    ),
+    Feature(
+        "log_fan_in",
+        "log(F / 64)",
+        "width: Adam's optimal LR for a weight matrix scales about as 1 / fan-in (muP)",
+    ),
+    Feature(
+        "log_tokens_per_step",
+        "log(B / 1e3)",
+        "batch size: larger batches take larger LRs, up to the critical batch size",
+    ),
+    Feature(
+        "log_budget",
+        "log(T / 1e3)",
+        "run length: the optimal LR falls as the step budget grows",
+    ),
 )
-FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
-NUM_FEATURES = len(FEATURES)
-# The features by what they read, for ablations and the docs; every feature is in one.
+# The features by what they read, for feature sets, ablations and the docs; every
+# feature is in one.
 FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "progress": ("progress",),
     "absolute LR": ("log_lr",),
@@ -90,7 +127,30 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "gradient norm": ("log_grad_norm", "log_grad_norm_change"),
     "update ratio": ("log_update_ratio",),
     "breakdown": ("nonfinite_fraction",),
+    "context": ("log_params", "log_fan_in", "log_tokens_per_step", "log_budget"),
 }
+_V2_GROUPS = (
+    "progress",
+    "absolute LR",
+    "LR moved",
+    "loss",
+    "gradient norm",
+    "update ratio",
+    "breakdown",
+)
+# The groups of each feature set, in observation order: a set extends the one before it.
+FEATURE_SET_GROUPS: dict[str, tuple[str, ...]] = {
+    "v2": _V2_GROUPS,
+    "v3": (*_V2_GROUPS, "context"),
+}
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    version: tuple(name for group in groups for name in FEATURE_GROUPS[group])
+    for version, groups in FEATURE_SET_GROUPS.items()
+}
+FEATURE_VERSION = "v3"  # the set new training uses
+FEATURE_NAMES: tuple[str, ...] = FEATURE_SETS[FEATURE_VERSION]
+NUM_FEATURES = len(FEATURE_NAMES)
+CONTEXT_FEATURES = FEATURE_GROUPS["context"]
 
 
 def _log(x: float) -> float:
@@ -122,6 +182,31 @@ def finite_clipped(values: list[float]) -> np.ndarray:
     return np.clip(array, -FEATURE_CLIP, FEATURE_CLIP).astype(np.float32)
 
 
+def feature_names(version: str) -> tuple[str, ...]:
+    """The features of set `version`, in observation order, or a one-line `ConfigError`."""
+    if not isinstance(version, str) or version not in FEATURE_SETS:
+        raise ConfigError(
+            f"unknown feature set {version!r}; this lrpilot computes "
+            f"{', '.join(map(repr, FEATURE_SETS))}"
+        )
+    return FEATURE_SETS[version]
+
+
+def reads_context(version: str) -> bool:
+    """Whether the observations of set `version` hold the run's sizes (`RunContext`)."""
+    return any(name in CONTEXT_FEATURES for name in feature_names(version))
+
+
+def context_features(context: RunContext, steps: int) -> dict[str, float]:
+    """The context features of a run of `steps` steps with sizes `context` (unclipped)."""
+    return {
+        "log_params": _log(context.params / REFERENCE_PARAMS),
+        "log_fan_in": _log(context.mean_fan_in / REFERENCE_FAN_IN),
+        "log_tokens_per_step": _log(context.tokens_per_step / REFERENCE_TOKENS_PER_STEP),
+        "log_budget": _log(steps / REFERENCE_BUDGET),
+    }
+
+
 def check_history(history: int) -> int:
     """`history` (evaluations per observation) if it is an int >= 1, else a `ConfigError`."""
     if isinstance(history, bool) or not isinstance(history, int) or history < 1:
@@ -129,32 +214,40 @@ def check_history(history: int) -> int:
     return history
 
 
-def observation_size(history: int) -> int:
-    """Values in an observation of `history` evaluations (`NUM_FEATURES` each)."""
-    return NUM_FEATURES * check_history(history)
+def observation_size(history: int, version: str = FEATURE_VERSION) -> int:
+    """Values in an observation of `history` evaluations of feature set `version`."""
+    return len(feature_names(version)) * check_history(history)
 
 
-def check_masked_features(masked: tuple[str, ...]) -> tuple[str, ...]:
-    """`masked` as a tuple of known feature names, or a `ConfigError` naming the unknown."""
+def check_masked_features(
+    masked: tuple[str, ...], version: str = FEATURE_VERSION
+) -> tuple[str, ...]:
+    """`masked` as a tuple of features of set `version`, or a `ConfigError` naming the
+    unknown."""
     masked = tuple(masked)
-    unknown = [name for name in masked if name not in FEATURE_NAMES]
+    names = feature_names(version)
+    unknown = [name for name in masked if name not in names]
     if unknown:
         raise ConfigError(
             f"unknown feature(s) to mask: {', '.join(map(repr, unknown))}; "
-            f"features are {', '.join(FEATURE_NAMES)}"
+            f"features of set {version!r} are {', '.join(names)}"
         )
     return masked
 
 
 class ObservationBuilder:
-    """Turns the stream of `IntervalStats` of one run into observation vectors.
+    """Turns the stream of `IntervalStats` of one run into observation vectors of the
+    feature set `version`.
+
+    `context`: the run's sizes (`RunContext`), which a set with context features needs
+    (a `ConfigError` without them) and any other set ignores.
 
     `masked` features always read 0: how an ablation hides a feature from the
     controller while the observation keeps its shape.
 
     `history`: the observation holds the feature vectors of the last `history`
-    evaluations, newest first (`history * NUM_FEATURES` values; evaluations before
-    the run's start read 0). A history of more than one lets a policy see how the run
+    evaluations, newest first (`history` times the set's size; evaluations before the
+    run's start read 0). A history of more than one lets a policy see how the run
     answered its last LR changes, which one evaluation cannot show.
     """
 
@@ -165,29 +258,43 @@ class ObservationBuilder:
         steps: int,
         masked: tuple[str, ...] = (),
         history: int = 1,
+        *,
+        version: str = FEATURE_VERSION,
+        context: RunContext | None = None,
     ) -> None:
-        self.masked = check_masked_features(masked)
+        self.version = version
+        self.names = feature_names(version)
+        self.masked = check_masked_features(masked, version)
         self.history = check_history(history)
-        self._masked_indices = [FEATURE_NAMES.index(name) for name in self.masked]
         self.start_lr = start_lr
         self.initial_val_loss = initial_val_loss
         self.steps = steps
+        self.context: dict[str, float] = {}  # the context features, when the set reads them
+        if reads_context(version):
+            if not isinstance(context, RunContext):
+                raise ConfigError(
+                    f"feature set {version!r} reads the run's sizes: give a RunContext "
+                    f"(parameters, fan-in, tokens per step), got {context!r}"
+                )
+            self.context = context_features(context, steps)
         self.previous_val_loss = initial_val_loss
         self.best_val_loss = initial_val_loss
         self.previous_grad_norm = math.nan
         # The vectors of the last `history - 1` evaluations, newest first.
-        self.past: list[list[float]] = [[0.0] * NUM_FEATURES for _ in range(history - 1)]
+        self.past: list[list[float]] = [[0.0] * len(self.names) for _ in range(history - 1)]
 
     def initial(self) -> np.ndarray:
-        """The observation at reset: the start LR, and nothing trained yet."""
-        values = [0.0] * NUM_FEATURES
-        values[FEATURE_NAMES.index("log_lr")] = _log(self.start_lr / REFERENCE_LR)
-        return self._vector(values)
+        """The observation at reset: the start LR and the run's sizes; nothing trained yet."""
+        nothing = dict.fromkeys(self.names, 0.0)
+        return self._vector(nothing | {"log_lr": _log(self.start_lr / REFERENCE_LR)})
 
-    def _vector(self, values: list[float]) -> np.ndarray:
-        for index in self._masked_indices:
-            values[index] = 0.0
-        newest = finite_clipped(values)
+    def _vector(self, values: dict[str, float]) -> np.ndarray:
+        """The observation of `values` (by name) with the context features, then the
+        past evaluations."""
+        values = values | self.context
+        newest = finite_clipped(
+            [0.0 if name in self.masked else values[name] for name in self.names]
+        )
         stacked = np.concatenate([newest, np.asarray(self.past, dtype=np.float32).reshape(-1)])
         if self.history > 1:
             self.past = [newest.tolist(), *self.past[:-1]]
@@ -200,21 +307,23 @@ class ObservationBuilder:
         val, mean = stats.val_loss, stats.train_loss_mean
         if math.isfinite(val):
             self.best_val_loss = min(self.best_val_loss, val)
-        values = [
-            stats.step / self.steps,
-            _log(controller_lr / REFERENCE_LR),
-            _log(controller_lr / self.start_lr),
-            log_ratio(val, self.previous_val_loss),
-            log_ratio(val, self.initial_val_loss),
-            log_ratio(val, self.best_val_loss),
-            stats.train_loss_slope * stats.steps / mean if mean > 0 else math.nan,
-            stats.train_loss_std / mean if mean > 0 else math.nan,
-            log_ratio(val, mean),
-            _log(stats.grad_norm),
-            log_ratio(stats.grad_norm, self.previous_grad_norm),
-            _log(stats.update_ratio),
-            stats.nonfinite_steps / stats.steps,
-        ]
+        values = {
+            "progress": stats.step / self.steps,
+            "log_lr": _log(controller_lr / REFERENCE_LR),
+            "log_lr_rel_start": _log(controller_lr / self.start_lr),
+            "log_val_rel_prev": log_ratio(val, self.previous_val_loss),
+            "log_val_rel_init": log_ratio(val, self.initial_val_loss),
+            "log_val_rel_best": log_ratio(val, self.best_val_loss),
+            "train_slope_rel": (
+                stats.train_loss_slope * stats.steps / mean if mean > 0 else math.nan
+            ),
+            "train_noise_rel": stats.train_loss_std / mean if mean > 0 else math.nan,
+            "gen_gap": log_ratio(val, mean),
+            "log_grad_norm": _log(stats.grad_norm),
+            "log_grad_norm_change": log_ratio(stats.grad_norm, self.previous_grad_norm),
+            "log_update_ratio": _log(stats.update_ratio),
+            "nonfinite_fraction": stats.nonfinite_steps / stats.steps,
+        }
         if math.isfinite(val):
             self.previous_val_loss = val
         if math.isfinite(stats.grad_norm):

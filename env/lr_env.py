@@ -29,11 +29,13 @@ from lrpilot.config import above, check_fields, non_negative, one_of, setting
 from lrpilot.env.actions import ActionRule, applied_lr, next_lr
 from lrpilot.env.features import (
     FEATURE_CLIP,
+    FEATURE_SETS,
     FEATURE_VERSION,
     ObservationBuilder,
     check_history,
     check_masked_features,
     observation_size,
+    reads_context,
 )
 from lrpilot.env.rewards import REWARD_NAMES, interval_reward
 from lrpilot.env.tasks import Task, TaskSpace
@@ -62,6 +64,11 @@ class EnvConfig:
     divergence_penalty: float = setting(
         1.0, help="the reward lost when a run diverges", check=non_negative
     )
+    feature_version: str = setting(
+        FEATURE_VERSION,
+        help=f"the observation's feature set, one of: {', '.join(FEATURE_SETS)}",
+        check=one_of(tuple(FEATURE_SETS)),
+    )
     masked_features: tuple[str, ...] = setting(
         (), help="features the controller sees as 0 (ablations)"
     )
@@ -70,7 +77,8 @@ class EnvConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        object.__setattr__(self, "masked_features", check_masked_features(self.masked_features))
+        masked = check_masked_features(self.masked_features, self.feature_version)
+        object.__setattr__(self, "masked_features", masked)
         check_history(self.history)
 
 
@@ -93,11 +101,11 @@ class LRControlEnv(gym.Env):
         self.observation_space = spaces.Box(
             -FEATURE_CLIP,
             FEATURE_CLIP,
-            shape=(observation_size(self.config.history),),
+            shape=(observation_size(self.config.history, self.config.feature_version),),
             dtype=np.float32,
         )
         self.action_space = self.config.action.action_space()
-        self.feature_version = FEATURE_VERSION
+        self.feature_version = self.config.feature_version
         self.task: Task | None = None
         self.run: TrainingRun | None = None
         self.last_stats: IntervalStats | None = None
@@ -119,12 +127,15 @@ class LRControlEnv(gym.Env):
         self.interval = 0
         self.initial_val_loss = self.run.evaluate()
         self.val_loss = self.initial_val_loss
+        version = self.config.feature_version
         self.features = ObservationBuilder(
             self.lr,
             self.initial_val_loss,
             task.steps,
             self.config.masked_features,
             history=self.config.history,
+            version=version,
+            context=self.run.context() if reads_context(version) else None,
         )
         self._lines = []
         self.last_stats = None

@@ -42,12 +42,13 @@ LR_TRACE_COLUMNS = ("step", "lr")  # what an open-loop replay needs from a trace
 
 
 def policy_env_config(policy: Policy, device: str = "cpu") -> EnvConfig:
-    """The environment a policy was trained in: its action rule, masked features and
-    reward (a policy file records how it was trained in `training.env`)."""
+    """The environment a policy was trained in: its action rule, feature set, masked
+    features and reward (a policy file records how it was trained in `training.env`)."""
     trained = policy.metadata.get("training", {}).get("env", {})
     defaults = EnvConfig()
     return EnvConfig(
         action=policy.action,
+        feature_version=policy.feature_version,
         masked_features=policy.masked_features,
         history=policy.history,
         reward=trained.get("reward", defaults.reward),

@@ -6,7 +6,8 @@ optimizer, the training batches, the loss of a batch, and two evaluations, the
 validation loss (what a controller observes) and the test loss (the score, on data
 the controller never sees). `StepRun` trains the parts and measures, itself, what
 every controller is shown (`IntervalStats`): train-loss mean, std and slope, the
-gradient norm, the update-to-weight ratio, non-finite steps.
+gradient norm, the update-to-weight ratio, non-finite steps; and the run's sizes
+(`RunContext`: parameters, mean fan-in, tokens per step).
 
     parts = RunParts(model, optimizer, batches, loss=..., validation_loss=...,
                      test_loss=...)
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 
 from lrpilot.errors import ConfigError, require_positive_int
+from lrpilot.lm.run_context import RunContext
 
 LRSpec = float | Callable[[int], float]  # a constant LR, or the LR for a global step
 
@@ -86,6 +88,10 @@ class TrainingRun(Protocol):
 
     def test(self) -> TestResult:
         """The test loss (and accuracy): the score, never shown to a controller."""
+        ...
+
+    def context(self) -> RunContext:
+        """The run's sizes: parameters, mean fan-in, tokens per step."""
         ...
 
 
@@ -200,6 +206,8 @@ class StepRun:
         self.tokens = 0
         self._batches: Iterator[Any] = iter(parts.batches)
         self._items_in = parts.items_in or batch_length
+        self._first_batch_items: int | None = None  # what `context()` counts per step
+        self._peeked: list[Any] = []  # the first batch, when `context()` came before it
 
     def replace_optimizer(self, make: Callable[[list[dict]], torch.optim.Optimizer]) -> None:
         """Train on with the optimizer `make(groups)` builds from this run's parameter
@@ -226,12 +234,25 @@ class StepRun:
             group["lr"] = lr * ratio
 
     def _next_batch(self) -> Any:
+        if self._peeked:
+            return self._peeked.pop()
         try:
-            return next(self._batches)
+            batch = next(self._batches)
         except StopIteration:
             raise ConfigError(
                 f"the workload's training batches ran out after {self.step} steps"
             ) from None
+        if self._first_batch_items is None:
+            self._first_batch_items = self._items_in(batch)
+        return batch
+
+    def context(self) -> RunContext:
+        """The run's sizes (`RunContext`): the optimizer's parameters, and the items of the
+        first training batch as tokens per step (asked before any step, it takes that
+        batch out of the stream early and trains on it at the first step)."""
+        if self._first_batch_items is None:
+            self._peeked.append(self._next_batch())
+        return RunContext.measure(self.params, tokens_per_step=self._first_batch_items)
 
     def _optimizer_mode(self, mode: str) -> None:
         """Schedule-free optimizers evaluate at other weights than they train at: they

@@ -38,6 +38,7 @@ _EXPORTS = {
     "StepRun": "lrpilot.lm.run",
     "TestResult": "lrpilot.lm.run",
     "TrainingRun": "lrpilot.lm.run",
+    "RunContext": "lrpilot.lm.run_context",
     "SCHEDULE_NAMES": "lrpilot.lm.schedules",
     "make_schedule": "lrpilot.lm.schedules",
     "load_workload": "lrpilot.lm.workloads",

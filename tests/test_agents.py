@@ -230,7 +230,7 @@ def test_a_policy_with_another_action_setting_acts_the_same_and_cools_down_longe
     variant = load_policy(policy.with_action(cooldown_fraction=0.3).save(tmp_path / "v"))
     assert (variant.action.cooldown_fraction, variant.action.warmup_fraction) == (0.3, 0.05)
     assert policy.action.cooldown_fraction == policy.metadata["action"]["cooldown_fraction"] == 0.2
-    observation = np.linspace(-1, 1, len(FEATURE_NAMES)).astype(np.float32)
+    observation = np.linspace(-1, 1, policy.observation_size).astype(np.float32)
     assert np.array_equal(variant.act(observation), policy.act(observation))
     assert policy.applied_lr(1e-3, 75, total_steps=100) == 1e-3  # before its cooldown
     assert variant.applied_lr(1e-3, 75, total_steps=100) < 1e-3  # in the longer one
@@ -533,7 +533,8 @@ def test_a_policy_with_a_history_trains_saves_and_replays(tmp_path):
     loaded = load_policy(policy.save(tmp_path / "copy"))
     observation = np.random.default_rng(0).normal(size=2 * NUM_FEATURES)
     assert loaded.act(observation) == policy.act(observation)
-    with pytest.raises(ConfigError, match="this policy takes 26 values"):
+    assert policy.feature_version == "v3" and NUM_FEATURES == 17  # new training's set
+    with pytest.raises(ConfigError, match="this policy takes 34 values"):
         policy.act(observation[:NUM_FEATURES])
     metadata = dict(policy.metadata, observation=dict(policy.metadata["observation"], shape=[13]))
     with pytest.raises(ConfigError, match="observation shape"):

@@ -10,7 +10,7 @@ import torch
 import lrpilot  # noqa: F401  (registers the environment)
 from lrpilot.env import ActionRule, EnvConfig, LRControlEnv, TaskSpace
 from lrpilot.env.actions import applied_lr
-from lrpilot.env.features import FEATURE_NAMES, FEATURES
+from lrpilot.env.features import FEATURE_GROUPS, FEATURE_NAMES, FEATURES
 from lrpilot.env.rewards import REWARD_NAMES, divergence_reward, instant_reward
 from lrpilot.errors import ConfigError
 from lrpilot.lm.schedules import schedule_curve
@@ -84,7 +84,10 @@ def test_reset_observation_holds_the_start_lr_and_masked_features_read_zero():
     start_lr = info["task"].start_lr
     log_lr = FEATURE_NAMES.index("log_lr")
     assert observations[0][log_lr] == pytest.approx(math.log(start_lr / 1e-3), rel=1e-6)
-    assert np.count_nonzero(observations[0]) == 1
+    context = [FEATURE_NAMES.index(name) for name in FEATURE_GROUPS["context"]]
+    assert np.count_nonzero(np.delete(observations[0], context)) == 1  # nothing trained yet
+    assert np.all(observations[:, context] == observations[0, context])  # the run's sizes
+    assert np.all(observations[0, context] != 0)
     for name in ("log_val_rel_init", "log_grad_norm"):
         assert not observations[:, FEATURE_NAMES.index(name)].any(), name
     unmasked = rollout(make_env(), 0, [4, 0, 2])[0]

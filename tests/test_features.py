@@ -4,6 +4,7 @@ data set) and below, in the env and in a training loop."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -17,9 +18,12 @@ from lrpilot.env.features import (
     FEATURE_CLIP,
     FEATURE_GROUPS,
     FEATURE_NAMES,
+    FEATURE_SETS,
     ObservationBuilder,
 )
+from lrpilot.errors import ConfigError
 from lrpilot.lm.run import IntervalStats, RunParts, StepRun
+from lrpilot.lm.run_context import RunContext
 
 STATS = IntervalStats(
     step=20,
@@ -78,9 +82,17 @@ INTERVALS = (
         1e-3,
     ),
 )
+# The run's sizes, and the context features they give (constant over the run).
+CONTEXT = RunContext(params=250_000, mean_fan_in=96.0, tokens_per_step=512)
+EXPECTED_CONTEXT = {
+    "log_params": -1.386294,  # log(250_000 / 1e6)
+    "log_fan_in": 0.4054651,  # log(96 / 64)
+    "log_tokens_per_step": -0.6694307,  # log(512 / 1e3)
+    "log_budget": -2.302585,  # log(100 / 1e3)
+}
 # The features of each interval, computed once and checked against the formulas of
 # `env/features.py` (the comments).
-EXPECTED = (
+EXPECTED_V2 = (
     {
         "progress": 0.2,  # 20 / 100
         "log_lr": 0.6931472,  # log(2e-3 / 1e-3)
@@ -129,20 +141,50 @@ EXPECTED = (
 )
 
 
-def test_every_feature_of_a_run_has_its_recorded_value():
-    builder = ObservationBuilder(2e-3, 4.0, 100)
-    initial = builder.initial()  # the start LR, and nothing trained yet
-    assert feature(initial, "log_lr") == pytest.approx(0.6931472)
-    assert np.count_nonzero(initial) == 1
-    for (stats, lr), expected in zip(INTERVALS, EXPECTED, strict=True):
-        assert list(expected) == list(FEATURE_NAMES)
+EXPECTED = {
+    "v2": EXPECTED_V2,
+    "v3": tuple(expected | EXPECTED_CONTEXT for expected in EXPECTED_V2),
+}
+
+
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_every_feature_of_a_run_has_its_recorded_value(version):
+    names = FEATURE_SETS[version]
+    builder = ObservationBuilder(2e-3, 4.0, 100, version=version, context=CONTEXT)
+    initial = builder.initial()  # the start LR and the run's sizes; nothing trained yet
+    expected_initial = dict.fromkeys(names, 0.0) | {"log_lr": 0.6931472}
+    expected_initial |= EXPECTED_CONTEXT if version == "v3" else {}
+    assert dict(zip(names, initial.tolist(), strict=True)) == pytest.approx(expected_initial)
+    for (stats, lr), expected in zip(INTERVALS, EXPECTED[version], strict=True):
+        assert list(expected) == list(names)
         observation = builder.update(stats, controller_lr=lr)
-        values = {name: feature(observation, name) for name in FEATURE_NAMES}
+        values = dict(zip(names, observation.tolist(), strict=True))
         assert values == pytest.approx(expected, rel=1e-6, abs=1e-7), stats.step
 
 
+def test_each_feature_set_extends_the_one_before_it():
+    sets = list(FEATURE_SETS.values())
+    for earlier, later in itertools.pairwise(sets):
+        assert later[: len(earlier)] == earlier  # a feature's index is the same in both
+    assert FEATURE_SETS["v2"] == FEATURE_NAMES[:13]  # the shipped policy's set
+    assert FEATURE_SETS["v3"][13:17] == FEATURE_GROUPS["context"]
+
+
+def test_the_context_features_can_be_masked_and_are_required_by_their_set():
+    builder = ObservationBuilder(2e-3, 4.0, 100, ("log_budget",), version="v3", context=CONTEXT)
+    assert feature(builder.initial(), "log_budget") == 0.0
+    assert feature(builder.initial(), "log_params") == pytest.approx(-1.386294)
+    with pytest.raises(ConfigError, match="feature set 'v3' reads the run's sizes") as error:
+        ObservationBuilder(2e-3, 4.0, 100, version="v3")
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="unknown feature\\(s\\) to mask: 'log_budget'"):
+        ObservationBuilder(2e-3, 4.0, 100, ("log_budget",), version="v2")
+    with pytest.raises(ConfigError, match="unknown feature set 'v9'"):
+        ObservationBuilder(2e-3, 4.0, 100, version="v9")
+
+
 def test_losses_of_zero_are_defined_and_take_their_limits():
-    builder = ObservationBuilder(1e-3, 2.0, 100)
+    builder = ObservationBuilder(1e-3, 2.0, 100, version="v3", context=CONTEXT)
     # The train loss reaches 0: validation against train loss is as large as it gets.
     first = builder.update(replace(STATS, train_loss_mean=0.0, train_loss_std=0.0), 1e-3)
     assert feature(first, "gen_gap") == FEATURE_CLIP
@@ -163,7 +205,7 @@ def test_losses_of_zero_are_defined_and_take_their_limits():
 
 
 def test_negative_losses_read_zero_in_every_loss_ratio():
-    builder = ObservationBuilder(1e-3, 2.0, 100)
+    builder = ObservationBuilder(1e-3, 2.0, 100, version="v3", context=CONTEXT)
     builder.update(replace(STATS, val_loss=-1.0), 1e-3)
     observation = builder.update(replace(STATS, val_loss=-2.0, train_loss_mean=-1.5), 1e-3)
     assert [feature(observation, name) for name in FEATURE_GROUPS["loss"]] == [0.0] * 6
@@ -246,3 +288,37 @@ def test_the_loop_observes_train_losses_of_zero():
 def test_every_feature_is_in_exactly_one_group():
     grouped = [name for names in FEATURE_GROUPS.values() for name in names]
     assert sorted(grouped) == sorted(FEATURE_NAMES)
+
+
+# -- the run's sizes, measured by the run ---------------------------------------------------
+
+
+def test_a_run_measures_its_sizes_without_changing_its_training(micro_workload):
+    asked, plain = micro_workload.make_run(3), micro_workload.make_run(3)
+    context = asked.context()  # before any step: takes the first batch out early
+    weights = [p for p in asked.model.parameters() if p.dim() >= 2]
+    assert context == RunContext(
+        params=sum(p.numel() for p in asked.model.parameters()),
+        mean_fan_in=sum(p[0].numel() for p in weights) / len(weights),
+        tokens_per_step=micro_workload.batch_size * micro_workload.block_size,  # 8 x 16
+    )
+    first, second = asked.train(5, 1e-3), plain.train(5, 1e-3)
+    assert replace(first, seconds=0.0) == replace(second, seconds=0.0)
+    assert asked.context() == context  # constant over the run
+
+
+def test_a_run_of_example_batches_counts_examples_per_step():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 3))
+    examples = (torch.randn(16, 4), torch.randint(0, 3, (16,)))  # not token sequences
+    run = StepRun(
+        RunParts(
+            model=model,
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+            batches=iter(lambda: examples, None),
+            loss=lambda batch: torch.nn.functional.cross_entropy(model(batch[0]), batch[1]),
+            validation_loss=lambda: 1.0,
+            test_loss=lambda: 1.0,
+        )
+    )
+    # N = 4 * 8 + 8 + 8 * 3 + 3, F = (4 + 8) / 2, B = 16 examples (`batch_length`).
+    assert run.context() == RunContext(params=67, mean_fan_in=6.0, tokens_per_step=16)

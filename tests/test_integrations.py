@@ -5,6 +5,7 @@ and a core install that imports neither framework."""
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 import subprocess
 import sys
@@ -39,9 +40,15 @@ def printed_lrs(output: str) -> list[float]:
     return [float(m.group(1)) for m in re.finditer(r"^\s+\d+\s+\d+\.\d+\s+(\S+)$", output, re.M)]
 
 
-def moving_policy():
+def moving_policy(feature_version: str = "v2"):
     """A policy with random weights that moves the LR at every decision, with a cooldown."""
-    return make_policy(seed=7, action_mode="continuous", factor_span=0.2, cooldown_fraction=0.3)
+    return make_policy(
+        seed=7,
+        action_mode="continuous",
+        factor_span=0.2,
+        cooldown_fraction=0.3,
+        feature_version=feature_version,
+    )
 
 
 def policy_step_lrs(policy, decisions, total_steps: int) -> list[float]:
@@ -207,6 +214,37 @@ def test_hf_callback_sees_per_step_losses_and_sets_the_policy_lr(hf, tmp_path, a
     assert max(r["grad_norm"] for r in last) > 0.5  # so clipping happened
     assert [logs[s + 1]["learning_rate"] for s in range(HF_STEPS)] == pytest.approx(lrs)
     assert 0 < stats.update_ratio < 1
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_hf_callback_counts_the_tokens_per_step_of_a_policy_that_reads_them(hf, tmp_path, given):
+    # Two micro-batches of 2 sequences of 16 tokens per optimizer step: 64 tokens.
+    trainer = hf_trainer(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    settings = {"tokens_per_step": 64} if given else {}
+    callback = hf.LRPilotHFCallback(moving_policy("v3"), **settings).attach(trainer)
+    step_lrs = hf_optimizer_step_lrs(trainer)
+    trainer.train()
+    context = callback.controller.features.context
+    assert context["log_tokens_per_step"] == pytest.approx(math.log(64 / 1e3))
+    assert [step for step, _val, _lr in callback.decisions] == [0, 4, 8, 12, 16]
+    lrs = policy_step_lrs(callback.policy, callback.decisions, HF_STEPS)
+    assert step_lrs == [[lr, lr] for lr in lrs]  # the first action came before step 1
+
+
+def hf_optimizer_step_lrs(trainer) -> list[list[float]]:
+    """Records the group LRs each optimizer step trains at (the first action of a policy
+    that counts the tokens per step comes after `on_step_begin`, in the first
+    micro-batch); returns the list it fills."""
+    from transformers import TrainerCallback
+
+    lrs: list[list[float]] = []
+
+    class OptimizerStepLRs(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+            lrs.append([group["lr"] for group in optimizer.param_groups])
+
+    trainer.add_callback(OptimizerStepLRs())
+    return lrs
 
 
 def test_hf_resume_continues_with_the_uninterrupted_lrs(hf, tmp_path):
@@ -381,6 +419,31 @@ def test_lightning_callback_sees_per_step_losses_and_sets_the_policy_lr(pl):
     assert stats.grad_norm == pytest.approx(np.mean(module.grad_norms[-4:]), rel=1e-5)
     assert max(module.grad_norms[-4:]) > 0.5  # so clipping happened
     assert 0 < stats.update_ratio < 1
+
+
+@pytest.mark.parametrize("given", [False, True])
+def test_lightning_callback_counts_the_tokens_per_step_of_a_policy_that_reads_them(pl, given):
+    from lrpilot.integrations.lightning import LRPilotLightningCallback
+
+    module = recording_module(pl)
+    settings = {"tokens_per_step": 128} if given else {}
+    callback = LRPilotLightningCallback(moving_policy("v3"), eval_every=PL_EVERY, **settings)
+    pl_fit(pl, module, callback, accumulate_grad_batches=2)  # 2 x 4 x 16 tokens a step
+    context = callback.controller.features.context
+    assert context["log_tokens_per_step"] == pytest.approx(math.log(128 / 1e3))
+    assert [step for step, _val, _lr in callback.decisions] == [0, 4, 8, 12, 16]
+    assert module.step_lrs == policy_step_lrs(callback.policy, callback.decisions, PL_STEPS)
+
+
+def test_a_loop_policy_that_reads_the_sizes_refuses_a_batch_it_cannot_count():
+    from lrpilot.agents.context import batch_items
+
+    assert batch_items({"input_ids": torch.zeros(2, 16, dtype=torch.long)}) == 32
+    assert batch_items((torch.zeros(4, 16, dtype=torch.long), torch.zeros(4, 16))) == 64
+    assert batch_items([torch.randn(8, 3, 32, 32), torch.zeros(8)]) == 8  # examples
+    for batch in ({}, "text", torch.tensor(3)):
+        with pytest.raises(ConfigError, match="pass tokens_per_step="):
+            batch_items(batch)
 
 
 def test_lightning_callback_acts_at_the_trainers_own_validation_interval(pl):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 
 import numpy as np
 import pytest
@@ -118,7 +119,9 @@ def train_mlp(
 def replay_policy(policy, initial_val_loss: float, intervals: list[dict]) -> list[float]:
     """The LR of each interval as the env would set it from the same measurements."""
     lr = float(np.clip(0.05, policy.lr_min, policy.lr_max))
-    features = ObservationBuilder(lr, initial_val_loss, TOTAL, policy.masked_features)
+    features = ObservationBuilder(
+        lr, initial_val_loss, TOTAL, policy.masked_features, version=policy.feature_version
+    )
     observation = features.initial()
     rule = policy.action
     lrs = []
@@ -267,11 +270,13 @@ TASK = RunSettings("tiny", steps=35, eval_every=10, batch_size=8).task(5, 3e-3)
         (0.0, 0.4, None, 1, 0),  # the online range test (no first action factor)
     ],
 )
+@pytest.mark.parametrize("feature_version", ["v2", "v3"])
 def test_scheduler_on_the_trainer_reproduces_the_env(
-    warmup_fraction, cooldown_fraction, first_action_max_factor, history, probe
+    warmup_fraction, cooldown_fraction, first_action_max_factor, history, probe, feature_version
 ):
     range_test = first_action_max_factor is None
     policy = make_policy(
+        feature_version=feature_version,
         probe_intervals=probe,
         history=history,
         seed=7,
@@ -300,10 +305,17 @@ def test_scheduler_on_the_trainer_reproduces_the_env(
     trainer.set_lr(TASK.start_lr)
     # The exact update ratio (a copy of every weight), as the run measures it: the
     # default estimate from a sample is compared with it in test_update_ratio_sample_*.
+    # The tokens per step as a loop's author knows them: batch size x sequence length.
+    tokens_per_step = TASK.workload.batch_size * TASK.workload.block_size
     scheduler = PolicyScheduler(
         trainer.optimizer, policy, TASK.steps, TASK.eval_every,
         initial_val_loss=trainer.evaluate(), update_ratio_sample=None,
+        tokens_per_step=tokens_per_step,
     )  # fmt: skip
+    # The run's sizes, measured by the env's run and by the scheduler, give the same
+    # features (none in v2).
+    assert scheduler.controller.features.context == env.features.context
+    assert len(env.features.context) == (4 if feature_version == "v3" else 0)
     lrs, losses, grad_norms = [], [], []
     for step in range(1, TASK.steps + 1):
         # One step of the run at the scheduler's LR. The run clips the gradients and
@@ -339,7 +351,7 @@ def _optimizer():
 class _PolicyWithoutInterval:
     """A duck-typed policy whose next_lr does not take the interval it sets."""
 
-    lr_min, lr_max, masked_features = 1e-3, 0.2, ()
+    lr_min, lr_max, masked_features, feature_version = 1e-3, 0.2, (), "v2"
 
     def act(self, observation):
         return 2
@@ -543,6 +555,94 @@ def test_update_ratio_sample_moves_the_shipped_policy_by_little():
     np.testing.assert_allclose(sampled_ratios, exact_ratios, rtol=0.02)
     np.testing.assert_allclose(sampled_lrs, exact_lrs, rtol=0.01)
     assert sampled_lrs[0] == exact_lrs[0]  # the first action comes before any update
+
+
+# The shipped policy's LRs on SHIPPED_TASK as lrpilot computed them with feature set v2
+# alone (before v3 existed): in the env, each interval's last-step LR; in a loop of
+# its own through PolicyScheduler, the LR of each interval's first step.
+SHIPPED_ENV_LRS = [
+    0.0008295810011658588,
+    0.024937695435453627,
+    0.0009544925931878704,
+    0.00028020297341654405,
+]
+SHIPPED_LOOP_LRS = [
+    0.001408633740234873,
+    0.01261331411548575,
+    0.0008282657058321971,
+    0.0366979402834349,
+]
+
+
+def test_the_shipped_v2_policy_sets_the_lrs_it_always_set():
+    policy = load_policy("default")
+    assert policy.feature_version == "v2" and policy.observation_size == 13
+    env = LRControlEnv(policy_env_config(policy))
+    assert env.feature_version == "v2" and env.observation_space.shape == (13,)
+    env_lrs = [row["lr"] for row in run_episode(env, policy, SHIPPED_TASK).rows[1:]]
+    np.testing.assert_allclose(env_lrs, SHIPPED_ENV_LRS, rtol=1e-6)
+    loop_lrs, _ = drive_tiny(update_ratio_sample=None)
+    np.testing.assert_allclose(loop_lrs[:: SHIPPED_TASK.eval_every], SHIPPED_LOOP_LRS, rtol=1e-6)
+
+
+def _matrix_optimizer():
+    return torch.optim.SGD([torch.zeros(4, 8, requires_grad=True)], lr=0.01)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "tokens_per_step", "message"),
+    [
+        (_matrix_optimizer, None, "this policy reads the run's sizes (feature set 'v3'): pass "
+         "tokens_per_step="),
+        (_matrix_optimizer, 0, "tokens_per_step must be a positive integer, got 0"),
+        (_matrix_optimizer, 512.0, "tokens_per_step must be a positive integer, got 512.0"),
+        (_matrix_optimizer, True, "tokens_per_step must be a positive integer, got True"),
+        (_optimizer, 512, "needs a weight matrix (a parameter of 2 or more dimensions)"),
+    ],
+)  # fmt: skip
+def test_missing_or_bad_context_is_a_one_line_error(optimizer, tokens_per_step, message):
+    policy = make_policy(feature_version="v3")
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        PolicyScheduler(
+            optimizer(), policy, 10, 5, initial_val_loss=2.0, tokens_per_step=tokens_per_step
+        )
+    assert "\n" not in str(error.value)
+    # A v2 policy reads no sizes: it needs no tokens_per_step and no weight matrix.
+    PolicyScheduler(optimizer(), make_policy(), 10, 5, initial_val_loss=2.0)
+
+
+def test_a_v3_policy_sees_the_sizes_of_the_loop():
+    optimizer = torch.optim.SGD(
+        [torch.zeros(32, 16, requires_grad=True), torch.zeros(8, 4, 3, requires_grad=True)],
+        lr=0.01,
+    )
+    scheduler = PolicyScheduler(
+        optimizer, make_policy(feature_version="v3"), 2000, 100,
+        initial_val_loss=2.0, tokens_per_step=4096,
+    )  # fmt: skip
+    # N = 512 + 96 = 608, F = (16 + 12) / 2 = 14, B = 4096, T = 2000.
+    assert scheduler.controller.features.context == pytest.approx(
+        {
+            "log_params": -7.405336,  # log(608 / 1e6)
+            "log_fan_in": -1.519826,  # log(14 / 64)
+            "log_tokens_per_step": 1.410011,  # log(4096 / 1e3)
+            "log_budget": 0.6931472,  # log(2000 / 1e3)
+        }
+    )
+
+
+def test_a_v3_schedulers_state_keeps_the_tokens_per_step_it_was_given():
+    def make_optimizer():
+        return torch.optim.SGD([torch.zeros(32, 16, requires_grad=True)], lr=0.01)
+
+    policy = make_policy(feature_version="v3")
+    first = PolicyScheduler(
+        make_optimizer(), policy, 100, 10, initial_val_loss=2.0, tokens_per_step=4096
+    )
+    resumed = PolicyScheduler(make_optimizer(), policy, 100, 10)  # no tokens_per_step
+    resumed.load_state_dict(first.state_dict())
+    assert resumed.controller.tokens_per_step == 4096
+    assert resumed.controller.features.context == first.controller.features.context
 
 
 # -- data parallel: rank 0 decides ---------------------------------------------------------------

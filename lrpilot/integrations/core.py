@@ -11,6 +11,9 @@ where the state is saved. `CallbackCore` does the rest, the same way for both:
   says, before the framework clips the gradients);
 - it keeps each batch's loss as a tensor (no device sync) and adds an optimizer
   step's batches up into that step's loss;
+- for a policy that reads the run's sizes, it counts the tokens per step from the
+  first batch unless given (`tokens_per_step=`), and the policy's first action waits
+  for them (it still comes before the first optimizer step);
 - at L_0 and at the end of every interval it shows the policy the validation loss
   and the interval's step losses, and lists the decision in `decisions`;
 - it builds the state a checkpoint keeps and restores it on a resume.
@@ -26,8 +29,10 @@ from typing import Any
 import torch
 
 from lrpilot.agents.arguments import check_policy, positive_float
+from lrpilot.agents.context import batch_items, check_tokens_per_step
 from lrpilot.agents.measurements import UPDATE_RATIO_SAMPLE
 from lrpilot.agents.policy_controller import PolicyController
+from lrpilot.env.features import reads_context
 from lrpilot.errors import ConfigError, require_positive_int
 
 
@@ -44,6 +49,10 @@ class LoopSettings:
         initial_val_loss: L_0, the validation loss before training.
         update_ratio_sample: elements per tensor the update ratio is estimated from
             (`SampledUpdateRatio`); None: exact.
+        tokens_per_step: the tokens (or examples) one optimizer step trains on, over
+            its micro-batches and the processes, for a policy that reads the run's
+            sizes; by default the first batch's (`lrpilot.agents.context.batch_items`)
+            times the micro-batches per step and the processes.
     """
 
     eval_every: int | None = None
@@ -51,11 +60,13 @@ class LoopSettings:
     start_lr: float | None = None
     initial_val_loss: float | None = None
     update_ratio_sample: int | None = UPDATE_RATIO_SAMPLE
+    tokens_per_step: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("eval_every", "steps", "update_ratio_sample"):
             if getattr(self, name) is not None:
                 require_positive_int(name, getattr(self, name))
+        check_tokens_per_step(self.tokens_per_step)
         if self.start_lr is not None:
             positive_float("start_lr", self.start_lr)
         if self.initial_val_loss is not None:
@@ -102,6 +113,7 @@ class CallbackCore:
         self.decisions: list[tuple[int, float, float]] = []
         self._batch_losses: list[torch.Tensor] = []  # of the optimizer step under way
         self._step_losses: list[torch.Tensor | float] = []  # of the interval under way
+        self._waiting_initial_val_loss: Any = None  # L_0, until the tokens per step are known
 
     def _make_controller(
         self, optimizer: torch.optim.Optimizer, *, steps: int, eval_every: int
@@ -116,9 +128,22 @@ class CallbackCore:
             start_lr=self.settings.start_lr,
             update_ratio_sample=self.settings.update_ratio_sample,
             measure_grad_norm=False,
+            tokens_per_step=self.settings.tokens_per_step,
         )
         self._batch_losses, self._step_losses = [], []
+        self._waiting_initial_val_loss = None
         return self.controller
+
+    def _count_first_batch(self, batch: Any, batches_per_step: int) -> bool:
+        """Before the first step: the tokens per step, `batch_items(batch)` times
+        `batches_per_step` (micro-batches per step times processes), and the policy's
+        first action, if it waited for them; whether it acted."""
+        if self._waiting_initial_val_loss is None:
+            return False
+        self.controller.tokens_per_step = batch_items(batch) * batches_per_step
+        initial, self._waiting_initial_val_loss = self._waiting_initial_val_loss, None
+        self._observe(initial)
+        return True
 
     def _add_batch_loss(self, loss: torch.Tensor) -> None:
         """Keep one (micro-)batch's loss, as the framework scaled it for accumulation."""
@@ -142,6 +167,11 @@ class CallbackCore:
         interval, with its step losses. Lists the decision in `decisions`."""
         controller = self.controller
         if not controller.started:
+            waits = reads_context(self.policy.feature_version)
+            if waits and controller.tokens_per_step is None:
+                positive_float("initial validation loss", val_loss)
+                self._waiting_initial_val_loss = val_loss  # until the first batch
+                return
             controller.observe(val_loss=val_loss)
         else:
             if not self._step_losses:

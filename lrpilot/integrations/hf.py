@@ -40,6 +40,10 @@ Lightning callback shares; this module is the wiring to the Trainer:
   The run's step budget is the Trainer's `max_steps` unless `steps` is given.
 - **L_0**: the evaluation the Trainer runs before training with
   `eval_on_start=True`, or `initial_val_loss=`.
+- **tokens per step** (a policy that reads the run's sizes): `tokens_per_step=`, or
+  counted in the wrapped `training_step` from the first micro-batch (its `input_ids`)
+  times `gradient_accumulation_steps` and the processes; the first action waits for
+  them.
 - **the LR**: the Trainer's scheduler must be `lr_scheduler_type="constant"` (any
   other, or a warmup, is refused at train begin: the policy has its own warmup and
   cooldown). That scheduler is a `LambdaLR`; the callback makes its factor the
@@ -115,6 +119,7 @@ class LRPilotHFCallback(CallbackCore, TrainerCallback):
         original_training_step = trainer.training_step
 
         def training_step(*args: Any, **kwargs: Any) -> torch.Tensor:
+            self._before_training_step(args[1] if len(args) > 1 else kwargs["inputs"])
             loss = original_training_step(*args, **kwargs)
             self._after_training_step(loss)
             return loss
@@ -234,6 +239,16 @@ class LRPilotHFCallback(CallbackCore, TrainerCallback):
         return control
 
     # -- internals ------------------------------------------------------------------------------
+
+    def _before_training_step(self, inputs: Any) -> None:
+        """Before the first step, for a policy that reads the run's sizes: count the
+        tokens per step from the micro-batch, and take the first action."""
+        if self.controller is None:
+            return
+        args = self._trainer.args
+        batches_per_step = args.gradient_accumulation_steps * args.world_size
+        if self._count_first_batch(inputs, batches_per_step):
+            self._write_lrs()
 
     @torch.no_grad()
     def _after_training_step(self, loss: torch.Tensor) -> None:

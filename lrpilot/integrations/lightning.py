@@ -34,6 +34,9 @@ shares; this module is the wiring to the Trainer's hooks:
   `max_steps` unless `steps` is given.
 - **L_0**: the Trainer's sanity check, when it validates on every validation batch
   (`num_sanity_val_steps=-1`), or `initial_val_loss=`.
+- **tokens per step** (a policy that reads the run's sizes): `tokens_per_step=`, or
+  counted in `on_train_batch_start` from the first batch times
+  `accumulate_grad_batches` and the processes; the first action waits for them.
 - **the LR**: each parameter group's LR, written into the optimizer after every step:
   its initial LR times the policy's multiplier.
 - **resume**: the callback's `state_dict()` (the controller's state and the current
@@ -163,6 +166,15 @@ class LRPilotLightningCallback(CallbackCore, pl.Callback):
         # The Trainer works out its validation batches again when it reloads dataloaders.
         if self.settings.eval_every is not None:
             self._validate_every_interval(trainer)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        """Before the first step, for a policy that reads the run's sizes: count the
+        tokens per step from the batch, and take the first action."""
+        batches_per_step = trainer.accumulate_grad_batches * trainer.world_size
+        if self.controller is not None and self._count_first_batch(batch, batches_per_step):
+            self.controller.apply_lrs()
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any
