@@ -54,7 +54,7 @@ from lrpilot.agents.measurements import (
     TrainLoss,
     train_loss_stats,
 )
-from lrpilot.env.features import ObservationBuilder
+from lrpilot.env.features import FEATURE_VERSION, ObservationBuilder
 from lrpilot.errors import ConfigError
 from lrpilot.lm.run import IntervalStats
 
@@ -339,6 +339,7 @@ class PolicyController:
             self.steps,
             self.policy.masked_features,
             history=getattr(self.policy, "history", 1),
+            version=getattr(self.policy, "feature_version", FEATURE_VERSION),
         )
 
     def _feature_state(self) -> dict[str, Any] | None:

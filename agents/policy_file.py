@@ -56,7 +56,8 @@ class Policy:
                 raise ConfigError(f"policy tensor {name} holds NaN or infinite values")
         self.masked_features: tuple[str, ...] = tuple(metadata["observation"]["masked"])
         self.history: int = metadata["observation"]["history"]
-        self.observation_size = observation_size(self.history)
+        self.feature_version: str = metadata["feature_version"]
+        self.observation_size = observation_size(self.history, self.feature_version)
         if self.action.mode == "continuous" and "log_std" not in self.weights:
             raise ConfigError("continuous policy file lacks tensor log_std")
         self.layers = _build_layers(self.weights, metadata)
@@ -225,7 +226,8 @@ def _build_layers(
     hidden = list(metadata["network"]["hidden"])
     action = metadata["action"]
     n_out = len(action["factors"]) if action["mode"] == "discrete" else 1
-    sizes = [observation_size(metadata["observation"]["history"]), *hidden, n_out]
+    inputs = observation_size(metadata["observation"]["history"], metadata["feature_version"])
+    sizes = [inputs, *hidden, n_out]
     names = [f"hidden.{i}" for i in range(len(hidden))] + ["output"]
     layers = {}
     for name, n_in, n_out_layer in zip(names, sizes[:-1], sizes[1:], strict=True):

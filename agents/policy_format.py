@@ -15,8 +15,9 @@ from typing import Any
 
 from lrpilot.env.actions import ActionRule
 from lrpilot.env.features import (
-    FEATURE_NAMES,
+    FEATURE_SETS,
     FEATURE_VERSION,
+    check_feature_version,
     check_history,
     check_masked_features,
     observation_size,
@@ -51,6 +52,7 @@ def policy_metadata(
     action: ActionRule,
     masked_features: tuple[str, ...],
     history: int = 1,
+    feature_version: str = FEATURE_VERSION,
     hidden: list[int],
     normalization: dict[str, Any] | None,
     training: dict[str, Any],
@@ -59,10 +61,10 @@ def policy_metadata(
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "feature_version": FEATURE_VERSION,
+        "feature_version": feature_version,
         "observation": {
-            "features": list(FEATURE_NAMES),
-            "shape": [observation_size(history)],
+            "features": list(FEATURE_SETS[check_feature_version(feature_version)]),
+            "shape": [observation_size(history, feature_version)],
             "masked": list(masked_features),
             "history": history,
         },
@@ -85,23 +87,26 @@ def check_metadata(metadata: Any) -> ActionRule:
             f"{FORMAT_VERSION}; retrain or re-export the policy with this lrpilot)"
         )
     _check_fields("policy metadata", metadata, _TOP_FIELDS)
-    if metadata["feature_version"] != FEATURE_VERSION:
+    version = metadata["feature_version"]
+    if not isinstance(version, str) or version not in FEATURE_SETS:
         raise ConfigError(
-            f"policy was trained on feature set {metadata['feature_version']!r}, "
-            f"this lrpilot computes {FEATURE_VERSION!r}"
+            f"policy was trained on feature set {version!r}, "
+            f"this lrpilot computes {', '.join(map(repr, FEATURE_SETS))}"
         )
     for table, fields in _TABLE_FIELDS.items():
         if not (table == "normalization" and metadata[table] is None):
             _check_fields(f"policy {table} table", metadata[table], fields)
     observation = metadata["observation"]
-    if tuple(observation["features"]) != FEATURE_NAMES:
-        raise ConfigError("policy's observation features differ from this lrpilot's")
+    if tuple(observation["features"]) != FEATURE_SETS[version]:
+        raise ConfigError(
+            f"policy's observation features differ from this lrpilot's feature set {version!r}"
+        )
     check_masked_features(observation["masked"])
-    size = observation_size(check_history(observation["history"]))
+    size = observation_size(check_history(observation["history"]), version)
     if observation["shape"] != [size]:
         raise ConfigError(
             f"policy's observation shape {observation['shape']!r} is not [{size}] "
-            f"({len(FEATURE_NAMES)} features x its history)"
+            f"({len(FEATURE_SETS[version])} features x its history)"
         )
     activation = metadata["network"]["activation"]
     if activation != ACTIVATION:

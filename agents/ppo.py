@@ -108,6 +108,7 @@ def export_policy(model: PPO, venv: VecNormalize, config: TrainConfig) -> Policy
         action=config.env.action,
         masked_features=config.env.masked_features,
         history=config.env.history,
+        feature_version=config.env.feature_version,
         hidden=list(config.ppo.net_arch),
         normalization={
             "mean": rms.mean.tolist(),

@@ -2,14 +2,21 @@
 
 `FEATURES` is the one table of what the controller sees: name, formula and why.
 The README repeats it. Every value is finite: a non-finite input gives 0 and every
-feature is clipped to [-FEATURE_CLIP, FEATURE_CLIP]. Change the set, change
-`FEATURE_VERSION`: policy files record it and refuse a mismatch.
+feature is clipped to [-FEATURE_CLIP, FEATURE_CLIP]. A feature set (`FEATURE_SETS`)
+is a named prefix of `FEATURES`: `v2`, the default, is the first 13; `v2+sweep` adds
+the `sweep` group. Policy files record their set and refuse one this lrpilot does not
+compute; change a set's features, change its name.
 
 Notation: `L_t` validation loss after interval t (`L_0` before training), `lr_0` the
 start LR, `lr_t` the LR the controller set for interval t, `m_t`, `s_t`, `k_t` the
 train-loss mean, standard deviation and per-step slope over the interval, `n_t` its
 steps, `g_t` the mean gradient norm, `u_t` the update-to-weight ratio, `T` the step
-budget.
+budget. The `sweep` group reads the rolled-back LR sweep at the start of the run
+(`lrpilot.lm.sweep`; `ActionRule.sweep_fraction`): `S` steps at LRs `r_j` rising
+geometrically from `sweep_low * lr_0` to `sweep_high * lr_0`, `~l_j` the smoothed
+train loss of step `j` (a debiased moving average, infinite from where the curve
+diverged), `r*` the LR the curve suggests (fastai's valley). Its values are the same in
+every observation of a run, and 0 in a run without a sweep.
 
 Losses of 0 and below. The features are made for losses >= 0 (cross-entropy, MSE),
 and are defined for a loss of exactly 0, as when a small data set is memorised:
@@ -36,8 +43,9 @@ import numpy as np
 
 from lrpilot.errors import ConfigError
 from lrpilot.lm.run import IntervalStats
+from lrpilot.lm.sweep import SweepResult
 
-FEATURE_VERSION = "v2"
+FEATURE_VERSION = "v2"  # the feature set of the env and of policy files unless one is named
 REFERENCE_LR = 1e-3  # `log_lr` is measured from here, so typical LRs give small values
 FEATURE_CLIP = 10.0
 
@@ -49,7 +57,8 @@ class Feature:
     why: str
 
 
-FEATURES: tuple[Feature, ...] = (
+# What every interval's statistics show (feature set v2).
+BASE_FEATURES: tuple[Feature, ...] = (
     Feature("progress", "step / T", "where in the run we are: decay belongs near the end"),
     Feature(
         "log_lr",
@@ -72,8 +81,31 @@ FEATURES: tuple[Feature, ...] = (
     ),
     Feature("nonfinite_fraction", "skipped steps / n_t", "the run is breaking down"),
 )
+SWEEP_POINTS = 5  # the sweep's smoothed loss at this many log-spaced LRs of its range
+SWEEP_FEATURES: tuple[Feature, ...] = (
+    *(
+        Feature(
+            f"sweep_loss_{k}",
+            f"log(~l_j / L_0), j = round({k}/{SWEEP_POINTS - 1} * (S - 1)); +10 if diverged",
+            "the loss-against-LR curve at a fixed point of the sweep's range",
+        )
+        for k in range(SWEEP_POINTS)
+    ),
+    Feature(
+        "sweep_log_lr_suggested",
+        "log(r* / lr_0)",
+        "where the sweep says the run's LR lies, from the start LR",
+    ),
+)
+FEATURES: tuple[Feature, ...] = (*BASE_FEATURES, *SWEEP_FEATURES)
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
-NUM_FEATURES = len(FEATURES)
+SWEEP_FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in SWEEP_FEATURES)
+# Each feature set's features: a prefix of FEATURES.
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    "v2": FEATURE_NAMES[: len(FEATURE_NAMES) - len(SWEEP_FEATURES)],
+    "v2+sweep": FEATURE_NAMES,
+}
+NUM_FEATURES = len(FEATURE_SETS[FEATURE_VERSION])  # in the default set
 # The features by what they read, for ablations and the docs; every feature is in one.
 FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "progress": ("progress",),
@@ -90,6 +122,7 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "gradient norm": ("log_grad_norm", "log_grad_norm_change"),
     "update ratio": ("log_update_ratio",),
     "breakdown": ("nonfinite_fraction",),
+    "sweep": SWEEP_FEATURE_NAMES,
 }
 
 
@@ -129,9 +162,34 @@ def check_history(history: int) -> int:
     return history
 
 
-def observation_size(history: int) -> int:
-    """Values in an observation of `history` evaluations (`NUM_FEATURES` each)."""
-    return NUM_FEATURES * check_history(history)
+def check_feature_version(version: str) -> str:
+    """`version` if it names a feature set, else a `ConfigError` naming the known ones."""
+    if version not in FEATURE_SETS:
+        raise ConfigError(
+            f"unknown feature set {version!r}; this lrpilot computes {', '.join(FEATURE_SETS)}"
+        )
+    return version
+
+
+def observation_size(history: int, version: str = FEATURE_VERSION) -> int:
+    """Values in an observation of `history` evaluations of feature set `version`."""
+    return len(FEATURE_SETS[check_feature_version(version)]) * check_history(history)
+
+
+def sweep_feature_values(
+    sweep: SweepResult | None, start_lr: float, initial_loss: float
+) -> list[float]:
+    """The `sweep` group's values (see `SWEEP_FEATURES`): all 0 without a sweep.
+
+    `start_lr` is the LR the sweep's range is relative to (`lr_0`, as the run trains
+    it) and `initial_loss` is `L_0`."""
+    if sweep is None:
+        return [0.0] * len(SWEEP_FEATURES)
+    curve = sweep.smoothed_losses
+    last = len(curve) - 1
+    points = [curve[round(k / (SWEEP_POINTS - 1) * last)] for k in range(SWEEP_POINTS)]
+    losses = [FEATURE_CLIP if v == math.inf else log_ratio(v, initial_loss) for v in points]
+    return [*losses, _log(sweep.suggested_lr / start_lr)]
 
 
 def check_masked_features(masked: tuple[str, ...]) -> tuple[str, ...]:
@@ -153,9 +211,12 @@ class ObservationBuilder:
     controller while the observation keeps its shape.
 
     `history`: the observation holds the feature vectors of the last `history`
-    evaluations, newest first (`history * NUM_FEATURES` values; evaluations before
+    evaluations, newest first (`history` times the set's features; evaluations before
     the run's start read 0). A history of more than one lets a policy see how the run
     answered its last LR changes, which one evaluation cannot show.
+
+    `version` names the feature set (`FEATURE_SETS`); `sweep` is the `sweep` group's
+    values (`sweep_feature_values`), shown in every observation of the run.
     """
 
     def __init__(
@@ -165,10 +226,15 @@ class ObservationBuilder:
         steps: int,
         masked: tuple[str, ...] = (),
         history: int = 1,
+        version: str = FEATURE_VERSION,
+        sweep: list[float] | None = None,
     ) -> None:
         self.masked = check_masked_features(masked)
         self.history = check_history(history)
-        self._masked_indices = [FEATURE_NAMES.index(name) for name in self.masked]
+        self.size = len(FEATURE_SETS[check_feature_version(version)])
+        indices = [FEATURE_NAMES.index(name) for name in self.masked]
+        self._masked_indices = [index for index in indices if index < self.size]
+        self.sweep_values = list(sweep) if sweep is not None else [0.0] * len(SWEEP_FEATURES)
         self.start_lr = start_lr
         self.initial_val_loss = initial_val_loss
         self.steps = steps
@@ -176,15 +242,16 @@ class ObservationBuilder:
         self.best_val_loss = initial_val_loss
         self.previous_grad_norm = math.nan
         # The vectors of the last `history - 1` evaluations, newest first.
-        self.past: list[list[float]] = [[0.0] * NUM_FEATURES for _ in range(history - 1)]
+        self.past: list[list[float]] = [[0.0] * self.size for _ in range(history - 1)]
 
     def initial(self) -> np.ndarray:
-        """The observation at reset: the start LR, and nothing trained yet."""
-        values = [0.0] * NUM_FEATURES
+        """The observation at reset: the start LR, the sweep, and nothing trained yet."""
+        values = [0.0] * len(BASE_FEATURES)
         values[FEATURE_NAMES.index("log_lr")] = _log(self.start_lr / REFERENCE_LR)
         return self._vector(values)
 
-    def _vector(self, values: list[float]) -> np.ndarray:
+    def _vector(self, base: list[float]) -> np.ndarray:
+        values = [*base, *self.sweep_values][: self.size]
         for index in self._masked_indices:
             values[index] = 0.0
         newest = finite_clipped(values)

@@ -50,6 +50,7 @@ def policy_env_config(policy: Policy, device: str = "cpu") -> EnvConfig:
         action=policy.action,
         masked_features=policy.masked_features,
         history=policy.history,
+        feature_version=policy.feature_version,
         reward=trained.get("reward", defaults.reward),
         divergence_factor=trained.get("divergence_factor", defaults.divergence_factor),
         divergence_penalty=trained.get("divergence_penalty", defaults.divergence_penalty),

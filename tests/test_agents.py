@@ -230,7 +230,7 @@ def test_a_policy_with_another_action_setting_acts_the_same_and_cools_down_longe
     variant = load_policy(policy.with_action(cooldown_fraction=0.3).save(tmp_path / "v"))
     assert (variant.action.cooldown_fraction, variant.action.warmup_fraction) == (0.3, 0.05)
     assert policy.action.cooldown_fraction == policy.metadata["action"]["cooldown_fraction"] == 0.2
-    observation = np.linspace(-1, 1, len(FEATURE_NAMES)).astype(np.float32)
+    observation = np.linspace(-1, 1, NUM_FEATURES).astype(np.float32)
     assert np.array_equal(variant.act(observation), policy.act(observation))
     assert policy.applied_lr(1e-3, 75, total_steps=100) == 1e-3  # before its cooldown
     assert variant.applied_lr(1e-3, 75, total_steps=100) < 1e-3  # in the longer one

@@ -17,6 +17,7 @@ from lrpilot.env.features import (
     FEATURE_CLIP,
     FEATURE_GROUPS,
     FEATURE_NAMES,
+    FEATURE_SETS,
     ObservationBuilder,
 )
 from lrpilot.lm.run import IntervalStats, RunParts, StepRun
@@ -135,9 +136,9 @@ def test_every_feature_of_a_run_has_its_recorded_value():
     assert feature(initial, "log_lr") == pytest.approx(0.6931472)
     assert np.count_nonzero(initial) == 1
     for (stats, lr), expected in zip(INTERVALS, EXPECTED, strict=True):
-        assert list(expected) == list(FEATURE_NAMES)
+        assert list(expected) == list(FEATURE_SETS["v2"])
         observation = builder.update(stats, controller_lr=lr)
-        values = {name: feature(observation, name) for name in FEATURE_NAMES}
+        values = {name: feature(observation, name) for name in FEATURE_SETS["v2"]}
         assert values == pytest.approx(expected, rel=1e-6, abs=1e-7), stats.step
 
 
