@@ -11,8 +11,11 @@ finder (fastai.callback.schedule.valley, fastai 2.x): the losses are smoothed by
 debiased exponential moving average (as fastai's `Recorder` smooths them, here with
 `SMOOTHING`, since a sweep has tens of steps, not hundreds), cut where they exceed
 `DIVERGED_FACTOR` times their minimum (fastai's `stop_div`), and the suggestion is
-the LR two thirds of the way down the longest stretch of decreasing loss (the longest
-decreasing subsequence, from its start: `start + int(len/3) + int(len/6)`).
+fastai's `valley` index on what is left: with the longest decreasing subsequence of
+the curve ending at `e` and `b = e - its length`, the index `b + int(d / 3) +
+int(d / 6)`, `d = e - b` ("roughly 2/3 through the longest valley", in fastai's
+words), here at least 0. fastai also drops the first tenth and the last 5 points of
+its 100-step curve; a sweep of tens of steps keeps them all.
 
 `StepRun.sweep` (lrpilot.lm.run) and the in-loop controller both use these functions,
 so a run in the env and the same run under `PolicyScheduler` sweep alike.
@@ -52,7 +55,7 @@ def smoothed(losses: list[float], beta: float = SMOOTHING) -> list[float]:
 
 
 def valley_index(losses: list[float]) -> int:
-    """fastai's `valley`: the index two thirds down the longest decreasing stretch."""
+    """fastai's `valley` index of `losses` (see the module docstring), at least 0."""
     n = len(losses)
     lengths = [1] * n  # the longest decreasing subsequence ending at each index
     max_start = max_end = 0
@@ -64,7 +67,7 @@ def valley_index(losses: list[float]) -> int:
                 max_end = i
                 max_start = max_end - lengths[max_end]
     sections = (max_end - max_start) / 3
-    return max_start + int(sections) + int(sections / 2)
+    return max(0, max_start + int(sections) + int(sections / 2))
 
 
 @dataclass(frozen=True)
