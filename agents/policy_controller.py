@@ -23,6 +23,15 @@ norm, whereas lrpilot's runs measure before clipping. Pass `observe(..., grad_no
 mean of clip_grad_norm_'s returns)` to match them, and `measure_grad_norm=False`, so
 the hook does not read the gradients a second time.
 
+The rolled-back LR sweep. A policy whose rule has one (`sweep_fraction`) makes it
+first, as the env does: at `observe(val_loss=L_0)` the controller snapshots the
+param groups' parameters and the optimizer's state (`lrpilot.agents.sweep`); its `S`
+steps train at the sweep's rising LRs; step `S` is an observation (`is_interval_end`),
+where `observe(train_loss=the S steps' losses, val_loss=...)` (the validation loss is
+not used) puts the snapshot back and takes the policy's first action from the
+observation at reset, which holds the sweep's features. The intervals after it end
+where they would without a sweep.
+
 Under `torch.distributed` (initialised, more than one process), every rank calls
 `observe` at the same steps; rank 0's policy makes the decision (from rank 0's
 losses) and broadcasts it (`lrpilot.agents.distributed`), so every rank trains at the
@@ -54,7 +63,8 @@ from lrpilot.agents.measurements import (
     TrainLoss,
     train_loss_stats,
 )
-from lrpilot.env.features import FEATURE_VERSION, ObservationBuilder
+from lrpilot.agents.sweep import LoopSweep
+from lrpilot.env.features import FEATURE_VERSION, ObservationBuilder, sweep_feature_values
 from lrpilot.errors import ConfigError
 from lrpilot.lm.run import IntervalStats
 
@@ -66,6 +76,7 @@ _BUILDER_FIELDS = (
     "best_val_loss",
     "previous_grad_norm",
     "past",  # the last evaluations' feature vectors, for a policy with a history
+    "sweep_values",  # the sweep's features, in every observation
 )
 
 
@@ -118,6 +129,10 @@ class PolicyController:
         )
         self.lr = float(np.clip(self.start_lr, policy.lr_min, policy.lr_max))  # the policy's LR
         self.features: ObservationBuilder | None = None  # made once L_0 is known
+        rule = getattr(policy, "action", None)  # a duck-typed policy may have no rule
+        self.sweep_steps = rule.sweep_steps(steps) if rule is not None else 0
+        self.sweep: LoopSweep | None = None  # the rolled-back sweep under way
+        self.initial_val_loss = math.nan
         self.steps_done = 0  # optimizer steps counted so far
         self.observed_at = 0  # step of the last observation
         self.last_stats: IntervalStats | None = None  # what the last observation saw
@@ -137,11 +152,14 @@ class PolicyController:
 
     @property
     def started(self) -> bool:
-        """Whether the policy has seen L_0 and taken its first action."""
-        return self.features is not None
+        """Whether the policy has seen L_0 (and taken its first action, or is sweeping)."""
+        return self.features is not None or self.sweep is not None
 
     def is_interval_end(self, step: int) -> bool:
-        """Whether step count `step` ends an interval (an observation is due)."""
+        """Whether step count `step` ends an interval, or the sweep under way (an
+        observation is due)."""
+        if self.sweep is not None:
+            return step == self.sweep.steps
         return step % self.eval_every == 0 or step == self.steps
 
     def multiplier(self, step: int | None = None) -> float:
@@ -153,6 +171,8 @@ class PolicyController:
         """The policy's LR at step `step` (the next step by default), times its warmup and
         cooldown factors (1 outside them)."""
         step = self.steps_done if step is None else step
+        if self.sweep is not None and step < self.sweep.steps:
+            return self.sweep.lr(step)
         return self.policy.applied_lr(self.lr, step, total_steps=self.steps)
 
     def group_lrs(self, step: int | None = None) -> list[float]:
@@ -201,6 +221,9 @@ class PolicyController:
         features are scale-free (ratios and logs of losses, `lrpilot.env.features`); the
         validation loss must be positive and finite.
         """
+        if self.sweep is not None:
+            self._end_sweep(train_loss)
+            return
         if val_loss is None:
             raise ConfigError("observe() needs val_loss, the validation loss")
         if self.features is None:
@@ -208,8 +231,14 @@ class PolicyController:
                 raise ConfigError(
                     "the first observe() comes before any step and takes only val_loss=L_0"
                 )
-            initial = positive_float("initial validation loss", val_loss)
-            self.features = self._observation_builder(self.lr, initial)
+            self.initial_val_loss = positive_float("initial validation loss", val_loss)
+            if self.sweep_steps:
+                self.sweep = LoopSweep(
+                    self.optimizer, self.policy.action, self.lr, self.sweep_steps
+                )
+                self.apply_lrs()
+                return
+            self.features = self._observation_builder(self.lr, self.initial_val_loss)
             self._act(self.features.initial())
             return
         val_loss = positive_float("val_loss", val_loss)
@@ -241,6 +270,25 @@ class PolicyController:
         self._reset_measurements()
         self._act(self.features.update(self.last_stats, controller_lr=self.lr))
 
+    def _end_sweep(self, train_loss: TrainLoss | None) -> None:
+        """At the sweep's last step: put the snapshot back, then the policy's first
+        action, from the observation at reset with the sweep's features."""
+        assert self.sweep is not None
+        if self.steps_done != self.sweep.steps:
+            raise RuntimeError(
+                f"the LR sweep ends after step {self.sweep.steps}; observe() came after "
+                f"step {self.steps_done}"
+            )
+        if train_loss is None:
+            raise ConfigError("observe() at the LR sweep's end needs its steps' train losses")
+        result = self.sweep.finish(train_loss)
+        self.sweep = None
+        self.observed_at = self.steps_done
+        self._reset_measurements()
+        sweep = sweep_feature_values(result, self.lr, self.initial_val_loss)
+        self.features = self._observation_builder(self.lr, self.initial_val_loss, sweep)
+        self._act(self.features.initial())
+
     def close(self) -> None:
         """Remove the optimizer hooks (the controller then measures nothing)."""
         for hook in self._hooks:
@@ -254,7 +302,10 @@ class PolicyController:
     # -- checkpoints ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain Python data (no tensors, no policy): JSON- and `weights_only`-safe."""
+        """Plain Python data (no tensors, no policy): JSON- and `weights_only`-safe. Not
+        during the LR sweep, whose snapshot is not plain data."""
+        if self.sweep is not None:
+            raise ConfigError("the policy's state cannot be saved during its LR sweep")
         return {
             "start_lr": self.start_lr,
             "lr": self.lr,
@@ -321,7 +372,8 @@ class PolicyController:
             lr = self.policy.next_lr(
                 self.lr,
                 action,
-                interval=self.steps_done // self.eval_every,
+                # counted from the interval the sweep ended in, as in the env
+                interval=self.steps_done // self.eval_every - self.sweep_steps // self.eval_every,
                 interval_steps=next_observation_at - self.steps_done,
                 total_steps=self.steps,
             )
@@ -332,7 +384,9 @@ class PolicyController:
             self._load_feature_state(feature_state)
         self.apply_lrs()
 
-    def _observation_builder(self, start_lr: float, initial_val_loss: float) -> ObservationBuilder:
+    def _observation_builder(
+        self, start_lr: float, initial_val_loss: float, sweep: list[float] | None = None
+    ) -> ObservationBuilder:
         return ObservationBuilder(
             start_lr,
             initial_val_loss,
@@ -340,6 +394,7 @@ class PolicyController:
             self.policy.masked_features,
             history=getattr(self.policy, "history", 1),
             version=getattr(self.policy, "feature_version", FEATURE_VERSION),
+            sweep=sweep,
         )
 
     def _feature_state(self) -> dict[str, Any] | None:
@@ -358,7 +413,8 @@ class PolicyController:
                 f"observes {history} at a time (is it the policy the state was saved with?)"
             )
         for key in _BUILDER_FIELDS:
-            setattr(self.features, key, list(state[key]) if key == "past" else state[key])
+            value = state[key]
+            setattr(self.features, key, list(value) if key in ("past", "sweep_values") else value)
 
     def _reset_measurements(self) -> None:
         self.grad_norms = MeanGradNorm()

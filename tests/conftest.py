@@ -8,7 +8,7 @@ import torch
 from lrpilot.agents.policy_file import Policy
 from lrpilot.agents.policy_format import policy_metadata
 from lrpilot.env.actions import DEFAULT_FACTORS, ActionRule
-from lrpilot.env.features import NUM_FEATURES
+from lrpilot.env.features import FEATURE_SETS, FEATURE_VERSION
 from lrpilot.lm.byte_gpt import ByteGPTWorkload
 from lrpilot.lm.corpus import Corpus, pydoc_bytes, split_bytes
 
@@ -61,12 +61,13 @@ def make_policy(
     first_action_max_factor: float = 0.0,
     history: int = 1,
     probe_intervals: int = 0,
+    feature_version: str = FEATURE_VERSION,
 ) -> Policy:
     """A small policy with random weights, built the way `export_policy` builds one."""
     generator = torch.Generator().manual_seed(seed)
     hidden = [16]
     n_out = len(DEFAULT_FACTORS) if action_mode == "discrete" else 1
-    sizes = [NUM_FEATURES * history, *hidden, n_out]
+    sizes = [len(FEATURE_SETS[feature_version]) * history, *hidden, n_out]
     names = [f"hidden.{i}" for i in range(len(hidden))] + ["output"]
     weights = {}
     for name, n_in, n_out_layer in zip(names, sizes[:-1], sizes[1:], strict=True):
@@ -89,6 +90,7 @@ def make_policy(
         action=action,
         masked_features=masked_features,
         history=history,
+        feature_version=feature_version,
         hidden=hidden,
         normalization=None,
         training={},

@@ -8,9 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import make_policy
 
 from lrpilot.agents.controllers import SWEEP_RULE, SweepValleyController, rule_digest
 from lrpilot.agents.rollout import run_episode
+from lrpilot.agents.scheduler import PolicyScheduler
 from lrpilot.env import ActionRule, EnvConfig, LRControlEnv, TaskSpace
 from lrpilot.env.features import (
     FEATURE_CLIP,
@@ -20,8 +22,10 @@ from lrpilot.env.features import (
     sweep_feature_values,
 )
 from lrpilot.errors import ConfigError
+from lrpilot.experiments.replay import policy_env_config
 from lrpilot.lm.run import RunParts, StepRun
 from lrpilot.lm.sweep import SweepResult, smoothed, sweep_lrs, valley_index
+from lrpilot.settings import RunSettings
 
 SPACE = TaskSpace(steps=(12,), eval_every=4, batch_size=8, start_lr=(1e-3, 1e-2))
 SWEEP = ActionRule(mode="continuous", sweep_fraction=0.25)  # 3 of 12 steps
@@ -192,3 +196,90 @@ def test_sweepvalley_sets_the_suggested_lr_then_holds_it():
     with pytest.raises(ConfigError, match="SweepValleyController needs"):
         SweepValleyController(ActionRule(mode="continuous"))
     assert SWEEP_RULE.sweep_fraction == 0.04
+
+
+# -- in the user's loop: PolicyScheduler -----------------------------------------------------
+
+TASK = RunSettings("tiny", steps=35, eval_every=10, batch_size=8).task(5, 3e-3)
+
+
+def sweep_policy(fraction: float = 0.1):
+    """A continuous v2+sweep policy whose rule sweeps `fraction` of the budget (10%: 4 of
+    35 steps)."""
+    policy = make_policy(
+        seed=7,
+        scale=3.0,
+        action_mode="continuous",
+        first_action_max_factor=100.0,
+        cooldown_fraction=0.2,
+        feature_version="v2+sweep",
+    )
+    return policy.with_action(sweep_fraction=fraction)
+
+
+@pytest.mark.parametrize(
+    ("fraction", "sweep_steps", "ends"),
+    [(0.1, 4, [10, 20, 30, 35]), (0.4, 14, [20, 30, 35])],  # 14: the sweep passes step 10
+)
+def test_the_env_and_policy_scheduler_agree_on_the_sweep_and_the_run(fraction, sweep_steps, ends):
+    policy = sweep_policy(fraction)
+    env = LRControlEnv(policy_env_config(policy))
+    env_rows = run_episode(env, policy, TASK).rows[1:]
+    env_lrs = [(row["lr"], row["lr_mean"]) for row in env_rows]
+    assert len(env.sweep.lrs) == sweep_steps and [row["step"] for row in env_rows] == ends
+
+    trainer = TASK.make_run("cpu")  # as LRControlEnv makes it
+    trainer.set_lr(TASK.start_lr)
+    scheduler = PolicyScheduler(
+        trainer.optimizer, policy, TASK.steps, TASK.eval_every,
+        initial_val_loss=trainer.evaluate(), update_ratio_sample=None,
+    )  # fmt: skip
+    lrs, losses, grad_norms, observed = [], [], [], []
+    for step in range(1, TASK.steps + 1):
+        stats = trainer.train(1, lambda _step: trainer.optimizer.param_groups[0]["lr"])
+        scheduler.step()
+        lrs.append(stats.lr)
+        losses.append(stats.train_loss_mean)
+        grad_norms.append(stats.grad_norm)
+        if scheduler.controller.is_interval_end(step):
+            if step == sweep_steps:  # the sweep's end: its losses, as the env recorded them
+                assert losses == list(env.sweep.losses)
+            scheduler.observe(losses, stats.val_loss, grad_norm=float(np.mean(grad_norms)))
+            losses, grad_norms = [], []
+            observed.append(step)
+    assert observed == [sweep_steps, *ends]
+    # the sweep's LR path, then the intervals' LRs, as the env's
+    assert lrs[:sweep_steps] == pytest.approx(list(env.sweep.lrs), rel=1e-12)
+    assert scheduler.controller.features.sweep_values == env.features.sweep_values
+    assert any(env.features.sweep_values)
+    chunks = np.split(np.array(lrs[sweep_steps:]), np.array(ends[:-1]) - sweep_steps)
+    scheduler_lrs = [(chunk[-1], chunk.mean()) for chunk in chunks]
+    np.testing.assert_allclose(scheduler_lrs, env_lrs, rtol=1e-12)
+
+
+def test_the_loop_sweep_puts_the_parameters_and_optimizer_state_back():
+    policy = sweep_policy()
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.ones(2, 3)).sum().backward()
+    optimizer.step()  # state to put back
+    weights = [p.detach().clone() for p in model.parameters()]
+    state = {k: {n: v.clone() for n, v in s.items()} for k, s in optimizer.state.items()}
+    scheduler = PolicyScheduler(optimizer, policy, 35, 10, initial_val_loss=1.0)
+    with pytest.raises(ConfigError, match="cannot be saved during its LR sweep"):
+        scheduler.state_dict()
+    sweep_losses = []
+    for _ in range(4):
+        optimizer.zero_grad()
+        loss = model(torch.ones(2, 3)).pow(2).sum()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        sweep_losses.append(loss.item())
+    with pytest.raises(ConfigError, match="each of its 4 steps, got 3"):
+        scheduler.observe(sweep_losses[:3], 1.0)
+    scheduler.observe(sweep_losses, 1.0)
+    assert all(torch.equal(p, w) for p, w in zip(model.parameters(), weights, strict=True))
+    for param, entries in optimizer.state.items():
+        for name, value in entries.items():
+            assert torch.equal(value, state[param][name]), name

@@ -1,0 +1,52 @@
+"""The rolled-back LR sweep inside a user's training loop, for `PolicyController`.
+
+The same sweep as `StepRun.sweep` (`lrpilot.lm.sweep`: the LR path, the snapshot, the
+summary), driven by the loop's own steps: `LoopSweep` snapshots the parameters of the
+optimizer's param groups and `optimizer.state_dict()` when L_0 is observed, gives the
+LR of each of its steps, and at its end takes the steps' train losses, puts the
+snapshot back and returns the curve. The loop sees only the optimizer, so module
+buffers that are not parameters (batch-norm statistics) are not put back, unlike in
+`StepRun`, which has the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lrpilot.agents.measurements import TrainLoss, train_loss_values
+from lrpilot.env.actions import ActionRule
+from lrpilot.errors import ConfigError
+from lrpilot.lm.sweep import Snapshot, SweepResult, sweep_lrs
+
+
+class LoopSweep:
+    """A sweep of `rule.sweep_steps(total_steps)` steps from the policy LR `start_lr`."""
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, rule: ActionRule, start_lr: float, steps: int
+    ) -> None:
+        self.lrs = sweep_lrs(start_lr, steps, rule.sweep_low, rule.sweep_high)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.snapshot = Snapshot(params, optimizer)
+
+    @property
+    def steps(self) -> int:
+        return len(self.lrs)
+
+    def lr(self, step: int) -> float:
+        """The policy LR of sweep step `step` (0-based)."""
+        return self.lrs[step]
+
+    def finish(self, train_loss: TrainLoss) -> SweepResult:
+        """The curve of the sweep's steps, given each step's train loss; the parameters
+        and optimizer state go back to the snapshot."""
+        values: Any = train_loss_values(train_loss)
+        if isinstance(values, float) or len(values) != self.steps:
+            raise ConfigError(
+                f"the LR sweep's end needs the train loss of each of its {self.steps} steps, "
+                f"got {'one number' if isinstance(values, float) else len(values)}"
+            )
+        self.snapshot.restore()
+        return SweepResult(lrs=tuple(self.lrs), losses=tuple(values))
