@@ -274,14 +274,7 @@ class PolicyController:
         """At the sweep's last step: put the snapshot back, then the policy's first
         action, from the observation at reset with the sweep's features."""
         assert self.sweep is not None
-        if self.steps_done != self.sweep.steps:
-            raise RuntimeError(
-                f"the LR sweep ends after step {self.sweep.steps}; observe() came after "
-                f"step {self.steps_done}"
-            )
-        if train_loss is None:
-            raise ConfigError("observe() at the LR sweep's end needs its steps' train losses")
-        result = self.sweep.finish(train_loss)
+        result = self.sweep.finish(train_loss, self.steps_done)
         self.sweep = None
         self.observed_at = self.steps_done
         self._reset_measurements()

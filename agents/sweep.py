@@ -39,9 +39,16 @@ class LoopSweep:
         """The policy LR of sweep step `step` (0-based)."""
         return self.lrs[step]
 
-    def finish(self, train_loss: TrainLoss) -> SweepResult:
-        """The curve of the sweep's steps, given each step's train loss; the parameters
-        and optimizer state go back to the snapshot."""
+    def finish(self, train_loss: TrainLoss | None, steps_done: int) -> SweepResult:
+        """The curve of the sweep's steps, given each step's train loss after
+        `steps_done` steps (the sweep's own); the parameters and optimizer state go back
+        to the snapshot."""
+        if steps_done != self.steps:
+            raise RuntimeError(
+                f"the LR sweep ends after step {self.steps}; observe() came after step {steps_done}"
+            )
+        if train_loss is None:
+            raise ConfigError("observe() at the LR sweep's end needs its steps' train losses")
         values: Any = train_loss_values(train_loss)
         if isinstance(values, float) or len(values) != self.steps:
             raise ConfigError(
