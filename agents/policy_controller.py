@@ -26,11 +26,11 @@ the hook does not read the gradients a second time.
 The rolled-back LR sweep. A policy whose rule has one (`sweep_fraction`) makes it
 first, as the env does: at `observe(val_loss=L_0)` the controller snapshots the
 param groups' parameters and the optimizer's state (`lrpilot.agents.sweep`); its `S`
-steps train at the sweep's rising LRs; step `S` is an observation (`is_interval_end`),
-where `observe(train_loss=the S steps' losses, val_loss=...)` (the validation loss is
-not used) puts the snapshot back and takes the policy's first action from the
-observation at reset, which holds the sweep's features. The intervals after it end
-where they would without a sweep.
+steps train at the sweep's rising LRs; after step `S` (`is_interval_end`),
+`observe(train_loss=the S steps' losses)` (a validation loss, if given, is not used)
+puts the snapshot back and takes the policy's first action from the observation at
+reset, which holds the sweep's features. The intervals after it end where they would
+without a sweep.
 
 Under `torch.distributed` (initialised, more than one process), every rank calls
 `observe` at the same steps; rank 0's policy makes the decision (from rank 0's
@@ -295,10 +295,9 @@ class PolicyController:
     # -- checkpoints ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain Python data (no tensors, no policy): JSON- and `weights_only`-safe. Not
-        during the LR sweep, whose snapshot is not plain data."""
-        if self.sweep is not None:
-            raise ConfigError("the policy's state cannot be saved during its LR sweep")
+        """Plain Python data (no tensors, no policy): JSON- and `weights_only`-safe. A
+        state saved during the LR sweep (`sweeping`) cannot be resumed: the snapshot is
+        not in it."""
         return {
             "start_lr": self.start_lr,
             "lr": self.lr,
@@ -311,6 +310,7 @@ class PolicyController:
             "grad_norm_sum": float(self.grad_norms.total),
             "grad_norm_count": int(self.grad_norms.count),
             "update_ratio": self.update_ratio,
+            "sweeping": self.sweep is not None,
         }
 
     def load_state_dict(
@@ -335,6 +335,11 @@ class PolicyController:
             raise ConfigError(
                 f"state dict has {len(state_dict['base_lrs'])} param groups, the optimizer "
                 f"{len(self.optimizer.param_groups)}"
+            )
+        if state_dict["sweeping"]:
+            raise ConfigError(
+                f"the state was saved during the policy's LR sweep, which a resume cannot "
+                f"continue; resume from a checkpoint after step {self.sweep_steps}"
             )
         self.start_lr = float(state_dict["start_lr"])
         self.lr = float(state_dict["lr"])

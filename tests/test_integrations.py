@@ -5,6 +5,7 @@ and a core install that imports neither framework."""
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 import subprocess
 import sys
@@ -207,6 +208,35 @@ def test_hf_callback_sees_per_step_losses_and_sets_the_policy_lr(hf, tmp_path, a
     assert max(r["grad_norm"] for r in last) > 0.5  # so clipping happened
     assert [logs[s + 1]["learning_rate"] for s in range(HF_STEPS)] == pytest.approx(lrs)
     assert 0 < stats.update_ratio < 1
+
+
+def test_hf_callback_runs_the_policys_lr_sweep_and_acts_after_it(hf, tmp_path):
+    from lrpilot.lm.sweep import sweep_lrs
+
+    policy = moving_policy().with_action(sweep_fraction=0.2)  # 3 of 16 steps
+    trainer = hf_trainer(tmp_path)
+    callback = hf.LRPilotHFCallback(policy).attach(trainer)
+    step_lrs = hf_step_lrs(trainer)
+    trainer.train()
+    # L_0, the sweep's end (an observation of its own), then the intervals' ends
+    assert [step for step, _val, _lr in callback.decisions] == [0, 3, 4, 8, 12, 16]
+    swept = sweep_lrs(3e-3, 3, policy.action.sweep_low, policy.action.sweep_high)
+    np.testing.assert_allclose(step_lrs[:3], [[lr, lr] for lr in swept], rtol=1e-12)
+    assert callback.controller.sweep is None and callback.controller.steps_done == HF_STEPS
+    assert math.isnan(callback.decisions[1][1])  # the sweep ends without an evaluation
+
+
+def test_lightning_callback_runs_the_policys_lr_sweep_and_acts_after_it(pl):
+    from lrpilot.integrations.lightning import LRPilotLightningCallback
+    from lrpilot.lm.sweep import sweep_lrs
+
+    policy = moving_policy().with_action(sweep_fraction=0.2)  # 3 of 16 steps
+    module = recording_module(pl)
+    callback = LRPilotLightningCallback(policy, eval_every=PL_EVERY)
+    pl_fit(pl, module, callback)
+    assert [step for step, _val, _lr in callback.decisions] == [0, 3, 4, 8, 12, 16]
+    swept = sweep_lrs(3e-3, 3, policy.action.sweep_low, policy.action.sweep_high)
+    np.testing.assert_allclose(module.step_lrs[:3], swept, rtol=1e-12)
 
 
 def test_hf_resume_continues_with_the_uninterrupted_lrs(hf, tmp_path):

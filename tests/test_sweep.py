@@ -266,8 +266,10 @@ def test_the_loop_sweep_puts_the_parameters_and_optimizer_state_back():
     weights = [p.detach().clone() for p in model.parameters()]
     state = {k: {n: v.clone() for n, v in s.items()} for k, s in optimizer.state.items()}
     scheduler = PolicyScheduler(optimizer, policy, 35, 10, initial_val_loss=1.0)
-    with pytest.raises(ConfigError, match="cannot be saved during its LR sweep"):
-        scheduler.state_dict()
+    mid_sweep = scheduler.state_dict()
+    with pytest.raises(ConfigError, match="saved during the policy's LR sweep"):
+        other = torch.optim.AdamW(torch.nn.Linear(3, 1).parameters(), lr=1e-3)
+        PolicyScheduler(other, policy, 35, 10).load_state_dict(mid_sweep)
     sweep_losses = []
     for _ in range(4):
         optimizer.zero_grad()
