@@ -1,7 +1,7 @@
 """Observation features: scale-free loss statistics built from `IntervalStats`.
 
 `FEATURES` is the one table of what the controller sees: name, formula and why.
-The README repeats it. Every value is finite: a non-finite input gives 0 and every
+docs/design.md repeats it. Every value is finite: a non-finite input gives 0 and every
 feature is clipped to [-FEATURE_CLIP, FEATURE_CLIP]. A feature set (`FEATURE_SETS`)
 is a named prefix of `FEATURES`: `v2`, the default, is the first 13; `v2+sweep` adds
 the `sweep` group. Policy files record their set and refuse one this lrpilot does not
