@@ -19,12 +19,15 @@ from lrpilot.env.features import FEATURE_NAMES
 from lrpilot.errors import ConfigError
 from lrpilot.files import json_text
 from lrpilot.lm.schedules import PLATEAU, schedule_curve
+from lrpilot.lm.sweep import DIVERGED_FACTOR, SMOOTHING
 
 # Each feature set extends the one before it, so these indices hold in every set.
 _PROGRESS = FEATURE_NAMES.index("progress")
 _LOG_LR = FEATURE_NAMES.index("log_lr_rel_start")
+_ABSOLUTE_LOG_LR = FEATURE_NAMES.index("log_lr")
 _VAL_REL_INIT = FEATURE_NAMES.index("log_val_rel_init")
 _VAL_REL_PREV = FEATURE_NAMES.index("log_val_rel_prev")
+_SUGGESTED = FEATURE_NAMES.index("sweep_log_lr_suggested")
 
 
 class Controller(Protocol):
@@ -131,12 +134,28 @@ RANGE_TEST_RULE = ActionRule(
 RANGE_STOP = {"stop_fraction": 0.3, "backoff": 2.0}  # the rule's own settings
 
 
+# The rolled-back sweep that `SweepValleyController` reads: 4% of the budget over the
+# rule's whole LR range (1e-5 to 1e-1, whatever the start LR); the first action may set
+# any LR in that range (a factor of up to lr_max / lr_min either way); a 1 - sqrt
+# cooldown over the last 20%.
+SWEEP_RULE = ActionRule(
+    mode="continuous",
+    first_action_max_factor=ActionRule().lr_max / ActionRule().lr_min,
+    sweep_fraction=0.04,
+    cooldown_fraction=0.2,
+)
+SWEEP_VALLEY = {"smoothing": SMOOTHING, "diverged_factor": DIVERGED_FACTOR}  # the valley's
+
+
 def rule_digest(name: str) -> str:
     """sha256 of a rule-driven baseline's settings ("" for the others): a comparison's
     cache keys its runs by it, so changed settings are new runs, not stale ones."""
-    if name != "rangestop":
+    if name == "rangestop":
+        settings = {"rule": RANGE_TEST_RULE.to_dict()} | RANGE_STOP
+    elif name == "sweepvalley":
+        settings = {"rule": SWEEP_RULE.to_dict()} | SWEEP_VALLEY
+    else:
         return ""
-    settings = {"rule": RANGE_TEST_RULE.to_dict()} | RANGE_STOP
     return hashlib.sha256(json_text(settings, indent=None).encode()).hexdigest()
 
 
@@ -173,3 +192,28 @@ class RangeStopController(_FactorController):
             self.rising = False
             return self._action(1.0 / self.backoff)
         return self._action(self.rule.rise_factor)
+
+
+class SweepValleyController:
+    """The rolled-back sweep read by a fixed rule, the non-learned method on that
+    mechanism: the first action (at reset, after the sweep) sets the LR the sweep
+    suggests (`sweep_log_lr_suggested`: fastai's valley, `lrpilot.lm.sweep`; the factor
+    from the start LR is `exp(sweep_log_lr_suggested - log_lr)`), and every later action
+    holds it; the rule's cooldown ends the run. Needs an env with the `sweep` features
+    (feature set `v3`)."""
+
+    def __init__(self, rule: ActionRule = SWEEP_RULE) -> None:
+        if not rule.sweep_fraction or rule.mode != "continuous" or not rule.first_action_max_factor:
+            raise ConfigError(
+                "SweepValleyController needs a continuous action rule with sweep_fraction > 0 "
+                f"and a first_action_max_factor, got mode {rule.mode!r}, sweep_fraction "
+                f"{rule.sweep_fraction}, first_action_max_factor {rule.first_action_max_factor}"
+            )
+        self.rule = rule
+
+    def act(self, observation: np.ndarray):
+        if float(observation[_PROGRESS]) != 0.0:  # after the first interval: hold
+            return np.zeros(1, dtype=np.float32)
+        log_factor = float(observation[_SUGGESTED]) - float(observation[_ABSOLUTE_LOG_LR])
+        exponent = log_factor / math.log(self.rule.first_action_max_factor)
+        return np.array([np.clip(exponent, -1.0, 1.0)], dtype=np.float32)

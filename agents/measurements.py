@@ -1,7 +1,7 @@
 """What `PolicyController` measures in a training loop: the gradient norm
-(`total_norm`, `MeanGradNorm`), the update ratio of a step (`SampledUpdateRatio`) and an interval's
-train-loss statistics (`train_loss_stats`), each as `lrpilot.lm.run.StepRun` measures it
-in lrpilot's own runs."""
+(`total_norm`, `MeanGradNorm`), the update ratio of a step (`SampledUpdateRatio`) and
+an interval's train-loss statistics (`train_loss_stats`, `loop_interval_stats`), each
+as `lrpilot.lm.run.StepRun` measures it in lrpilot's own runs."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import torch
 
 from lrpilot.agents.arguments import is_number
 from lrpilot.errors import ConfigError, require_positive_int
-from lrpilot.lm.run import least_squares_slope
+from lrpilot.lm.run import IntervalStats, least_squares_slope
 
 UPDATE_RATIO_SAMPLE = 4096  # elements sampled per tensor for the update ratio
 UPDATE_RATIO_SEED = 0  # the sample is drawn from this seed, the same at every step
@@ -190,3 +190,34 @@ def train_loss_stats(train_loss: TrainLoss, steps: int) -> tuple[float, float, f
     # Losses of evenly spaced steps (not every step) give the per-step slope too.
     slope = least_squares_slope(finite) * (len(values) / steps)
     return float(np.mean(finite)), float(np.std(finite)), slope, len(values) - len(finite)
+
+
+def loop_interval_stats(
+    step: int,
+    steps: int,
+    step_lrs: list[float],
+    train_loss: TrainLoss,
+    val_loss: float,
+    grad_norm: float,
+    update_ratio: float,
+) -> IntervalStats:
+    """The `IntervalStats` of an interval of `steps` steps ending at step count `step`,
+    trained at `step_lrs`, from what the loop measured (tokens and time: not features,
+    unknown here)."""
+    mean, std, slope, nonfinite_steps = train_loss_stats(train_loss, steps)
+    return IntervalStats(
+        step=step,
+        steps=steps,
+        lr=step_lrs[-1],
+        lr_mean=float(np.mean(step_lrs)),
+        train_loss_mean=mean,
+        train_loss_std=std,
+        train_loss_slope=slope,
+        val_loss=val_loss,
+        grad_norm=grad_norm,
+        update_ratio=update_ratio,
+        nonfinite=nonfinite_steps > 0,
+        nonfinite_steps=nonfinite_steps,
+        tokens=0,
+        seconds=math.nan,
+    )

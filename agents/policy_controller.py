@@ -23,6 +23,10 @@ norm, whereas lrpilot's runs measure before clipping. Pass `observe(..., grad_no
 mean of clip_grad_norm_'s returns)` to match them, and `measure_grad_norm=False`, so
 the hook does not read the gradients a second time.
 
+The rolled-back LR sweep of a policy whose rule has one (`sweep_fraction`) comes
+first, as in the env: from `observe(val_loss=L_0)` to `observe(train_loss=its steps'
+losses)` after its last step (`lrpilot.agents.sweep` says how).
+
 Under `torch.distributed` (initialised, more than one process), every rank calls
 `observe` at the same steps; rank 0's policy makes the decision (from rank 0's
 losses) and broadcasts it (`lrpilot.agents.distributed`), so every rank trains at the
@@ -46,28 +50,25 @@ from lrpilot.agents.arguments import (
     number,
     positive_float,
 )
-from lrpilot.agents.context import check_tokens_per_step, loop_context
+from lrpilot.agents.context import check_tokens_per_step
+from lrpilot.agents.controller_state import check_saved_state
 from lrpilot.agents.distributed import broadcast_from_rank_zero, rank
 from lrpilot.agents.measurements import (
     UPDATE_RATIO_SAMPLE,
     MeanGradNorm,
     SampledUpdateRatio,
     TrainLoss,
-    train_loss_stats,
+    loop_interval_stats,
 )
-from lrpilot.env.features import ObservationBuilder
+from lrpilot.agents.observations import (
+    load_observation_state,
+    observation_state,
+    policy_observations,
+)
+from lrpilot.agents.sweep import LoopSweep
+from lrpilot.env.features import ObservationBuilder, sweep_feature_values
 from lrpilot.errors import ConfigError
 from lrpilot.lm.run import IntervalStats
-
-_BUILDER_FIELDS = (
-    "start_lr",
-    "initial_val_loss",
-    "steps",
-    "previous_val_loss",
-    "best_val_loss",
-    "previous_grad_norm",
-    "past",  # the last evaluations' feature vectors, for a policy with a history
-)
 
 
 class PolicyController:
@@ -124,6 +125,10 @@ class PolicyController:
         )
         self.lr = float(np.clip(self.start_lr, policy.lr_min, policy.lr_max))  # the policy's LR
         self.features: ObservationBuilder | None = None  # made once L_0 is known
+        rule = getattr(policy, "action", None)  # a duck-typed policy may have no rule
+        self.sweep_steps = rule.sweep_steps(steps) if rule is not None else 0
+        self.sweep: LoopSweep | None = None  # the rolled-back sweep under way
+        self.initial_val_loss = math.nan
         self.steps_done = 0  # optimizer steps counted so far
         self.observed_at = 0  # step of the last observation
         self.last_stats: IntervalStats | None = None  # what the last observation saw
@@ -143,11 +148,14 @@ class PolicyController:
 
     @property
     def started(self) -> bool:
-        """Whether the policy has seen L_0 and taken its first action."""
-        return self.features is not None
+        """Whether the policy has seen L_0 (and taken its first action, or is sweeping)."""
+        return self.features is not None or self.sweep is not None
 
     def is_interval_end(self, step: int) -> bool:
-        """Whether step count `step` ends an interval (an observation is due)."""
+        """Whether step count `step` ends an interval, or the sweep under way (an
+        observation is due)."""
+        if self.sweep is not None:
+            return step == self.sweep.steps
         return step % self.eval_every == 0 or step == self.steps
 
     def multiplier(self, step: int | None = None) -> float:
@@ -159,6 +167,8 @@ class PolicyController:
         """The policy's LR at step `step` (the next step by default), times its warmup and
         cooldown factors (1 outside them)."""
         step = self.steps_done if step is None else step
+        if self.sweep is not None and step < self.sweep.steps:
+            return self.sweep.lr(step)
         return self.policy.applied_lr(self.lr, step, total_steps=self.steps)
 
     def group_lrs(self, step: int | None = None) -> list[float]:
@@ -207,6 +217,9 @@ class PolicyController:
         features are scale-free (ratios and logs of losses, `lrpilot.env.features`); the
         validation loss must be positive and finite.
         """
+        if self.sweep is not None:
+            self._end_sweep(train_loss)
+            return
         if val_loss is None:
             raise ConfigError("observe() needs val_loss, the validation loss")
         if self.features is None:
@@ -214,8 +227,12 @@ class PolicyController:
                 raise ConfigError(
                     "the first observe() comes before any step and takes only val_loss=L_0"
                 )
-            initial = positive_float("initial validation loss", val_loss)
-            self.features = self._observation_builder(self.lr, initial)
+            self.initial_val_loss = positive_float("initial validation loss", val_loss)
+            if self.sweep_steps:
+                self.sweep = LoopSweep(self.optimizer, self.policy.action, self.sweep_steps)
+                self.apply_lrs()
+                return
+            self.features = self._observation_builder(self.lr, self.initial_val_loss)
             self._act(self.features.initial())
             return
         val_loss = positive_float("val_loss", val_loss)
@@ -224,28 +241,26 @@ class PolicyController:
         steps = self.steps_done - self.observed_at
         if steps == 0:
             raise RuntimeError("observe() needs at least one step() since the last observation")
-        mean, std, slope, nonfinite_steps = train_loss_stats(train_loss, steps)
         grad_norm = self.grad_norms.mean() if grad_norm is None else number("grad_norm", grad_norm)
         step_lrs = [self.step_lr(step) for step in range(self.observed_at, self.steps_done)]
-        self.last_stats = IntervalStats(
-            step=self.steps_done,
-            steps=steps,
-            lr=step_lrs[-1],
-            lr_mean=float(np.mean(step_lrs)),
-            train_loss_mean=mean,
-            train_loss_std=std,
-            train_loss_slope=slope,
-            val_loss=val_loss,
-            grad_norm=grad_norm,
-            update_ratio=self.update_ratio,
-            nonfinite=nonfinite_steps > 0,
-            nonfinite_steps=nonfinite_steps,
-            tokens=0,  # not a feature, and unknown here
-            seconds=math.nan,  # likewise
+        self.last_stats = loop_interval_stats(
+            self.steps_done, steps, step_lrs, train_loss, val_loss, grad_norm, self.update_ratio
         )
         self.observed_at = self.steps_done
         self._reset_measurements()
         self._act(self.features.update(self.last_stats, controller_lr=self.lr))
+
+    def _end_sweep(self, train_loss: TrainLoss | None) -> None:
+        """At the sweep's last step: put the snapshot back, then the policy's first
+        action, from the observation at reset with the sweep's features."""
+        assert self.sweep is not None
+        result = self.sweep.finish(train_loss, self.steps_done)
+        self.sweep = None
+        self.observed_at = self.steps_done
+        self._reset_measurements()
+        sweep = sweep_feature_values(result, self.initial_val_loss)
+        self.features = self._observation_builder(self.lr, self.initial_val_loss, sweep)
+        self._act(self.features.initial())
 
     def close(self) -> None:
         """Remove the optimizer hooks (the controller then measures nothing)."""
@@ -260,7 +275,9 @@ class PolicyController:
     # -- checkpoints ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain Python data (no tensors, no policy): JSON- and `weights_only`-safe."""
+        """Plain Python data (no tensors, no policy): JSON- and `weights_only`-safe. A
+        state saved during the LR sweep (`sweeping`) cannot be resumed: the snapshot is
+        not in it."""
         return {
             "start_lr": self.start_lr,
             "lr": self.lr,
@@ -269,11 +286,12 @@ class PolicyController:
             "base_lrs": list(self.base_lrs),
             "steps_done": self.steps_done,
             "observed_at": self.observed_at,
-            "features": self._feature_state(),
+            "features": observation_state(self.features),
             "grad_norm_sum": float(self.grad_norms.total),
             "grad_norm_count": int(self.grad_norms.count),
             "update_ratio": self.update_ratio,
             "tokens_per_step": self.tokens_per_step,
+            "sweeping": self.sweep is not None,
         }
 
     def load_state_dict(
@@ -283,24 +301,9 @@ class PolicyController:
 
         `kind` and `this` name the front end in errors ("PolicyScheduler", "scheduler").
         """
-        this = this or kind
-        if not isinstance(state_dict, Mapping):
-            raise ConfigError(f"not a {kind} state dict: got {type(state_dict).__name__}")
-        missing = [key for key in self.state_dict() if key not in state_dict]
-        if missing:
-            raise ConfigError(f"not a {kind} state dict: it lacks {', '.join(missing)}")
+        check_saved_state(state_dict, self, kind=kind, this=this or kind)
         if self.tokens_per_step is None:  # the saved run's, measured or given
             self.tokens_per_step = check_tokens_per_step(state_dict["tokens_per_step"])
-        for key in ("steps", "eval_every"):
-            if state_dict[key] != getattr(self, key):
-                raise ConfigError(
-                    f"state dict has {key}={state_dict[key]!r}, this {this} {getattr(self, key)!r}"
-                )
-        if len(state_dict["base_lrs"]) != len(self.optimizer.param_groups):
-            raise ConfigError(
-                f"state dict has {len(state_dict['base_lrs'])} param groups, the optimizer "
-                f"{len(self.optimizer.param_groups)}"
-            )
         self.start_lr = float(state_dict["start_lr"])
         self.lr = float(state_dict["lr"])
         self.base_lrs = [float(lr) for lr in state_dict["base_lrs"]]
@@ -330,46 +333,34 @@ class PolicyController:
             lr = self.policy.next_lr(
                 self.lr,
                 action,
-                interval=self.steps_done // self.eval_every,
+                # counted from the interval the sweep ended in, as in the env
+                interval=self.steps_done // self.eval_every - self.sweep_steps // self.eval_every,
                 interval_steps=next_observation_at - self.steps_done,
                 total_steps=self.steps,
             )
-            decision = (action, lr, self._feature_state())
+            decision = (action, lr, observation_state(self.features))
         action, lr, feature_state = broadcast_from_rank_zero(decision)
         self.last_action, self.lr = action, float(lr)
         if rank() != 0:  # rank 0's features too: every rank holds the same state
             self._load_feature_state(feature_state)
         self.apply_lrs()
 
-    def _observation_builder(self, start_lr: float, initial_val_loss: float) -> ObservationBuilder:
-        version = self.policy.feature_version
-        return ObservationBuilder(
+    def _observation_builder(
+        self, start_lr: float, initial_val_loss: float, sweep: dict[str, float] | None = None
+    ) -> ObservationBuilder:
+        return policy_observations(
+            self.policy,
+            self.steps,
             start_lr,
             initial_val_loss,
-            self.steps,
-            self.policy.masked_features,
-            history=getattr(self.policy, "history", 1),
-            version=version,
-            context=loop_context(version, self.parameters(), self.tokens_per_step),
+            self.parameters(),
+            self.tokens_per_step,
+            sweep,
         )
 
-    def _feature_state(self) -> dict[str, Any] | None:
-        builder = self.features
-        return {key: getattr(builder, key) for key in _BUILDER_FIELDS} if builder else None
-
     def _load_feature_state(self, state: Mapping[str, Any]) -> None:
-        missing = [key for key in _BUILDER_FIELDS if key not in state]
-        if missing:
-            raise ConfigError(f"the saved state's features lack {', '.join(missing)}")
         self.features = self._observation_builder(state["start_lr"], state["initial_val_loss"])
-        history = self.features.history
-        if len(state["past"]) != history - 1:
-            raise ConfigError(
-                f"the saved state holds {len(state['past'])} past evaluations; this policy "
-                f"observes {history} at a time (is it the policy the state was saved with?)"
-            )
-        for key in _BUILDER_FIELDS:
-            setattr(self.features, key, list(state[key]) if key == "past" else state[key])
+        load_observation_state(self.features, state)
 
     def _reset_measurements(self) -> None:
         self.grad_norms = MeanGradNorm()

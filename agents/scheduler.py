@@ -19,6 +19,10 @@ Call `step()` after every `optimizer.step()`, as with any scheduler, and
             scheduler.observe(losses, evaluate(model))  # or scheduler.step({...})
             losses = []
 
+A policy whose rule has a rolled-back LR sweep (`sweep_fraction`) first trains its
+sweep's steps and needs `observe(losses)` after the last of them: call `observe` when
+`scheduler.controller.is_interval_end(step + 1)`, which covers both.
+
 The work is done by `lrpilot.agents.policy_controller.PolicyController`, whose
 docstring says how the LR is set, what it measures itself (the gradient norm, the
 update ratio) and what it does under `torch.distributed`; this class is its wiring

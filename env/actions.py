@@ -43,6 +43,16 @@ the run's answer says stop; holding (a = 0) stops the rise, a < 0 backs off, and
 later resumes it. So no action jumps the LR up: a too-high LR is approached from
 below, one bounded step per interval. `range_start = 0` (default): off.
 
+`sweep_fraction` makes the search for the run's LR a rolled-back sweep before the
+run (`lrpilot.lm.sweep`): the first `S = max(2, round(sweep_fraction * T))` steps of
+the budget train at LRs rising geometrically from `lr_min` to `lr_max` (absolute
+LRs, the range an action can set, whatever the start LR), one step each, on a copy of
+the weights and optimizer state that is then put back; the run trains the remaining
+`T - S` steps from its start point, and the observation at reset summarises the
+loss-against-LR curve (the `sweep` features).
+The first interval is the rest of the interval the sweep ended in, so evaluations
+stay at the same steps as without a sweep. `sweep_fraction = 0` (default): no sweep.
+
 `warmup_fraction` is the same at the start: over the first `w` of the budget, each
 step `s < W` trains at the controller's LR times WSD's linear warmup factor
 `(s + 1) / W`, where `W = round(w T)` (at least 1), so a run started at a high LR does
@@ -157,6 +167,14 @@ class ActionRule:
         check=above(1),
     )
 
+    sweep_fraction: float = setting(
+        0.0,
+        help="rolled-back LR sweep: this fraction of the budget (at least 2 steps) sweeps the "
+        "LR from lr_min to lr_max before the run, then the weights and optimizer state are "
+        "put back (0: off)",
+        check=in_range(0, 0.5),
+    )
+
     def __post_init__(self) -> None:
         check_fields(self)
         if self.first_action_max_factor and self.mode != "continuous":
@@ -175,11 +193,29 @@ class ActionRule:
                 f"got mode {self.mode!r}, probe_intervals {self.probe_intervals}, "
                 f"first_action_max_factor {self.first_action_max_factor}"
             )
+        if self.sweep_fraction and (self.range_start or self.probe_intervals):
+            raise ConfigError(
+                f"sweep_fraction is a search of its own: it takes no range_start or probe, got "
+                f"range_start {self.range_start}, probe_intervals {self.probe_intervals}"
+            )
         if self.warmup_fraction + self.cooldown_fraction > 1:
             raise ConfigError(
                 f"warmup_fraction + cooldown_fraction must be at most 1, got "
                 f"{self.warmup_fraction!r} + {self.cooldown_fraction!r}"
             )
+
+    def sweep_steps(self, total_steps: int) -> int:
+        """Steps of the rolled-back sweep in a run of `total_steps` (0: no sweep); a
+        `ConfigError` when the sweep would leave the run no step to train."""
+        if not self.sweep_fraction:
+            return 0
+        steps = max(2, round(self.sweep_fraction * total_steps))
+        if steps >= total_steps:
+            raise ConfigError(
+                f"sweep_fraction {self.sweep_fraction} takes {steps} of the run's "
+                f"{total_steps} steps, leaving none to train"
+            )
+        return steps
 
     def action_space(self) -> spaces.Space:
         """The Gymnasium action space of this rule."""

@@ -1,5 +1,6 @@
-"""Observation features: scale-free loss statistics built from `IntervalStats`, and the
-sizes of the run (`RunContext`) that fix the optimal LR in scaling-law fits.
+"""Observation features: scale-free loss statistics built from `IntervalStats`, the
+sizes of the run (`RunContext`) that fix the optimal LR in scaling-law fits, and the
+rolled-back LR sweep at the run's start (`SweepResult`).
 
 `FEATURES` is the one table of what a controller may see: name, formula and why.
 docs/design.md repeats it. Every value is finite: a non-finite input gives 0 and every
@@ -23,6 +24,15 @@ The context features (`log_params`, `log_fan_in`, `log_tokens_per_step`, `log_bu
 are constant over a run and are in every observation, the initial one included: the
 sizes are known before the first step. Each is a log around a reference size, so
 typical runs give small values.
+
+The `sweep` group reads the rolled-back LR sweep at the start of the run
+(`lrpilot.lm.sweep`; `ActionRule.sweep_fraction`): `S` steps at LRs `r_j` rising
+geometrically from the rule's `lr_min` to its `lr_max` (absolute LRs, whatever the
+start LR), `~l_j` the smoothed train loss of step `j` (a debiased moving average,
+infinite from where the curve diverged), `r*` the LR the curve suggests (fastai's
+valley). The sweep's range is fixed, so its log-spaced points `sweep_loss_k` read the
+loss at fixed LRs (the nearest step's). Its values are the same in every observation
+of a run, and 0 in a run without a sweep.
 
 Losses of 0 and below. The features are made for losses >= 0 (cross-entropy, MSE),
 and are defined for a loss of exactly 0, as when a small data set is memorised:
@@ -50,6 +60,7 @@ import numpy as np
 from lrpilot.errors import ConfigError
 from lrpilot.lm.run import IntervalStats
 from lrpilot.lm.run_context import RunContext
+from lrpilot.lm.sweep import SweepResult
 
 REFERENCE_LR = 1e-3  # `log_lr` is measured from here, so typical LRs give small values
 # The context features are measured from these sizes, so typical runs give small values.
@@ -58,6 +69,7 @@ REFERENCE_FAN_IN = 64
 REFERENCE_TOKENS_PER_STEP = 1e3
 REFERENCE_BUDGET = 1e3
 FEATURE_CLIP = 10.0
+SWEEP_POINTS = 5  # the sweep's smoothed loss at this many log-spaced LRs of its range
 
 
 @dataclass(frozen=True)
@@ -109,6 +121,19 @@ FEATURES: tuple[Feature, ...] = (
         "log(T / 1e3)",
         "run length: the optimal LR falls as the step budget grows",
     ),
+    *(
+        Feature(
+            f"sweep_loss_{k}",
+            f"log(~l_j / L_0), j = round({k}/{SWEEP_POINTS - 1} * (S - 1)); +10 if diverged",
+            "the loss-against-LR curve at a fixed LR of the sweep's range",
+        )
+        for k in range(SWEEP_POINTS)
+    ),
+    Feature(
+        "sweep_log_lr_suggested",
+        "log(r* / 1e-3)",
+        "the LR the sweep suggests for the run",
+    ),
 )
 # The features by what they read, for feature sets, ablations and the docs; every
 # feature is in one.
@@ -128,6 +153,7 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
     "update ratio": ("log_update_ratio",),
     "breakdown": ("nonfinite_fraction",),
     "context": ("log_params", "log_fan_in", "log_tokens_per_step", "log_budget"),
+    "sweep": (*(f"sweep_loss_{k}" for k in range(SWEEP_POINTS)), "sweep_log_lr_suggested"),
 }
 _V2_GROUPS = (
     "progress",
@@ -141,7 +167,7 @@ _V2_GROUPS = (
 # The groups of each feature set, in observation order: a set extends the one before it.
 FEATURE_SET_GROUPS: dict[str, tuple[str, ...]] = {
     "v2": _V2_GROUPS,
-    "v3": (*_V2_GROUPS, "context"),
+    "v3": (*_V2_GROUPS, "context", "sweep"),
 }
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
     version: tuple(name for group in groups for name in FEATURE_GROUPS[group])
@@ -151,6 +177,7 @@ FEATURE_VERSION = "v3"  # the set new training uses
 FEATURE_NAMES: tuple[str, ...] = FEATURE_SETS[FEATURE_VERSION]
 NUM_FEATURES = len(FEATURE_NAMES)
 CONTEXT_FEATURES = FEATURE_GROUPS["context"]
+SWEEP_FEATURES = FEATURE_GROUPS["sweep"]
 
 
 def _log(x: float) -> float:
@@ -219,6 +246,20 @@ def observation_size(history: int, version: str = FEATURE_VERSION) -> int:
     return len(feature_names(version)) * check_history(history)
 
 
+def sweep_feature_values(sweep: SweepResult | None, initial_loss: float) -> dict[str, float]:
+    """The `sweep` group's values (unclipped): all 0 without a sweep.
+
+    `initial_loss` is `L_0`, the loss the sweep's curve is measured against."""
+    if sweep is None:
+        return dict.fromkeys(SWEEP_FEATURES, 0.0)
+    curve = sweep.smoothed_losses
+    last = len(curve) - 1
+    points = [curve[round(k / (SWEEP_POINTS - 1) * last)] for k in range(SWEEP_POINTS)]
+    losses = [FEATURE_CLIP if v == math.inf else log_ratio(v, initial_loss) for v in points]
+    values = [*losses, _log(sweep.suggested_lr / REFERENCE_LR)]
+    return dict(zip(SWEEP_FEATURES, values, strict=True))
+
+
 def check_masked_features(
     masked: tuple[str, ...], version: str = FEATURE_VERSION
 ) -> tuple[str, ...]:
@@ -249,6 +290,9 @@ class ObservationBuilder:
     evaluations, newest first (`history` times the set's size; evaluations before the
     run's start read 0). A history of more than one lets a policy see how the run
     answered its last LR changes, which one evaluation cannot show.
+
+    `sweep`: the `sweep` group's values (`sweep_feature_values`), shown in every
+    observation of the run; without it they read 0. A set without the group ignores it.
     """
 
     def __init__(
@@ -261,6 +305,7 @@ class ObservationBuilder:
         *,
         version: str = FEATURE_VERSION,
         context: RunContext | None = None,
+        sweep: dict[str, float] | None = None,
     ) -> None:
         self.version = version
         self.names = feature_names(version)
@@ -277,6 +322,7 @@ class ObservationBuilder:
                     f"(parameters, fan-in, tokens per step), got {context!r}"
                 )
             self.context = context_features(context, steps)
+        self.sweep_values = sweep if sweep is not None else sweep_feature_values(None, 0.0)
         self.previous_val_loss = initial_val_loss
         self.best_val_loss = initial_val_loss
         self.previous_grad_norm = math.nan
@@ -284,14 +330,15 @@ class ObservationBuilder:
         self.past: list[list[float]] = [[0.0] * len(self.names) for _ in range(history - 1)]
 
     def initial(self) -> np.ndarray:
-        """The observation at reset: the start LR and the run's sizes; nothing trained yet."""
+        """The observation at reset: the start LR, the run's sizes and the sweep; nothing
+        trained yet."""
         nothing = dict.fromkeys(self.names, 0.0)
         return self._vector(nothing | {"log_lr": _log(self.start_lr / REFERENCE_LR)})
 
     def _vector(self, values: dict[str, float]) -> np.ndarray:
-        """The observation of `values` (by name) with the context features, then the
-        past evaluations."""
-        values = values | self.context
+        """The observation of `values` (by name) with the context and sweep features,
+        then the past evaluations."""
+        values = values | self.context | self.sweep_values
         newest = finite_clipped(
             [0.0 if name in self.masked else values[name] for name in self.names]
         )

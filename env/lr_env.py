@@ -1,6 +1,7 @@
 """`LRControlEnv`: one episode is one training run, one step is one evaluation interval.
 
-    reset(seed)   -> sample a Task, make its TrainingRun, measure L_0, observe
+    reset(seed)   -> sample a Task, make its TrainingRun, measure L_0, run the
+                     rolled-back LR sweep if the rule has one (`sweep_fraction`), observe
     step(action)  -> lr <- clip(lr * factor(action)) (the first action's factor
                      may be wider: `first_action_max_factor`; the intervals of a
                      probe, `probe_intervals`, keep the start LR); train one interval at lr
@@ -36,11 +37,13 @@ from lrpilot.env.features import (
     check_masked_features,
     observation_size,
     reads_context,
+    sweep_feature_values,
 )
 from lrpilot.env.rewards import REWARD_NAMES, interval_reward
 from lrpilot.env.tasks import Task, TaskSpace
 from lrpilot.errors import ConfigError
 from lrpilot.lm.run import IntervalStats, TrainingRun
+from lrpilot.lm.sweep import SweepResult, sweep_lrs
 from lrpilot.lm.trace import DIVERGENCE_FACTOR
 from lrpilot.settings import device_name
 
@@ -107,6 +110,8 @@ class LRControlEnv(gym.Env):
         self.action_space = self.config.action.action_space()
         self.feature_version = self.config.feature_version
         self.task: Task | None = None
+        self.sweep: SweepResult | None = None  # the run's LR sweep at the controller's LRs
+        self.first_interval = 0  # the first interval trained after the sweep
         self.run: TrainingRun | None = None
         self.last_stats: IntervalStats | None = None
         self._lines: list[str] = []
@@ -119,15 +124,23 @@ class LRControlEnv(gym.Env):
         task = (options or {}).get("task") or self.config.task_space.sample(self.np_random)
         if not isinstance(task, Task):
             raise ConfigError(f"options['task'] must be a Task, got {type(task).__name__}")
+        rule = self.config.action
+        sweep_steps = rule.sweep_steps(task.steps)  # checked before any work
         self.task = task
         self.run = task.make_run(self.config.device)
-        self.lr = float(
-            np.clip(task.start_lr, self.config.action.lr_min, self.config.action.lr_max)
-        )
-        self.interval = 0
+        self.lr = float(np.clip(task.start_lr, rule.lr_min, rule.lr_max))
         self.initial_val_loss = self.run.evaluate()
         self.val_loss = self.initial_val_loss
         version = self.config.feature_version
+        self.sweep = None
+        if sweep_steps:
+            # The sweep's LRs are the controller's; the run trains at `lr_scale` times them.
+            lrs = sweep_lrs(sweep_steps, rule.lr_min, rule.lr_max)
+            result = self.run.sweep([task.lr_scale * lr for lr in lrs])
+            self.sweep = SweepResult(tuple(lrs), result.losses)
+        # Evaluations stay where they are without a sweep: training starts in the
+        # interval the sweep ended in.
+        self.interval = self.first_interval = int(np.searchsorted(self._ends, sweep_steps, "right"))
         self.features = ObservationBuilder(
             self.lr,
             self.initial_val_loss,
@@ -136,6 +149,7 @@ class LRControlEnv(gym.Env):
             history=self.config.history,
             version=version,
             context=self.run.context() if reads_context(version) else None,
+            sweep=sweep_feature_values(self.sweep, self.initial_val_loss),
         )
         self._lines = []
         self.last_stats = None
@@ -146,11 +160,11 @@ class LRControlEnv(gym.Env):
             raise RuntimeError("call reset() before step()")
         if self.interval >= self.task.num_intervals:
             raise RuntimeError("the episode has ended; call reset()")
-        steps = self.task.interval_steps(self.interval)
+        steps = self._ends[self.interval] - self.run.step
         self.lr = next_lr(
             self.lr,
             action,
-            interval=self.interval,
+            interval=self.interval - self.first_interval,
             interval_steps=steps,
             total_steps=self.task.steps,
             rule=self.config.action,
@@ -178,6 +192,12 @@ class LRControlEnv(gym.Env):
         return observation, float(reward), terminated, False, self._info(stats, diverged)
 
     # -- helpers ---------------------------------------------------------------------------
+
+    @property
+    def _ends(self) -> list[int]:
+        """The step count at the end of each of the task's intervals."""
+        assert self.task is not None
+        return np.cumsum(self.task.intervals).tolist()
 
     def _step_lr(self, step: int) -> float:
         """The LR of step `step`: the controller's LR, warmed up at the start and cooled

@@ -28,7 +28,12 @@ from lrpilot.lm.optimizers import TUNING_FREE, check_tuning_free
 from lrpilot.lm.schedules import SCHEDULE_NAMES, default_warmup
 from lrpilot.settings import RunSettings
 
-CONTROLLERS = ("random", "plateau", "rangestop")  # the baseline controllers compare can add
+CONTROLLERS = (
+    "random",
+    "plateau",
+    "rangestop",
+    "sweepvalley",
+)  # the baseline controllers compare can add
 
 
 def distinct_in_3_digits(values: tuple[float, ...]) -> str | None:

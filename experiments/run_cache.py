@@ -23,7 +23,12 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from lrpilot.agents.controllers import PlateauController, RandomController, RangeStopController
+from lrpilot.agents.controllers import (
+    PlateauController,
+    RandomController,
+    RangeStopController,
+    SweepValleyController,
+)
 from lrpilot.agents.policy_file import policy_from_bytes
 from lrpilot.env.lr_env import EnvConfig
 from lrpilot.env.tasks import Task
@@ -102,6 +107,9 @@ def execute(spec: RunSpec, policy_bytes: bytes | None) -> pd.DataFrame:
     elif spec.method == "rangestop":
         controller = RangeStopController()
         env_config = EnvConfig(device=spec.device, action=controller.rule)
+    elif spec.method == "sweepvalley":
+        controller = SweepValleyController()
+        env_config = EnvConfig(device=spec.device, action=controller.rule, feature_version="v3")
     else:
         controller = PlateauController()
     return run_controller(controller, spec.task(), env_config)

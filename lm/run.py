@@ -29,6 +29,7 @@ import torch
 
 from lrpilot.errors import ConfigError, require_positive_int
 from lrpilot.lm.run_context import RunContext
+from lrpilot.lm.sweep import Snapshot, SweepResult, model_tensors
 
 LRSpec = float | Callable[[int], float]  # a constant LR, or the LR for a global step
 
@@ -73,6 +74,11 @@ class TrainingRun(Protocol):
     step: int  # optimizer steps taken so far
     tokens: int  # training tokens (or examples) consumed so far
     optimizer: torch.optim.Optimizer  # what fixed schedules are attached to
+
+    def sweep(self, lrs: list[float]) -> SweepResult:
+        """One step at each of `lrs`, then the weights and optimizer state put back
+        exactly (the rolled-back LR sweep); the steps count and their batches are used."""
+        ...
 
     def train(self, steps: int, lr: LRSpec) -> IntervalStats:
         """Train `steps` optimizer steps at `lr` (a float, or a function of the step)."""
@@ -315,6 +321,53 @@ class StepRun:
             items=self.parts.test_items,
         )
 
+    def _train_step(
+        self, lr: float, params: list[torch.nn.Parameter], clip: float, measure: bool = False
+    ) -> tuple[float | None, float, float]:
+        """One optimizer step at `lr` on the next batch: its loss, gradient norm and (with
+        `measure`, else 0) update ratio; the loss is None when it or the gradient is not
+        finite (the step is skipped, its batch used)."""
+        if not math.isfinite(lr) or lr < 0:
+            raise ConfigError(f"learning rate must be finite and >= 0, got {lr!r}")
+        self.set_lr(lr)
+        batch = self._next_batch()
+        loss = self._loss(batch)
+        loss_value = loss.item()
+        self.step += 1
+        self.tokens += self._items_in(batch)
+        if not math.isfinite(loss_value):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None, math.nan, 0.0
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True).item()
+        if not math.isfinite(grad_norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None, math.nan, 0.0
+        before = [p.detach().clone() for p in params] if measure else None
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        update_ratio = weight_update_ratio(before, params) if before is not None else 0.0
+        return loss_value, grad_norm, update_ratio
+
+    def sweep(self, lrs: list[float]) -> SweepResult:
+        """The rolled-back LR sweep (`lrpilot.lm.sweep`): one step at each of `lrs`,
+        recording the train losses, then the weights, buffers and optimizer state put
+        back exactly. The steps count in `step` and `tokens`; their batches are used up."""
+        params = self.params
+        clip = self.parts.grad_clip if self.parts.grad_clip is not None else math.inf
+        in_model = {id(t) for t in model_tensors(self.model)}
+        tensors = model_tensors(self.model) + [p for p in params if id(p) not in in_model]
+        snapshot = Snapshot(tensors, self.optimizer)
+        self.model.train()
+        losses = []
+        try:
+            for lr in lrs:
+                loss_value, _, _ = self._train_step(float(lr), params, clip)
+                losses.append(math.nan if loss_value is None else loss_value)
+        finally:
+            snapshot.restore()
+        return SweepResult(lrs=tuple(float(lr) for lr in lrs), losses=tuple(losses))
+
     def train(self, steps: int, lr: LRSpec) -> IntervalStats:
         require_positive_int("steps", steps)
         lr_at = lr if callable(lr) else (lambda _step: lr)
@@ -330,30 +383,13 @@ class StepRun:
         self.model.train()
         for i in range(steps):
             step_lr = float(lr_at(self.step))
-            if not math.isfinite(step_lr) or step_lr < 0:
-                raise ConfigError(f"learning rate must be finite and >= 0, got {step_lr!r}")
-            self.set_lr(step_lr)
             lrs.append(step_lr)
-            batch = self._next_batch()
-            loss = self._loss(batch)
-            loss_value = loss.item()
-            self.step += 1
-            self.tokens += self._items_in(batch)
-            if not math.isfinite(loss_value):
-                nonfinite_steps += 1
-                self.optimizer.zero_grad(set_to_none=True)
-                continue
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True).item()
-            if not math.isfinite(grad_norm):
-                self.optimizer.zero_grad(set_to_none=True)
+            last = i == steps - 1
+            loss_value, grad_norm, ratio = self._train_step(step_lr, params, clip, last)
+            if loss_value is None:
                 nonfinite_steps += 1
                 continue
-            before = [p.detach().clone() for p in params] if i == steps - 1 else None
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            if before is not None:
-                update_ratio = weight_update_ratio(before, params)
+            update_ratio = ratio if last else update_ratio
             losses.append(loss_value)
             grad_norms.append(grad_norm)
         val_loss = self.evaluate()

@@ -10,7 +10,7 @@ import torch
 import lrpilot  # noqa: F401  (registers the environment)
 from lrpilot.env import ActionRule, EnvConfig, LRControlEnv, TaskSpace
 from lrpilot.env.actions import applied_lr
-from lrpilot.env.features import FEATURE_GROUPS, FEATURE_NAMES, FEATURES
+from lrpilot.env.features import FEATURE_GROUPS, FEATURE_NAMES, NUM_FEATURES
 from lrpilot.env.rewards import REWARD_NAMES, divergence_reward, instant_reward
 from lrpilot.errors import ConfigError
 from lrpilot.lm.schedules import schedule_curve
@@ -57,7 +57,7 @@ def test_registered_and_made_by_id():
     )
     assert env.action_space.shape == (1,)
     observation, info = env.reset(seed=0)
-    assert observation.shape == (len(FEATURES),) and info["step"] == 0
+    assert observation.shape == (NUM_FEATURES,) and info["step"] == 0
 
 
 def test_same_seed_same_actions_same_everything():
@@ -386,7 +386,7 @@ def test_a_hidden_lr_scale_trains_the_run_at_the_scaled_lr_and_shows_the_policy_
         assert policy_lr == pytest.approx(run_lr / 4.0, rel=1e-12)
         assert plain_policy_lr == pytest.approx(plain_run_lr, rel=1e-12)
     lr_features = [FEATURE_NAMES.index("log_lr")]
-    other = [i for i in range(len(FEATURE_NAMES)) if i not in lr_features]
+    other = [i for i in range(NUM_FEATURES) if i not in lr_features]
     np.testing.assert_array_equal(scaled_obs[:, other], plain_obs[:, other])
     np.testing.assert_allclose(
         plain_obs[:, lr_features] - scaled_obs[:, lr_features], math.log(4.0), rtol=1e-5
@@ -395,9 +395,9 @@ def test_a_hidden_lr_scale_trains_the_run_at_the_scaled_lr_and_shows_the_policy_
 
 def test_a_history_stacks_the_last_observations_newest_first():
     env = make_env(history=3)
-    assert env.observation_space.shape == (3 * len(FEATURE_NAMES),)
+    assert env.observation_space.shape == (3 * NUM_FEATURES,)
     observations, _, _ = rollout(env, 0, [2, 0, 1])
-    n = len(FEATURE_NAMES)
+    n = NUM_FEATURES
     single, _, _ = rollout(make_env(), 0, [2, 0, 1])
     np.testing.assert_array_equal(observations[:, :n], single)  # the newest: as without
     assert not observations[0, n:].any()  # nothing before the start

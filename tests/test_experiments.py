@@ -108,10 +108,10 @@ def test_replay_bad_input_is_one_line_exit_2(closed_loop, policy_file, tmp_path,
 
 def small_compare(policy: Path | None, jobs: int = 1) -> CompareConfig:
     """2 schedules on a 2-point grid that the best peak will leave (so it is widened),
-    the policy and both baseline controllers, 2 evaluation seeds."""
+    the policy and the baseline controllers, 2 evaluation seeds."""
     protocol = Protocol(
         schedules=("constant", "wsd"),
-        controllers=("random", "plateau", "rangestop"),
+        controllers=("random", "plateau", "rangestop", "sweepvalley"),
         lr_grid=2,
         lr_range=(1e-4, 1e-3),
         warmups=(),
@@ -129,7 +129,7 @@ COMPARE_FLAGS = [
     "--schedules",
     "constant,wsd",
     "--controllers",
-    "random,plateau,rangestop",
+    "random,plateau,rangestop,sweepvalley",
     "--lr-grid",
     "2",
     "--lr-range",
@@ -186,6 +186,7 @@ def test_compare_follows_the_protocol(compared):
         "random (start 0.003)",
         "plateau (start 0.003)",
         "rangestop (start 0.003)",
+        "sweepvalley (start 0.003)",
     }
     reference = summary[summary["note"].fillna("").str.startswith("reference")]
     assert len(reference) == 1 and reference["diff_to_best"].iloc[0] == 0
@@ -193,6 +194,8 @@ def test_compare_follows_the_protocol(compared):
     by_label = summary.set_index("label")
     assert by_label.loc["constant", "tuning_steps"] == 3 * 20  # 3 peaks x 1 tuning seed
     assert by_label.loc["policy (start 0.003)", "tuning_steps"] == 0
+    # the rolled-back sweep's 2 steps are in the 20-step budget of each of 2 seeds
+    assert by_label.loc["sweepvalley (start 0.003)", "eval_steps"] == 2 * 20
     assert (by_label["wins"] + by_label["losses"] <= 2).all()
     markdown = (compared / "summary.md").read_text()
     assert "| constant |" in markdown and "widened" in markdown

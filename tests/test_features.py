@@ -143,7 +143,11 @@ EXPECTED_V2 = (
 
 EXPECTED = {
     "v2": EXPECTED_V2,
-    "v3": tuple(expected | EXPECTED_CONTEXT for expected in EXPECTED_V2),
+    # without a sweep, the sweep's features read 0
+    "v3": tuple(
+        expected | EXPECTED_CONTEXT | dict.fromkeys(FEATURE_GROUPS["sweep"], 0.0)
+        for expected in EXPECTED_V2
+    ),
 }
 
 
@@ -168,6 +172,20 @@ def test_each_feature_set_extends_the_one_before_it():
         assert later[: len(earlier)] == earlier  # a feature's index is the same in both
     assert FEATURE_SETS["v2"] == FEATURE_NAMES[:13]  # the shipped policy's set
     assert FEATURE_SETS["v3"][13:17] == FEATURE_GROUPS["context"]
+    assert FEATURE_SETS["v3"][17:] == FEATURE_GROUPS["sweep"]
+    assert set(FEATURE_SETS) == {"v2", "v3"}
+
+
+def test_the_sweep_features_are_in_every_observation_of_the_run():
+    sweep = dict.fromkeys(FEATURE_GROUPS["sweep"], 0.5) | {"sweep_log_lr_suggested": -2.0}
+    builder = ObservationBuilder(2e-3, 4.0, 100, version="v3", context=CONTEXT, sweep=sweep)
+    names = FEATURE_SETS["v3"]
+    for observation in (builder.initial(), builder.update(INTERVALS[0][0], 2e-3)):
+        values = dict(zip(names, observation.tolist(), strict=True))
+        assert {name: values[name] for name in sweep} == pytest.approx(sweep)
+    # a set without them ignores them
+    plain = ObservationBuilder(2e-3, 4.0, 100, version="v2", sweep=sweep).initial()
+    assert plain.shape == (13,) and np.count_nonzero(plain) == 1
 
 
 def test_the_context_features_can_be_masked_and_are_required_by_their_set():

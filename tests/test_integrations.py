@@ -247,6 +247,35 @@ def hf_optimizer_step_lrs(trainer) -> list[list[float]]:
     return lrs
 
 
+def test_hf_callback_runs_the_policys_lr_sweep_and_acts_after_it(hf, tmp_path):
+    from lrpilot.lm.sweep import sweep_lrs
+
+    policy = moving_policy().with_action(sweep_fraction=0.2)  # 3 of 16 steps
+    trainer = hf_trainer(tmp_path)
+    callback = hf.LRPilotHFCallback(policy).attach(trainer)
+    step_lrs = hf_step_lrs(trainer)
+    trainer.train()
+    # L_0, the sweep's end (an observation of its own), then the intervals' ends
+    assert [step for step, _val, _lr in callback.decisions] == [0, 3, 4, 8, 12, 16]
+    swept = sweep_lrs(3, policy.action.lr_min, policy.action.lr_max)
+    np.testing.assert_allclose(step_lrs[:3], [[lr, lr] for lr in swept], rtol=1e-12)
+    assert callback.controller.sweep is None and callback.controller.steps_done == HF_STEPS
+    assert math.isnan(callback.decisions[1][1])  # the sweep ends without an evaluation
+
+
+def test_lightning_callback_runs_the_policys_lr_sweep_and_acts_after_it(pl):
+    from lrpilot.integrations.lightning import LRPilotLightningCallback
+    from lrpilot.lm.sweep import sweep_lrs
+
+    policy = moving_policy().with_action(sweep_fraction=0.2)  # 3 of 16 steps
+    module = recording_module(pl)
+    callback = LRPilotLightningCallback(policy, eval_every=PL_EVERY)
+    pl_fit(pl, module, callback)
+    assert [step for step, _val, _lr in callback.decisions] == [0, 3, 4, 8, 12, 16]
+    swept = sweep_lrs(3, policy.action.lr_min, policy.action.lr_max)
+    np.testing.assert_allclose(module.step_lrs[:3], swept, rtol=1e-12)
+
+
 def test_hf_resume_continues_with_the_uninterrupted_lrs(hf, tmp_path):
     saving = {"save_strategy": "steps", "save_steps": 6}  # mid-interval: steps 4 to 8
     uninterrupted = hf_trainer(tmp_path / "first", **saving)

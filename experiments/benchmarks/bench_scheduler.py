@@ -39,7 +39,16 @@ baseline, with a target of at most 1% each:
      interval's end, which `SampledUpdateRatio` avoids), shows the size of difference
      the measurement sees.
 
-    python experiments/benchmarks/bench_scheduler.py            # about 5 minutes on 2 cores
+The rolled-back LR sweep (`ActionRule.sweep_fraction`, here `SWEEP_RULE`'s 4%) is
+measured on the same model as a `StepRun` (`lrpilot.lm.run`): one run of
+`intervals * interval-steps` steps without it, and one whose first 4% of those steps
+are the sweep (snapshot, steps, restore) and the rest training. Printed as ratios to
+the run without it: the sweep's own time (its steps included), the whole run's time,
+and the peak RSS of each, measured as above in fresh processes over two intervals
+(the snapshot holds one copy of the weights and of AdamW's two moments: three times
+the weights' 67 MB).
+
+    python experiments/benchmarks/bench_scheduler.py            # about 6 minutes on 2 cores
     python experiments/benchmarks/bench_scheduler.py --intervals 4 --memory-repeats 1
 """
 
@@ -61,9 +70,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from lrpilot.agents import load_policy, measurements
+from lrpilot.agents.controllers import SWEEP_RULE
 from lrpilot.agents.scheduler import UPDATE_RATIO_SAMPLE, PolicyScheduler
+from lrpilot.lm.run import RunParts, StepRun
+from lrpilot.lm.sweep import sweep_lrs
 
 LOOPS = ("constant", "policy", "policy_exact")  # the baseline, the default, a full copy
+SWEEP_LOOPS = ("run", "run_sweep")  # a StepRun without and with the rolled-back sweep
 # glibc serves every allocation of 64 KiB or more with its own mmap, and unmaps it when
 # freed: peak RSS then follows the peak of live tensors, not the heap's reuse of them.
 MALLOC_ENV = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536"}
@@ -123,6 +136,51 @@ def make_loop(kind: str, args: argparse.Namespace, total_steps: int) -> Callable
 
     train_interval.scheduler = scheduler
     return train_interval
+
+
+def make_step_run(args: argparse.Namespace) -> StepRun:
+    """The same model, data and optimizer as `make_loop`'s, as a `StepRun`."""
+    torch.manual_seed(0)
+    model = make_model(args.width, args.hidden)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(1)
+    x_val = torch.randn(args.batch_size, args.width, generator=generator)
+
+    def batches():
+        while True:
+            yield torch.randn(args.batch_size, args.width, generator=generator)
+
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(model(x), x.roll(1, dims=1))
+
+    def evaluate() -> float:
+        return float(loss(x_val))
+
+    parts = RunParts(model, optimizer, batches(), loss, evaluate, test_loss=evaluate)
+    return StepRun(parts)
+
+
+def run_with_sweep(args: argparse.Namespace, total_steps: int, sweep: bool) -> tuple[float, float]:
+    """Seconds of the sweep (0 without one) and of the whole run of `total_steps`, its
+    rest trained in intervals of `interval_steps` at the start LR."""
+    run = make_step_run(args)
+    sweep_steps = SWEEP_RULE.sweep_steps(total_steps) if sweep else 0
+    start = time.perf_counter()
+    if sweep_steps:
+        run.sweep(sweep_lrs(sweep_steps, SWEEP_RULE.lr_min, SWEEP_RULE.lr_max))
+    swept = time.perf_counter()
+    while run.step < total_steps:
+        run.train(min(args.interval_steps, total_steps - run.step), 1e-3)
+    return swept - start, time.perf_counter() - start
+
+
+def time_sweep(args: argparse.Namespace) -> dict[str, float]:
+    """The sweep's seconds and the run's, with and without it (one warm-up run first)."""
+    total_steps = args.intervals * args.interval_steps
+    run_with_sweep(args, args.interval_steps, sweep=False)  # warm-up, not timed
+    _, plain = run_with_sweep(args, total_steps, sweep=False)
+    sweep, whole = run_with_sweep(args, total_steps, sweep=True)
+    return {"plain": plain, "sweep": sweep, "whole": whole, "steps": total_steps}
 
 
 def wrap_scheduler_calls(scheduler: PolicyScheduler, wrap: Callable) -> None:
@@ -187,9 +245,12 @@ def peak_rss_bytes() -> int:
 
 def peak_rss_of_one_loop(args: argparse.Namespace) -> None:
     """The subprocess: train two intervals of one loop, print the peak RSS as JSON."""
-    loop = make_loop(args.memory_loop, args, total_steps=2 * args.interval_steps)
-    loop()
-    loop()
+    if args.memory_loop in SWEEP_LOOPS:
+        run_with_sweep(args, 2 * args.interval_steps, sweep=args.memory_loop == "run_sweep")
+    else:
+        loop = make_loop(args.memory_loop, args, total_steps=2 * args.interval_steps)
+        loop()
+        loop()
     print(json.dumps({"peak_rss_bytes": peak_rss_bytes()}))
 
 
@@ -244,9 +305,10 @@ def scheduler_allocations(args: argparse.Namespace) -> tuple[int, int]:
 
 def peak_rss_of_loops(args: argparse.Namespace) -> dict[str, float]:
     """Median peak RSS of each loop, each run alone in fresh processes, alternating."""
-    peaks: dict[str, list[int]] = {kind: [] for kind in LOOPS}
+    loops = (*LOOPS, *SWEEP_LOOPS)
+    peaks: dict[str, list[int]] = {kind: [] for kind in loops}
     for repeat in range(args.memory_repeats):
-        order = LOOPS if repeat % 2 == 0 else tuple(reversed(LOOPS))
+        order = loops if repeat % 2 == 0 else tuple(reversed(loops))
         for kind in order:
             command = [sys.executable, __file__, "--memory-loop", kind]
             command += ["--interval-steps", str(args.interval_steps)]
@@ -268,7 +330,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=4096, help="its hidden width")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--memory-repeats", type=int, default=3, help="processes per loop")
-    parser.add_argument("--memory-loop", choices=LOOPS, help=argparse.SUPPRESS)  # subprocess
+    parser.add_argument("--memory-loop", choices=(*LOOPS, *SWEEP_LOOPS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory_loop:
@@ -283,6 +345,7 @@ def main() -> None:
     peaks = peak_rss_of_loops(args)
     most_in_one_call, most_held = scheduler_allocations(args)
     step_seconds = time_loops(args)
+    sweep_seconds = time_sweep(args)
 
     time_overhead = step_seconds["paired_ratio"] - 1
     inside_overhead = step_seconds["inside"] / step_seconds["constant"]
@@ -312,6 +375,13 @@ def main() -> None:
     print(f"  with a full copy, peak RSS MiB      {peaks['policy_exact'] / mib:.1f}")
     print(f"  with a full copy, RSS overhead      {100 * exact_overhead:+.2f}%")
     print(f"peak RSS processes per loop           {args.memory_repeats}")
+    print(f"rolled-back sweep: run of             {sweep_seconds['steps']} steps, 4% swept")
+    print(f"  run without it, s                   {sweep_seconds['plain']:.2f}")
+    plain = sweep_seconds["plain"]
+    print(f"  the sweep's time / that run         {sweep_seconds['sweep'] / plain:.4f}")
+    print(f"  run with it / without it, time      {sweep_seconds['whole'] / plain:.4f}")
+    print(f"  run with it / without it, peak RSS  {peaks['run_sweep'] / peaks['run']:.4f}")
+    print(f"  peak RSS without it, MiB            {peaks['run'] / mib:.1f}")
 
 
 if __name__ == "__main__":

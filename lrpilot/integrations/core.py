@@ -15,13 +15,15 @@ where the state is saved. `CallbackCore` does the rest, the same way for both:
   first batch unless given (`tokens_per_step=`), and the policy's first action waits
   for them (it still comes before the first optimizer step);
 - at L_0 and at the end of every interval it shows the policy the validation loss
-  and the interval's step losses, and lists the decision in `decisions`;
+  and the interval's step losses, and lists the decision in `decisions`; a policy's
+  LR sweep ends at its last step with the sweep's step losses, without an evaluation;
 - it builds the state a checkpoint keeps and restores it on a resume.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -153,6 +155,17 @@ class CallbackCore:
         """The optimizer step's loss: the sum of its batches' losses."""
         self._step_losses.append(torch.stack(self._batch_losses).sum())
         self._batch_losses = []
+
+    def _end_sweep_if_due(self) -> None:
+        """At the last step of the policy's LR sweep: end it with its steps' losses (no
+        evaluation: the weights go back to L_0's) and list the first action in
+        `decisions`, with a NaN validation loss."""
+        controller = self.controller
+        if controller.sweep is None or controller.steps_done != controller.sweep.steps:
+            return
+        controller.observe(self._step_losses)
+        self._step_losses = []
+        self.decisions.append((controller.steps_done, math.nan, controller.lr))
 
     def _observation_due(self, step: int) -> bool:
         """Whether an evaluation at step count `step` is one the policy acts on: L_0, or

@@ -206,6 +206,7 @@ class LRPilotHFCallback(CallbackCore, TrainerCallback):
                 f"LRPilotHFCallback counted {controller.steps_done} steps, the Trainer "
                 f"{state.global_step} (was it attached after training started?)"
             )
+        self._end_sweep_if_due()
         self._write_lrs()
         if controller.is_interval_end(state.global_step):
             control.should_evaluate = True

@@ -204,6 +204,7 @@ class LRPilotLightningCallback(CallbackCore, pl.Callback):
             return
         self._end_optimizer_step()
         controller.count_step()
+        self._end_sweep_if_due()
         controller.apply_lrs()
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -13,7 +13,8 @@ This ablates a trained policy's inputs; it does not retrain one per group (at 74
 minutes a training, seven trainings do not fit a session). A group the policy
 ignores costs nothing here even if a policy trained without it would have learned
 another way. The groups are `FEATURE_GROUPS` but the absolute LR (`log_lr`), which
-the generalist was trained without and reads as 0 already, plus the history.
+the generalist was trained without and reads as 0 already, and the groups not in
+feature set v2, the generalist's (the context and the sweep), plus the history.
 
 Per group and start LR: the median and worst ratio of the policy's mean test loss
 to the best tuned schedule's over the workloads, and on how many workloads it beats
@@ -36,7 +37,7 @@ from pathlib import Path
 import pandas as pd
 
 from lrpilot.agents.policy_file import Policy, load_policy
-from lrpilot.env.features import FEATURE_GROUPS, FEATURE_NAMES, observation_size
+from lrpilot.env.features import FEATURE_GROUPS, FEATURE_SETS, observation_size
 from lrpilot.errors import ConfigError
 from lrpilot.experiments.report import markdown_table
 from lrpilot.experiments.suite import load_suite, run_suite
@@ -44,10 +45,16 @@ from lrpilot.files import atomic_write_csv, atomic_write_text
 
 HISTORY = "history"  # the group of every feature of the past evaluations
 # group -> the features it ablates in the newest evaluation (HISTORY: the older ones).
-# `absolute LR` is left out: a policy trained with it masked reads it as 0 already.
+# `absolute LR` is left out: a policy trained with it masked reads it as 0 already;
+# so are the groups feature set v2 (the generalist's) does not hold.
+ABLATED_SET = "v2"
 GROUPS: dict[str, tuple[str, ...]] = (
     {"none": ()}
-    | {name: names for name, names in FEATURE_GROUPS.items() if name != "absolute LR"}
+    | {
+        name: names
+        for name, names in FEATURE_GROUPS.items()
+        if name != "absolute LR" and set(names) <= set(FEATURE_SETS[ABLATED_SET])
+    }
     | {HISTORY: ()}
 )
 # The columns of the suite table (`suite_table`) that the ablation table keeps.
@@ -63,10 +70,11 @@ ABLATED_VARIANCE = 1e12  # normalised input = (x - mean) / 1e6: 0 for any featur
 
 def ablated_inputs(group: str, history: int) -> list[int]:
     """Observation indices the group covers (evaluation k's features start at 13 k)."""
-    n = len(FEATURE_NAMES)
+    names = FEATURE_SETS[ABLATED_SET]
+    n = len(names)
     if group == HISTORY:
-        return list(range(n, observation_size(history)))
-    return [FEATURE_NAMES.index(name) for name in GROUPS[group]]
+        return list(range(n, observation_size(history, ABLATED_SET)))
+    return [names.index(name) for name in GROUPS[group]]
 
 
 def mean_ablated(policy: Policy, group: str) -> Policy:
