@@ -533,8 +533,8 @@ def test_a_policy_with_a_history_trains_saves_and_replays(tmp_path):
     loaded = load_policy(policy.save(tmp_path / "copy"))
     observation = np.random.default_rng(0).normal(size=2 * NUM_FEATURES)
     assert loaded.act(observation) == policy.act(observation)
-    assert policy.feature_version == "v3" and NUM_FEATURES == 17  # new training's set
-    with pytest.raises(ConfigError, match="this policy takes 34 values"):
+    assert policy.feature_version == "v3" and NUM_FEATURES == 23  # new training's set
+    with pytest.raises(ConfigError, match="this policy takes 46 values"):
         policy.act(observation[:NUM_FEATURES])
     metadata = dict(policy.metadata, observation=dict(policy.metadata["observation"], shape=[13]))
     with pytest.raises(ConfigError, match="observation shape"):
