@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from lrpilot.agents.controllers import SWEEP_RULE, SweepValleyController
 from lrpilot.env.lr_env import EnvConfig
@@ -131,7 +132,7 @@ def main() -> None:
             jobs += [(entry.name, task, c) for c in [*candidates, VALLEY]
                      if (entry.name, c, seed) not in have]  # fmt: skip
     rows = [] if done is None else done.to_dict("records")
-    with ProcessPoolExecutor(args.jobs) as pool:
+    with ProcessPoolExecutor(args.jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
         for row in pool.map(one_run, jobs):
             rows.append(row)
             atomic_write_csv(out / "oracle.csv", pd.DataFrame(rows, columns=COLUMNS))
