@@ -30,7 +30,8 @@ from lrpilot.lm.corpus import Corpus, load_corpus
 from lrpilot.lm.memory import require_fits_in_memory
 from lrpilot.lm.metric import metric_setting, require_loss_metric, run_settings
 from lrpilot.lm.model import GPT, ModelConfig, next_byte_loss
-from lrpilot.lm.run import RunParts, StepRun
+from lrpilot.lm.run import StepRun
+from lrpilot.lm.run_parts import RunParts
 
 EVAL_BATCH_WINDOWS = 256  # windows per forward pass in the validation and test losses
 

@@ -29,7 +29,8 @@ from lrpilot.errors import ConfigError
 from lrpilot.lm.byte_gpt import check_budget, non_empty_text, resolve_device
 from lrpilot.lm.memory import require_fits_in_memory
 from lrpilot.lm.metric import metric_setting, run_settings
-from lrpilot.lm.run import RunParts, StepRun
+from lrpilot.lm.run import StepRun
+from lrpilot.lm.run_parts import RunParts
 from lrpilot.lm.text_datasets import BUILTIN_DATA, TextDataset, csv_files, load_dataset
 
 PAD = 256  # the pad index after the 256 byte values

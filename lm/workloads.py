@@ -30,7 +30,8 @@ from lrpilot.errors import ConfigError
 from lrpilot.lm.byte_gpt import ByteGPTWorkload
 from lrpilot.lm.metric import metric_setting, require_loss_metric, run_settings
 from lrpilot.lm.model import MODEL_PRESETS
-from lrpilot.lm.run import RunParts, StepRun, TrainingRun, check_run_parts
+from lrpilot.lm.run import StepRun, TrainingRun
+from lrpilot.lm.run_parts import RunParts, check_run_parts
 
 
 class Workload(Protocol):

@@ -34,7 +34,7 @@ _EXPORTS = {
     "ModelConfig": "lrpilot.lm.model",
     "model_preset": "lrpilot.lm.model",
     "IntervalStats": "lrpilot.lm.run",
-    "RunParts": "lrpilot.lm.run",
+    "RunParts": "lrpilot.lm.run_parts",
     "StepRun": "lrpilot.lm.run",
     "TestResult": "lrpilot.lm.run",
     "TrainingRun": "lrpilot.lm.run",

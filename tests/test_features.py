@@ -22,8 +22,9 @@ from lrpilot.env.features import (
     ObservationBuilder,
 )
 from lrpilot.errors import ConfigError
-from lrpilot.lm.run import IntervalStats, RunParts, StepRun
+from lrpilot.lm.run import IntervalStats, StepRun
 from lrpilot.lm.run_context import RunContext
+from lrpilot.lm.run_parts import RunParts
 
 STATS = IntervalStats(
     step=20,

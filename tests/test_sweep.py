@@ -24,7 +24,8 @@ from lrpilot.env.features import (
 )
 from lrpilot.errors import ConfigError
 from lrpilot.experiments.replay import policy_env_config
-from lrpilot.lm.run import RunParts, StepRun
+from lrpilot.lm.run import StepRun
+from lrpilot.lm.run_parts import RunParts
 from lrpilot.lm.sweep import SweepResult, smoothed, sweep_lrs, valley_index
 from lrpilot.settings import RunSettings
 

@@ -72,7 +72,8 @@ from torch.utils._pytree import tree_leaves
 from lrpilot.agents import load_policy, measurements
 from lrpilot.agents.controllers import SWEEP_RULE
 from lrpilot.agents.scheduler import UPDATE_RATIO_SAMPLE, PolicyScheduler
-from lrpilot.lm.run import RunParts, StepRun
+from lrpilot.lm.run import StepRun
+from lrpilot.lm.run_parts import RunParts
 from lrpilot.lm.sweep import sweep_lrs
 
 LOOPS = ("constant", "policy", "policy_exact")  # the baseline, the default, a full copy
