@@ -74,7 +74,7 @@ def main() -> None:
             for workload, runs in rising.groupby("workload"):
                 scores = []
                 for run in runs.itertuples():
-                    losses = [float(v) for v in run.val_losses.split()][1:]  # row 0: the start
+                    losses = [float(v) for v in run.val_losses.split()]  # [0]: L_0
                     stop = stop_of(losses, fraction)
                     if stop is None or stop > longest:
                         outside += 1
