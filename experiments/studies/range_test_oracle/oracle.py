@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 
 from lrpilot.agents.controllers import RANGE_TEST_RULE, action_for_factor
+from lrpilot.env.actions import ActionRule
 from lrpilot.env.lr_env import EnvConfig
 from lrpilot.experiments.replay import run_controller
 from lrpilot.experiments.report import markdown_table
@@ -45,23 +46,23 @@ class ScriptedStop:
     """After the start (the first action, which the range test ignores), rise `stop`
     times, back off by `backoff` once, then hold."""
 
-    def __init__(self, stop: int, backoff: float) -> None:
-        self.stop, self.backoff, self.acted = stop, backoff, 0
+    def __init__(self, stop: int, backoff: float, rule: ActionRule = RANGE_TEST_RULE) -> None:
+        self.stop, self.backoff, self.rule, self.acted = stop, backoff, rule, 0
 
     def act(self, observation):
         self.acted += 1
         rises_done = self.acted - 2  # the action now sets the LR after this many rises
         if rises_done < self.stop:
-            wanted = RANGE_TEST_RULE.rise_factor
+            wanted = self.rule.rise_factor
         else:
             wanted = 1.0 / self.backoff if rises_done == self.stop else 1.0
-        return action_for_factor(RANGE_TEST_RULE, wanted)
+        return action_for_factor(self.rule, wanted)
 
 
 def one_run(job: tuple) -> dict:
-    name, task, stop, backoff = job
-    config = EnvConfig(device="cpu", action=RANGE_TEST_RULE)
-    trace = run_controller(ScriptedStop(stop, backoff), task, config)
+    name, task, stop, backoff, rule = job
+    config = EnvConfig(device="cpu", action=rule)
+    trace = run_controller(ScriptedStop(stop, backoff, rule), task, config)
     _, test_loss = trace_scores(trace)
     return {"workload": name, "stop": stop, "backoff": backoff, "seed": task.seed,
             "test_loss": test_loss, "test_accuracy": float(trace["test_accuracy"].iloc[-1]),
@@ -77,6 +78,18 @@ def main() -> None:
     parser.add_argument("--stops", default="1,2,3,4,5,6,7,8", help="rise intervals to try")
     parser.add_argument("--backoffs", default="1,2", help="back-off factors to try")
     parser.add_argument("--start-lr", type=float, default=1e-3, help="the untuned start LR")
+    parser.add_argument(
+        "--range-start",
+        type=float,
+        default=RANGE_TEST_RULE.range_start,
+        help="a design variant: the range test starts at this fraction of the start LR",
+    )
+    parser.add_argument(
+        "--rise-factor",
+        type=float,
+        default=RANGE_TEST_RULE.rise_factor,
+        help="a design variant: the rise per interval",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel")
     parser.add_argument("--out", default=str(HERE), help="folder for oracle.csv and .md")
     args = parser.parse_args()
@@ -89,6 +102,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     done = pd.read_csv(out / "oracle.csv") if (out / "oracle.csv").is_file() else None
     have = set() if done is None else set(map(tuple, done[COLUMNS[:4]].values.tolist()))
+    rule = dataclasses.replace(
+        RANGE_TEST_RULE, range_start=args.range_start, rise_factor=args.rise_factor
+    )
     jobs = []
     for entry in suite.entries:
         if entry.inline is not None:  # an inline workload: written where compare puts it
@@ -98,7 +114,7 @@ def main() -> None:
             )
         for seed in suite.protocol.eval_seeds:
             task = entry.run.task(seed, args.start_lr)
-            jobs += [(entry.name, task, k, b) for k in stops for b in backoffs
+            jobs += [(entry.name, task, k, b, rule) for k in stops for b in backoffs
                      if (entry.name, k, b, seed) not in have]  # fmt: skip
     rows = [] if done is None else done.to_dict("records")
     with ProcessPoolExecutor(args.jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
