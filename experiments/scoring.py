@@ -24,13 +24,22 @@ RANKED_BY = {"loss": "test loss", "accuracy": "test accuracy"}
 SCORE_NAMES = {"loss": "test loss", "accuracy": "test error (1 - accuracy)"}
 
 
+def score(test_loss: float, accuracy: float, metric: str) -> float:
+    """The score of a run's test loss and test accuracy under `metric`."""
+    return test_loss if metric == "loss" else 1.0 - accuracy
+
+
 def run_scores(trace, metric: str) -> dict[str, float]:
     """A finished run's numbers: `score` (what ranks, lower is better), `test_loss` and
     `accuracy` (scored), and `val_score` (the scored final validation loss)."""
     val_score, test_loss = trace_scores(trace)
     accuracy = trace_accuracy(trace)
-    score = test_loss if metric == "loss" else 1.0 - accuracy
-    return {"score": score, "test_loss": test_loss, "accuracy": accuracy, "val_score": val_score}
+    return {
+        "score": score(test_loss, accuracy, metric),
+        "test_loss": test_loss,
+        "accuracy": accuracy,
+        "val_score": val_score,
+    }
 
 
 def score_ratio(value: float, reference: float) -> float:

@@ -173,7 +173,7 @@ def _entry(raw: Any, index: int, where: str, base: Path) -> SuiteEntry:
     return SuiteEntry(name, from_dict(RunSettings, run, at), inline, lr_range, metric)
 
 
-def _with_inline_spec(entry: SuiteEntry, folder: Path) -> SuiteEntry:
+def with_inline_spec(entry: SuiteEntry, folder: Path) -> SuiteEntry:
     """An inline workload as a TOML file in `folder` (what compare reads), and the entry
     naming it; an entry with a spec of its own as it is."""
     if entry.inline is None:
@@ -195,7 +195,7 @@ def _records(suite: Suite, policy: str | None, device: str, backend) -> dict[str
         for entry in suite.entries:
             folder = Path(scratch) / entry.name
             folder.mkdir()
-            config = suite.config(_with_inline_spec(entry, folder), policy, 1, device)
+            config = suite.config(with_inline_spec(entry, folder), policy, 1, device)
             try:
                 records[entry.name] = prepare(config, backend).record
             except ConfigError as exc:
@@ -222,7 +222,7 @@ def run_suite(
     summaries, results = [], []
     for index, entry in enumerate(suite.entries, 1):
         folder = ensure_writable_dir(out / entry.name)
-        entry = _with_inline_spec(entry, folder)
+        entry = with_inline_spec(entry, folder)
         if progress:
             print(f"[{index}/{len(suite.entries)}] {entry.name}", flush=True)
         config = suite.config(entry, policy, jobs, device)

@@ -34,7 +34,8 @@ from lrpilot.env.actions import ActionRule
 from lrpilot.env.lr_env import EnvConfig
 from lrpilot.experiments.replay import run_controller
 from lrpilot.experiments.report import markdown_table
-from lrpilot.experiments.suite import load_suite
+from lrpilot.experiments.scoring import score
+from lrpilot.experiments.suite import load_suite, with_inline_spec
 from lrpilot.files import atomic_write_csv, atomic_write_text
 from lrpilot.lm.trace import trace_scores
 
@@ -107,11 +108,9 @@ def main() -> None:
     )
     jobs = []
     for entry in suite.entries:
-        if entry.inline is not None:  # an inline workload: written where compare puts it
-            path = Path(args.suite_results or out) / entry.name / "workload.toml"
-            entry = dataclasses.replace(
-                entry, run=dataclasses.replace(entry.run, workload=str(path))
-            )
+        folder = Path(args.suite_results or out) / entry.name  # where compare puts it
+        folder.mkdir(parents=True, exist_ok=True)
+        entry = with_inline_spec(entry, folder)
         for seed in suite.protocol.eval_seeds:
             task = entry.run.task(seed, args.start_lr)
             jobs += [(entry.name, task, k, b, rule) for k in stops for b in backoffs
@@ -125,11 +124,11 @@ def main() -> None:
     # The score each workload ranks by (its metric, from the suite's summary): the test
     # loss, or the test error 1 - accuracy; lower is better.
     summary = pd.read_csv(Path(args.suite_results) / "summary.csv") if args.suite_results else None
-    by_accuracy = (
-        set() if summary is None else set(summary.loc[summary["metric"] == "accuracy", "workload"])
+    metrics = (
+        {} if summary is None else dict(zip(summary["workload"], summary["metric"], strict=True))
     )
     table["score"] = [
-        1 - row.test_accuracy if row.workload in by_accuracy else row.test_loss
+        score(row.test_loss, row.test_accuracy, metrics.get(row.workload, "loss"))
         for row in table.itertuples()
     ]
     means = table.groupby(["workload", "stop", "backoff"])["score"].mean().reset_index()
@@ -143,11 +142,6 @@ def main() -> None:
         lines += ["", f"Median ratio {np.median(ratios):.4f}, worst {ratios.max():.4f}."]
     atomic_write_text(out / "oracle.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
-
-
-def _ranked_by_accuracy(summary: pd.DataFrame) -> set[str]:
-    """The workloads of a suite's `summary.csv` that rank by accuracy."""
-    return set(summary.loc[summary["metric"] == "accuracy", "workload"])
 
 
 if __name__ == "__main__":

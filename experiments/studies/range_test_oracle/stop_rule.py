@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from lrpilot.experiments.report import markdown_table
+from lrpilot.experiments.scoring import score
 from lrpilot.files import atomic_write_text
 
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7)
@@ -58,9 +59,9 @@ def main() -> None:
     args = parser.parse_args()
     oracle = pd.read_csv(args.oracle)
     summary = pd.read_csv(Path(args.suite_results) / "summary.csv")
-    by_accuracy = set(summary.loc[summary["metric"] == "accuracy", "workload"])
+    metrics = dict(zip(summary["workload"], summary["metric"], strict=True))
     oracle["score"] = [
-        1 - row.test_accuracy if row.workload in by_accuracy else row.test_loss
+        score(row.test_loss, row.test_accuracy, metrics[row.workload])
         for row in oracle.itertuples()
     ]
     longest = oracle["stop"].max()

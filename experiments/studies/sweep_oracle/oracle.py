@@ -28,7 +28,6 @@ Re-running reuses the rows already in `oracle.csv`.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -41,7 +40,8 @@ from lrpilot.agents.controllers import SWEEP_RULE, SweepValleyController
 from lrpilot.env.lr_env import EnvConfig
 from lrpilot.experiments.replay import run_controller
 from lrpilot.experiments.report import markdown_table
-from lrpilot.experiments.suite import load_suite
+from lrpilot.experiments.scoring import score
+from lrpilot.experiments.suite import load_suite, with_inline_spec
 from lrpilot.files import atomic_write_csv, atomic_write_text
 from lrpilot.lm.trace import trace_scores
 
@@ -115,11 +115,9 @@ def main() -> None:
     have = set() if done is None else set(map(tuple, done[COLUMNS[:3]].values.tolist()))
     jobs = []
     for entry in suite.entries:
-        if entry.inline is not None:  # an inline workload: written where compare puts it
-            path = Path(args.suite_results or out) / entry.name / "workload.toml"
-            entry = dataclasses.replace(
-                entry, run=dataclasses.replace(entry.run, workload=str(path))
-            )
+        folder = Path(args.suite_results or out) / entry.name  # where compare puts it
+        folder.mkdir(parents=True, exist_ok=True)
+        entry = with_inline_spec(entry, folder)
         candidates = given or factor_two_grid(*(entry.lr_range or suite.protocol.lr_range))
         outside = [c for c in candidates if not SWEEP_RULE.lr_min <= float(c) <= SWEEP_RULE.lr_max]
         if outside:
@@ -148,12 +146,12 @@ def report(table: pd.DataFrame, summary: pd.DataFrame | None) -> str:
     tuned schedule of the suite's `summary` (when given), by each workload's score."""
     # The score each workload ranks by (its metric, from the suite's summary): the test
     # loss, or the test error 1 - accuracy; lower is better.
-    by_accuracy = (
-        set() if summary is None else set(summary.loc[summary["metric"] == "accuracy", "workload"])
+    metrics = (
+        {} if summary is None else dict(zip(summary["workload"], summary["metric"], strict=True))
     )
     table = table.assign(
         score=[
-            1 - row.test_accuracy if row.workload in by_accuracy else row.test_loss
+            score(row.test_loss, row.test_accuracy, metrics.get(row.workload, "loss"))
             for row in table.itertuples()
         ]
     )
@@ -167,7 +165,7 @@ def report(table: pd.DataFrame, summary: pd.DataFrame | None) -> str:
         "valley lr": valley["lr"].reindex(best.index),
         "valley score": valley["score"].reindex(best.index),
     })  # fmt: skip
-    rows.insert(0, "metric", ["accuracy" if w in by_accuracy else "loss" for w in rows.index])
+    rows.insert(0, "metric", [metrics.get(w, "loss") for w in rows.index])
     lines = ["# The rolled-back sweep's open-loop oracle", ""]
     if summary is not None:
         tuned = summary[summary["kind"] == "schedule"].groupby("workload")["mean"].min()

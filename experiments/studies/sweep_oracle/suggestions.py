@@ -20,13 +20,13 @@ lowest median ratio over the workloads, ties broken by the worst.
     python experiments/studies/sweep_oracle/suggestions.py --suite validation \
         --suite-results runs/validation --oracle runs/sweep-oracle-validation/oracle.csv
 
-Prints the table and writes `suggestions.md` beside the oracle's CSV.
+Prints the table and writes `suggestions.md` beside the oracle's CSV, and `curves.csv`:
+each sweep's LRs, smoothed losses and the LR of its lowest loss.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 from pathlib import Path
 
@@ -37,8 +37,9 @@ import torch
 from lrpilot.agents.controllers import SWEEP_RULE
 from lrpilot.env.lr_env import EnvConfig, LRControlEnv
 from lrpilot.experiments.report import markdown_table
-from lrpilot.experiments.suite import load_suite
-from lrpilot.files import atomic_write_text
+from lrpilot.experiments.scoring import score
+from lrpilot.experiments.suite import load_suite, with_inline_spec
+from lrpilot.files import atomic_write_csv, atomic_write_text
 from lrpilot.lm.sweep import SweepResult, valley_index
 
 
@@ -71,25 +72,27 @@ def main() -> None:
     suite = load_suite(args.suite)
     oracle = pd.read_csv(args.oracle, dtype={"candidate": str})
     summary = pd.read_csv(Path(args.suite_results) / "summary.csv")
-    by_accuracy = set(summary.loc[summary["metric"] == "accuracy", "workload"])
+    metrics = dict(zip(summary["workload"], summary["metric"], strict=True))
     tuned = summary[summary["kind"] == "schedule"].groupby("workload")["mean"].min()
     oracle["score"] = [
-        1 - row.test_accuracy if row.workload in by_accuracy else row.test_loss
+        score(row.test_loss, row.test_accuracy, metrics[row.workload])
         for row in oracle.itertuples()
     ]
     held = oracle[oracle["candidate"] != "valley"].copy()
     held["lr"] = held["candidate"].astype(float)
     scores: dict[tuple[str, str], list[float]] = {}
+    curves: list[dict] = []  # each sweep's smoothed curve, written to curves.csv
     for entry in suite.entries:
-        if entry.inline is not None:  # an inline workload: written where compare puts it
-            path = Path(args.suite_results) / entry.name / "workload.toml"
-            entry = dataclasses.replace(
-                entry, run=dataclasses.replace(entry.run, workload=str(path))
-            )
+        entry = with_inline_spec(entry, Path(args.suite_results) / entry.name)
         for seed in suite.protocol.eval_seeds:
             task = entry.run.task(seed, 1e-3)
             env = LRControlEnv(EnvConfig(device="cpu", action=SWEEP_RULE, feature_version="v3"))
             env.reset(seed=seed, options={"task": task})
+            curve = env.sweep.smoothed_losses
+            curves.append({"workload": entry.name, "seed": seed, "steps": len(curve),
+                           "lr at the lowest loss": env.sweep.lrs[int(np.argmin(curve))],
+                           "lrs": " ".join(f"{v:.3g}" for v in env.sweep.lrs),
+                           "smoothed losses": " ".join(f"{v:.4g}" for v in curve)})  # fmt: skip
             runs = held[(held["workload"] == entry.name) & (held["seed"] == seed)]
             for rule, lr in suggestions(env.sweep).items():
                 nearest = runs.iloc[int(np.argmin(np.abs(np.log(runs["lr"] / lr))))]
@@ -107,6 +110,7 @@ def main() -> None:
         f"Chosen by the rule fixed beforehand: {table.iloc[0]['rule']}.",
     ]
     atomic_write_text(Path(args.oracle).with_name("suggestions.md"), "\n".join(lines) + "\n")
+    atomic_write_csv(Path(args.oracle).with_name("curves.csv"), pd.DataFrame(curves))
     print("\n".join(lines))
 
 
