@@ -152,10 +152,20 @@ def summarize(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
                 "tuning_steps": tuning_steps,
                 "eval_steps": eval_steps,
                 "total_steps": tuning_steps + eval_steps,
-                "note": "reference (best tuned schedule)" if label == best else "",
+                "note": REFERENCE_NOTE if label == best else "",
             }
         )
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+
+
+REFERENCE_NOTE = "reference (best tuned schedule)"
+
+
+def best_tuned(summary: pd.DataFrame) -> pd.DataFrame:
+    """The best tuned schedule's row of each workload of a suite's `summary.csv` (the
+    reference every ratio is to), indexed by workload: its `mean` score, `lr`, ...."""
+    reference = summary[summary["note"].fillna("") == REFERENCE_NOTE]
+    return reference.set_index("workload")
 
 
 def markdown_table(frame: pd.DataFrame) -> str:

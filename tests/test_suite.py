@@ -15,6 +15,7 @@ from conftest import KILL_AFTER_STORES
 
 from lrpilot.cli import main
 from lrpilot.errors import ConfigError
+from lrpilot.experiments.report import best_tuned
 from lrpilot.experiments.run_cache import RUNS_DIR
 
 pytest.importorskip("prodigyopt")
@@ -50,6 +51,14 @@ def test_the_quick_suite_compares_every_method_on_every_workload(quick):
     assert {"workload", "test_loss", "val_loss", "method"} <= set(results.columns)
     text = (quick / "summary.md").read_text()
     assert "| prodigy |" in text and "| schedulefree |" in text and "Steps to target" in text
+    # the reference of each workload's ratios: its best tuned schedule's row
+    reference = best_tuned(summary)
+    schedules = summary[summary["kind"] == "schedule"]
+    assert reference["mean"].to_dict() == schedules.groupby("workload")["mean"].min().to_dict()
+    assert (reference["ratio_to_best"] == 1.0).all() and set(reference["label"]) <= {
+        "constant",
+        "wsd",
+    }
 
 
 def test_a_suite_killed_and_restarted_equals_an_uninterrupted_one(quick, tmp_path):

@@ -16,6 +16,11 @@ Writes `oracle.csv` (every workload x k x b x seed) and `oracle.md` (per workloa
 best stop, its mean score, and its ratio to the best tuned schedule's; the score is the
 test loss, or the test error 1 - accuracy where the workload's metric is accuracy) into
 `--out` (default: this folder). Re-running reuses the rows already in `oracle.csv`.
+
+On a suite of large runs, `--window 1` tries only the stop whose held LR is nearest the
+workload's best tuned peak and one stop on each side (on `validation` every best stop
+lay there); `oracle.md` marks a best stop at the edge of what was tried, where a wider
+window could find a better one.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from lrpilot.agents.controllers import RANGE_TEST_RULE, action_for_factor
 from lrpilot.env.actions import ActionRule
 from lrpilot.env.lr_env import EnvConfig
 from lrpilot.experiments.replay import run_controller
-from lrpilot.experiments.report import markdown_table
+from lrpilot.experiments.report import best_tuned, markdown_table
 from lrpilot.experiments.scoring import score
 from lrpilot.experiments.suite import load_suite, with_inline_spec
 from lrpilot.files import atomic_write_csv, atomic_write_text
@@ -72,6 +77,15 @@ def one_run(job: tuple) -> dict:
             "val_losses": " ".join(f"{v:.6g}" for v in trace["val_loss"])}  # fmt: skip
 
 
+def stops_near(stops: list[int], rule: ActionRule, start_lr: float, peak: float, window: int):
+    """The stop of `stops` (sorted) whose held LR (no back-off) is nearest `peak` in log
+    distance, with `window` stops of `stops` on each side."""
+    first = start_lr * rule.range_start
+    held = [min(rule.lr_max, max(rule.lr_min, first) * rule.rise_factor**k) for k in stops]
+    nearest = int(np.argmin([abs(np.log(lr / peak)) for lr in held]))
+    return stops[max(0, nearest - window) : nearest + window + 1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", default="validation", help="a suite name or TOML path")
@@ -91,11 +105,20 @@ def main() -> None:
         default=RANGE_TEST_RULE.rise_factor,
         help="a design variant: the rise per interval",
     )
+    parser.add_argument(
+        "--window",
+        type=int,
+        help="try only the stop whose held LR is nearest the best tuned peak (from "
+        "--suite-results) and this many stops of --stops on each side",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel")
     parser.add_argument("--out", default=str(HERE), help="folder for oracle.csv and .md")
     args = parser.parse_args()
     suite = load_suite(args.suite)
-    stops = [int(s) for s in args.stops.split(",")]
+    if args.window is not None and not args.suite_results:
+        parser.error("--window needs --suite-results (the best tuned peak of each workload)")
+    summary = pd.read_csv(Path(args.suite_results) / "summary.csv") if args.suite_results else None
+    stops = sorted(int(s) for s in args.stops.split(","))
     backoffs = [float(b) for b in args.backoffs.split(",")]
     if any(not 1 <= b <= RANGE_TEST_RULE.continuous_max_factor for b in backoffs):
         parser.error(f"back-offs must be in [1, {RANGE_TEST_RULE.continuous_max_factor}]")
@@ -111,9 +134,13 @@ def main() -> None:
         folder = Path(args.suite_results or out) / entry.name  # where compare puts it
         folder.mkdir(parents=True, exist_ok=True)
         entry = with_inline_spec(entry, folder)
+        tried = stops
+        if args.window is not None:
+            peak = float(best_tuned(summary).loc[entry.name, "lr"])
+            tried = stops_near(stops, rule, args.start_lr, peak, args.window)
         for seed in suite.protocol.eval_seeds:
             task = entry.run.task(seed, args.start_lr)
-            jobs += [(entry.name, task, k, b, rule) for k in stops for b in backoffs
+            jobs += [(entry.name, task, k, b, rule) for k in tried for b in backoffs
                      if (entry.name, k, b, seed) not in have]  # fmt: skip
     rows = [] if done is None else done.to_dict("records")
     with ProcessPoolExecutor(args.jobs, initializer=torch.set_num_threads, initargs=(1,)) as pool:
@@ -123,7 +150,6 @@ def main() -> None:
     table = pd.DataFrame(rows, columns=COLUMNS)
     # The score each workload ranks by (its metric, from the suite's summary): the test
     # loss, or the test error 1 - accuracy; lower is better.
-    summary = pd.read_csv(Path(args.suite_results) / "summary.csv") if args.suite_results else None
     metrics = (
         {} if summary is None else dict(zip(summary["workload"], summary["metric"], strict=True))
     )
@@ -133,8 +159,13 @@ def main() -> None:
     ]
     means = table.groupby(["workload", "stop", "backoff"])["score"].mean().reset_index()
     best = means.loc[means.groupby("workload")["score"].idxmin()].set_index("workload")
+    # a best stop at the lowest or highest stop tried: a wider window could do better
+    tried = table.groupby("workload")["stop"].agg(["min", "max"]).reindex(best.index)
+    best["edge"] = np.where(
+        (best["stop"] == tried["min"]) | (best["stop"] == tried["max"]), "yes", ""
+    )
     if summary is not None:
-        tuned = summary[summary["kind"] == "schedule"].groupby("workload")["mean"].min()
+        tuned = best_tuned(summary)["mean"]
         best["ratio to best tuned"] = best["score"] / tuned.reindex(best.index)
     lines = ["# The range test's open-loop oracle", "", markdown_table(best.reset_index().round(4))]
     if "ratio to best tuned" in best:

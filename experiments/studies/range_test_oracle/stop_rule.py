@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lrpilot.experiments.report import markdown_table
+from lrpilot.experiments.report import best_tuned, markdown_table
 from lrpilot.experiments.scoring import score
 from lrpilot.files import atomic_write_text
 
@@ -66,8 +66,7 @@ def main() -> None:
     ]
     longest = oracle["stop"].max()
     rising = oracle[(oracle["stop"] == longest) & (oracle["backoff"] == 1.0)]
-    schedules = summary[summary["kind"] == "schedule"]
-    tuned = schedules.groupby("workload")["mean"].min().to_dict()  # the best tuned score
+    tuned = best_tuned(summary)["mean"].to_dict()  # the best tuned score
     rows = []
     for fraction in FRACTIONS:
         for backoff in BACKOFFS:

@@ -23,6 +23,10 @@ Writes `oracle.csv` (every workload x candidate x seed, with the LR trained at) 
 `oracle.md` (per workload: the best candidate, its mean score, sweepvalley's, and
 their ratios to the best tuned schedule's) into `--out` (default: this folder).
 Re-running reuses the rows already in `oracle.csv`.
+
+On a suite of large runs, `--window 1` keeps only the candidates within a factor 2 of
+the workload's best tuned peak; `oracle.md` marks a best candidate at the edge of what
+was tried, where a wider window could find a better one.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import torch
 from lrpilot.agents.controllers import SWEEP_RULE, SweepValleyController
 from lrpilot.env.lr_env import EnvConfig
 from lrpilot.experiments.replay import run_controller
-from lrpilot.experiments.report import markdown_table
+from lrpilot.experiments.report import best_tuned, markdown_table
 from lrpilot.experiments.scoring import score
 from lrpilot.experiments.suite import load_suite, with_inline_spec
 from lrpilot.files import atomic_write_csv, atomic_write_text
@@ -97,11 +101,20 @@ def main() -> None:
         help="held LRs to try, comma-separated (default: a factor-2 grid over each "
         "workload's tuned LR range)",
     )
+    parser.add_argument(
+        "--window",
+        type=int,
+        help="keep only the candidates within a factor 2**WINDOW of the best tuned peak "
+        "(from --suite-results)",
+    )
     parser.add_argument("--start-lr", type=float, default=1e-3, help="the untuned start LR")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel")
     parser.add_argument("--out", default=str(HERE), help="folder for oracle.csv and .md")
     args = parser.parse_args()
     suite = load_suite(args.suite)
+    if args.window is not None and not args.suite_results:
+        parser.error("--window needs --suite-results (the best tuned peak of each workload)")
+    summary = pd.read_csv(Path(args.suite_results) / "summary.csv") if args.suite_results else None
     given = None
     if args.candidates:
         try:
@@ -119,6 +132,11 @@ def main() -> None:
         folder.mkdir(parents=True, exist_ok=True)
         entry = with_inline_spec(entry, folder)
         candidates = given or factor_two_grid(*(entry.lr_range or suite.protocol.lr_range))
+        if args.window is not None:
+            peak = float(best_tuned(summary).loc[entry.name, "lr"])
+            candidates = [
+                c for c in candidates if abs(math.log2(float(c) / peak)) < args.window + 0.5
+            ]
         outside = [c for c in candidates if not SWEEP_RULE.lr_min <= float(c) <= SWEEP_RULE.lr_max]
         if outside:
             parser.error(
@@ -135,7 +153,6 @@ def main() -> None:
             rows.append(row)
             atomic_write_csv(out / "oracle.csv", pd.DataFrame(rows, columns=COLUMNS))
     table = pd.DataFrame(rows, columns=COLUMNS)
-    summary = pd.read_csv(Path(args.suite_results) / "summary.csv") if args.suite_results else None
     text = report(table, summary)
     atomic_write_text(out / "oracle.md", text)
     print(text)
@@ -159,8 +176,12 @@ def report(table: pd.DataFrame, summary: pd.DataFrame | None) -> str:
     grid = means[means["candidate"] != VALLEY]
     best = grid.loc[grid.groupby("workload")["score"].idxmin()].set_index("workload")
     valley = means[means["candidate"] == VALLEY].set_index("workload")
+    # a best candidate at the lowest or highest LR tried: a wider window could do better
+    tried = grid.groupby("workload")["lr"].agg(["min", "max"]).reindex(best.index)
+    edge = (best["lr"] == tried["min"]) | (best["lr"] == tried["max"])
     rows = pd.DataFrame({
         "oracle lr": best["lr"],
+        "edge": np.where(edge, "yes", ""),
         "oracle score": best["score"],
         "valley lr": valley["lr"].reindex(best.index),
         "valley score": valley["score"].reindex(best.index),
@@ -168,7 +189,7 @@ def report(table: pd.DataFrame, summary: pd.DataFrame | None) -> str:
     rows.insert(0, "metric", [metrics.get(w, "loss") for w in rows.index])
     lines = ["# The rolled-back sweep's open-loop oracle", ""]
     if summary is not None:
-        tuned = summary[summary["kind"] == "schedule"].groupby("workload")["mean"].min()
+        tuned = best_tuned(summary)["mean"]
         rows["oracle / tuned"] = rows["oracle score"] / tuned.reindex(rows.index)
         rows["valley / tuned"] = rows["valley score"] / tuned.reindex(rows.index)
     lines.append(markdown_table(rows.reset_index().round(5)))

@@ -36,7 +36,7 @@ import torch
 
 from lrpilot.agents.controllers import SWEEP_RULE
 from lrpilot.env.lr_env import EnvConfig, LRControlEnv
-from lrpilot.experiments.report import markdown_table
+from lrpilot.experiments.report import best_tuned, markdown_table
 from lrpilot.experiments.scoring import score
 from lrpilot.experiments.suite import load_suite, with_inline_spec
 from lrpilot.files import atomic_write_csv, atomic_write_text
@@ -73,7 +73,7 @@ def main() -> None:
     oracle = pd.read_csv(args.oracle, dtype={"candidate": str})
     summary = pd.read_csv(Path(args.suite_results) / "summary.csv")
     metrics = dict(zip(summary["workload"], summary["metric"], strict=True))
-    tuned = summary[summary["kind"] == "schedule"].groupby("workload")["mean"].min()
+    tuned = best_tuned(summary)["mean"]
     oracle["score"] = [
         score(row.test_loss, row.test_accuracy, metrics[row.workload])
         for row in oracle.itertuples()
