@@ -75,7 +75,7 @@ def workload_sizes(suite_name: str, results: Path) -> pd.DataFrame:
         entry = with_inline_spec(entry, results / entry.name)
         task = entry.run.task(suite.protocol.tune_seeds[0], 1e-3)
         rows[entry.name] = context_features(task.make_run("cpu").context(), task.steps)
-    return pd.DataFrame.from_dict(rows, orient="index")
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("workload")
 
 
 def best_peaks(results: Path) -> pd.DataFrame:
