@@ -20,11 +20,13 @@ Each workload's lr* is its best peak by the score the suite tunes by (the test m
 on the tuning seed), moved by a parabola through the best and its two neighbours in
 log LR (at most half a grid step; the grid is widened where the best lies on an edge).
 `--check-suite` (a suite name, with `--check-results`, its benchmark folder) also prints
-how far the prior lands from that suite's best tuned peaks: a design check on
-`validation`, never a fit.
+how far the prior lands from that suite's best tuned peaks (a design check on
+`validation`, never a fit) and writes the prior of each of its workloads as
+`SUITE-start-lrs.csv`, the start LRs `range_test_oracle/oracle.py --start-lrs` reads.
 
 Writes `workloads.csv` (each workload's sizes, grid and lr*), `fits.csv` (every subset's
-coefficients and errors) and `prior.md` into `--out` (default: this folder).
+coefficients and errors), `prior.json` (the chosen fit: `features`, `coefficients`,
+intercept first; read by `prior_lr`) and `prior.md` into `--out` (default: this folder).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from lrpilot.env.features import REFERENCE_LR, context_features
 from lrpilot.experiments.report import best_tuned, markdown_table
 from lrpilot.experiments.scoring import score
 from lrpilot.experiments.suite import load_suite, with_inline_spec
-from lrpilot.files import atomic_write_csv, atomic_write_text
+from lrpilot.files import atomic_write_csv, atomic_write_json, atomic_write_text
 
 HERE = Path(__file__).resolve().parent
 FEATURES = ("log_params", "log_fan_in", "log_tokens_per_step", "log_budget")
@@ -146,12 +148,23 @@ def chosen(fits: pd.DataFrame) -> pd.Series:
     return near.sort_values(["size", "loo rmse"]).iloc[0]
 
 
-def prior_lrs(choice: pd.Series, sizes: pd.DataFrame) -> pd.Series:
-    """The prior's LR for each row of `sizes` (context features)."""
+def prior_of(choice: pd.Series) -> dict:
+    """The chosen fit as plain data: `features` and `coefficients` (intercept first)."""
     names = [] if choice["size"] == 0 else choice["features"].split(" + ")
-    coefficients = np.array([float(c) for c in choice["coefficients"].split()])
-    x = sizes[names].to_numpy(float).reshape(len(sizes), len(names))
-    return pd.Series(REFERENCE_LR * np.exp(predict(coefficients, x)), index=sizes.index)
+    return {"features": names, "coefficients": [float(c) for c in choice["coefficients"].split()]}
+
+
+def prior_lr(prior: dict, features: dict[str, float]) -> float:
+    """The prior's LR for a run with these context features (`context_features`)."""
+    c = prior["coefficients"]
+    return REFERENCE_LR * float(
+        np.exp(c[0] + sum(ck * features[n] for ck, n in zip(c[1:], prior["features"], strict=True)))
+    )
+
+
+def prior_lrs(prior: dict, sizes: pd.DataFrame) -> pd.Series:
+    """The prior's LR for each row of `sizes` (context features)."""
+    return pd.Series([prior_lr(prior, row) for _, row in sizes.iterrows()], index=sizes.index)
 
 
 def main() -> None:
@@ -168,7 +181,8 @@ def main() -> None:
     table = workload_sizes(args.suite, results).join(best_peaks(results), how="inner")
     fits = fit_subsets(table)
     choice = chosen(fits)
-    table["prior"] = prior_lrs(choice, table)
+    prior = prior_of(choice)
+    table["prior"] = prior_lrs(prior, table)
     table["prior / lr*"] = table["prior"] / table["lr*"]
     lines = [
         "# A prior of the peak LR from the run's sizes",
@@ -191,7 +205,7 @@ def main() -> None:
         tuned = best_tuned(check)
         sizes = workload_sizes(args.check_suite, Path(args.check_results))
         rows = pd.DataFrame({"best tuned": tuned["label"], "peak": tuned["lr"]})
-        rows["prior"] = prior_lrs(choice, sizes).reindex(rows.index)
+        rows["prior"] = prior_lrs(prior, sizes).reindex(rows.index)
         rows["prior / peak"] = rows["prior"] / rows["peak"]
         factors = np.exp(np.abs(np.log(rows["prior / peak"])))
         lines += [
@@ -202,10 +216,14 @@ def main() -> None:
             "",
             f"Median factor off {np.median(factors):.2f}, worst {factors.max():.2f}.",
         ]
+        # the prior as each workload's start LR, for range_test_oracle.py --start-lrs
+        starts = rows["prior"].rename("start_lr").rename_axis("workload").reset_index()
+        atomic_write_csv(Path(args.out) / f"{Path(args.check_suite).stem}-start-lrs.csv", starts)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_csv(out / "workloads.csv", table.reset_index(names="workload"))
     atomic_write_csv(out / "fits.csv", fits)
+    atomic_write_json(out / "prior.json", prior)
     atomic_write_text(out / "prior.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -94,6 +94,11 @@ def main() -> None:
     parser.add_argument("--backoffs", default="1,2", help="back-off factors to try")
     parser.add_argument("--start-lr", type=float, default=1e-3, help="the untuned start LR")
     parser.add_argument(
+        "--start-lrs",
+        help="a design variant: a CSV of each workload's start LR (columns workload, "
+        "start_lr; e.g. the LR prior's, lr_prior/fit_prior.py), in place of --start-lr",
+    )
+    parser.add_argument(
         "--range-start",
         type=float,
         default=RANGE_TEST_RULE.range_start,
@@ -126,6 +131,13 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     done = pd.read_csv(out / "oracle.csv") if (out / "oracle.csv").is_file() else None
     have = set() if done is None else set(map(tuple, done[COLUMNS[:4]].values.tolist()))
+    start_lrs = {}
+    if args.start_lrs:
+        given = pd.read_csv(args.start_lrs)
+        start_lrs = dict(zip(given["workload"], given["start_lr"], strict=True))
+        missing = [e.name for e in suite.entries if e.name not in start_lrs]
+        if missing:
+            parser.error(f"--start-lrs has no start LR for {', '.join(missing)}")
     rule = dataclasses.replace(
         RANGE_TEST_RULE, range_start=args.range_start, rise_factor=args.rise_factor
     )
@@ -134,12 +146,13 @@ def main() -> None:
         folder = Path(args.suite_results or out) / entry.name  # where compare puts it
         folder.mkdir(parents=True, exist_ok=True)
         entry = with_inline_spec(entry, folder)
+        start_lr = float(start_lrs.get(entry.name, args.start_lr))
         tried = stops
         if args.window is not None:
             peak = float(best_tuned(summary).loc[entry.name, "lr"])
-            tried = stops_near(stops, rule, args.start_lr, peak, args.window)
+            tried = stops_near(stops, rule, start_lr, peak, args.window)
         for seed in suite.protocol.eval_seeds:
-            task = entry.run.task(seed, args.start_lr)
+            task = entry.run.task(seed, start_lr)
             jobs += [(entry.name, task, k, b, rule) for k in tried for b in backoffs
                      if (entry.name, k, b, seed) not in have]  # fmt: skip
     rows = [] if done is None else done.to_dict("records")
