@@ -1,5 +1,6 @@
 """The run's sizes in a training loop: the `RunContext` the in-loop controller shows a
-policy whose feature set reads them (`lrpilot.env.features.reads_context`).
+policy whose feature set reads them (`lrpilot.env.features.reads_context`), and from
+which a policy whose action rule has a prior starts (`ActionRule.prior_lr`).
 
 The controller measures the parameters and their mean fan-in from the optimizer, as
 `StepRun.context()` does in the env. The tokens per step it cannot see: the loop
@@ -30,17 +31,29 @@ def check_tokens_per_step(value: Any) -> int | None:
     return int(value)
 
 
+def needs_context(policy: Any) -> bool:
+    """Whether `policy` needs the run's sizes: its feature set reads them, or its action
+    rule starts from a prior of them (`ActionRule.prior_lr`)."""
+    rule = getattr(policy, "action", None)  # a duck-typed policy may have no rule
+    return reads_context(policy.feature_version) or bool(rule is not None and rule.prior_lr)
+
+
 def loop_context(
-    feature_version: str, parameters: Iterable[torch.Tensor], tokens_per_step: int | None
+    policy: Any, parameters: Iterable[torch.Tensor], tokens_per_step: int | None
 ) -> RunContext | None:
-    """The sizes a policy of `feature_version` sees (None when its set reads none), or a
+    """The sizes `policy` needs (None when it needs none, `needs_context`), or a
     one-line `ConfigError` when the tokens per step are not known."""
-    if not reads_context(feature_version):
+    if not needs_context(policy):
         return None
     if tokens_per_step is None:
+        why = (
+            f"feature set {policy.feature_version!r}"
+            if reads_context(policy.feature_version)
+            else "its action rule starts from a prior of them"
+        )
         raise ConfigError(
-            f"this policy reads the run's sizes (feature set {feature_version!r}): pass "
-            f"tokens_per_step=, the tokens (or examples) one optimizer step trains on"
+            f"this policy reads the run's sizes ({why}): pass tokens_per_step=, the tokens "
+            f"(or examples) one optimizer step trains on"
         )
     return RunContext.measure(parameters, tokens_per_step=tokens_per_step)
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from lrpilot.agents.context import loop_context
-from lrpilot.env.features import ObservationBuilder
+from lrpilot.env.features import ObservationBuilder, reads_context
 from lrpilot.errors import ConfigError
 
 BUILDER_FIELDS = (
@@ -48,7 +48,9 @@ def policy_observations(
         policy.masked_features,
         history=getattr(policy, "history", 1),
         version=version,
-        context=loop_context(version, parameters, tokens_per_step),
+        context=loop_context(policy, parameters, tokens_per_step)
+        if reads_context(version)
+        else None,
         sweep=sweep,
     )
 

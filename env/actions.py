@@ -53,6 +53,17 @@ loss-against-LR curve (the `sweep` features).
 The first interval is the rest of the interval the sweep ended in, so evaluations
 stay at the same steps as without a sweep. `sweep_fraction = 0` (default): no sweep.
 
+`prior_lr` starts the controller from a prior of the run's sizes instead of the
+user's start LR: the LR that scaling-law fits give the optimal peak as a power law in
+(`lrpilot.lm.run_context`, the context features of `lrpilot.env.features`),
+
+    prior = prior_lr * (N / 1e6)**prior_params_power * (F / 64)**prior_fan_in_power
+                     * (B / 1e3)**prior_tokens_power * (T / 1e3)**prior_budget_power
+
+(N parameters, F mean fan-in, B tokens or examples per step, T the step budget), clipped
+to `[lr_min, lr_max]`. With the range test, the first interval trains at `range_start`
+times the prior. `prior_lr = 0` (default): off, the controller starts from the start LR.
+
 `warmup_fraction` is the same at the start: over the first `w` of the budget, each
 step `s < W` trains at the controller's LR times WSD's linear warmup factor
 `(s + 1) / W`, where `W = round(w T)` (at least 1), so a run started at a high LR does
@@ -82,7 +93,9 @@ from lrpilot.config import (
     positive,
     setting,
 )
+from lrpilot.env.features import context_features
 from lrpilot.errors import ConfigError
+from lrpilot.lm.run_context import RunContext
 from lrpilot.lm.schedules import linear_warmup, sqrt_cooldown
 
 ACTION_MODES = ("discrete", "continuous")
@@ -166,7 +179,16 @@ class ActionRule:
         "the budget, when that is set); moves down are bounded by continuous_max_factor",
         check=above(1),
     )
-
+    prior_lr: float = setting(
+        0.0,
+        help="start from a prior of the run's sizes: the LR of a run with 1e6 parameters, "
+        "mean fan-in 64, 1e3 tokens per step and 1e3 steps (0: off, start from the start LR)",
+        check=non_negative,
+    )
+    prior_params_power: float = setting(0.0, help="the prior's power of the parameter count")
+    prior_fan_in_power: float = setting(0.0, help="the prior's power of the mean fan-in")
+    prior_tokens_power: float = setting(0.0, help="the prior's power of the tokens per step")
+    prior_budget_power: float = setting(0.0, help="the prior's power of the step budget")
     sweep_fraction: float = setting(
         0.0,
         help="rolled-back LR sweep: this fraction of the budget (at least 2 steps) sweeps the "
@@ -193,10 +215,11 @@ class ActionRule:
                 f"got mode {self.mode!r}, probe_intervals {self.probe_intervals}, "
                 f"first_action_max_factor {self.first_action_max_factor}"
             )
-        if self.sweep_fraction and (self.range_start or self.probe_intervals):
+        if self.sweep_fraction and (self.range_start or self.probe_intervals or self.prior_lr):
             raise ConfigError(
-                f"sweep_fraction is a search of its own: it takes no range_start or probe, got "
-                f"range_start {self.range_start}, probe_intervals {self.probe_intervals}"
+                f"sweep_fraction is a search of its own: it takes no range_start, probe or "
+                f"prior, got range_start {self.range_start}, probe_intervals "
+                f"{self.probe_intervals}, prior_lr {self.prior_lr}"
             )
         if self.warmup_fraction + self.cooldown_fraction > 1:
             raise ConfigError(
@@ -216,6 +239,21 @@ class ActionRule:
                 f"{total_steps} steps, leaving none to train"
             )
         return steps
+
+    def start_lr(self, lr: float, context: RunContext | None, total_steps: int) -> float:
+        """The controller's LR before its first action: the prior of the run's sizes
+        `context` (needed when `prior_lr` is set), else the start LR `lr`; clipped."""
+        if self.prior_lr:
+            if context is None:
+                raise ConfigError("an action rule with a prior_lr needs the run's context")
+            sizes = context_features(context, total_steps)
+            lr = self.prior_lr * math.exp(
+                self.prior_params_power * sizes["log_params"]
+                + self.prior_fan_in_power * sizes["log_fan_in"]
+                + self.prior_tokens_power * sizes["log_tokens_per_step"]
+                + self.prior_budget_power * sizes["log_budget"]
+            )
+        return float(np.clip(lr, self.lr_min, self.lr_max))
 
     def action_space(self) -> spaces.Space:
         """The Gymnasium action space of this rule."""

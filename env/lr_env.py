@@ -128,7 +128,6 @@ class LRControlEnv(gym.Env):
         sweep_steps = rule.sweep_steps(task.steps)  # checked before any work
         self.task = task
         self.run = task.make_run(self.config.device)
-        self.lr = float(np.clip(task.start_lr, rule.lr_min, rule.lr_max))
         self.initial_val_loss = self.run.evaluate()
         self.val_loss = self.initial_val_loss
         version = self.config.feature_version
@@ -141,6 +140,8 @@ class LRControlEnv(gym.Env):
         # Evaluations stay where they are without a sweep: training starts in the
         # interval the sweep ended in.
         self.interval = self.first_interval = int(np.searchsorted(self._ends, sweep_steps, "right"))
+        context = self.run.context() if reads_context(version) or rule.prior_lr else None
+        self.lr = rule.start_lr(task.start_lr, context, task.steps)  # the prior's, if any
         self.features = ObservationBuilder(
             self.lr,
             self.initial_val_loss,
@@ -148,7 +149,7 @@ class LRControlEnv(gym.Env):
             self.config.masked_features,
             history=self.config.history,
             version=version,
-            context=self.run.context() if reads_context(version) else None,
+            context=context if reads_context(version) else None,
             sweep=sweep_feature_values(self.sweep, self.initial_val_loss),
         )
         self._lines = []

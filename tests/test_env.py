@@ -13,6 +13,7 @@ from lrpilot.env.actions import applied_lr
 from lrpilot.env.features import FEATURE_GROUPS, FEATURE_NAMES, NUM_FEATURES
 from lrpilot.env.rewards import REWARD_NAMES, divergence_reward, instant_reward
 from lrpilot.errors import ConfigError
+from lrpilot.lm.run_context import RunContext
 from lrpilot.lm.schedules import schedule_curve
 from lrpilot.settings import RunSettings
 
@@ -513,9 +514,37 @@ def test_the_online_range_test_starts_low_rises_bounded_and_moves_down_freely():
     assert lrs == pytest.approx(expected)  # up by at most x2.5 an interval, down by up to x4
 
 
+def test_a_prior_of_the_runs_sizes_replaces_the_start_lr():
+    context = RunContext(params=4_000_000, mean_fan_in=256.0, tokens_per_step=500)
+    rule = ActionRule(prior_lr=0.01, prior_fan_in_power=-1.0, prior_budget_power=-0.5)
+    # 0.01 x (256 / 64)**-1 x (4000 / 1000)**-0.5; the parameters and tokens have power 0
+    assert rule.start_lr(3e-2, context, 4000) == pytest.approx(0.01 / 4 / 2, rel=1e-12)
+    assert dataclasses.replace(rule, prior_lr=1.0).start_lr(3e-2, context, 4000) == 0.1  # clipped
+    assert ActionRule().start_lr(3e-2, None, 4000) == 3e-2  # no prior: the start LR
+    assert ActionRule().start_lr(1.0, None, 4000) == 0.1  # ... clipped
+    with pytest.raises(ConfigError, match="needs the run's context"):
+        rule.start_lr(3e-2, None, 4000)
+
+    # In the env, a range test from the prior is the same run whatever the start LR.
+    rule = dataclasses.replace(rule, mode="continuous", range_start=0.3, cooldown_fraction=0.2)
+    settings = RunSettings("tiny", steps=40, eval_every=10, batch_size=8)
+    traces = []
+    for start_lr in (1e-5, 1e-1):
+        env = LRControlEnv(EnvConfig(action=rule))
+        env.reset(options={"task": settings.task(0, start_lr)})
+        traces.append([env.step(np.array([1.0]))[4]["lr"] for _ in range(4)])
+    assert traces[0] == traces[1]
+    prior = rule.start_lr(1.0, settings.task(0, 1.0).make_run("cpu").context(), 40)
+    assert traces[0][0] == pytest.approx(0.3 * prior) and traces[0][1] == pytest.approx(
+        0.75 * prior
+    )
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
+        ({"prior_lr": -1e-3}, "prior_lr must not be negative, got -0.001"),
+        ({"prior_lr": 1e-3, "sweep_fraction": 0.05}, "sweep_fraction is a search of its own"),
         ({"range_start": 0.1}, "range_start needs continuous actions"),
         ({"mode": "continuous", "range_start": 0.1, "probe_intervals": 1}, "without a probe"),
         ({"mode": "continuous", "range_start": 1.5}, "range_start must be in [0, 1), got 1.5"),

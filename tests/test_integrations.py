@@ -20,6 +20,7 @@ from lrpilot.agents import load_policy
 from lrpilot.errors import ConfigError
 from lrpilot.lm.corpus import load_corpus
 from lrpilot.lm.model import next_byte_loss
+from lrpilot.lm.run_context import RunContext
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -229,6 +230,21 @@ def test_hf_callback_counts_the_tokens_per_step_of_a_policy_that_reads_them(hf, 
     assert [step for step, _val, _lr in callback.decisions] == [0, 4, 8, 12, 16]
     lrs = policy_step_lrs(callback.policy, callback.decisions, HF_STEPS)
     assert step_lrs == [[lr, lr] for lr in lrs]  # the first action came before step 1
+
+
+def test_hf_callback_starts_a_policy_with_a_prior_from_the_sizes_it_counts(hf, tmp_path):
+    # The policy's rule starts a range test from a prior of the run's sizes: the
+    # callback waits for the first batch's tokens (64 per step), whatever the feature set.
+    trainer = hf_trainer(tmp_path, per_device_train_batch_size=2, gradient_accumulation_steps=2)
+    policy = moving_policy("v2").with_action(
+        range_start=0.1, prior_lr=0.1, prior_fan_in_power=-1.0, prior_tokens_power=0.5
+    )
+    callback = hf.LRPilotHFCallback(policy).attach(trainer)
+    trainer.train()
+    context = RunContext.measure(callback.controller.parameters(), tokens_per_step=64)
+    prior = 0.1 * (context.mean_fan_in / 64) ** -1.0 * (64 / 1e3) ** 0.5
+    assert callback.decisions[0][2] == pytest.approx(0.1 * prior, rel=1e-12)
+    assert callback.controller.start_lr == trainer.args.learning_rate  # the user's, unused
 
 
 def hf_optimizer_step_lrs(trainer) -> list[list[float]]:

@@ -256,6 +256,25 @@ def test_train_losses_may_be_tensors():
 # -- the scheduler reproduces the env ---------------------------------------------------------
 
 TASK = RunSettings("tiny", steps=35, eval_every=10, batch_size=8).task(5, 3e-3)
+# a prior of the start LR from the run's sizes (`ActionRule.prior_lr`)
+PRIOR = {
+    "prior_lr": 0.02,
+    "prior_params_power": 0.1,
+    "prior_fan_in_power": -1.5,
+    "prior_tokens_power": 0.2,
+    "prior_budget_power": -0.3,
+}
+
+
+def prior_of(context, steps: int) -> float:
+    """PRIOR's LR for a run of these sizes, written out."""
+    return (
+        PRIOR["prior_lr"]
+        * (context.params / 1e6) ** PRIOR["prior_params_power"]
+        * (context.mean_fan_in / 64) ** PRIOR["prior_fan_in_power"]
+        * (context.tokens_per_step / 1e3) ** PRIOR["prior_tokens_power"]
+        * (steps / 1e3) ** PRIOR["prior_budget_power"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -268,13 +287,16 @@ TASK = RunSettings("tiny", steps=35, eval_every=10, batch_size=8).task(5, 3e-3)
         (0.0, 0.0, 0.0, 3, 0),  # a history of 3 evaluations
         (0.4, 0.4, 100.0, 3, 1),  # a probe interval, then the wide first action
         (0.0, 0.4, None, 1, 0),  # the online range test (no first action factor)
+        (0.0, 0.4, "prior", 1, 0),  # the range test from a prior of the run's sizes
     ],
 )
 @pytest.mark.parametrize("feature_version", ["v2", "v3"])
 def test_scheduler_on_the_trainer_reproduces_the_env(
     warmup_fraction, cooldown_fraction, first_action_max_factor, history, probe, feature_version
 ):
-    range_test = first_action_max_factor is None
+    from_prior = first_action_max_factor == "prior"
+    range_test = first_action_max_factor is None or from_prior
+    first_action_max_factor = None if from_prior else first_action_max_factor
     policy = make_policy(
         feature_version=feature_version,
         probe_intervals=probe,
@@ -289,8 +311,13 @@ def test_scheduler_on_the_trainer_reproduces_the_env(
     )
     if range_test:
         policy = policy.with_action(range_start=0.1, rise_factor=2.5)
+    if from_prior:
+        policy = policy.with_action(**PRIOR)
     env = LRControlEnv(policy_env_config(policy))
     env_rows = run_episode(env, policy, TASK).rows[1:]
+    if from_prior:  # the first interval: a tenth of the prior, whatever the start LR
+        prior = prior_of(TASK.make_run("cpu").context(), TASK.steps)
+        assert env_rows[0]["lr"] == pytest.approx(0.1 * prior, rel=1e-12)
     env_lrs = [(row["lr"], row["lr_mean"]) for row in env_rows]  # last-step and mean LR
     assert len(set(env_lrs)) > 1, "the test policy should move the LR"
     if probe:  # the probe interval (steps 0-9) trains at the start LR, warmed up

@@ -179,7 +179,7 @@ def test_same_seed_same_sweep():
             {"sweep_fraction": 0.04, "mode": "continuous", "range_start": 0.1},
             "sweep_fraction is a search of its own",
         ),
-        ({"sweep_fraction": 0.04, "probe_intervals": 1}, "takes no range_start or probe"),
+        ({"sweep_fraction": 0.04, "probe_intervals": 1}, "takes no range_start, probe or prior"),
     ],
 )
 def test_bad_sweep_settings_are_one_line_errors(settings, message):

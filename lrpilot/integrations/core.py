@@ -31,10 +31,9 @@ from typing import Any
 import torch
 
 from lrpilot.agents.arguments import check_policy, positive_float
-from lrpilot.agents.context import batch_items, check_tokens_per_step
+from lrpilot.agents.context import batch_items, check_tokens_per_step, needs_context
 from lrpilot.agents.measurements import UPDATE_RATIO_SAMPLE
 from lrpilot.agents.policy_controller import PolicyController
-from lrpilot.env.features import reads_context
 from lrpilot.errors import ConfigError, require_positive_int
 
 
@@ -180,8 +179,7 @@ class CallbackCore:
         interval, with its step losses. Lists the decision in `decisions`."""
         controller = self.controller
         if not controller.started:
-            waits = reads_context(self.policy.feature_version)
-            if waits and controller.tokens_per_step is None:
+            if needs_context(self.policy) and controller.tokens_per_step is None:
                 positive_float("initial validation loss", val_loss)
                 self._waiting_initial_val_loss = val_loss  # until the first batch
                 return
