@@ -25,24 +25,27 @@ how far the prior lands from that suite's best tuned peaks (a design check on
 `SUITE-start-lrs.csv`, the start LRs `range_test_oracle/oracle.py --start-lrs` reads.
 
 Writes `workloads.csv` (each workload's sizes, grid and lr*), `fits.csv` (every subset's
-coefficients and errors), `prior.json` (the chosen fit: `features`, `coefficients`,
-intercept first; read by `prior_lr`) and `prior.md` into `--out` (default: this folder).
+coefficients and errors), `prior.json` (the chosen fit as the `ActionRule` settings of a
+prior: `prior_lr` and the powers) and `prior.md` into `--out` (default: this folder).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from lrpilot.env.actions import ActionRule
 from lrpilot.env.features import REFERENCE_LR, context_features
 from lrpilot.experiments.report import best_tuned, markdown_table
 from lrpilot.experiments.scoring import score
 from lrpilot.experiments.suite import load_suite, with_inline_spec
 from lrpilot.files import atomic_write_csv, atomic_write_json, atomic_write_text
+from lrpilot.lm.run_context import RunContext
 
 HERE = Path(__file__).resolve().parent
 FEATURES = ("log_params", "log_fan_in", "log_tokens_per_step", "log_budget")
@@ -70,13 +73,16 @@ def refined_optimum(lrs: np.ndarray, scores: np.ndarray) -> float:
 
 
 def workload_sizes(suite_name: str, results: Path) -> pd.DataFrame:
-    """Each workload's context features (measured by building its run), indexed by name."""
+    """Each workload's sizes (`RunContext`, measured by building its run), budget and
+    context features, indexed by name."""
     suite = load_suite(suite_name)
     rows = {}
     for entry in suite.entries:
         entry = with_inline_spec(entry, results / entry.name)
         task = entry.run.task(suite.protocol.tune_seeds[0], 1e-3)
-        rows[entry.name] = context_features(task.make_run("cpu").context(), task.steps)
+        context = task.make_run("cpu").context()
+        rows[entry.name] = dataclasses.asdict(context) | {"steps": task.steps}
+        rows[entry.name] |= context_features(context, task.steps)
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("workload")
 
 
@@ -136,7 +142,7 @@ def fit_subsets(table: pd.DataFrame) -> pd.DataFrame:
                 "size": size,
                 "rmse": float(np.sqrt(np.mean((predict(coefficients, x) - y) ** 2))),
                 "loo rmse": float(np.sqrt(np.mean((np.array(held_out) - y) ** 2))),
-                "coefficients": " ".join(f"{c:.4f}" for c in coefficients),
+                "coefficients": " ".join(f"{c:.6g}" for c in coefficients),
             })  # fmt: skip
     return pd.DataFrame(rows)
 
@@ -148,23 +154,37 @@ def chosen(fits: pd.DataFrame) -> pd.Series:
     return near.sort_values(["size", "loo rmse"]).iloc[0]
 
 
-def prior_of(choice: pd.Series) -> dict:
-    """The chosen fit as plain data: `features` and `coefficients` (intercept first)."""
+# the ActionRule field of each context feature's power
+POWERS = {
+    "log_params": "prior_params_power",
+    "log_fan_in": "prior_fan_in_power",
+    "log_tokens_per_step": "prior_tokens_power",
+    "log_budget": "prior_budget_power",
+}
+
+
+def prior_of(choice: pd.Series) -> dict[str, float]:
+    """The chosen fit as the `ActionRule` settings of its prior (`prior_lr`, the LR at
+    the reference sizes, and the powers)."""
     names = [] if choice["size"] == 0 else choice["features"].split(" + ")
-    return {"features": names, "coefficients": [float(c) for c in choice["coefficients"].split()]}
+    intercept, *powers = (float(c) for c in choice["coefficients"].split())
+    return {"prior_lr": REFERENCE_LR * float(np.exp(intercept))} | {
+        POWERS[name]: power for name, power in zip(names, powers, strict=True)
+    }
 
 
-def prior_lr(prior: dict, features: dict[str, float]) -> float:
-    """The prior's LR for a run with these context features (`context_features`)."""
-    c = prior["coefficients"]
-    return REFERENCE_LR * float(
-        np.exp(c[0] + sum(ck * features[n] for ck, n in zip(c[1:], prior["features"], strict=True)))
-    )
-
-
-def prior_lrs(prior: dict, sizes: pd.DataFrame) -> pd.Series:
-    """The prior's LR for each row of `sizes` (context features)."""
-    return pd.Series([prior_lr(prior, row) for _, row in sizes.iterrows()], index=sizes.index)
+def prior_lrs(prior: dict[str, float], sizes: pd.DataFrame) -> pd.Series:
+    """The prior's LR (as `ActionRule.start_lr` sets it) for each row of `sizes`."""
+    rule = ActionRule(**prior)
+    lrs = [
+        rule.start_lr(
+            REFERENCE_LR,
+            RunContext(int(row.params), float(row.mean_fan_in), int(row.tokens_per_step)),
+            int(row.steps),
+        )
+        for row in sizes.itertuples()
+    ]
+    return pd.Series(lrs, index=sizes.index)
 
 
 def main() -> None:
@@ -194,7 +214,11 @@ def main() -> None:
         "",
         f"Chosen (lowest leave-one-out RMSE, fewest features within 0.01): "
         f"**{choice['features']}**, coefficients (intercept first) {choice['coefficients']}; "
-        f"lr = 1e-3 * exp(c_0 + sum c_k x_k).",
+        f"lr = 1e-3 * exp(c_0 + sum c_k x_k). As `ActionRule` settings (`prior.json`):",
+        "",
+        "```toml",
+        *(f"{name} = {value:.6g}" for name, value in prior.items()),
+        "```",
         "",
         markdown_table(
             table[[*FEATURES, "grid best", "lr*", "prior", "prior / lr*"]].reset_index().round(4)
