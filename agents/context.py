@@ -58,6 +58,21 @@ def loop_context(
     return RunContext.measure(parameters, tokens_per_step=tokens_per_step)
 
 
+def loop_start_lr(
+    policy: Any,
+    lr: float,
+    parameters: Iterable[torch.Tensor],
+    tokens_per_step: int | None,
+    steps: int,
+) -> float:
+    """The policy's LR before its first action in a loop that starts it at `lr`: the
+    prior of the run's sizes where its action rule has one (`ActionRule.start_lr`)."""
+    rule = getattr(policy, "action", None)
+    if rule is None or not rule.prior_lr:
+        return lr
+    return rule.start_lr(lr, loop_context(policy, parameters, tokens_per_step), steps)
+
+
 def batch_items(batch: Any) -> int:
     """The tokens of one (micro-)batch: the `input_ids` of a mapping, else its first
     tensor (the first element of a tuple or list, the first value of a mapping); an

@@ -50,7 +50,7 @@ from lrpilot.agents.arguments import (
     number,
     positive_float,
 )
-from lrpilot.agents.context import check_tokens_per_step, loop_context
+from lrpilot.agents.context import check_tokens_per_step, loop_start_lr
 from lrpilot.agents.controller_state import check_saved_state
 from lrpilot.agents.distributed import broadcast_from_rank_zero, rank
 from lrpilot.agents.measurements import (
@@ -232,7 +232,10 @@ class PolicyController:
                 self.sweep = LoopSweep(self.optimizer, self.policy.action, self.sweep_steps)
                 self.apply_lrs()
                 return
-            self.lr = self._first_lr()
+            # from a prior of the run's sizes, where the policy's rule has one
+            self.lr = loop_start_lr(
+                self.policy, self.lr, self.parameters(), self.tokens_per_step, self.steps
+            )
             self.features = self._observation_builder(self.lr, self.initial_val_loss)
             self._act(self.features.initial())
             return
@@ -345,15 +348,6 @@ class PolicyController:
         if rank() != 0:  # rank 0's features too: every rank holds the same state
             self._load_feature_state(feature_state)
         self.apply_lrs()
-
-    def _first_lr(self) -> float:
-        """The policy's LR before its first action: from the prior of the run's sizes
-        where its action rule has one (`ActionRule.start_lr`), else from `start_lr`."""
-        rule = getattr(self.policy, "action", None)
-        if rule is None or not rule.prior_lr:
-            return self.lr
-        context = loop_context(self.policy, self.parameters(), self.tokens_per_step)
-        return rule.start_lr(self.start_lr, context, self.steps)
 
     def _observation_builder(
         self, start_lr: float, initial_val_loss: float, sweep: dict[str, float] | None = None
