@@ -8,6 +8,7 @@ validation loss relative to its initial value), so they work on any task.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 from typing import Protocol
@@ -133,6 +134,16 @@ RANGE_TEST_RULE = ActionRule(
 
 RANGE_STOP = {"stop_fraction": 0.3, "backoff": 1.0}  # fixed on the validation suite
 
+# A prior of the peak LR from the run's sizes, fitted on training workloads of our own
+# (experiments/studies/lr_prior/: lr = 1.29e-3 (N / 1e6)^-0.647 (B / 1e3)^0.330, N
+# parameters, B tokens per step; a typical miss of x1.4 in leave-one-out).
+LR_PRIOR = {"prior_lr": 1.28546e-3, "prior_params_power": -0.646747, "prior_tokens_power": 0.329642}
+
+# The online range test from that prior (`RangeStopController` with `PRIOR_RANGE_RULE`,
+# "priorstop"): the first interval at 0.4x the prior, so that one rise of x2.5 reaches
+# it; the start LR is not used.
+PRIOR_RANGE_RULE = dataclasses.replace(RANGE_TEST_RULE, range_start=0.4, **LR_PRIOR)
+
 
 # The rolled-back sweep that `SweepValleyController` reads: 4% of the budget over the
 # rule's whole LR range (1e-5 to 1e-1, whatever the start LR); the first action may set
@@ -152,6 +163,8 @@ def rule_digest(name: str) -> str:
     cache keys its runs by it, so changed settings are new runs, not stale ones."""
     if name == "rangestop":
         settings = {"rule": RANGE_TEST_RULE.to_dict()} | RANGE_STOP
+    elif name == "priorstop":
+        settings = {"rule": PRIOR_RANGE_RULE.to_dict()} | RANGE_STOP
     elif name == "sweepvalley":
         settings = {"rule": SWEEP_RULE.to_dict()} | SWEEP_VALLEY
     else:

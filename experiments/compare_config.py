@@ -32,6 +32,7 @@ CONTROLLERS = (
     "random",
     "plateau",
     "rangestop",
+    "priorstop",
     "sweepvalley",
 )  # the baseline controllers compare can add
 

@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lrpilot.agents.controllers import (
+    PRIOR_RANGE_RULE,
     PlateauController,
     RandomController,
     RangeStopController,
@@ -106,6 +107,9 @@ def execute(spec: RunSpec, policy_bytes: bytes | None) -> pd.DataFrame:
         controller = RandomController(env_config.action.action_space(), seed=spec.seed)
     elif spec.method == "rangestop":
         controller = RangeStopController()
+        env_config = EnvConfig(device=spec.device, action=controller.rule)
+    elif spec.method == "priorstop":
+        controller = RangeStopController(rule=PRIOR_RANGE_RULE)
         env_config = EnvConfig(device=spec.device, action=controller.rule)
     elif spec.method == "sweepvalley":
         controller = SweepValleyController()

@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import KILL_AFTER_STORES, make_policy
 
+from lrpilot.agents.controllers import PRIOR_RANGE_RULE
 from lrpilot.cli import main
 from lrpilot.env.actions import lr_factor
 from lrpilot.errors import ConfigError
@@ -111,7 +112,7 @@ def small_compare(policy: Path | None, jobs: int = 1) -> CompareConfig:
     the policy and the baseline controllers, 2 evaluation seeds."""
     protocol = Protocol(
         schedules=("constant", "wsd"),
-        controllers=("random", "plateau", "rangestop", "sweepvalley"),
+        controllers=("random", "plateau", "rangestop", "priorstop", "sweepvalley"),
         lr_grid=2,
         lr_range=(1e-4, 1e-3),
         warmups=(),
@@ -129,7 +130,7 @@ COMPARE_FLAGS = [
     "--schedules",
     "constant,wsd",
     "--controllers",
-    "random,plateau,rangestop,sweepvalley",
+    "random,plateau,rangestop,priorstop,sweepvalley",
     "--lr-grid",
     "2",
     "--lr-range",
@@ -177,6 +178,11 @@ def test_compare_follows_the_protocol(compared):
     assert set(evaluation[evaluation["kind"] != "schedule"]["peak_or_start_lr"]) == {3e-3}
     rangestop = results[results["method"] == "rangestop"].groupby("seed")["lr"]
     assert rangestop.nth(1).tolist() == pytest.approx([3e-4, 3e-4])  # row 0: before training
+    # priorstop starts at 0.4 x the prior of the run's sizes, whatever the start LR
+    run = small_compare(None).run
+    prior = PRIOR_RANGE_RULE.start_lr(3e-3, run.task(1, 3e-3).make_run().context(), run.steps)
+    priorstop = results[results["method"] == "priorstop"].groupby("seed")["lr"]
+    assert priorstop.nth(1).tolist() == pytest.approx([0.4 * prior] * 2) and prior != 3e-3
 
     summary = pd.read_csv(compared / "summary.csv")
     assert set(summary["label"]) == {
@@ -186,6 +192,7 @@ def test_compare_follows_the_protocol(compared):
         "random (start 0.003)",
         "plateau (start 0.003)",
         "rangestop (start 0.003)",
+        "priorstop (start 0.003)",
         "sweepvalley (start 0.003)",
     }
     reference = summary[summary["note"].fillna("").str.startswith("reference")]
