@@ -184,6 +184,15 @@ def main() -> None:
     if "ratio to best tuned" in best:
         ratios = best["ratio to best tuned"]
         lines += ["", f"Median ratio {np.median(ratios):.4f}, worst {ratios.max():.4f}."]
+        # one fixed (stop, back-off) for every workload: a rule that does not look
+        fixed = means.assign(ratio=means["score"] / tuned.reindex(means["workload"]).to_numpy())
+        fixed = fixed.groupby(["stop", "backoff"])["ratio"].agg(["median", "max", "count"])
+        lines += [
+            "",
+            "Each stop held on every workload (ratios to the best tuned; count: workloads):",
+            "",
+            markdown_table(fixed.rename(columns={"max": "worst"}).reset_index().round(4)),
+        ]
     atomic_write_text(out / "oracle.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
