@@ -97,7 +97,9 @@ class TaskSpace:
     `workloads` are workload specs (built-in names, TOML files, `FILE.py:FUNCTION`);
     `corpora` and `batch_size`, when given, replace the drawn workload's own (for
     workloads that have those settings). `eval_every` is one interval length, or a
-    tuple to choose from (drawn last, so a space with one length draws the same tasks).
+    tuple to choose from (drawn last, so a space with one length draws the same tasks);
+    `intervals` replaces it with a number of intervals per task, so that budgets of
+    200 and 3,000 steps are both evaluated, say, 20 times (every `steps // intervals`).
 
     Two draws for a wide distribution come after all others, and only when given, so
     a space without them draws the same tasks as a space that cannot have them:
@@ -123,6 +125,11 @@ class TaskSpace:
     )
     eval_every: int | tuple[int, ...] = setting(
         20, help="steps per interval, or lengths to draw from", check=positive_or_each
+    )
+    intervals: int | None = setting(
+        None,
+        help="evaluation intervals per task, replacing eval_every: every steps // intervals",
+        check=positive,
     )
     start_lr: tuple[float, float] = setting(
         (1e-4, 1e-2), help="log-uniform range of the start LR", check=low_at_most_high
@@ -152,7 +159,17 @@ class TaskSpace:
             raise ConfigError("vary.batch_size and batch_size: give one")
         if "corpus" in vary and self.corpora is not None:
             raise ConfigError("vary.corpus and corpora: give one")
-        for eval_every in self.eval_every_choices:
+        if self.intervals is not None:
+            if self.eval_every != TaskSpace.eval_every:
+                raise ConfigError(
+                    f"eval_every ({self.eval_every}) and intervals ({self.intervals}): give one"
+                )
+            if self.intervals > min(self.steps):
+                raise ConfigError(
+                    f"intervals ({self.intervals}) is more than the shortest step budget "
+                    f"({min(self.steps)})"
+                )
+        for eval_every in () if self.intervals else self.eval_every_choices:
             if eval_every > min(self.steps):
                 raise ConfigError(
                     f"eval_every ({eval_every}) is larger than the step budget ({min(self.steps)})"
@@ -186,6 +203,8 @@ class TaskSpace:
         eval_every = self.eval_every
         if isinstance(eval_every, tuple):
             eval_every = eval_every[rng.integers(len(eval_every))]
+        if self.intervals is not None:
+            eval_every = steps // self.intervals
         varied = {name: values[rng.integers(len(values))] for name, values in self.vary.items()}
         lr_scale = 1.0 if self.lr_scale == (1.0, 1.0) else log_uniform(rng, self.lr_scale)
         run = RunSettings(

@@ -1,5 +1,6 @@
 import dataclasses
 import math
+import re
 import warnings
 
 import gymnasium
@@ -329,6 +330,23 @@ def test_a_task_space_with_several_interval_lengths_draws_each_after_the_other_v
     rng = np.random.default_rng(0)
     drawn = {several.sample(rng).eval_every for _ in range(40)}
     assert drawn == {5, 10}
+
+
+def test_a_task_space_with_a_number_of_intervals_evaluates_every_budget_as_often():
+    rng_a, rng_b = np.random.default_rng(4), np.random.default_rng(4)
+    per_budget = TaskSpace(steps=(200, 3000), intervals=20)
+    fixed = TaskSpace(steps=(200, 3000), eval_every=10)
+    for _ in range(6):  # the same draws, only the interval length differs
+        task, plain = per_budget.sample(rng_a), fixed.sample(rng_b)
+        assert task.eval_every == task.steps // 20 and task.num_intervals == 20
+        assert dataclasses.replace(task, eval_every=10) == plain
+    for settings, message in [
+        ({"intervals": 20, "eval_every": 10}, "eval_every (10) and intervals (20): give one"),
+        ({"intervals": 300, "steps": (200, 400)}, "intervals (300) is more than the shortest"),
+        ({"intervals": 0}, "intervals must be positive, got 0"),
+    ]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            TaskSpace(**settings)
 
 
 def test_a_wide_task_space_varies_workload_settings_and_hides_an_lr_scale():
