@@ -137,12 +137,20 @@ RANGE_STOP = {"stop_fraction": 0.3, "backoff": 1.0}  # fixed on the validation s
 # A prior of the peak LR from the run's sizes, fitted on training workloads of our own
 # (experiments/studies/lr_prior/: lr = 1.29e-3 (N / 1e6)^-0.647 (B / 1e3)^0.330, N
 # parameters, B tokens per step; a typical miss of x1.4 in leave-one-out).
-LR_PRIOR = {"prior_lr": 1.28546e-3, "prior_params_power": -0.646747, "prior_tokens_power": 0.329642}
+LR_PRIOR = {  # experiments/studies/lr_prior/prior.json
+    "prior_lr": 0.0012854617598698273,
+    "prior_params_power": -0.646747,
+    "prior_tokens_power": 0.329642,
+}
 
-# The online range test from that prior (`RangeStopController` with `PRIOR_RANGE_RULE`,
-# "priorstop"): the first interval at 0.4x the prior, so that one rise of x2.5 reaches
-# it; the start LR is not used.
+# The online range test from that prior: the first interval at 0.4x the prior, so that
+# one rise of x2.5 reaches it; the start LR is not used. Two fixed rules drive it:
+# "priorstop" (`RangeStopController`, its stop fraction fixed on the validation suite by
+# experiments/studies/range_test_oracle/stop_rule.py) and "priorhold" (one rise, to the
+# prior, then hold: what the prior alone gives).
 PRIOR_RANGE_RULE = dataclasses.replace(RANGE_TEST_RULE, range_start=0.4, **LR_PRIOR)
+PRIOR_STOP = {"stop_fraction": 0.7, "backoff": 1.0}
+PRIOR_HOLD = {"stop_fraction": 0.0, "max_rises": 1}  # stops early only if the loss rises
 
 
 # The rolled-back sweep that `SweepValleyController` reads: 4% of the budget over the
@@ -164,7 +172,9 @@ def rule_digest(name: str) -> str:
     if name == "rangestop":
         settings = {"rule": RANGE_TEST_RULE.to_dict()} | RANGE_STOP
     elif name == "priorstop":
-        settings = {"rule": PRIOR_RANGE_RULE.to_dict()} | RANGE_STOP
+        settings = {"rule": PRIOR_RANGE_RULE.to_dict()} | PRIOR_STOP
+    elif name == "priorhold":
+        settings = {"rule": PRIOR_RANGE_RULE.to_dict()} | PRIOR_HOLD
     elif name == "sweepvalley":
         settings = {"rule": SWEEP_RULE.to_dict()} | SWEEP_VALLEY
     else:
@@ -175,14 +185,16 @@ def rule_digest(name: str) -> str:
 class RangeStopController(_FactorController):
     """The online range test driven by a fixed rule, the non-learned method on that
     mechanism: rise while each interval's log-improvement of the validation loss is at
-    least `stop_fraction` of the best interval's so far; at the first that is not, back
-    off by `backoff` once and hold the LR for the rest of the run."""
+    least `stop_fraction` of the best interval's so far (and, with `max_rises`, at most
+    that many times); at the first that is not, back off by `backoff` once and hold the
+    LR for the rest of the run."""
 
     def __init__(
         self,
         stop_fraction: float = RANGE_STOP["stop_fraction"],
         backoff: float = RANGE_STOP["backoff"],
         rule: ActionRule = RANGE_TEST_RULE,
+        max_rises: int | None = None,
     ) -> None:
         if not rule.range_start or rule.factor_span:
             raise ConfigError(
@@ -190,20 +202,21 @@ class RangeStopController(_FactorController):
                 f"factor_span, got range_start {rule.range_start}, factor_span {rule.factor_span}"
             )
         super().__init__(rule)
-        self.stop_fraction, self.backoff = stop_fraction, backoff
-        self.rising, self.best_gain = True, 0.0
+        self.stop_fraction, self.backoff, self.max_rises = stop_fraction, backoff, max_rises
+        self.rising, self.best_gain, self.rises = True, 0.0, 0
 
     def act(self, observation: np.ndarray):
-        if float(observation[_PROGRESS]) == 0.0:  # a new episode
-            self.rising, self.best_gain = True, 0.0
+        if float(observation[_PROGRESS]) == 0.0:  # a new episode; the range test's start
+            self.rising, self.best_gain, self.rises = True, 0.0, 0
             return self._action(self.rule.rise_factor)
         if not self.rising:
             return self._action(1.0)
         gain = -float(observation[_VAL_REL_PREV])  # log(L_{t-1} / L_t)
         self.best_gain = max(self.best_gain, gain)
-        if gain < self.stop_fraction * self.best_gain:
+        if gain < self.stop_fraction * self.best_gain or self.rises == self.max_rises:
             self.rising = False
             return self._action(1.0 / self.backoff)
+        self.rises += 1
         return self._action(self.rule.rise_factor)
 
 

@@ -33,6 +33,7 @@ CONTROLLERS = (
     "plateau",
     "rangestop",
     "priorstop",
+    "priorhold",
     "sweepvalley",
 )  # the baseline controllers compare can add
 

@@ -24,7 +24,9 @@ import torch
 from tqdm.auto import tqdm
 
 from lrpilot.agents.controllers import (
+    PRIOR_HOLD,
     PRIOR_RANGE_RULE,
+    PRIOR_STOP,
     PlateauController,
     RandomController,
     RangeStopController,
@@ -108,8 +110,9 @@ def execute(spec: RunSpec, policy_bytes: bytes | None) -> pd.DataFrame:
     elif spec.method == "rangestop":
         controller = RangeStopController()
         env_config = EnvConfig(device=spec.device, action=controller.rule)
-    elif spec.method == "priorstop":
-        controller = RangeStopController(rule=PRIOR_RANGE_RULE)
+    elif spec.method in ("priorstop", "priorhold"):
+        settings = PRIOR_STOP if spec.method == "priorstop" else PRIOR_HOLD
+        controller = RangeStopController(rule=PRIOR_RANGE_RULE, **settings)
         env_config = EnvConfig(device=spec.device, action=controller.rule)
     elif spec.method == "sweepvalley":
         controller = SweepValleyController()

@@ -146,8 +146,8 @@ class BenchmarkOptions(Command):
     controllers: tuple[str, ...] | None = setting(
         None,
         help="baseline controllers to run on every workload, comma-separated (random, "
-        "plateau, rangestop, priorstop, sweepvalley), in place of the suite's own "
-        "(default: the suite's)",
+        "plateau, rangestop, priorstop, priorhold, sweepvalley), in place of the suite's "
+        "own (default: the suite's)",
     )
     jobs: int = setting(1, help="runs in parallel (--backend process)", check=positive)
     device: str = setting(

@@ -585,17 +585,26 @@ def test_the_range_stop_rule_rises_until_the_gain_fades_then_backs_off_and_holds
         values[FEATURE_NAMES.index("log_val_rel_prev")] = -gain  # log(L_t / L_{t-1})
         return values
 
+    def factors(controller, gains) -> list[float]:
+        out = []
+        for t, gain in enumerate(gains):
+            action = controller.act(observation(t / 10, gain))
+            exponent = float(np.asarray(action).reshape(-1)[0])
+            rule = controller.rule
+            out.append(
+                (rule.rise_factor if exponent > 0 else rule.continuous_max_factor) ** exponent
+            )
+        return out
+
     controller = RangeStopController(stop_fraction=0.3, backoff=2.0)
     gains = (0.0, 0.5, 0.4, 0.1, 0.6)  # the 4th is under 30% of the best: stop
-    factors = []
-    for t, gain in enumerate(gains):
-        action = controller.act(observation(t / 10, gain))
-        exponent = float(np.asarray(action).reshape(-1)[0])
-        top = RANGE_TEST_RULE.rise_factor if exponent > 0 else RANGE_TEST_RULE.continuous_max_factor
-        factors.append(top**exponent)
-    assert factors == pytest.approx([2.5, 2.5, 2.5, 0.5, 1.0])  # then it holds
+    assert factors(controller, gains) == pytest.approx([2.5, 2.5, 2.5, 0.5, 1.0])  # then holds
     controller.act(observation(0.0, 0.0))  # a new episode rises again
     assert controller.rising
+    # at most one rise (priorhold), whatever the gains; a first interval that loses stops
+    holder = RangeStopController(stop_fraction=0.0, max_rises=1, rule=RANGE_TEST_RULE)
+    assert factors(holder, gains) == pytest.approx([2.5, 2.5, 1.0, 1.0, 1.0])
+    assert factors(holder, (0.0, -0.1, 0.5)) == pytest.approx([2.5, 1.0, 1.0])
 
 
 def test_a_rules_settings_are_part_of_its_runs_cache_key(monkeypatch):

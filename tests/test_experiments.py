@@ -16,7 +16,7 @@ from conftest import KILL_AFTER_STORES, make_policy
 
 from lrpilot.agents.controllers import PRIOR_RANGE_RULE
 from lrpilot.cli import main
-from lrpilot.env.actions import lr_factor
+from lrpilot.env.actions import applied_lr, lr_factor
 from lrpilot.errors import ConfigError
 from lrpilot.experiments.compare import RUNS_DIR, CompareConfig, compare
 from lrpilot.experiments.compare_config import Protocol
@@ -112,7 +112,7 @@ def small_compare(policy: Path | None, jobs: int = 1) -> CompareConfig:
     the policy and the baseline controllers, 2 evaluation seeds."""
     protocol = Protocol(
         schedules=("constant", "wsd"),
-        controllers=("random", "plateau", "rangestop", "priorstop", "sweepvalley"),
+        controllers=("random", "plateau", "rangestop", "priorstop", "priorhold", "sweepvalley"),
         lr_grid=2,
         lr_range=(1e-4, 1e-3),
         warmups=(),
@@ -130,7 +130,7 @@ COMPARE_FLAGS = [
     "--schedules",
     "constant,wsd",
     "--controllers",
-    "random,plateau,rangestop,priorstop,sweepvalley",
+    "random,plateau,rangestop,priorstop,priorhold,sweepvalley",
     "--lr-grid",
     "2",
     "--lr-range",
@@ -183,6 +183,10 @@ def test_compare_follows_the_protocol(compared):
     prior = PRIOR_RANGE_RULE.start_lr(3e-3, run.task(1, 3e-3).make_run().context(), run.steps)
     priorstop = results[results["method"] == "priorstop"].groupby("seed")["lr"]
     assert priorstop.nth(1).tolist() == pytest.approx([0.4 * prior] * 2) and prior != 3e-3
+    priorhold = results[results["method"] == "priorhold"].groupby("seed")["lr"]
+    # one rise, to the prior (the last step's LR: cooled down)
+    last = applied_lr(prior, run.steps - 1, total_steps=run.steps, rule=PRIOR_RANGE_RULE)
+    assert priorhold.nth(2).tolist() == pytest.approx([last] * 2)
 
     summary = pd.read_csv(compared / "summary.csv")
     assert set(summary["label"]) == {
@@ -193,6 +197,7 @@ def test_compare_follows_the_protocol(compared):
         "plateau (start 0.003)",
         "rangestop (start 0.003)",
         "priorstop (start 0.003)",
+        "priorhold (start 0.003)",
         "sweepvalley (start 0.003)",
     }
     reference = summary[summary["note"].fillna("").str.startswith("reference")]

@@ -36,18 +36,17 @@ from lrpilot.experiments.scoring import score
 from lrpilot.files import atomic_write_text
 
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.7)
-BACKOFFS = (1.0, 2.0)
 
 
 def stop_of(val_losses: list[float], stop_fraction: float) -> int | None:
     """The oracle stop that `RangeStopController` makes on this rising run, or None if
     it does not stop within it. `val_losses[0]` is the loss before training,
     `val_losses[j]` after interval j (interval 1 trains at the range test's start)."""
-    best = -math.inf
+    best = 0.0  # as the controller counts: a first interval that loses stops the rise
     for j in range(1, len(val_losses)):
         gain = math.log(val_losses[j - 1] / val_losses[j])
         best = max(best, gain)
-        if j >= 2 and gain < stop_fraction * best:
+        if gain < stop_fraction * best:
             return j - 1
     return None
 
@@ -69,7 +68,7 @@ def main() -> None:
     tuned = best_tuned(summary)["mean"].to_dict()  # the best tuned score
     rows = []
     for fraction in FRACTIONS:
-        for backoff in BACKOFFS:
+        for backoff in sorted(oracle["backoff"].unique()):  # the oracle's back-offs
             ratios, outside = [], 0
             for workload, runs in rising.groupby("workload"):
                 scores = []
