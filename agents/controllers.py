@@ -150,7 +150,16 @@ LR_PRIOR = {  # experiments/studies/lr_prior/prior.json
 # prior, then hold: what the prior alone gives).
 PRIOR_RANGE_RULE = dataclasses.replace(RANGE_TEST_RULE, range_start=0.4, **LR_PRIOR)
 PRIOR_STOP = {"stop_fraction": 0.7, "backoff": 1.0}
-PRIOR_HOLD = {"stop_fraction": 0.0, "max_rises": 1}  # stops early only if the loss rises
+# priorhold holds 0.4x the prior instead if its first interval's loss rises
+PRIOR_HOLD = {"stop_fraction": 0.0, "backoff": 1.0, "max_rises": 1}
+
+# The range-test controllers of `compare`: each one's action rule and the settings of
+# its `RangeStopController`.
+RANGE_RULES = {
+    "rangestop": (RANGE_TEST_RULE, RANGE_STOP),
+    "priorstop": (PRIOR_RANGE_RULE, PRIOR_STOP),
+    "priorhold": (PRIOR_RANGE_RULE, PRIOR_HOLD),
+}
 
 
 # The rolled-back sweep that `SweepValleyController` reads: 4% of the budget over the
@@ -169,12 +178,9 @@ SWEEP_VALLEY = {"smoothing": SMOOTHING, "diverged_factor": DIVERGED_FACTOR}  # t
 def rule_digest(name: str) -> str:
     """sha256 of a rule-driven baseline's settings ("" for the others): a comparison's
     cache keys its runs by it, so changed settings are new runs, not stale ones."""
-    if name == "rangestop":
-        settings = {"rule": RANGE_TEST_RULE.to_dict()} | RANGE_STOP
-    elif name == "priorstop":
-        settings = {"rule": PRIOR_RANGE_RULE.to_dict()} | PRIOR_STOP
-    elif name == "priorhold":
-        settings = {"rule": PRIOR_RANGE_RULE.to_dict()} | PRIOR_HOLD
+    if name in RANGE_RULES:
+        rule, stop = RANGE_RULES[name]
+        settings = {"rule": rule.to_dict()} | stop
     elif name == "sweepvalley":
         settings = {"rule": SWEEP_RULE.to_dict()} | SWEEP_VALLEY
     else:
@@ -196,6 +202,10 @@ class RangeStopController(_FactorController):
         rule: ActionRule = RANGE_TEST_RULE,
         max_rises: int | None = None,
     ) -> None:
+        if max_rises is not None and (
+            isinstance(max_rises, bool) or not isinstance(max_rises, int) or max_rises < 0
+        ):
+            raise ConfigError(f"max_rises must be a whole number >= 0 or None, got {max_rises!r}")
         if not rule.range_start or rule.factor_span:
             raise ConfigError(
                 "RangeStopController needs an action rule with range_start > 0 and no "

@@ -99,6 +99,14 @@ from lrpilot.lm.run_context import RunContext
 from lrpilot.lm.schedules import linear_warmup, sqrt_cooldown
 
 ACTION_MODES = ("discrete", "continuous")
+# The prior's power (an `ActionRule` field) of each context feature (the log of a size
+# over its reference, `lrpilot.env.features.context_features`).
+PRIOR_POWERS = {
+    "log_params": "prior_params_power",
+    "log_fan_in": "prior_fan_in_power",
+    "log_tokens_per_step": "prior_tokens_power",
+    "log_budget": "prior_budget_power",
+}
 DEFAULT_FACTORS: tuple[float, ...] = (0.5, 0.8, 1.0, 1.25, 2.0)
 DEFAULT_CONTINUOUS_MAX_FACTOR = 2.0
 
@@ -215,6 +223,9 @@ class ActionRule:
                 f"got mode {self.mode!r}, probe_intervals {self.probe_intervals}, "
                 f"first_action_max_factor {self.first_action_max_factor}"
             )
+        powers = [power for power in PRIOR_POWERS.values() if getattr(self, power)]
+        if powers and not self.prior_lr:
+            raise ConfigError(f"{', '.join(powers)} need a prior_lr > 0 (the prior is off)")
         if self.sweep_fraction and (self.range_start or self.probe_intervals or self.prior_lr):
             raise ConfigError(
                 f"sweep_fraction is a search of its own: it takes no range_start, probe or "
@@ -247,12 +258,10 @@ class ActionRule:
             if context is None:
                 raise ConfigError("an action rule with a prior_lr needs the run's context")
             sizes = context_features(context, total_steps)
-            lr = self.prior_lr * math.exp(
-                self.prior_params_power * sizes["log_params"]
-                + self.prior_fan_in_power * sizes["log_fan_in"]
-                + self.prior_tokens_power * sizes["log_tokens_per_step"]
-                + self.prior_budget_power * sizes["log_budget"]
+            log_factor = sum(
+                getattr(self, power) * sizes[name] for name, power in PRIOR_POWERS.items()
             )
+            lr = self.prior_lr * math.exp(log_factor)
         return float(np.clip(lr, self.lr_min, self.lr_max))
 
     def action_space(self) -> spaces.Space:

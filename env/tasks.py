@@ -98,8 +98,9 @@ class TaskSpace:
     `corpora` and `batch_size`, when given, replace the drawn workload's own (for
     workloads that have those settings). `eval_every` is one interval length, or a
     tuple to choose from (drawn last, so a space with one length draws the same tasks);
-    `intervals` replaces it with a number of intervals per task, so that budgets of
-    200 and 3,000 steps are both evaluated, say, 20 times (every `steps // intervals`).
+    `num_intervals` replaces it with a number of intervals per task, so that budgets of
+    200 and 3,000 steps are both evaluated about as often: every `steps // num_intervals`
+    steps (a remainder makes one more, shorter, interval).
 
     Two draws for a wide distribution come after all others, and only when given, so
     a space without them draws the same tasks as a space that cannot have them:
@@ -126,9 +127,9 @@ class TaskSpace:
     eval_every: int | tuple[int, ...] = setting(
         20, help="steps per interval, or lengths to draw from", check=positive_or_each
     )
-    intervals: int | None = setting(
+    num_intervals: int | None = setting(
         None,
-        help="evaluation intervals per task, replacing eval_every: every steps // intervals",
+        help="evaluation intervals per task, replacing eval_every: every steps // num_intervals",
         check=positive,
     )
     start_lr: tuple[float, float] = setting(
@@ -159,17 +160,18 @@ class TaskSpace:
             raise ConfigError("vary.batch_size and batch_size: give one")
         if "corpus" in vary and self.corpora is not None:
             raise ConfigError("vary.corpus and corpora: give one")
-        if self.intervals is not None:
+        if self.num_intervals is not None:
             if self.eval_every != TaskSpace.eval_every:
                 raise ConfigError(
-                    f"eval_every ({self.eval_every}) and intervals ({self.intervals}): give one"
+                    f"eval_every ({self.eval_every}) and num_intervals ({self.num_intervals}): "
+                    "give one"
                 )
-            if self.intervals > min(self.steps):
+            if self.num_intervals > min(self.steps):
                 raise ConfigError(
-                    f"intervals ({self.intervals}) is more than the shortest step budget "
+                    f"num_intervals ({self.num_intervals}) is more than the shortest step budget "
                     f"({min(self.steps)})"
                 )
-        for eval_every in () if self.intervals else self.eval_every_choices:
+        for eval_every in () if self.num_intervals else self.eval_every_choices:
             if eval_every > min(self.steps):
                 raise ConfigError(
                     f"eval_every ({eval_every}) is larger than the step budget ({min(self.steps)})"
@@ -203,8 +205,8 @@ class TaskSpace:
         eval_every = self.eval_every
         if isinstance(eval_every, tuple):
             eval_every = eval_every[rng.integers(len(eval_every))]
-        if self.intervals is not None:
-            eval_every = steps // self.intervals
+        if self.num_intervals is not None:
+            eval_every = steps // self.num_intervals
         varied = {name: values[rng.integers(len(values))] for name, values in self.vary.items()}
         lr_scale = 1.0 if self.lr_scale == (1.0, 1.0) else log_uniform(rng, self.lr_scale)
         run = RunSettings(

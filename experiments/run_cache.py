@@ -24,9 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from lrpilot.agents.controllers import (
-    PRIOR_HOLD,
-    PRIOR_RANGE_RULE,
-    PRIOR_STOP,
+    RANGE_RULES,
     PlateauController,
     RandomController,
     RangeStopController,
@@ -107,12 +105,9 @@ def execute(spec: RunSpec, policy_bytes: bytes | None) -> pd.DataFrame:
     env_config = EnvConfig(device=spec.device)
     if spec.method == "random":
         controller = RandomController(env_config.action.action_space(), seed=spec.seed)
-    elif spec.method == "rangestop":
-        controller = RangeStopController()
-        env_config = EnvConfig(device=spec.device, action=controller.rule)
-    elif spec.method in ("priorstop", "priorhold"):
-        settings = PRIOR_STOP if spec.method == "priorstop" else PRIOR_HOLD
-        controller = RangeStopController(rule=PRIOR_RANGE_RULE, **settings)
+    elif spec.method in RANGE_RULES:
+        rule, settings = RANGE_RULES[spec.method]
+        controller = RangeStopController(rule=rule, **settings)
         env_config = EnvConfig(device=spec.device, action=controller.rule)
     elif spec.method == "sweepvalley":
         controller = SweepValleyController()

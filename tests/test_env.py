@@ -334,16 +334,16 @@ def test_a_task_space_with_several_interval_lengths_draws_each_after_the_other_v
 
 def test_a_task_space_with_a_number_of_intervals_evaluates_every_budget_as_often():
     rng_a, rng_b = np.random.default_rng(4), np.random.default_rng(4)
-    per_budget = TaskSpace(steps=(200, 3000), intervals=20)
+    per_budget = TaskSpace(steps=(200, 3000), num_intervals=20)
     fixed = TaskSpace(steps=(200, 3000), eval_every=10)
     for _ in range(6):  # the same draws, only the interval length differs
         task, plain = per_budget.sample(rng_a), fixed.sample(rng_b)
         assert task.eval_every == task.steps // 20 and task.num_intervals == 20
         assert dataclasses.replace(task, eval_every=10) == plain
     for settings, message in [
-        ({"intervals": 20, "eval_every": 10}, "eval_every (10) and intervals (20): give one"),
-        ({"intervals": 300, "steps": (200, 400)}, "intervals (300) is more than the shortest"),
-        ({"intervals": 0}, "intervals must be positive, got 0"),
+        ({"num_intervals": 20, "eval_every": 10}, "eval_every (10) and num_intervals (20): give"),
+        ({"num_intervals": 300, "steps": (200, 400)}, "num_intervals (300) is more than the"),
+        ({"num_intervals": 0}, "num_intervals must be positive, got 0"),
     ]:
         with pytest.raises(ConfigError, match=re.escape(message)):
             TaskSpace(**settings)
@@ -562,6 +562,7 @@ def test_a_prior_of_the_runs_sizes_replaces_the_start_lr():
     ("settings", "message"),
     [
         ({"prior_lr": -1e-3}, "prior_lr must not be negative, got -0.001"),
+        ({"prior_fan_in_power": -1.0}, "prior_fan_in_power need a prior_lr > 0"),
         ({"prior_lr": 1e-3, "sweep_fraction": 0.05}, "sweep_fraction is a search of its own"),
         ({"range_start": 0.1}, "range_start needs continuous actions"),
         ({"mode": "continuous", "range_start": 0.1, "probe_intervals": 1}, "without a probe"),
@@ -605,6 +606,9 @@ def test_the_range_stop_rule_rises_until_the_gain_fades_then_backs_off_and_holds
     holder = RangeStopController(stop_fraction=0.0, max_rises=1, rule=RANGE_TEST_RULE)
     assert factors(holder, gains) == pytest.approx([2.5, 2.5, 1.0, 1.0, 1.0])
     assert factors(holder, (0.0, -0.1, 0.5)) == pytest.approx([2.5, 1.0, 1.0])
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ConfigError, match="max_rises must be a whole number"):
+            RangeStopController(max_rises=bad)
 
 
 def test_a_rules_settings_are_part_of_its_runs_cache_key(monkeypatch):

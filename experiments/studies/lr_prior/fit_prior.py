@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lrpilot.env.actions import ActionRule
+from lrpilot.env.actions import PRIOR_POWERS, ActionRule
 from lrpilot.env.features import REFERENCE_LR, context_features
 from lrpilot.experiments.report import best_tuned, markdown_table
 from lrpilot.experiments.scoring import score
@@ -48,7 +48,7 @@ from lrpilot.files import atomic_write_csv, atomic_write_json, atomic_write_text
 from lrpilot.lm.run_context import RunContext
 
 HERE = Path(__file__).resolve().parent
-FEATURES = ("log_params", "log_fan_in", "log_tokens_per_step", "log_budget")
+FEATURES = tuple(PRIOR_POWERS)  # the context features
 
 
 def refined_optimum(lrs: np.ndarray, scores: np.ndarray) -> float:
@@ -154,22 +154,13 @@ def chosen(fits: pd.DataFrame) -> pd.Series:
     return near.sort_values(["size", "loo rmse"]).iloc[0]
 
 
-# the ActionRule field of each context feature's power
-POWERS = {
-    "log_params": "prior_params_power",
-    "log_fan_in": "prior_fan_in_power",
-    "log_tokens_per_step": "prior_tokens_power",
-    "log_budget": "prior_budget_power",
-}
-
-
 def prior_of(choice: pd.Series) -> dict[str, float]:
     """The chosen fit as the `ActionRule` settings of its prior (`prior_lr`, the LR at
     the reference sizes, and the powers)."""
     names = [] if choice["size"] == 0 else choice["features"].split(" + ")
     intercept, *powers = (float(c) for c in choice["coefficients"].split())
     return {"prior_lr": REFERENCE_LR * float(np.exp(intercept))} | {
-        POWERS[name]: power for name, power in zip(names, powers, strict=True)
+        PRIOR_POWERS[name]: power for name, power in zip(names, powers, strict=True)
     }
 
 
@@ -198,7 +189,13 @@ def main() -> None:
     if bool(args.check_suite) != bool(args.check_results):
         parser.error("--check-suite and --check-results go together")
     results = Path(args.results)
-    table = workload_sizes(args.suite, results).join(best_peaks(results), how="inner")
+    sizes, peaks = workload_sizes(args.suite, results), best_peaks(results)
+    missing = sorted(set(sizes.index) - set(peaks.index))
+    if missing:
+        parser.error(
+            f"{results} has no tuning runs of {', '.join(missing)}: finish the suite first"
+        )
+    table = sizes.join(peaks)
     fits = fit_subsets(table)
     choice = chosen(fits)
     prior = prior_of(choice)
@@ -242,6 +239,7 @@ def main() -> None:
         ]
         # the prior as each workload's start LR, for range_test_oracle.py --start-lrs
         starts = rows["prior"].rename("start_lr").rename_axis("workload").reset_index()
+        Path(args.out).mkdir(parents=True, exist_ok=True)
         atomic_write_csv(Path(args.out) / f"{Path(args.check_suite).stem}-start-lrs.csv", starts)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

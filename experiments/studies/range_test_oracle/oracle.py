@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from lrpilot.experiments.replay import run_controller
 from lrpilot.experiments.report import best_tuned, markdown_table
 from lrpilot.experiments.scoring import score
 from lrpilot.experiments.suite import load_suite, with_inline_spec
-from lrpilot.files import atomic_write_csv, atomic_write_text
+from lrpilot.files import atomic_write_csv, atomic_write_json, atomic_write_text
 from lrpilot.lm.trace import trace_scores
 
 HERE = Path(__file__).resolve().parent
@@ -127,17 +128,37 @@ def main() -> None:
     backoffs = [float(b) for b in args.backoffs.split(",")]
     if any(not 1 <= b <= RANGE_TEST_RULE.continuous_max_factor for b in backoffs):
         parser.error(f"back-offs must be in [1, {RANGE_TEST_RULE.continuous_max_factor}]")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    done = pd.read_csv(out / "oracle.csv") if (out / "oracle.csv").is_file() else None
-    have = set() if done is None else set(map(tuple, done[COLUMNS[:4]].values.tolist()))
+    if args.window is not None and args.window < 0:
+        parser.error(f"--window must be 0 or more, got {args.window}")
     start_lrs = {}
     if args.start_lrs:
         given = pd.read_csv(args.start_lrs)
+        if not {"workload", "start_lr"} <= set(given.columns):
+            parser.error(f"--start-lrs needs columns workload and start_lr, got {list(given)}")
         start_lrs = dict(zip(given["workload"], given["start_lr"], strict=True))
         missing = [e.name for e in suite.entries if e.name not in start_lrs]
         if missing:
             parser.error(f"--start-lrs has no start LR for {', '.join(missing)}")
+        bad = {w: v for w, v in start_lrs.items() if not (np.isfinite(v) and v > 0)}
+        if bad:
+            parser.error(f"--start-lrs must be positive finite LRs, got {bad}")
+    if summary is not None and args.window is not None:
+        missing = [e.name for e in suite.entries if e.name not in set(best_tuned(summary).index)]
+        if missing:
+            parser.error(f"--suite-results has no tuned schedule for {', '.join(missing)}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    # the design the rows of oracle.csv were run with: a rerun into the same folder
+    # resumes it, and refuses another one
+    design = {"range_start": args.range_start, "rise_factor": args.rise_factor,
+              "start_lr": args.start_lr, "start_lrs": start_lrs}  # fmt: skip
+    if (out / "design.json").is_file() and json.loads((out / "design.json").read_text()) != design:
+        parser.error(
+            f"{out} holds an oracle of another design ({out / 'design.json'}): give another --out"
+        )
+    atomic_write_json(out / "design.json", design)
+    done = pd.read_csv(out / "oracle.csv") if (out / "oracle.csv").is_file() else None
+    have = set() if done is None else set(map(tuple, done[COLUMNS[:4]].values.tolist()))
     rule = dataclasses.replace(
         RANGE_TEST_RULE, range_start=args.range_start, rise_factor=args.rise_factor
     )
@@ -172,11 +193,10 @@ def main() -> None:
     ]
     means = table.groupby(["workload", "stop", "backoff"])["score"].mean().reset_index()
     best = means.loc[means.groupby("workload")["score"].idxmin()].set_index("workload")
-    # a best stop at the lowest or highest stop tried: a wider window could do better
+    # a best stop at the lowest (but not 0) or highest stop tried: more stops could do better
     tried = table.groupby("workload")["stop"].agg(["min", "max"]).reindex(best.index)
-    best["edge"] = np.where(
-        (best["stop"] == tried["min"]) | (best["stop"] == tried["max"]), "yes", ""
-    )
+    at_edge = ((best["stop"] == tried["min"]) & (best["stop"] > 0)) | (best["stop"] == tried["max"])
+    best["edge"] = np.where(at_edge, "yes", "")
     if summary is not None:
         tuned = best_tuned(summary)["mean"]
         best["ratio to best tuned"] = best["score"] / tuned.reindex(best.index)

@@ -63,7 +63,9 @@ def main() -> None:
         score(row.test_loss, row.test_accuracy, metrics[row.workload])
         for row in oracle.itertuples()
     ]
-    longest = oracle["stop"].max()
+    lowest, longest = oracle["stop"].min(), oracle["stop"].max()
+    if (oracle.groupby("workload")["stop"].agg(["min", "max"]) != [lowest, longest]).any(axis=None):
+        parser.error("every workload of the oracle must have run the same stops (no --window)")
     rising = oracle[(oracle["stop"] == longest) & (oracle["backoff"] == 1.0)]
     tuned = best_tuned(summary)["mean"].to_dict()  # the best tuned score
     rows = []
@@ -75,9 +77,9 @@ def main() -> None:
                 for run in runs.itertuples():
                     losses = [float(v) for v in run.val_losses.split()]  # [0]: L_0
                     stop = stop_of(losses, fraction)
-                    if stop is None or stop > longest:
-                        outside += 1
-                        stop = longest
+                    if stop is None or not lowest <= stop <= longest:
+                        outside += 1  # scored at the nearest stop the oracle ran
+                        stop = longest if stop is None else min(max(stop, lowest), longest)
                     match = oracle[
                         (oracle["workload"] == workload)
                         & (oracle["stop"] == stop)
@@ -88,7 +90,7 @@ def main() -> None:
                 ratios.append(np.mean(scores) / tuned[workload])
             rows.append({"stop_fraction": fraction, "backoff": backoff,
                          "median ratio": np.median(ratios), "worst ratio": max(ratios),
-                         "stops past the oracle's": outside})  # fmt: skip
+                         "stops outside the oracle's": outside})  # fmt: skip
     table = pd.DataFrame(rows).sort_values(["median ratio", "worst ratio"])
     chosen = table.iloc[0]
     lines = [

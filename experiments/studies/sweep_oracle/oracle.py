@@ -105,7 +105,7 @@ def main() -> None:
         "--window",
         type=int,
         help="keep only the candidates within a factor 2**WINDOW of the best tuned peak "
-        "(from --suite-results)",
+        "(from --suite-results), to the nearest factor-2 step",
     )
     parser.add_argument("--start-lr", type=float, default=1e-3, help="the untuned start LR")
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel")
@@ -114,6 +114,8 @@ def main() -> None:
     suite = load_suite(args.suite)
     if args.window is not None and not args.suite_results:
         parser.error("--window needs --suite-results (the best tuned peak of each workload)")
+    if args.window is not None and args.window < 0:
+        parser.error(f"--window must be 0 or more, got {args.window}")
     summary = pd.read_csv(Path(args.suite_results) / "summary.csv") if args.suite_results else None
     given = None
     if args.candidates:
@@ -133,6 +135,8 @@ def main() -> None:
         entry = with_inline_spec(entry, folder)
         candidates = given or factor_two_grid(*(entry.lr_range or suite.protocol.lr_range))
         if args.window is not None:
+            if entry.name not in best_tuned(summary).index:
+                parser.error(f"--suite-results has no tuned schedule for {entry.name}")
             peak = float(best_tuned(summary).loc[entry.name, "lr"])
             candidates = [
                 c for c in candidates if abs(math.log2(float(c) / peak)) < args.window + 0.5
