@@ -82,14 +82,17 @@ class PolicyController:
         steps: the run's optimizer steps (the `progress` feature is step / T).
         eval_every: steps between observations; the last interval takes the rest.
         start_lr: the policy's LR at the start; the first group's initial LR by default.
-            Clipped to the policy's range, as the env does.
+            Clipped to the policy's range, as the env does. A policy whose action rule
+            has a prior (`ActionRule.prior_lr`) starts from that instead; the groups
+            keep their ratios to `start_lr`.
         update_ratio_sample: elements per tensor `SampledUpdateRatio` samples; None
             measures the exact ratio (a copy of every weight at each interval's end).
         measure_grad_norm: measure the gradient norm in the optimizer's pre-step hook;
             False when the front end records it itself (`record_current_grad_norm`).
         tokens_per_step: the tokens (or examples) one optimizer step trains on, which a
-            policy whose feature set reads the run's sizes needs before its first
-            action (`lrpilot.agents.context`); a front end may set it until then.
+            policy that reads the run's sizes (its feature set, or its rule's prior)
+            needs before its first action (`lrpilot.agents.context`); a front end may
+            set it until then.
 
     The front end calls `count_step()` after every optimizer step, `observe(...)` at
     every evaluation (the first one, before any step, with only `val_loss=L_0`), and

@@ -66,9 +66,9 @@ class PolicyScheduler(LRScheduler):
             the mean of `clip_grad_norm_`'s returns): the hook then reads no gradients.
         tokens_per_step: the tokens one optimizer step trains on (e.g. batch size x
             sequence length x accumulation steps x processes), or the examples for a
-            model whose batch is not token sequences. Needed by a policy whose feature
-            set reads the run's sizes (`lrpilot.agents.context`); without it such a
-            policy's first observation is a one-line `ConfigError`.
+            model whose batch is not token sequences. Needed by a policy that reads
+            the run's sizes (its feature set, or its rule's prior; `lrpilot.agents.context`);
+            without it such a policy's first observation is a one-line `ConfigError`.
 
     `last_epoch` counts the `step()` calls: the optimizer steps done. `lr`, `last_stats`
     and `last_action` are the policy's LR and what it saw and did at the last

@@ -11,7 +11,8 @@ where the state is saved. `CallbackCore` does the rest, the same way for both:
   says, before the framework clips the gradients);
 - it keeps each batch's loss as a tensor (no device sync) and adds an optimizer
   step's batches up into that step's loss;
-- for a policy that reads the run's sizes, it counts the tokens per step from the
+- for a policy that reads the run's sizes (its feature set, or its rule's prior of
+  the LR), it counts the tokens per step from the
   first batch unless given (`tokens_per_step=`), and the policy's first action waits
   for them (it still comes before the first optimizer step);
 - at L_0 and at the end of every interval it shows the policy the validation loss
