@@ -108,6 +108,11 @@ class TaskSpace:
     - `vary`: workload settings and the values each is drawn from, uniformly, e.g.
       `{"n_embd": (32, 64, 128), "n_layer": (1, 2)}` (in the order of the names, sorted);
     - `lr_scale`: a log-uniform range of the hidden LR scale (`Task.lr_scale`).
+
+    `max_cost` bounds a wide space's tasks: a task whose parameters x input bytes per
+    step x steps (`step_cost()` of its workload x its budget) exceed it is drawn again,
+    so widths, depths, batches and budgets can each range widely without drawing runs
+    of hours.
     """
 
     workloads: tuple[str, ...] = setting(
@@ -144,6 +149,12 @@ class TaskSpace:
     lr_scale: tuple[float, float] = setting(
         (1.0, 1.0), help="log-uniform range of the hidden LR scale", check=low_at_most_high
     )
+    max_cost: float | None = setting(
+        None,
+        help="the most a task may cost, in parameters x input bytes per step x steps "
+        "(a drawn task above it is drawn again); none: no bound",
+        check=positive,
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -179,11 +190,19 @@ class TaskSpace:
         varied = [
             dict(zip(self.vary, values, strict=True)) for values in product(*self.vary.values())
         ]
+        cheapest = math.inf
         for corpus in self.corpora or (None,):  # every combination is a valid workload
             for spec in self.workloads:
                 run = RunSettings(spec, corpus=corpus, batch_size=self.batch_size)
                 for settings in varied:
-                    run.load_workload(**settings)
+                    workload = run.load_workload(**settings)
+                    if self.max_cost is not None:
+                        cheapest = min(cheapest, step_cost(workload) * min(self.steps))
+        if self.max_cost is not None and cheapest > self.max_cost:
+            raise ConfigError(
+                f"max_cost ({self.max_cost:.3g}) is below the cheapest task of the space "
+                f"({cheapest:.3g} parameters x input bytes per step x steps)"
+            )
 
     def __hash__(self) -> int:  # `vary` is a dict (of tuples): hashed as its items
         values = [getattr(self, f.name) for f in fields(self)]
@@ -195,6 +214,13 @@ class TaskSpace:
         return self.eval_every if isinstance(self.eval_every, tuple) else (self.eval_every,)
 
     def sample(self, rng: np.random.Generator) -> Task:
+        """Draw one task: with `max_cost`, the first drawn at or under it."""
+        while True:
+            task = self._draw(rng)
+            if self.max_cost is None or step_cost(task.workload) * task.steps <= self.max_cost:
+                return task
+
+    def _draw(self, rng: np.random.Generator) -> Task:
         """Draw one task. Always draws the same number of values, so seeding is stable."""
         corpus = self.corpora[rng.integers(len(self.corpora))] if self.corpora else None
         spec = self.workloads[rng.integers(len(self.workloads))]
@@ -217,6 +243,18 @@ class TaskSpace:
             eval_every=int(eval_every),
         )
         return run.task(int(seed), start_lr, lr_scale=lr_scale, **varied)
+
+
+def step_cost(workload: Workload) -> int:
+    """A workload's `step_cost()` (parameters x input bytes of one step), or a one-line
+    `ConfigError` for a workload that cannot say it (a user's `FILE.py:FUNCTION`)."""
+    cost = getattr(workload, "step_cost", None)
+    if cost is None:
+        raise ConfigError(
+            f"max_cost needs each workload's cost per step; {workload.name!r} "
+            f"({type(workload).__name__}) has none"
+        )
+    return cost()
 
 
 def log_uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:

@@ -125,6 +125,10 @@ class ByteGPTWorkload:
         """The model's parameter count, from its sizes (nothing is built)."""
         return self.model_config().num_params()  # checks the sizes
 
+    def step_cost(self) -> int:
+        """Parameters x input bytes of one optimizer step: its compute, up to a factor."""
+        return self.num_params() * self.batch_size * self.block_size
+
     def to_dict(self) -> dict:
         return run_settings(self)
 

@@ -96,6 +96,12 @@ class TextClassificationWorkload:
     def dataset(self) -> TextDataset:
         return load_dataset(self.data, self.max_bytes)
 
+    def step_cost(self) -> int:
+        """Parameters (the head counted for 2 classes) x input bytes of one optimizer
+        step, at most: its compute, up to a factor."""
+        params = classifier_num_params(2, self.max_bytes, self.n_embd, self.n_layer)
+        return params * self.batch_size * self.max_bytes
+
     def to_dict(self) -> dict:
         return run_settings(self)
 

@@ -13,6 +13,8 @@ Every workload has `name`, `steps` and `eval_every` (its budget), `metric` (what
 `FILE.py:FUNCTION` workloads are ranked by loss), `make_run(seed, device) ->
 TrainingRun`, `to_dict()` (every setting its runs depend on, with `family`: all but
 `metric`) and `digest()` (a hash of the data or code its numbers depend on, for caches).
+The built-in families also have `step_cost()`, parameters x input bytes of one optimizer
+step, by which a task space can bound what its tasks cost (`TaskSpace.max_cost`).
 """
 
 from __future__ import annotations

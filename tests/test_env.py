@@ -349,6 +349,30 @@ def test_a_task_space_with_a_number_of_intervals_evaluates_every_budget_as_often
             TaskSpace(**settings)
 
 
+def test_a_task_space_with_a_max_cost_draws_again_above_it():
+    wide = {"steps": (200, 3000), "vary": {"n_embd": (32, 512), "batch_size": (8, 128)}}
+    unbounded, bounded = TaskSpace(**wide), TaskSpace(**wide, max_cost=5e11)
+
+    def cost(task) -> float:
+        return task.workload.num_params() * task.workload.batch_size * 16 * task.steps
+
+    rng_a, rng_b = np.random.default_rng(0), np.random.default_rng(0)
+    drawn = [unbounded.sample(rng_a) for _ in range(30)]
+    kept = [bounded.sample(rng_b) for _ in range(30)]
+    assert max(map(cost, drawn)) > 5e11 >= max(map(cost, kept))  # tiny's block size: 16
+    assert {t.workload.n_embd for t in kept} == {32, 512}  # the large width, when cheap
+    # a bound above every task draws the same tasks as none
+    rng_a, rng_b = np.random.default_rng(1), np.random.default_rng(1)
+    loose = TaskSpace(**wide, max_cost=1e15)
+    assert [unbounded.sample(rng_a) for _ in range(5)] == [loose.sample(rng_b) for _ in range(5)]
+    with pytest.raises(ConfigError, match=r"max_cost \(1e\+06\) is below the cheapest task"):
+        TaskSpace(**wide, max_cost=1e6)
+    classify = TaskSpace(workloads=("classify",), max_cost=1e15).sample(np.random.default_rng(0))
+    assert classify.workload.step_cost() > 0  # the classifier's cost: its passages' bytes
+    with pytest.raises(ConfigError, match="max_cost needs each workload's cost per step"):
+        TaskSpace(workloads=("examples/custom_workload.py:make_run",), max_cost=1e12)
+
+
 def test_a_wide_task_space_varies_workload_settings_and_hides_an_lr_scale():
     """`vary` and `lr_scale` draw after every other value: the first task of a space
     without them is the same; every value of `vary` turns up, and the scale stays in
