@@ -142,8 +142,9 @@ def main() -> None:
         bad = {w: v for w, v in start_lrs.items() if not (np.isfinite(v) and v > 0)}
         if bad:
             parser.error(f"--start-lrs must be positive finite LRs, got {bad}")
-    if summary is not None and args.window is not None:
-        missing = [e.name for e in suite.entries if e.name not in set(best_tuned(summary).index)]
+    peaks = None if summary is None else best_tuned(summary)["lr"]  # each tuned peak
+    if peaks is not None and args.window is not None:
+        missing = [e.name for e in suite.entries if e.name not in peaks.index]
         if missing:
             parser.error(f"--suite-results has no tuned schedule for {', '.join(missing)}")
     out = Path(args.out)
@@ -170,8 +171,7 @@ def main() -> None:
         start_lr = float(start_lrs.get(entry.name, args.start_lr))
         tried = stops
         if args.window is not None:
-            peak = float(best_tuned(summary).loc[entry.name, "lr"])
-            tried = stops_near(stops, rule, start_lr, peak, args.window)
+            tried = stops_near(stops, rule, start_lr, float(peaks[entry.name]), args.window)
         for seed in suite.protocol.eval_seeds:
             task = entry.run.task(seed, start_lr)
             jobs += [(entry.name, task, k, b, rule) for k in tried for b in backoffs

@@ -117,6 +117,7 @@ def main() -> None:
     if args.window is not None and args.window < 0:
         parser.error(f"--window must be 0 or more, got {args.window}")
     summary = pd.read_csv(Path(args.suite_results) / "summary.csv") if args.suite_results else None
+    peaks = None if summary is None else best_tuned(summary)["lr"]  # each tuned peak
     given = None
     if args.candidates:
         try:
@@ -135,9 +136,9 @@ def main() -> None:
         entry = with_inline_spec(entry, folder)
         candidates = given or factor_two_grid(*(entry.lr_range or suite.protocol.lr_range))
         if args.window is not None:
-            if entry.name not in best_tuned(summary).index:
+            if entry.name not in peaks.index:
                 parser.error(f"--suite-results has no tuned schedule for {entry.name}")
-            peak = float(best_tuned(summary).loc[entry.name, "lr"])
+            peak = float(peaks[entry.name])
             candidates = [
                 c for c in candidates if abs(math.log2(float(c) / peak)) < args.window + 0.5
             ]
