@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from lrpilot.agents.controllers import RANGE_RULES, RangeStopController
 from lrpilot.config import (
     all_of,
     at_least,
@@ -30,6 +31,7 @@ from lrpilot.config import (
 from lrpilot.env.lr_env import EnvConfig
 from lrpilot.env.tasks import Task
 from lrpilot.errors import ConfigError
+from lrpilot.lm.workloads import spec_in_folder
 from lrpilot.settings import RunSettings
 
 DEFAULT_PRESET = "controller"  # the preset that trained the shipped policy
@@ -117,6 +119,30 @@ class EvalSettings:
 
 
 @dataclass(frozen=True)
+class ImitationSettings:
+    """Behaviour cloning before PPO (`lrpilot.agents.imitation`): the policy starts as a
+    copy of a fixed rule on the range test, so PPO's first rollouts are as safe as the
+    rule and training only has to improve on it."""
+
+    controller: str = setting(
+        "",
+        help=f"the range-test rule to imitate ({', '.join(RANGE_RULES)}), with its stop "
+        "settings on the preset's action rule; empty: no imitation",
+        check=lambda name: (
+            None
+            if name in ("", *RANGE_RULES)
+            else f"must be {', '.join(RANGE_RULES)} or empty (none)"
+        ),
+    )
+    episodes: int = setting(32, help="episodes the rule drives to imitate", check=positive)
+    epochs: int = setting(200, help="passes over the rule's observations", check=positive)
+    learning_rate: float = setting(1e-3, help="Adam's learning rate of the fit", check=positive)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything `lrpilot train` needs; a preset TOML file holds one."""
 
@@ -132,9 +158,15 @@ class TrainConfig:
     ppo: PPOSettings = setting(PPOSettings(), help="PPO's hyperparameters")
     env: EnvConfig = setting(EnvConfig(), help="the environment and its tasks")
     eval: EvalSettings = setting(EvalSettings(), help="the evaluation tasks")
+    imitation: ImitationSettings = setting(
+        ImitationSettings(), help="behaviour cloning of a fixed rule before PPO"
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if self.imitation.controller:
+            _, settings = RANGE_RULES[self.imitation.controller]
+            RangeStopController(rule=self.env.action, **settings)  # the rule suits it
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "") -> TrainConfig:
@@ -148,10 +180,19 @@ class TrainConfig:
 def load_train_config(preset: str, workload: str | None = None, **overrides) -> TrainConfig:
     """A preset, with top-level fields (timesteps, n_envs, seed, ...) overridden.
 
-    `workload` (a spec, as `--workload` takes) replaces the preset's training and
-    evaluation workloads, with the workload's own corpus and batch size.
+    A workload file named in the preset (`.toml`, `FILE.py:FUNCTION`) is relative to
+    the preset's folder, as in suites. `workload` (a spec, as `--workload` takes)
+    replaces the preset's training and evaluation workloads, with the workload's own
+    corpus and batch size.
     """
-    data, _ = read_toml(preset, "preset", "presets")
+    data, folder = read_toml(preset, "preset", "presets")
+    env, evaluation = data.get("env"), data.get("eval")
+    space = env.get("task_space") if isinstance(env, dict) else None
+    if isinstance(space, dict) and isinstance(space.get("workloads"), list):
+        space["workloads"] = [spec_in_folder(spec, folder) for spec in space["workloads"]]
+    run = evaluation.get("run") if isinstance(evaluation, dict) else None
+    if isinstance(run, dict) and "workload" in run:
+        run["workload"] = spec_in_folder(run["workload"], folder)
     data.update({k: v for k, v in overrides.items() if v is not None})
     if workload is not None:
         env = data.setdefault("env", {})

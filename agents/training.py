@@ -14,7 +14,10 @@ Run folder `DIR/`:
   like any SB3 checkpoint; share the policy files instead);
 - `policy/policy.safetensors`: the latest policy; `best/policy.safetensors`: the best
   on the evaluation tasks, by `eval.select` (`best/best.json` says which evaluation);
-  `evaluations.csv`: every evaluation.
+  `evaluations.csv`: every evaluation; `evaluated/<timesteps>/policy.safetensors`: the
+  policy of each evaluation, for a selection of one's own (a suite, say);
+- `imitation.json`: the behaviour cloning before PPO, when the preset asks for it
+  (`lrpilot.agents.imitation`).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 from tqdm.auto import tqdm
 
 from lrpilot.agents.evaluation import evaluate_controller, is_new_best
+from lrpilot.agents.imitation import imitate
 from lrpilot.agents.policy_file import Policy
 from lrpilot.agents.ppo import close_vec_env, export_policy, make_model, make_vec_env
 from lrpilot.agents.train_config import TrainConfig, load_train_config
@@ -53,6 +57,7 @@ from lrpilot.ray_backend import RayBackend, ray_session
 
 CONFIG_FILE = "config.toml"
 CHECKPOINTS = "checkpoints"
+EVALUATED = "evaluated"
 
 
 class ProgressBarCallback(BaseCallback):
@@ -136,7 +141,7 @@ class ControllerRun:
         self.venv: VecNormalize | None = None
         self.eval_env = LRControlEnv(config.env)  # reused, so corpora load once per run
         self.seconds_before = 0.0  # training time of earlier sessions, to their last checkpoint
-        self.session_start = time.perf_counter()
+        self.session_start = time.perf_counter()  # this session's time counts from here
 
     def seconds(self) -> float:
         """Wall time spent training this run so far, over all its sessions."""
@@ -185,6 +190,7 @@ class ControllerRun:
         policy = export_policy(model, self.venv, self.config)
         result = evaluate_controller(policy, self.config.eval.tasks(), self.eval_env)
         result = {"timesteps": int(model.num_timesteps)} | result
+        policy.save(self.out / EVALUATED / str(result["timesteps"]))
         new_best = is_new_best(result, self.evaluations, self.config.eval.select)
         self.evaluations.append(result)
         atomic_write_csv(self.out / "evaluations.csv", pd.DataFrame(self.evaluations))
@@ -218,6 +224,14 @@ class ControllerRun:
         self.out = ensure_writable_dir(self.out)
         atomic_write_text(self.out / CONFIG_FILE, tomli_w.dumps(self.config.to_dict()))
         model, self.venv = make_model(self.config, self.backend)
+        if self.config.imitation.controller:
+            try:
+                record = imitate(model, self.venv, self.config)
+            except BaseException:
+                close_vec_env(self.venv)
+                raise
+            atomic_write_json(self.out / "imitation.json", record)
+            self.checkpoint(model)  # a resumed run starts from the copy of the rule
         return self._learn(model, progress)
 
     def resume(self, progress: bool = True) -> Policy:
@@ -241,7 +255,6 @@ class ControllerRun:
         callbacks: list[BaseCallback] = [CheckpointAndEvalCallback(self)]
         if progress:
             callbacks.append(ProgressBarCallback(self.config.timesteps))
-        self.session_start = time.perf_counter()
         try:
             if remaining > 0:
                 model.learn(remaining, callback=CallbackList(callbacks), reset_num_timesteps=False)

@@ -21,7 +21,7 @@ from lrpilot.config import (
 )
 from lrpilot.errors import ConfigError
 from lrpilot.lm.run import TrainingRun, interval_lengths
-from lrpilot.lm.workloads import Workload
+from lrpilot.lm.workloads import Workload, load_workload
 from lrpilot.settings import RunSettings
 
 SEED_RANGE = 2**31 - 1
@@ -95,12 +95,12 @@ class TaskSpace:
     Each tuple is a set to choose from uniformly; `start_lr` is a log-uniform range
     (pin it with equal ends); `seeds=None` draws a fresh seed at every reset.
     `workloads` are workload specs (built-in names, TOML files, `FILE.py:FUNCTION`);
-    `corpora` and `batch_size`, when given, replace the drawn workload's own (for
-    workloads that have those settings). `eval_every` is one interval length, or a
-    tuple to choose from (drawn last, so a space with one length draws the same tasks);
-    `num_intervals` replaces it with a number of intervals per task, so that budgets of
-    200 and 3,000 steps are both evaluated about as often: every `steps // num_intervals`
-    steps (a remainder makes one more, shorter, interval).
+    `corpora` and `batch_size`, when given, replace the drawn workload's own; a
+    workload without a corpus (the text classifier) keeps its data. `eval_every` is one
+    interval length, or a tuple to choose from (drawn last, so a space with one length
+    draws the same tasks); `num_intervals` replaces it with a number of intervals per
+    task, so that budgets of 200 and 3,000 steps are both evaluated about as often:
+    every `steps // num_intervals` steps (a remainder makes one more, shorter, interval).
 
     Two draws for a wide distribution come after all others, and only when given, so
     a space without them draws the same tasks as a space that cannot have them:
@@ -119,7 +119,9 @@ class TaskSpace:
         ("tiny",), help="workload specs to draw from", check=non_empty
     )
     corpora: tuple[str, ...] | None = setting(
-        None, help="corpora to draw from, replacing each workload's own", check=non_empty
+        None,
+        help="corpora to draw from, replacing the own of each workload that has one",
+        check=non_empty,
     )
     seeds: tuple[int, ...] | None = setting(
         None,
@@ -187,13 +189,19 @@ class TaskSpace:
                 raise ConfigError(
                     f"eval_every ({eval_every}) is larger than the step budget ({min(self.steps)})"
                 )
+        if self.corpora is not None and not any(map(takes_corpus, self.workloads)):
+            raise ConfigError(
+                f"corpora {list(self.corpora)}: none of the workloads {list(self.workloads)} "
+                "has a corpus"
+            )
         varied = [
             dict(zip(self.vary, values, strict=True)) for values in product(*self.vary.values())
         ]
         cheapest = math.inf
         for corpus in self.corpora or (None,):  # every combination is a valid workload
             for spec in self.workloads:
-                run = RunSettings(spec, corpus=corpus, batch_size=self.batch_size)
+                own = corpus if takes_corpus(spec) else None
+                run = RunSettings(spec, corpus=own, batch_size=self.batch_size)
                 for settings in varied:
                     workload = run.load_workload(**settings)
                     if self.max_cost is not None:
@@ -237,12 +245,17 @@ class TaskSpace:
         lr_scale = 1.0 if self.lr_scale == (1.0, 1.0) else log_uniform(rng, self.lr_scale)
         run = RunSettings(
             spec,
-            corpus=corpus,
+            corpus=corpus if takes_corpus(spec) else None,
             batch_size=self.batch_size,
             steps=int(steps),
             eval_every=int(eval_every),
         )
         return run.task(int(seed), start_lr, lr_scale=lr_scale, **varied)
+
+
+def takes_corpus(spec: str) -> bool:
+    """Whether the workload `spec` names has a corpus (a `TaskSpace`'s `corpora` replace it)."""
+    return "corpus" in {f.name for f in fields(load_workload(spec))}
 
 
 def step_cost(workload: Workload) -> int:

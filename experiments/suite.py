@@ -47,7 +47,7 @@ from lrpilot.experiments.plots import plot_performance_profile
 from lrpilot.experiments.report import markdown_table
 from lrpilot.experiments.scoring import RANKED_BY, score_name, score_ratio
 from lrpilot.files import atomic_write_csv, atomic_write_text, ensure_writable_dir
-from lrpilot.lm.workloads import workload_from_dict
+from lrpilot.lm.workloads import spec_in_folder, workload_from_dict
 from lrpilot.ray_backend import RayBackend
 from lrpilot.settings import RunSettings
 
@@ -164,9 +164,7 @@ def _entry(raw: Any, index: int, where: str, base: Path) -> SuiteEntry:
                 f"{at}: unknown key(s) {', '.join(sorted(entry))} (give `workload = SPEC` "
                 f"or a family inline)"
             )
-        spec = run["workload"]
-        if isinstance(spec, str) and (spec.endswith(".toml") or ".py:" in spec):
-            run["workload"] = spec if Path(spec).is_absolute() else str((base / spec).resolve())
+        run["workload"] = spec_in_folder(run["workload"], base)
     else:
         inline = entry | {"name": entry.get("name", name)}
         workload_from_dict(inline, at)  # checked now

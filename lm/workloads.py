@@ -234,6 +234,14 @@ def load_workload(spec: str) -> Workload:
     )
 
 
+def spec_in_folder(spec: Any, folder: Path) -> Any:
+    """A workload file's spec (`.toml`, `FILE.py:FUNCTION`) relative to `folder` made
+    absolute, as a suite or preset that names it means it; other specs as they are."""
+    if isinstance(spec, str) and (spec.endswith(".toml") or ".py:" in spec):
+        return spec if Path(spec).is_absolute() else str((folder / spec).resolve())
+    return spec
+
+
 def with_overrides(workload: Workload, **overrides: Any) -> Workload:
     """`workload` with some settings replaced (None values are ignored), e.g. the
     corpus or batch size the CLI's flags give; a setting it lacks is refused."""

@@ -64,7 +64,7 @@ class TrainOptions(Command):
     out: str = setting(check=non_empty, help="run folder: new, or the one to --resume")
     preset: str | None = setting(
         None,
-        help="a preset (controller, generalist, demo, tiny: TOML files in "
+        help="a preset (controller, generalist, prior_generalist, demo, tiny: TOML files in "
         "experiments/presets/) or a TOML path (default: controller, which trained the "
         "shipped policy)",
     )

@@ -373,6 +373,19 @@ def test_a_task_space_with_a_max_cost_draws_again_above_it():
         TaskSpace(workloads=("examples/custom_workload.py:make_run",), max_cost=1e12)
 
 
+def test_a_task_space_gives_its_corpora_only_to_workloads_that_have_one():
+    """The classifier has no corpus: a space of both families keeps its data and gives
+    the byte GPT a drawn corpus."""
+    space = TaskSpace(workloads=("tiny", "classify"), corpora=("pystdlib:json", "pystdlib:xml"))
+    rng = np.random.default_rng(0)
+    tasks = [space.sample(rng) for _ in range(12)]
+    gpt = [t.workload for t in tasks if t.workload.family == "byte_gpt"]
+    classifier = [t.workload for t in tasks if t.workload.family == "text_classification"]
+    assert gpt and classifier
+    assert {w.corpus for w in gpt} == {"pystdlib:json", "pystdlib:xml"}
+    assert all(not hasattr(w, "corpus") for w in classifier)
+
+
 def test_a_wide_task_space_varies_workload_settings_and_hides_an_lr_scale():
     """`vary` and `lr_scale` draw after every other value: the first task of a space
     without them is the same; every value of `vary` turns up, and the scale stays in
@@ -477,7 +490,7 @@ def test_a_history_stacks_the_last_observations_newest_first():
         (lambda: TaskSpace(workloads=("huge",)), "unknown workload 'huge'"),
         (
             lambda: TaskSpace(workloads=("classify",), corpora=("pydoc",)),
-            "has no setting corpus",
+            "corpora ['pydoc']: none of the workloads ['classify'] has a corpus",
         ),
         (lambda: RunSettings("tiny", steps=10, eval_every=20).task(0, 1e-3), "eval_every (20)"),
         (lambda: RunSettings("tiny").task(0, 0.0), "start_lr must be positive, got 0.0"),
