@@ -188,6 +188,12 @@ def rule_digest(name: str) -> str:
     return hashlib.sha256(json_text(settings, indent=None).encode()).hexdigest()
 
 
+def reads_start_lr(name: str) -> bool:
+    """Whether the baseline controller `name`'s runs depend on the start LR (a range
+    test from the LR prior does not: its runs from every start LR are the same run)."""
+    return name not in RANGE_RULES or not RANGE_RULES[name][0].prior_lr
+
+
 class RangeStopController(_FactorController):
     """The online range test driven by a fixed rule, the non-learned method on that
     mechanism: rise while each interval's log-improvement of the validation loss is at

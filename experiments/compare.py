@@ -40,7 +40,7 @@ import os
 
 import numpy as np
 
-from lrpilot.agents.controllers import rule_digest
+from lrpilot.agents.controllers import reads_start_lr, rule_digest
 from lrpilot.agents.policy_file import policy_from_bytes, resolve_policy_path
 from lrpilot.errors import ConfigError
 from lrpilot.experiments.assembly import assemble, notes
@@ -78,12 +78,28 @@ def compare(
         return RunSpec("schedule", name, lr, seed, **common, warmup=warmup)
 
     controlled = [
-        RunSpec("policy", "policy", lr, seed, **common, policy_sha256=policy_sha256)
+        RunSpec(
+            "policy",
+            "policy",
+            lr,
+            seed,
+            **common,
+            policy_sha256=policy_sha256,
+            start_lr_used=setup.policy_reads_start_lr,
+        )
         for lr in config.protocol.start_lrs
         for seed in config.protocol.eval_seeds
         if policy_sha256 is not None
     ] + [
-        RunSpec("controller", name, lr, seed, **common, policy_sha256=rule_digest(name))
+        RunSpec(
+            "controller",
+            name,
+            lr,
+            seed,
+            **common,
+            policy_sha256=rule_digest(name),
+            start_lr_used=reads_start_lr(name),
+        )
         for name in config.protocol.controllers
         for lr in config.protocol.start_lrs
         for seed in config.protocol.eval_seeds
@@ -152,6 +168,7 @@ class Setup:
     policy_sha256: str | None
     protocol: dict  # the Protocol, as a table
     metric: str  # what the schedules are tuned and the methods ranked by
+    policy_reads_start_lr: bool = True  # False: its rule starts from the LR prior
 
     @property
     def record(self) -> dict:
@@ -170,11 +187,13 @@ def prepare(config: CompareConfig, backend: RayBackend | None = None) -> Setup:
     """Check what a comparison needs (the policy file, the data, the device) and return
     what its runs share; a bad input fails here, before anything is written."""
     policy_bytes = policy_sha256 = None
+    reads_start = True
     if config.policy is not None:
         path = resolve_policy_path(config.policy)
         policy_bytes = path.read_bytes()
-        policy_from_bytes(policy_bytes, str(path))  # not a policy: fail now, not in a worker
+        policy = policy_from_bytes(policy_bytes, str(path))  # fails now, not in a worker
         policy_sha256 = hashlib.sha256(policy_bytes).hexdigest()
+        reads_start = not policy.action.prior_lr
     task = config.task(config.protocol.eval_seeds[0], config.protocol.start_lrs[0])
     common = {
         "workload": task.workload.to_dict(),  # not its metric: the runs do not depend on it
@@ -186,7 +205,7 @@ def prepare(config: CompareConfig, backend: RayBackend | None = None) -> Setup:
     if backend is not None and common["device"] == "cuda" and backend.gpus_per_worker == 0:
         raise ConfigError("device cuda on Ray needs --gpus-per-worker > 0 (Ray hides GPUs)")
     protocol = dataclasses.asdict(config.protocol)
-    return Setup(common, policy_bytes, policy_sha256, protocol, task.workload.metric)
+    return Setup(common, policy_bytes, policy_sha256, protocol, task.workload.metric, reads_start)
 
 
 def _best_setting(cache: RunCache, specs: list[RunSpec], metric: str) -> tuple[float, float | None]:

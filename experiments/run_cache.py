@@ -44,6 +44,7 @@ from lrpilot.ray_backend import MAX_RETRIES, RayBackend, import_ray
 
 CACHE_VERSION = 3  # bump when a change would alter the numbers of a cached run
 RUNS_DIR = "runs"
+KEYED_START = 1e-3  # the start LR in the key of a run that does not read it
 
 
 @dataclass(frozen=True)
@@ -63,11 +64,17 @@ class RunSpec:
     # settings' (`rule_digest`); a new one is a new run
     policy_sha256: str = ""
     warmup: float | None = None  # a schedule's warmup fraction; None: it has none
+    # False: the run does not read its start LR (its rule starts from the LR prior), so
+    # one run, keyed as the run from KEYED_START, serves every start LR
+    start_lr_used: bool = True
 
     @property
     def key(self) -> str:
         """The cache key: a hash of the spec and the cache format."""
-        text = json_text(dataclasses.asdict(self) | {"cache": CACHE_VERSION}, indent=None)
+        fields = dataclasses.asdict(self)
+        if not fields.pop("start_lr_used"):
+            fields["lr"] = KEYED_START
+        text = json_text(fields | {"cache": CACHE_VERSION}, indent=None)
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     @property

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import signal
 import subprocess
@@ -22,6 +24,7 @@ from lrpilot.experiments.compare import RUNS_DIR, CompareConfig, compare
 from lrpilot.experiments.compare_config import Protocol
 from lrpilot.experiments.replay import REPLAY_COLUMNS
 from lrpilot.experiments.report import paired_difference, steps_to_target
+from lrpilot.experiments.run_cache import RunSpec
 from lrpilot.lm.trace import trace_scores
 from lrpilot.settings import RunSettings
 
@@ -156,6 +159,30 @@ def compared(policy_file, tmp_path_factory) -> Path:
 
 def _without_timing(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.drop(columns=["seconds"], errors="ignore")
+
+
+def test_a_rule_from_the_prior_runs_once_for_every_start_lr(tmp_path):
+    """priorhold does not read the start LR: compare runs it once per seed, keyed as the
+    run from 1e-3 (the suites' untuned start), and reports it under each start LR."""
+    config = small_compare(None)
+    protocol = dataclasses.replace(
+        config.protocol,
+        schedules=("constant",),
+        controllers=("priorhold", "rangestop"),
+        eval_seeds=(1,),
+        start_lrs=(1e-4, 3e-3),
+    )
+    compare(dataclasses.replace(config, protocol=protocol), tmp_path, progress=False)
+    specs = [json.loads(p.read_text())["spec"] for p in tmp_path.glob("runs/*/run.json")]
+    methods = [spec["method"] for spec in specs]
+    assert methods.count("priorhold") == 1 and methods.count("rangestop") == 2
+    results = pd.read_csv(tmp_path / "results.csv")
+    priorhold = results[results["method"] == "priorhold"]
+    by_start = [group["lr"].tolist() for _, group in priorhold.groupby("peak_or_start_lr")]
+    assert len(by_start) == 2 and by_start[0] == by_start[1]
+    spec = next(spec for spec in specs if spec["method"] == "priorhold")
+    key = RunSpec(**(spec | {"lr": 1e-3, "start_lr_used": True})).key
+    assert (tmp_path / "runs" / key).is_dir()  # the same key as the run from 1e-3
 
 
 def test_compare_follows_the_protocol(compared):

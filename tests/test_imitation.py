@@ -108,3 +108,15 @@ def test_the_prior_generalist_preset_draws_both_families_on_its_own_corpora():
     validation_and_heldout = {"pydoc", "pystdlib", "pystdlib:email", "pystdlib:json"}
     assert corpora and not corpora & validation_and_heldout
     assert all(t.num_intervals == 20 and 0.4 <= t.lr_scale <= 2.5 for t in tasks)
+
+
+def test_compare_runs_a_policy_on_the_prior_once_for_every_start_lr(cloned_run):
+    from lrpilot.experiments.compare import CompareConfig, prepare
+    from lrpilot.experiments.compare_config import Protocol
+
+    run = RunSettings(steps=20, eval_every=10, batch_size=8, device="cpu")
+    protocol = Protocol(schedules=("constant",), lr_grid=2, lr_range=(1e-4, 1e-3), warmups=(),
+                        tune_seeds=(0,), eval_seeds=(1,), start_lrs=(1e-4, 1e-3))  # fmt: skip
+    prior = prepare(CompareConfig(run=run, protocol=protocol, policy=str(cloned_run / "policy")))
+    shipped = prepare(CompareConfig(run=run, protocol=protocol, policy="default"))
+    assert not prior.policy_reads_start_lr and shipped.policy_reads_start_lr
