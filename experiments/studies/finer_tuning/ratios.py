@@ -1,14 +1,14 @@
 """How `heldout`'s ratios move when its tuned reference gets finer.
 
 The earlier protocol tuned peaks a factor 3.2 apart on one seed (`--old`, the committed
-`experiments/results/heldout/`); the current one tunes peaks a factor 2 apart on two
+`experiments/results/heldout-coarse/`); the current one tunes peaks a factor 2 apart on two
 seeds (`--new`, a fresh `lrpilot benchmark --suite heldout` folder). Methods that do not
 depend on the tuning (the shipped policy, the tuning-free optimizers) ran the same
 evaluation runs under both, so their means divided by either reference show how much of
 a "win" or a "loss" was the grid's coarseness.
 
     python experiments/studies/finer_tuning/ratios.py \
-        --old experiments/results/heldout --new runs/heldout
+        --old experiments/results/heldout-coarse --new experiments/results/heldout
 
 Prints, and writes to `ratios.md` beside this script (or `--out`): per workload the
 best tuned schedule under each protocol, then every untuned method's ratio under each,
