@@ -201,6 +201,8 @@ class RangeStopController(_FactorController):
     that many times); at the first that is not, back off by `backoff` once and hold the
     LR for the rest of the run."""
 
+    READS = ("progress", "log_val_rel_prev")  # the features it acts on
+
     def __init__(
         self,
         stop_fraction: float = RANGE_STOP["stop_fraction"],

@@ -1,7 +1,8 @@
 """Behaviour cloning before PPO: the policy starts as a copy of a fixed rule.
 
 The rule (`RangeStopController` with the named controller's stop settings, on the
-preset's action rule) drives the training environments for `episodes` episodes. The
+preset's action rule) drives the training environments for `episodes` episodes
+(rounded up to a multiple of the environments: each one's first episodes). The
 policy's mean action is then fitted to the rule's actions (mean squared error, in
 action units) and the value function to the returns that followed (the sum of the
 rewards from each observation on, discounted by PPO's gamma), on the observations as PPO
@@ -26,15 +27,17 @@ BATCH_SIZE = 256  # observations per gradient step of the fit
 
 
 def rule_episodes(
-    venv: VecNormalize, controllers: list[RangeStopController], episodes: int, gamma: float
+    venv: VecNormalize, controllers: list[RangeStopController], per_env: int, gamma: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[float]]:
-    """Drive `venv` (one controller per environment) until `episodes` episodes have
-    finished; their raw observations (n, obs), actions (n, 1), returns from each
-    observation on (n,), and each episode's return."""
+    """Drive `venv` (one controller per environment) until each environment has
+    finished `per_env` episodes, keeping each one's first `per_env` (so short episodes
+    are not favoured); their raw observations (n, obs), actions (n, 1), returns from
+    each observation on (n,), and each episode's return."""
     raw_obs, actions, returns, episode_returns = [], [], [], []
     open_episodes = [([], [], []) for _ in controllers]  # observations, actions, rewards
-    venv.reset()
-    while len(episode_returns) < episodes:
+    finished = [0] * len(controllers)
+    venv.reset()  # SB3 resets an environment itself when its episode ends
+    while min(finished) < per_env:
         observations = venv.get_original_obs()  # (n_envs, obs)
         chosen = np.stack([c.act(o) for c, o in zip(controllers, observations, strict=True)])
         _, rewards, dones, _ = venv.step(chosen)
@@ -42,7 +45,7 @@ def rule_episodes(
             episode[0].append(observations[k])
             episode[1].append(chosen[k])
             episode[2].append(float(rewards[k]))
-            if dones[k] and len(episode_returns) < episodes:
+            if dones[k] and finished[k] < per_env:
                 to_go, total = [], 0.0
                 for reward in reversed(episode[2]):
                     total = reward + gamma * total
@@ -52,6 +55,7 @@ def rule_episodes(
                 returns += to_go[::-1]
                 episode_returns.append(total)
             if dones[k]:
+                finished[k] += 1
                 open_episodes[k] = ([], [], [])
     return (
         np.asarray(raw_obs, dtype=np.float32),
@@ -70,8 +74,9 @@ def imitate(model: PPO, venv: VecNormalize, config: TrainConfig) -> dict:
     controllers = [
         RangeStopController(rule=config.env.action, **stop) for _ in range(config.n_envs)
     ]
+    per_env = -(-settings.episodes // config.n_envs)  # rounded up
     raw, actions, returns, episode_returns = rule_episodes(
-        venv, controllers, settings.episodes, config.ppo.gamma
+        venv, controllers, per_env, config.ppo.gamma
     )
     observations = torch.as_tensor(venv.normalize_obs(raw), dtype=torch.float32)
     actions_t, returns_t = torch.as_tensor(actions), torch.as_tensor(returns)

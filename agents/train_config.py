@@ -8,6 +8,7 @@ top-level counts, then the tables `[ppo]`, `[env]` (with `[env.action]` and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from lrpilot.agents.controllers import RANGE_RULES, RangeStopController
@@ -134,7 +135,9 @@ class ImitationSettings:
             else f"must be {', '.join(RANGE_RULES)} or empty (none)"
         ),
     )
-    episodes: int = setting(32, help="episodes the rule drives to imitate", check=positive)
+    episodes: int = setting(
+        32, help="episodes the rule drives (rounded up to a multiple of n_envs)", check=positive
+    )
     epochs: int = setting(200, help="passes over the rule's observations", check=positive)
     learning_rate: float = setting(1e-3, help="Adam's learning rate of the fit", check=positive)
 
@@ -165,8 +168,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         if self.imitation.controller:
-            _, settings = RANGE_RULES[self.imitation.controller]
-            RangeStopController(rule=self.env.action, **settings)  # the rule suits it
+            name = self.imitation.controller
+            read = [f for f in RangeStopController.READS if f in self.env.masked_features]
+            if read:
+                raise ConfigError(
+                    f"[imitation] controller {name!r} reads {', '.join(read)}, which "
+                    "[env] masked_features hides from it"
+                )
+            _, settings = RANGE_RULES[name]
+            try:
+                RangeStopController(rule=self.env.action, **settings)
+            except ConfigError as exc:
+                raise ConfigError(f"[imitation] controller {name!r}: {exc}") from None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "") -> TrainConfig:
@@ -177,15 +190,19 @@ class TrainConfig:
         return to_dict(self)
 
 
-def load_train_config(preset: str, workload: str | None = None, **overrides) -> TrainConfig:
+def load_train_config(
+    preset: str, workload: str | None = None, files_in_preset_folder: bool = True, **overrides
+) -> TrainConfig:
     """A preset, with top-level fields (timesteps, n_envs, seed, ...) overridden.
 
     A workload file named in the preset (`.toml`, `FILE.py:FUNCTION`) is relative to
-    the preset's folder, as in suites. `workload` (a spec, as `--workload` takes)
-    replaces the preset's training and evaluation workloads, with the workload's own
-    corpus and batch size.
+    the preset's folder, as in suites (`files_in_preset_folder=False`: to the current
+    one, as in a run folder's `config.toml`, which training writes). `workload` (a spec,
+    as `--workload` takes, relative to the current folder) replaces the preset's training
+    and evaluation workloads, with the workload's own corpus and batch size.
     """
     data, folder = read_toml(preset, "preset", "presets")
+    folder = folder if files_in_preset_folder else Path.cwd()
     env, evaluation = data.get("env"), data.get("eval")
     space = env.get("task_space") if isinstance(env, dict) else None
     if isinstance(space, dict) and isinstance(space.get("workloads"), list):
@@ -193,6 +210,7 @@ def load_train_config(preset: str, workload: str | None = None, **overrides) -> 
     run = evaluation.get("run") if isinstance(evaluation, dict) else None
     if isinstance(run, dict) and "workload" in run:
         run["workload"] = spec_in_folder(run["workload"], folder)
+    workload = spec_in_folder(workload, Path.cwd())
     data.update({k: v for k, v in overrides.items() if v is not None})
     if workload is not None:
         env = data.setdefault("env", {})

@@ -227,11 +227,11 @@ class ControllerRun:
         if self.config.imitation.controller:
             try:
                 record = imitate(model, self.venv, self.config)
+                atomic_write_json(self.out / "imitation.json", record)
+                self.checkpoint(model)  # a resumed run starts from the copy of the rule
             except BaseException:
                 close_vec_env(self.venv)
                 raise
-            atomic_write_json(self.out / "imitation.json", record)
-            self.checkpoint(model)  # a resumed run starts from the copy of the rule
         return self._learn(model, progress)
 
     def resume(self, progress: bool = True) -> Policy:
@@ -239,7 +239,9 @@ class ControllerRun:
         if latest is None:
             raise ConfigError(f"run folder has no checkpoint to resume from: {str(self.out)!r}")
         if (self.out / "evaluations.csv").is_file():
-            self.evaluations = pd.read_csv(self.out / "evaluations.csv").to_dict("records")
+            evaluations = pd.read_csv(self.out / "evaluations.csv").to_dict("records")
+            # those after the checkpoint were of a policy the resumed run does not continue
+            self.evaluations = [e for e in evaluations if e["timesteps"] <= latest["timesteps"]]
         venv = make_vec_env(self.config, self.backend)
         self.seconds_before = latest["seconds"]
         self.venv = VecNormalize.load(str(self.checkpoints / latest["vecnormalize"]), venv)
@@ -300,7 +302,9 @@ def resume(
     out = Path(out)
     if not (out / CONFIG_FILE).is_file():
         raise ConfigError(f"not a training run folder (no {CONFIG_FILE}): {str(out)!r}")
-    config = load_train_config(str(out / CONFIG_FILE), timesteps=timesteps)
+    config = load_train_config(
+        str(out / CONFIG_FILE), files_in_preset_folder=False, timesteps=timesteps
+    )
     if timesteps is not None:
         atomic_write_text(out / CONFIG_FILE, tomli_w.dumps(config.to_dict()))
     with ray_session(backend):

@@ -189,7 +189,10 @@ class TaskSpace:
                 raise ConfigError(
                     f"eval_every ({eval_every}) is larger than the step budget ({min(self.steps)})"
                 )
-        if self.corpora is not None and not any(map(takes_corpus, self.workloads)):
+        # the workloads a drawn corpus replaces the corpus of (read once, not every draw)
+        with_corpus = frozenset(spec for spec in self.workloads if takes_corpus(spec))
+        object.__setattr__(self, "_with_corpus", with_corpus)
+        if self.corpora is not None and not with_corpus:
             raise ConfigError(
                 f"corpora {list(self.corpora)}: none of the workloads {list(self.workloads)} "
                 "has a corpus"
@@ -200,7 +203,7 @@ class TaskSpace:
         cheapest = math.inf
         for corpus in self.corpora or (None,):  # every combination is a valid workload
             for spec in self.workloads:
-                own = corpus if takes_corpus(spec) else None
+                own = corpus if spec in with_corpus else None
                 run = RunSettings(spec, corpus=own, batch_size=self.batch_size)
                 for settings in varied:
                     workload = run.load_workload(**settings)
@@ -245,7 +248,7 @@ class TaskSpace:
         lr_scale = 1.0 if self.lr_scale == (1.0, 1.0) else log_uniform(rng, self.lr_scale)
         run = RunSettings(
             spec,
-            corpus=corpus if takes_corpus(spec) else None,
+            corpus=corpus if spec in self._with_corpus else None,
             batch_size=self.batch_size,
             steps=int(steps),
             eval_every=int(eval_every),

@@ -17,6 +17,7 @@ from lrpilot.cli import main
 from lrpilot.env import EnvConfig
 from lrpilot.errors import ConfigError
 from lrpilot.experiments.replay import policy_env_config, run_controller
+from lrpilot.experiments.suite import load_suite
 from lrpilot.settings import RunSettings
 
 
@@ -74,8 +75,11 @@ def test_imitation_needs_a_range_test_rule_and_a_known_controller(tmp_path, caps
     config = cloning_config()
     no_range = dataclasses.replace(config.env.action, range_start=0.0)
     plain = dataclasses.replace(config.env, action=no_range)
-    with pytest.raises(ConfigError, match="RangeStopController needs an action rule with range"):
+    with pytest.raises(ConfigError, match="controller 'priorhold': RangeStopController needs"):
         dataclasses.replace(config, env=plain)
+    masked = dataclasses.replace(config.env, masked_features=("log_val_rel_prev",))
+    with pytest.raises(ConfigError, match=r"reads log_val_rel_prev, which .* masked_features"):
+        dataclasses.replace(config, env=masked)
     preset = tmp_path / "bad.toml"
     preset.write_text(tomli_w.dumps(config.to_dict() | {"imitation": {"episodes": 0}}))
     assert main(["train", "--preset", str(preset), "--out", str(tmp_path / "out")]) == 2
@@ -105,8 +109,14 @@ def test_the_prior_generalist_preset_draws_both_families_on_its_own_corpora():
     tasks = [config.env.task_space.sample(rng) for _ in range(40)]
     assert {t.workload.family for t in tasks} == {"byte_gpt", "text_classification"}
     corpora = {t.workload.corpus for t in tasks if t.workload.family == "byte_gpt"}
-    validation_and_heldout = {"pydoc", "pystdlib", "pystdlib:email", "pystdlib:json"}
-    assert corpora and not corpora & validation_and_heldout
+    suites = set()
+    for suite in ("validation", "heldout"):
+        for entry in load_suite(suite).entries:
+            suites.add((entry.inline or {}).get("corpus") or entry.run.corpus or "pydoc")
+    assert "pystdlib:tkinter" in suites and "pystdlib" in suites
+    assert corpora and not corpora & suites
+    # heldout's `pystdlib` reads the standard library's files up to encodings/
+    assert all(corpus.split(":")[1] > "encodings" for corpus in corpora)
     assert all(t.num_intervals == 20 and 0.4 <= t.lr_scale <= 2.5 for t in tasks)
 
 
@@ -120,3 +130,44 @@ def test_compare_runs_a_policy_on_the_prior_once_for_every_start_lr(cloned_run):
     prior = prepare(CompareConfig(run=run, protocol=protocol, policy=str(cloned_run / "policy")))
     shipped = prepare(CompareConfig(run=run, protocol=protocol, policy="default"))
     assert not prior.policy_reads_start_lr and shipped.policy_reads_start_lr
+
+
+def test_a_relative_workload_flag_is_the_current_folders_and_resumes_as_written(
+    tmp_path, monkeypatch
+):
+    """`--workload` is relative to where the command runs; the run folder's config.toml
+    (absolute paths) loads back to the same config."""
+    (tmp_path / "narrow.toml").write_text('family = "byte_gpt"\nn_embd = 32\n')
+    monkeypatch.chdir(tmp_path)
+    config = load_train_config("tiny", workload="narrow.toml")
+    assert config.env.task_space.workloads == (str(tmp_path / "narrow.toml"),)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.toml").write_text(tomli_w.dumps(config.to_dict()))
+    monkeypatch.chdir(tmp_path / "run")
+    again = load_train_config(str(tmp_path / "run" / "config.toml"), files_in_preset_folder=False)
+    assert again == config
+
+
+def test_each_environment_gives_its_first_episodes_whatever_their_lengths():
+    """Two environments with budgets of 40 and 60 steps (4 and 6 intervals): each gives
+    its first 2 episodes, so the longer ones are not crowded out by the shorter."""
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    from lrpilot.agents.imitation import rule_episodes
+    from lrpilot.env import LRControlEnv
+
+    def env_of(steps: int):
+        config = cloning_config().env
+        space = dataclasses.replace(config.task_space, steps=(steps,))
+        return lambda: LRControlEnv(dataclasses.replace(config, task_space=space))
+
+    venv = VecNormalize(DummyVecEnv([env_of(40), env_of(60)]), norm_reward=False)
+    venv.seed(0)
+    controllers = [RangeStopController(rule=PRIOR_RANGE_RULE, **PRIOR_HOLD) for _ in range(2)]
+    raw, actions, returns, episode_returns = rule_episodes(venv, controllers, 2, gamma=1.0)
+    assert len(episode_returns) == 4 and len(raw) == 2 * 4 + 2 * 6 == len(actions)
+    starts = np.flatnonzero(raw[:, 0] == 0.0)  # progress 0: each episode's first observation
+    assert len(starts) == 4 and returns[starts] == pytest.approx(
+        sorted(returns[starts], key=list(returns[starts]).index)
+    )
+    assert sorted(returns[starts]) == pytest.approx(sorted(episode_returns))

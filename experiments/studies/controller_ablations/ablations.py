@@ -135,7 +135,8 @@ def check_same_config(out: Path, config: TrainConfig) -> None:
     ignored = (
         {"eval_every_timesteps"} if config.ppo.anneal_lr else {"timesteps", "eval_every_timesteps"}
     )
-    saved = pd.json_normalize(load_train_config(str(out / CONFIG_FILE)).to_dict()).iloc[0].to_dict()
+    saved = load_train_config(str(out / CONFIG_FILE), files_in_preset_folder=False)
+    saved = pd.json_normalize(saved.to_dict()).iloc[0].to_dict()
     wanted = pd.json_normalize(config.to_dict()).iloc[0].to_dict()
     differ = sorted(
         key

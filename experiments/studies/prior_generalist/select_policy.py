@@ -18,7 +18,8 @@ them from the suite's results, for the comparison the preset names.
 The candidates are every `evaluated/<timesteps>/` policy of `--run` (in the order of
 their timesteps) and any `--candidate NAME=PATH`. Writes `selection.csv` (one row per
 candidate, workload and seed; a rerun reuses the rows of the same policy files) and
-`selection.md` into `--out` (default: the run folder's `selection/`).
+`selection.md` into `--out` (default: the run folder's `selection/`), with the suite's
+inline workloads as files in its `workloads/`.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ import torch
 from lrpilot.agents.policy_file import policy_from_bytes, resolve_policy_path
 from lrpilot.experiments.report import best_tuned, markdown_table
 from lrpilot.experiments.run_cache import RunSpec, execute
-from lrpilot.experiments.scoring import score
+from lrpilot.experiments.scoring import score, score_ratio
 from lrpilot.experiments.suite import load_suite, with_inline_spec
 from lrpilot.files import atomic_write_csv, atomic_write_text
-from lrpilot.lm.trace import trace_scores
+from lrpilot.lm.trace import trace_accuracy, trace_scores
 from lrpilot.processes import forkserver_context, init_worker
 
 COLUMNS = ["candidate", "policy_sha256", "workload", "seed", "test_loss", "test_accuracy"]
@@ -52,10 +53,10 @@ def one_run(job: tuple) -> dict:
     _, test_loss = trace_scores(trace)
     return {"candidate": name, "policy_sha256": spec.policy_sha256, "workload": workload,
             "seed": spec.seed, "test_loss": test_loss,
-            "test_accuracy": float(trace["test_accuracy"].iloc[-1])}  # fmt: skip
+            "test_accuracy": trace_accuracy(trace)}  # fmt: skip
 
 
-def candidates(run: str | None, named: list[str], parser) -> dict[str, bytes]:
+def candidates(run: str | None, named: list[str], rules: list[str], parser) -> dict[str, bytes]:
     """Each candidate's name and policy file bytes (checked now, not in a worker)."""
     found: dict[str, bytes] = {}
     if run is not None:
@@ -63,13 +64,17 @@ def candidates(run: str | None, named: list[str], parser) -> dict[str, bytes]:
         if not folder.is_dir():
             parser.error(f"--run has no evaluated/ folder of policies: {str(folder)!r}")
         steps = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
-        found |= {f"t{t}": (folder / str(t) / "policy.safetensors").read_bytes() for t in steps}
+        for t in steps:
+            path = folder / str(t) / "policy.safetensors"
+            if not path.is_file():
+                parser.error(f"--run's evaluated/{t}/ holds no policy.safetensors")
+            found[f"t{t}"] = path.read_bytes()
     for item in named:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
             parser.error(f"--candidate must be NAME=PATH, got {item!r}")
-        if name in found:
-            parser.error(f"--candidate {name!r} is named twice")
+        if name in found or name in rules:
+            parser.error(f"--candidate {name!r} is named twice (or is one of --rules)")
         found[name] = resolve_policy_path(path).read_bytes()
     if not found:
         parser.error("no candidates: give --run (with evaluated/ policies) or --candidate")
@@ -93,7 +98,8 @@ def main() -> None:
         parser.error(f"--jobs must be at least 1, got {args.jobs}")
     if args.out is None and args.run is None:
         parser.error("give --out (or --run, whose selection/ folder is the default)")
-    found = candidates(args.run, args.candidate, parser)
+    rules = [r for r in args.rules.split(",") if r]
+    found = candidates(args.run, args.candidate, rules, parser)
     suite = load_suite(args.suite)
     summary_path = Path(args.suite_results) / "summary.csv"
     if not summary_path.is_file():
@@ -111,7 +117,8 @@ def main() -> None:
     for name, data in found.items():
         digest = hashlib.sha256(data).hexdigest()
         for entry in suite.entries:
-            entry = with_inline_spec(entry, Path(args.suite_results) / entry.name)
+            (out / "workloads" / entry.name).mkdir(parents=True, exist_ok=True)
+            entry = with_inline_spec(entry, out / "workloads" / entry.name)
             for seed in suite.protocol.eval_seeds:
                 if (digest, entry.name, seed) in have:
                     continue
@@ -136,8 +143,9 @@ def main() -> None:
     table = table.assign(score=[score(r.test_loss, r.test_accuracy, metrics[r.workload])
                                 for r in table.itertuples()])  # fmt: skip
     means = table.groupby(["candidate", "workload"], sort=False)["score"].mean().unstack()
-    ratios = means / tuned.reindex(means.columns)
-    rules = [r for r in args.rules.split(",") if r]
+    ratios = means.apply(
+        lambda column: column.map(lambda value: score_ratio(value, tuned[column.name]))
+    )
     for rule in rules:
         rows_of = summary[summary["label"] == f"{rule} (start {args.start_lr:.3g})"]
         if rows_of.empty:

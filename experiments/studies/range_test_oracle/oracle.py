@@ -43,7 +43,7 @@ from lrpilot.experiments.report import best_tuned, markdown_table
 from lrpilot.experiments.scoring import score
 from lrpilot.experiments.suite import load_suite, with_inline_spec
 from lrpilot.files import atomic_write_csv, atomic_write_json, atomic_write_text
-from lrpilot.lm.trace import trace_scores
+from lrpilot.lm.trace import trace_accuracy, trace_scores
 
 HERE = Path(__file__).resolve().parent
 COLUMNS = ["workload", "stop", "backoff", "seed", "test_loss", "test_accuracy", "lrs", "val_losses"]
@@ -72,7 +72,7 @@ def one_run(job: tuple) -> dict:
     trace = run_controller(ScriptedStop(stop, backoff, rule), task, config)
     _, test_loss = trace_scores(trace)
     return {"workload": name, "stop": stop, "backoff": backoff, "seed": task.seed,
-            "test_loss": test_loss, "test_accuracy": float(trace["test_accuracy"].iloc[-1]),
+            "test_loss": test_loss, "test_accuracy": trace_accuracy(trace),
             # the LR and validation loss of every interval, for studying stop rules
             "lrs": " ".join(f"{v:.6g}" for v in trace["lr"]),
             "val_losses": " ".join(f"{v:.6g}" for v in trace["val_loss"])}  # fmt: skip

@@ -47,7 +47,7 @@ from lrpilot.experiments.report import best_tuned, markdown_table
 from lrpilot.experiments.scoring import score
 from lrpilot.experiments.suite import load_suite, with_inline_spec
 from lrpilot.files import atomic_write_csv, atomic_write_text
-from lrpilot.lm.trace import trace_scores
+from lrpilot.lm.trace import trace_accuracy, trace_scores
 
 HERE = Path(__file__).resolve().parent
 COLUMNS = ["workload", "candidate", "seed", "test_loss", "test_accuracy", "lr"]
@@ -82,7 +82,7 @@ def one_run(job: tuple) -> dict:
     _, test_loss = trace_scores(trace)
     held_lr = float(trace["lr"].iloc[1])  # the first interval's LR, the one held
     return {"workload": name, "candidate": candidate, "seed": task.seed,
-            "test_loss": test_loss, "test_accuracy": float(trace["test_accuracy"].iloc[-1]),
+            "test_loss": test_loss, "test_accuracy": trace_accuracy(trace),
             "lr": held_lr}  # fmt: skip
 
 
