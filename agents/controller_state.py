@@ -1,5 +1,6 @@
-"""The checks a `PolicyController` makes of a saved state before it loads it: each
-mismatch with the controller it is loaded into is a one-line `ConfigError`."""
+"""The checks a `PolicyController` makes of a saved state before it loads it (each
+mismatch with the controller it is loaded into is a one-line `ConfigError`), and the
+policy's own part of that state."""
 
 from __future__ import annotations
 
@@ -35,3 +36,21 @@ def check_saved_state(state_dict: Any, controller: Any, *, kind: str, this: str)
             f"the state was saved during the policy's LR sweep, which a resume cannot "
             f"continue; resume from a checkpoint after step {controller.sweep_steps}"
         )
+
+
+def policy_state(policy: Any) -> Any:
+    """The policy's own state (a fixed rule's, `RulePolicy`), None for a stateless one
+    (a learned `Policy`)."""
+    return policy.state_dict() if hasattr(policy, "state_dict") else None
+
+
+def load_policy_state(policy: Any, state: Any) -> None:
+    """Give `policy` back its `policy_state`; a state of another kind of policy is a
+    one-line `ConfigError`."""
+    if (state is None) != (policy_state(policy) is None):
+        raise ConfigError(
+            "the state dict was saved with a policy of another kind (a fixed rule keeps a "
+            "state, a learned policy none): resume with the same policy"
+        )
+    if state is not None:
+        policy.load_state_dict(state)

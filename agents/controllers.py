@@ -11,10 +11,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
-from typing import Protocol
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import numpy as np
 
+from lrpilot.agents.arguments import is_number
 from lrpilot.env.actions import ActionRule
 from lrpilot.env.features import FEATURE_NAMES
 from lrpilot.errors import ConfigError
@@ -236,6 +238,30 @@ class RangeStopController(_FactorController):
             return self._action(1.0 / self.backoff)
         self.rises += 1
         return self._action(self.rule.rise_factor)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the range test stands (plain data): a run resumed with it goes on alike."""
+        return {"rising": self.rising, "best_gain": self.best_gain, "rises": self.rises}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Continue from `state_dict()`'s data; anything else is a one-line error."""
+        valid = (
+            isinstance(state, Mapping)
+            and set(state) == {"rising", "best_gain", "rises"}
+            and isinstance(state["rising"], bool)
+            and is_number(state["best_gain"])
+            and isinstance(state["rises"], int)
+            and not isinstance(state["rises"], bool)
+        )
+        if not valid:
+            raise ConfigError(
+                f"not a RangeStopController state (rising, best_gain, rises): {state!r}"
+            )
+        self.rising, self.best_gain, self.rises = (
+            state["rising"],
+            float(state["best_gain"]),
+            state["rises"],
+        )
 
 
 class SweepValleyController:

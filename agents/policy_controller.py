@@ -51,7 +51,7 @@ from lrpilot.agents.arguments import (
     positive_float,
 )
 from lrpilot.agents.context import check_tokens_per_step, loop_start_lr
-from lrpilot.agents.controller_state import check_saved_state
+from lrpilot.agents.controller_state import check_saved_state, load_policy_state, policy_state
 from lrpilot.agents.distributed import broadcast_from_rank_zero, rank
 from lrpilot.agents.measurements import (
     UPDATE_RATIO_SAMPLE,
@@ -299,6 +299,7 @@ class PolicyController:
             "update_ratio": self.update_ratio,
             "tokens_per_step": self.tokens_per_step,
             "sweeping": self.sweep is not None,
+            "policy_state": policy_state(self.policy),
         }
 
     def load_state_dict(
@@ -323,6 +324,7 @@ class PolicyController:
         self.grad_norms.count = int(state_dict["grad_norm_count"])
         self.update_ratio = float(state_dict["update_ratio"])
         self._measuring_update = False
+        load_policy_state(self.policy, state_dict["policy_state"])
         self.apply_lrs()
 
     # -- internals ------------------------------------------------------------------------------
@@ -345,11 +347,12 @@ class PolicyController:
                 interval_steps=next_observation_at - self.steps_done,
                 total_steps=self.steps,
             )
-            decision = (action, lr, observation_state(self.features))
-        action, lr, feature_state = broadcast_from_rank_zero(decision)
+            decision = (action, lr, observation_state(self.features), policy_state(self.policy))
+        action, lr, feature_state, rank_zero_policy = broadcast_from_rank_zero(decision)
         self.last_action, self.lr = action, float(lr)
         if rank() != 0:  # rank 0's features too: every rank holds the same state
             self._load_feature_state(feature_state)
+            load_policy_state(self.policy, rank_zero_policy)
         self.apply_lrs()
 
     def _observation_builder(

@@ -32,7 +32,8 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from lrpilot.agents.policy_format import check_metadata
-from lrpilot.env.actions import applied_lr, next_lr
+from lrpilot.agents.policy_lr import ActionRuleLRs
+from lrpilot.agents.rule_policy import RULE_NAMES, RulePolicy
 from lrpilot.env.features import observation_size
 from lrpilot.errors import ConfigError
 from lrpilot.files import atomic_write_bytes, json_text
@@ -41,7 +42,7 @@ POLICY_FILENAME = "policy.safetensors"
 METADATA_KEY = "lrpilot"
 
 
-class Policy:
+class Policy(ActionRuleLRs):
     """A learned LR policy: `act(observation) -> action`, with no SB3 at inference.
 
     `action` is the `ActionRule` it was trained with: how its actions set the LR.
@@ -72,14 +73,6 @@ class Policy:
         self._obs_mean = np.asarray(norm["mean"], dtype=np.float64) if norm else None
         self._obs_std = np.sqrt(np.asarray(norm["var"]) + norm["epsilon"]) if norm else None
         self._obs_clip = norm["clip_obs"] if norm else math.inf
-
-    @property
-    def lr_min(self) -> float:
-        return self.action.lr_min
-
-    @property
-    def lr_max(self) -> float:
-        return self.action.lr_max
 
     def normalize(self, observation: np.ndarray) -> np.ndarray:
         """The observation as the network saw it in training (VecNormalize statistics)."""
@@ -115,25 +108,6 @@ class Policy:
         if rng is not None:
             mean = mean + np.exp(self.weights["log_std"].numpy()) * rng.standard_normal(mean.shape)
         return np.clip(mean, -1.0, 1.0).astype(np.float32)
-
-    def next_lr(
-        self, lr: float, action, *, interval: int, interval_steps: int, total_steps: int
-    ) -> float:
-        """The LR of interval `interval` (0: the first, set before any step) after
-        `action`, as the training environment set it."""
-        return next_lr(
-            lr,
-            action,
-            interval=interval,
-            interval_steps=interval_steps,
-            total_steps=total_steps,
-            rule=self.action,
-        )
-
-    def applied_lr(self, lr: float, step: int, *, total_steps: int) -> float:
-        """The LR step `step` trains at when this policy's LR is `lr` (its warmup and
-        cooldown)."""
-        return applied_lr(lr, step, total_steps=total_steps, rule=self.action)
 
     def with_action(self, **changes: Any) -> Policy:
         """The same network with some action settings changed (e.g. `cooldown_fraction=
@@ -186,12 +160,23 @@ def resolve_policy_path(path: str | os.PathLike) -> Path:
     if path.is_dir():
         path = path / POLICY_FILENAME
     if not path.is_file():
+        if str(path) in RULE_NAMES:
+            raise ConfigError(
+                f"{str(path)!r} is a fixed rule, not a policy file: compare it with "
+                f"--controllers {path}, run it in a loop with load_policy({str(path)!r})"
+            )
         raise ConfigError(f"policy file not found: {str(path)!r}")
     return path
 
 
-def load_policy(path: str | os.PathLike) -> Policy:
-    """Load a policy file (or a folder holding `policy.safetensors`); never unpickles."""
+def load_policy(path: str | os.PathLike) -> Policy | RulePolicy:
+    """Load a policy file (or a folder holding `policy.safetensors`); never unpickles.
+
+    The name of a fixed rule (`priorhold`, `priorstop`, `rangestop`: `RULE_NAMES`) that
+    is not also a path gives that rule as a `RulePolicy` (`lrpilot.agents.rule_policy`).
+    """
+    if isinstance(path, str) and path in RULE_NAMES and not Path(path).exists():
+        return RulePolicy(path)
     path = resolve_policy_path(path)
     return policy_from_bytes(path.read_bytes(), str(path))
 

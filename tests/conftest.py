@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from lrpilot.agents.policy_file import Policy
 from lrpilot.agents.policy_format import policy_metadata
+from lrpilot.agents.scheduler import PolicyScheduler
 from lrpilot.env.actions import DEFAULT_FACTORS, ActionRule
 from lrpilot.env.features import observation_size
 from lrpilot.lm.byte_gpt import ByteGPTWorkload
@@ -97,3 +99,39 @@ def make_policy(
         training={},
     )
     return Policy(weights, metadata)
+
+
+def drive_run_with_scheduler(policy, task):
+    """`task`'s run, made as `LRControlEnv` makes it, trained step by step by a loop with
+    `PolicyScheduler`, which observes at every interval's end (the sweep's too, if the
+    policy has one). Returns the scheduler, every step's LR, and each observation's
+    step and the train losses it was shown."""
+    trainer = task.make_run("cpu")
+    trainer.set_lr(task.start_lr)
+    # The exact update ratio (a copy of every weight), as the run measures it: the
+    # default estimate from a sample is compared with it in test_update_ratio_sample_*.
+    # The tokens per step as a loop's author knows them: batch size x sequence length.
+    tokens_per_step = task.workload.batch_size * task.workload.block_size
+    scheduler = PolicyScheduler(
+        trainer.optimizer, policy, task.steps, task.eval_every,
+        initial_val_loss=trainer.evaluate(), update_ratio_sample=None,
+        tokens_per_step=tokens_per_step,
+    )  # fmt: skip
+    lrs, losses, grad_norms, observations = [], [], [], []
+    for step in range(1, task.steps + 1):
+        # One step of the run at the scheduler's LR. The run clips the gradients and
+        # clears them inside train(), so the scheduler would measure clipped norms:
+        # the pre-clipping norms go in explicitly, as in a loop with clip_grad_norm_.
+        stats = trainer.train(1, lambda _step: trainer.optimizer.param_groups[0]["lr"])
+        scheduler.step()
+        lrs.append(stats.lr)
+        losses.append(stats.train_loss_mean)
+        grad_norms.append(stats.grad_norm)
+        if scheduler.controller.is_interval_end(step):
+            sweeping = scheduler.controller.sweep is not None
+            observations.append((step, losses))
+            scheduler.observe(losses, stats.val_loss, grad_norm=float(np.mean(grad_norms)))
+            if not sweeping:
+                assert scheduler.last_stats.update_ratio == stats.update_ratio  # measured
+            losses, grad_norms = [], []
+    return scheduler, lrs, observations

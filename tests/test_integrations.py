@@ -292,15 +292,17 @@ def test_lightning_callback_runs_the_policys_lr_sweep_and_acts_after_it(pl):
     np.testing.assert_allclose(module.step_lrs[:3], swept, rtol=1e-12)
 
 
-def test_hf_resume_continues_with_the_uninterrupted_lrs(hf, tmp_path):
+@pytest.mark.parametrize("new_policy", [moving_policy, lambda: load_policy("priorstop")])
+def test_hf_resume_continues_with_the_uninterrupted_lrs(hf, tmp_path, new_policy):
+    # A learned policy, and a fixed rule whose state (still rising?) is in the checkpoint.
     saving = {"save_strategy": "steps", "save_steps": 6}  # mid-interval: steps 4 to 8
     uninterrupted = hf_trainer(tmp_path / "first", **saving)
-    first = hf.LRPilotHFCallback(moving_policy()).attach(uninterrupted)
+    first = hf.LRPilotHFCallback(new_policy()).attach(uninterrupted)
     first_lrs = hf_step_lrs(uninterrupted)
     uninterrupted.train()
 
     resumed = hf_trainer(tmp_path / "second", **saving)
-    second = hf.LRPilotHFCallback(moving_policy()).attach(resumed)
+    second = hf.LRPilotHFCallback(new_policy()).attach(resumed)
     second_lrs = hf_step_lrs(resumed)
     resumed.train(resume_from_checkpoint=str(tmp_path / "first" / "checkpoint-6"))
     assert second_lrs == first_lrs[6:]

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import LR_MAX, LR_MIN, make_policy
+from conftest import LR_MAX, LR_MIN, drive_run_with_scheduler, make_policy
 
 from lrpilot.agents import load_policy
 from lrpilot.agents.measurements import UPDATE_RATIO_SAMPLE, SampledUpdateRatio
@@ -226,6 +226,20 @@ def test_state_dict_round_trip_continues_identically(stop_at, first_action_max_f
     assert uninterrupted[stop_at:] == resumed["lrs"]
 
 
+@pytest.mark.parametrize("stop_at", [0, 10, 25, 40])  # before, in and after the rises
+def test_a_fixed_rule_resumes_where_it_stood(stop_at):
+    # rangestop (no prior: the MLP loop gives no tokens per step) keeps a state of its
+    # own, whether it still rises and its best gain, in the scheduler's state dict.
+    uninterrupted = train_mlp(load_policy("rangestop"))["lrs"]
+    assert len(set(uninterrupted)) > 2  # it rose
+    checkpoint = train_mlp(load_policy("rangestop"), stop_at=stop_at)
+    assert _plain(checkpoint["scheduler"])
+    assert uninterrupted[stop_at:] == train_mlp(load_policy("rangestop"), resume=checkpoint)["lrs"]
+    # A learned policy's state does not resume a rule, nor the other way round.
+    with pytest.raises(ConfigError, match="saved with a policy of another kind"):
+        train_mlp(make_policy(seed=3), resume=checkpoint)
+
+
 def test_a_policy_with_a_history_resumes_identically_and_a_state_missing_a_field_is_refused():
     policy = make_policy(seed=3, history=3)
     uninterrupted = train_mlp(policy)["lrs"]
@@ -328,35 +342,11 @@ def test_scheduler_on_the_trainer_reproduces_the_env(
         wide = min(max(TASK.start_lr * 100.0**exponent, policy.lr_min), policy.lr_max)
         assert env_rows[probe]["lr"] == pytest.approx(wide)  # no warmup or cooldown there
 
-    trainer = TASK.make_run("cpu")  # as LRControlEnv makes it
-    trainer.set_lr(TASK.start_lr)
-    # The exact update ratio (a copy of every weight), as the run measures it: the
-    # default estimate from a sample is compared with it in test_update_ratio_sample_*.
-    # The tokens per step as a loop's author knows them: batch size x sequence length.
-    tokens_per_step = TASK.workload.batch_size * TASK.workload.block_size
-    scheduler = PolicyScheduler(
-        trainer.optimizer, policy, TASK.steps, TASK.eval_every,
-        initial_val_loss=trainer.evaluate(), update_ratio_sample=None,
-        tokens_per_step=tokens_per_step,
-    )  # fmt: skip
+    scheduler, lrs, _ = drive_run_with_scheduler(policy, TASK)
     # The run's sizes, measured by the env's run and by the scheduler, give the same
     # features (none in v2).
     assert scheduler.controller.features.context == env.features.context
     assert len(env.features.context) == (4 if feature_version == "v3" else 0)
-    lrs, losses, grad_norms = [], [], []
-    for step in range(1, TASK.steps + 1):
-        # One step of the run at the scheduler's LR. The run clips the gradients and
-        # clears them inside train(), so the scheduler would measure clipped norms:
-        # the pre-clipping norms go in explicitly, as in a loop with clip_grad_norm_.
-        stats = trainer.train(1, lambda _step: trainer.optimizer.param_groups[0]["lr"])
-        scheduler.step()
-        lrs.append(stats.lr)
-        losses.append(stats.train_loss_mean)
-        grad_norms.append(stats.grad_norm)
-        if step % TASK.eval_every == 0 or step == TASK.steps:
-            scheduler.observe(losses, stats.val_loss, grad_norm=float(np.mean(grad_norms)))
-            assert scheduler.last_stats.update_ratio == stats.update_ratio  # measured
-            losses, grad_norms = [], []
     chunks = np.split(np.array(lrs), np.cumsum(TASK.intervals)[:-1])
     scheduler_lrs = [(chunk[-1], chunk.mean()) for chunk in chunks]
     np.testing.assert_allclose(scheduler_lrs, env_lrs, rtol=1e-12)

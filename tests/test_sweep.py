@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_policy
+from conftest import drive_run_with_scheduler, make_policy
 
 from lrpilot.agents.controllers import SWEEP_RULE, SweepValleyController, rule_digest
 from lrpilot.agents.rollout import run_episode
@@ -247,26 +247,10 @@ def test_the_env_and_policy_scheduler_agree_on_the_sweep_and_the_run(
     env_lrs = [(row["lr"], row["lr_mean"]) for row in env_rows]
     assert len(env.sweep.lrs) == sweep_steps and [row["step"] for row in env_rows] == ends
 
-    trainer = TASK.make_run("cpu")  # as LRControlEnv makes it
-    trainer.set_lr(TASK.start_lr)
-    scheduler = PolicyScheduler(
-        trainer.optimizer, policy, TASK.steps, TASK.eval_every,
-        initial_val_loss=trainer.evaluate(), update_ratio_sample=None,
-        tokens_per_step=trainer.context().tokens_per_step,
-    )  # fmt: skip
-    lrs, losses, grad_norms, observed = [], [], [], []
-    for step in range(1, TASK.steps + 1):
-        stats = trainer.train(1, lambda _step: trainer.optimizer.param_groups[0]["lr"])
-        scheduler.step()
-        lrs.append(stats.lr)
-        losses.append(stats.train_loss_mean)
-        grad_norms.append(stats.grad_norm)
-        if scheduler.controller.is_interval_end(step):
-            if step == sweep_steps:  # the sweep's end: its losses, as the env recorded them
-                assert losses == list(env.sweep.losses)
-            scheduler.observe(losses, stats.val_loss, grad_norm=float(np.mean(grad_norms)))
-            losses, grad_norms = [], []
-            observed.append(step)
+    scheduler, lrs, observations = drive_run_with_scheduler(policy, TASK)
+    observed = [step for step, _ in observations]
+    # the sweep's end: its losses, as the env recorded them
+    assert observations[0][1] == list(env.sweep.losses)
     assert observed == [sweep_steps, *ends]
     # the sweep's LR path, then the intervals' LRs, as the env's
     assert lrs[:sweep_steps] == pytest.approx(list(env.sweep.lrs), rel=1e-12)
