@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from lrpilot.agents.controllers import RANGE_RULES, RangeStopController
+from lrpilot.agents.controllers import RANGE_RULES, RangeStopController, rule_digest
 from lrpilot.agents.policy_lr import ActionRuleLRs
 from lrpilot.errors import ConfigError
 
@@ -54,6 +54,10 @@ class RulePolicy(ActionRuleLRs):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.rule.load_state_dict(state)
+
+    def digest(self) -> str:
+        """sha256 of the rule's settings, as `compare`'s cache keys that controller's runs."""
+        return rule_digest(self.name)
 
     def __repr__(self) -> str:
         return f"RulePolicy({self.name!r})"

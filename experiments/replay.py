@@ -25,6 +25,7 @@ import pandas as pd
 from lrpilot.agents.controllers import Controller
 from lrpilot.agents.policy_file import Policy
 from lrpilot.agents.rollout import run_episode
+from lrpilot.agents.rule_policy import RulePolicy
 from lrpilot.env.lr_env import EnvConfig, LRControlEnv
 from lrpilot.env.rewards import interval_reward
 from lrpilot.env.tasks import Task
@@ -41,10 +42,11 @@ REPLAY_COLUMNS: tuple[str, ...] = (*TRACE_COLUMNS, "action", "reward")
 LR_TRACE_COLUMNS = ("step", "lr")  # what an open-loop replay needs from a trace file
 
 
-def policy_env_config(policy: Policy, device: str = "cpu") -> EnvConfig:
+def policy_env_config(policy: Policy | RulePolicy, device: str = "cpu") -> EnvConfig:
     """The environment a policy was trained in: its action rule, feature set, masked
     features and reward (a policy file records how it was trained in `training.env`)."""
-    trained = policy.metadata.get("training", {}).get("env", {})
+    # a policy file's metadata; a fixed rule (`RulePolicy`) has none: the defaults
+    trained = getattr(policy, "metadata", {}).get("training", {}).get("env", {})
     defaults = EnvConfig()
     return EnvConfig(
         action=policy.action,
@@ -192,7 +194,7 @@ def replay(
     tasks: Sequence[Task],
     out_dir: str | os.PathLike,
     *,
-    policy: Policy | None = None,
+    policy: Policy | RulePolicy | None = None,
     lr_trace: pd.DataFrame | None = None,
     device: str = "cpu",
     progress: bool = True,

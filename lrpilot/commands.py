@@ -89,7 +89,10 @@ class ReplayOptions(Command):
 
     out: str = setting(check=non_empty, help=OUT_HELP)
     policy: str | None = setting(
-        None, help="a policy file or folder, or `default` (the shipped policy)", check=non_empty
+        None,
+        help="a policy file or folder, `default` (the shipped policy), or a fixed rule "
+        "(priorhold, priorstop, rangestop)",
+        check=non_empty,
     )
     trace: str | None = setting(
         None,

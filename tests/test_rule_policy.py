@@ -4,6 +4,7 @@ runs of that rule set, and a resumed run goes on as it would have."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from conftest import drive_run_with_scheduler
 
@@ -12,6 +13,7 @@ from lrpilot.agents.controllers import RANGE_RULES, RangeStopController
 from lrpilot.agents.policy_file import resolve_policy_path
 from lrpilot.agents.rollout import run_episode
 from lrpilot.agents.rule_policy import RULE_NAMES, RulePolicy
+from lrpilot.cli import main
 from lrpilot.env import EnvConfig, LRControlEnv
 from lrpilot.errors import ConfigError
 from lrpilot.settings import RunSettings
@@ -59,3 +61,15 @@ def test_rule_names_and_bad_rule_states_are_one_line_errors(tmp_path, monkeypatc
     for state in (None, {"rising": True}, {"rising": 1, "best_gain": 0.1, "rises": 2}):
         with pytest.raises(ConfigError, match="not a RangeStopController state"):
             policy.load_state_dict(state)
+
+
+def test_lrpilot_replay_runs_a_rule_by_its_name(tmp_path):
+    short = ["--steps", "20", "--eval-every", "10", "--batch-size", "8", "--quiet"]
+    args = ["replay", "--policy", "priorhold", "--seeds", "1", "--start-lrs", "3e-3", *short]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    trace = pd.read_csv(tmp_path / "seed_1" / "trace.csv")
+    # the first interval (steps 1-10; the cooldown is steps 17-20) at 0.4x the prior
+    task = RunSettings("tiny", steps=20, eval_every=10, batch_size=8).task(1, 3e-3)
+    rule = RANGE_RULES["priorhold"][0]
+    prior = rule.start_lr(3e-3, task.make_run("cpu").context(), 20)
+    assert trace["lr"].iloc[1] == pytest.approx(0.4 * prior, rel=1e-9)
