@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--oracle", required=True, help="the mechanism's oracle.csv on heldout")
     parser.add_argument("--rule", default="priorhold", help="the fixed rule on the mechanism")
     parser.add_argument("--start-lr", type=float, default=1e-3, help="the rule's start LR row")
-    parser.add_argument("--quality-selection", help="select_policy.py's --out on controller_quality")
+    parser.add_argument("--quality-selection", help="select_policy.py --out, controller_quality")
     parser.add_argument("--quality-results", help="controller_quality's summary.csv folder")
     args = parser.parse_args()
     summary = pd.read_csv(Path(args.suite_results) / "summary.csv")
