@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from lrpilot.agents.rule_policy import RulePolicy
 from lrpilot.errors import ConfigError
 
 
@@ -31,6 +32,15 @@ def check_saved_state(state_dict: Any, controller: Any, *, kind: str, this: str)
         raise ConfigError(
             f"state dict has {len(state_dict['base_lrs'])} param groups, the optimizer {groups}"
         )
+    saved, expected = state_dict["policy_state"], policy_state(controller.policy)
+    if (saved is None) != (expected is None) or (
+        expected is not None
+        and (not isinstance(saved, Mapping) or saved.get("rule") != expected["rule"])
+    ):
+        raise ConfigError(
+            f"the state dict was saved with {_policy_kind(saved)}, this {this} runs "
+            f"{_policy_kind(expected)}: resume with the same policy"
+        )
     if state_dict["sweeping"]:
         raise ConfigError(
             f"the state was saved during the policy's LR sweep, which a resume cannot "
@@ -38,19 +48,17 @@ def check_saved_state(state_dict: Any, controller: Any, *, kind: str, this: str)
         )
 
 
-def policy_state(policy: Any) -> Any:
-    """The policy's own state (a fixed rule's, `RulePolicy`), None for a stateless one
-    (a learned `Policy`)."""
-    return policy.state_dict() if hasattr(policy, "state_dict") else None
+def policy_state(policy: Any) -> dict[str, Any] | None:
+    """A fixed rule's own state (`RulePolicy.state_dict()`: its name, whether it still
+    rises, its best gain), None for any other policy (a learned one keeps none)."""
+    return policy.state_dict() if isinstance(policy, RulePolicy) else None
+
+
+def _policy_kind(state: Mapping[str, Any] | None) -> str:
+    return "a learned policy" if state is None else f"the rule {state.get('rule')!r}"
 
 
 def load_policy_state(policy: Any, state: Any) -> None:
-    """Give `policy` back its `policy_state`; a state of another kind of policy is a
-    one-line `ConfigError`."""
-    if (state is None) != (policy_state(policy) is None):
-        raise ConfigError(
-            "the state dict was saved with a policy of another kind (a fixed rule keeps a "
-            "state, a learned policy none): resume with the same policy"
-        )
-    if state is not None:
+    """Give a fixed rule back its `policy_state` (checked by `check_saved_state`)."""
+    if isinstance(policy, RulePolicy):
         policy.load_state_dict(state)

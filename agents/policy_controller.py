@@ -77,8 +77,9 @@ class PolicyController:
     Args:
         optimizer: the torch optimizer whose groups' LRs it sets (for a wrapper, such
             as accelerate's, the optimizer inside it: its hooks are where steps happen).
-        policy: an lrpilot `Policy` (`load_policy(path)`), or an object with the methods
-            and attributes `lrpilot.agents.arguments.check_policy` asks for.
+        policy: an lrpilot `Policy` (`load_policy(path)`), a fixed rule (`RulePolicy`,
+            `load_policy("priorhold")`), or an object with the methods and attributes
+            `lrpilot.agents.arguments.check_policy` asks for.
         steps: the run's optimizer steps (the `progress` feature is step / T).
         eval_every: steps between observations; the last interval takes the rest.
         start_lr: the policy's LR at the start; the first group's initial LR by default.
@@ -282,9 +283,9 @@ class PolicyController:
     # -- checkpoints ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain Python data (no tensors, no policy): JSON- and `weights_only`-safe. A
-        state saved during the LR sweep (`sweeping`) cannot be resumed: the snapshot is
-        not in it."""
+        """Plain Python data (no tensors, no policy weights): JSON- and `weights_only`-
+        safe; a fixed rule's own state is `policy_state`. A state saved during the LR
+        sweep (`sweeping`) cannot be resumed: the snapshot is not in it."""
         return {
             "start_lr": self.start_lr,
             "lr": self.lr,
@@ -310,6 +311,7 @@ class PolicyController:
         `kind` and `this` name the front end in errors ("PolicyScheduler", "scheduler").
         """
         check_saved_state(state_dict, self, kind=kind, this=this or kind)
+        load_policy_state(self.policy, state_dict["policy_state"])  # a rule's, checked first
         if self.tokens_per_step is None:  # the saved run's, measured or given
             self.tokens_per_step = check_tokens_per_step(state_dict["tokens_per_step"])
         self.start_lr = float(state_dict["start_lr"])
@@ -324,7 +326,6 @@ class PolicyController:
         self.grad_norms.count = int(state_dict["grad_norm_count"])
         self.update_ratio = float(state_dict["update_ratio"])
         self._measuring_update = False
-        load_policy_state(self.policy, state_dict["policy_state"])
         self.apply_lrs()
 
     # -- internals ------------------------------------------------------------------------------

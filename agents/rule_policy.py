@@ -50,10 +50,14 @@ class RulePolicy(ActionRuleLRs):
         return self.rule.act(observation)
 
     def state_dict(self) -> dict[str, Any]:
-        return self.rule.state_dict()
+        """The rule's name and where its range test stands (plain data)."""
+        return {"rule": self.name, **self.rule.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.rule.load_state_dict(state)
+        """Continue from `state_dict()`'s data, of a rule of the same name."""
+        if not isinstance(state, Mapping) or state.get("rule") != self.name:
+            raise ConfigError(f"not a state of the rule {self.name!r}: {state!r}")
+        self.rule.load_state_dict({k: v for k, v in state.items() if k != "rule"})
 
     def digest(self) -> str:
         """sha256 of the rule's settings, as `compare`'s cache keys that controller's runs."""

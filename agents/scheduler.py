@@ -49,7 +49,8 @@ class PolicyScheduler(LRScheduler):
     Args:
         optimizer: any torch optimizer. Every param group's LR becomes its initial
             LR x (policy LR / `start_lr`), so groups keep their ratios.
-        policy: an lrpilot `Policy` (`load_policy(path)`), or any object with `act`,
+        policy: an lrpilot `Policy` (`load_policy(path)`), a fixed rule
+            (`load_policy("priorhold")`), or any object with `act`,
             `next_lr` (with the keyword `interval`: the interval it sets), `applied_lr`,
             `lr_min`, `lr_max`, `masked_features` and `feature_version`.
         steps: the run's optimizer steps (the `progress` feature is step / T).

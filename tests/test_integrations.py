@@ -292,9 +292,10 @@ def test_lightning_callback_runs_the_policys_lr_sweep_and_acts_after_it(pl):
     np.testing.assert_allclose(module.step_lrs[:3], swept, rtol=1e-12)
 
 
-@pytest.mark.parametrize("new_policy", [moving_policy, lambda: load_policy("priorstop")])
+@pytest.mark.parametrize("new_policy", [moving_policy, lambda: load_policy("priorhold")])
 def test_hf_resume_continues_with_the_uninterrupted_lrs(hf, tmp_path, new_policy):
-    # A learned policy, and a fixed rule whose state (still rising?) is in the checkpoint.
+    # A learned policy, and a fixed rule whose state (it rose once and holds) is in the
+    # checkpoint: a fresh priorhold would rise again at step 8.
     saving = {"save_strategy": "steps", "save_steps": 6}  # mid-interval: steps 4 to 8
     uninterrupted = hf_trainer(tmp_path / "first", **saving)
     first = hf.LRPilotHFCallback(new_policy()).attach(uninterrupted)

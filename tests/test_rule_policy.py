@@ -3,16 +3,20 @@ runs of that rule set, and a resumed run goes on as it would have."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import drive_run_with_scheduler
+import torch
+from conftest import drive_run_with_scheduler, make_policy
 
 from lrpilot.agents import load_policy
 from lrpilot.agents.controllers import RANGE_RULES, RangeStopController
 from lrpilot.agents.policy_file import resolve_policy_path
 from lrpilot.agents.rollout import run_episode
 from lrpilot.agents.rule_policy import RULE_NAMES, RulePolicy
+from lrpilot.agents.scheduler import PolicyScheduler
 from lrpilot.cli import main
 from lrpilot.env import EnvConfig, LRControlEnv
 from lrpilot.errors import ConfigError
@@ -58,9 +62,25 @@ def test_rule_names_and_bad_rule_states_are_one_line_errors(tmp_path, monkeypatc
     with pytest.raises(ConfigError, match="policy file not found: 'priorhold/policy"):
         load_policy("priorhold")
     policy = RulePolicy("priorstop")
-    for state in (None, {"rising": True}, {"rising": 1, "best_gain": 0.1, "rises": 2}):
+    with pytest.raises(ConfigError, match="not a state of the rule 'priorstop'"):
+        policy.load_state_dict(RulePolicy("priorhold").state_dict())
+    for state in ({"rising": True}, {"rising": 1, "best_gain": 0.1, "rises": 2}):
         with pytest.raises(ConfigError, match="not a RangeStopController state"):
-            policy.load_state_dict(state)
+            policy.load_state_dict({"rule": "priorstop"} | state)
+
+
+def test_a_refused_state_changes_nothing():
+    def scheduler(policy):
+        optimizer = torch.optim.SGD([torch.zeros(2, requires_grad=True)], lr=0.01)
+        return PolicyScheduler(optimizer, policy, 40, 10, initial_val_loss=1.0)
+
+    rule = scheduler(load_policy("rangestop"))
+    before = json.dumps(rule.state_dict())
+    broken = rule.state_dict() | {"policy_state": {"rule": "rangestop", "rising": "yes"}}
+    for state in (scheduler(make_policy(seed=3)).state_dict(), broken):
+        with pytest.raises(ConfigError):
+            rule.load_state_dict(state)
+        assert json.dumps(rule.state_dict()) == before
 
 
 def test_lrpilot_replay_runs_a_rule_by_its_name(tmp_path):

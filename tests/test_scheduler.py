@@ -235,9 +235,17 @@ def test_a_fixed_rule_resumes_where_it_stood(stop_at):
     checkpoint = train_mlp(load_policy("rangestop"), stop_at=stop_at)
     assert _plain(checkpoint["scheduler"])
     assert uninterrupted[stop_at:] == train_mlp(load_policy("rangestop"), resume=checkpoint)["lrs"]
-    # A learned policy's state does not resume a rule, nor the other way round.
-    with pytest.raises(ConfigError, match="saved with a policy of another kind"):
+    # A rule's state does not resume a learned policy or another rule, nor the other way
+    # round.
+    with pytest.raises(ConfigError, match="saved with the rule 'rangestop', this scheduler "
+                       "runs a learned policy: resume with the same policy"):  # fmt: skip
         train_mlp(make_policy(seed=3), resume=checkpoint)
+    with pytest.raises(ConfigError, match="saved with the rule 'rangestop', this scheduler "
+                       "runs the rule 'priorstop'"):  # fmt: skip
+        train_mlp(load_policy("priorstop"), resume=checkpoint)
+    learned = train_mlp(make_policy(seed=3), stop_at=stop_at)
+    with pytest.raises(ConfigError, match="saved with a learned policy, this scheduler runs"):
+        train_mlp(load_policy("rangestop"), resume=learned)
 
 
 def test_a_policy_with_a_history_resumes_identically_and_a_state_missing_a_field_is_refused():
@@ -678,8 +686,10 @@ def _distributed_worker(rank: int, world_size: int, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world_size)
     try:
         record = train_mlp(make_policy(seed=7), data_seed=1 + rank)
+        # a fixed rule's state (whether it still rises) is rank 0's on every rank
+        rule = train_mlp(load_policy("rangestop"), data_seed=1 + rank, stop_at=40)
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as file:
-            json.dump(record["lrs"], file)
+            json.dump([record["lrs"], rule["scheduler"]["policy_state"]], file)
         dist.barrier()  # no rank tears gloo down while another still reads from it
     finally:
         dist.destroy_process_group()
@@ -694,8 +704,12 @@ def test_under_torch_distributed_every_rank_trains_at_rank_zeros_lr(tmp_path):
     import json
 
     torch.multiprocessing.spawn(_distributed_worker, args=(2, str(tmp_path)), nprocs=2)
-    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
-    assert rank0 == rank1
+    (rank0, rule0), (rank1, rule1) = (
+        json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)
+    )
+    assert rank0 == rank1 and rule0 == rule1
+    alone = train_mlp(load_policy("rangestop"), data_seed=1, stop_at=40)
+    assert rule0 == alone["scheduler"]["policy_state"]
     policy = make_policy(seed=7)
     assert rank0 == train_mlp(policy, data_seed=1)["lrs"]  # rank 0's own decisions
     assert rank1 != train_mlp(policy, data_seed=2)["lrs"]  # not those rank 1 would make

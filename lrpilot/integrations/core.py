@@ -99,7 +99,8 @@ class CallbackCore:
     """The part of a framework callback that knows no framework.
 
     Args:
-        policy: an lrpilot `Policy` (`load_policy(path)`).
+        policy: an lrpilot `Policy` (`load_policy(path)`) or a fixed rule
+            (`load_policy("priorhold")`).
         settings: the callback's `LoopSettings`.
 
     `controller` (a `PolicyController`, made at train start) holds what the policy saw
