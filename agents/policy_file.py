@@ -33,7 +33,7 @@ from safetensors.torch import save as save_safetensors
 
 from lrpilot.agents.policy_format import check_metadata
 from lrpilot.agents.policy_lr import ActionRuleLRs
-from lrpilot.agents.rule_policy import RULE_NAMES, RulePolicy
+from lrpilot.agents.rule_policy import RULE_NAMES, RulePolicy, names_rule
 from lrpilot.env.features import observation_size
 from lrpilot.errors import ConfigError
 from lrpilot.files import atomic_write_bytes, json_text
@@ -175,7 +175,7 @@ def load_policy(path: str | os.PathLike) -> Policy | RulePolicy:
     The name of a fixed rule (`priorhold`, `priorstop`, `rangestop`: `RULE_NAMES`) that
     is not also a path gives that rule as a `RulePolicy` (`lrpilot.agents.rule_policy`).
     """
-    if isinstance(path, str) and path in RULE_NAMES and not Path(path).exists():
+    if names_rule(path):
         return RulePolicy(path)
     path = resolve_policy_path(path)
     return policy_from_bytes(path.read_bytes(), str(path))

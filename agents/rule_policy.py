@@ -20,6 +20,7 @@ A rule has a state (whether it still rises, its best interval so far), so one
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,12 @@ from lrpilot.agents.policy_lr import ActionRuleLRs
 from lrpilot.errors import ConfigError
 
 RULE_NAMES = tuple(RANGE_RULES)  # what load_policy takes for a rule
+
+
+def names_rule(policy: object) -> bool:
+    """Whether `policy` (what a user passed as a policy) names a fixed rule: one of
+    `RULE_NAMES` that is not also a file or folder (a path wins)."""
+    return isinstance(policy, str) and policy in RULE_NAMES and not Path(policy).exists()
 
 
 class RulePolicy(ActionRuleLRs):

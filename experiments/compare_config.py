@@ -3,10 +3,12 @@ comparison (`CompareConfig`: which run, the protocol, the policy)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
+from lrpilot.agents.rule_policy import names_rule
 from lrpilot.config import (
     all_of,
     at_least,
@@ -121,7 +123,8 @@ class CompareConfig:
     protocol: Protocol = setting(Protocol(), help="the comparison protocol")
     policy: str | None = setting(
         None,
-        help="policy file or folder, or `default` (the shipped policy); optional",
+        help="policy file or folder, `default` (the shipped policy), or a fixed rule (runs "
+        "as that controller); optional",
         check=non_empty,
     )
     jobs: int = setting(1, help="runs in parallel (--backend process)", check=positive)
@@ -133,6 +136,11 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        if names_rule(self.policy):  # a fixed rule runs as the baseline controller of its name
+            controllers = tuple(dict.fromkeys((*self.protocol.controllers, self.policy)))
+            protocol = dataclasses.replace(self.protocol, controllers=controllers)
+            object.__setattr__(self, "protocol", protocol)
+            object.__setattr__(self, "policy", None)
         self.task(self.protocol.eval_seeds[0], self.protocol.lr_range[0])  # the run, checked
 
     def task(self, seed: int, lr: float) -> Task:

@@ -143,7 +143,8 @@ class BenchmarkOptions(Command):
     )
     policy: str = setting(
         "default",
-        help="a policy file or folder, `default` (the shipped policy), or `none`",
+        help="a policy file or folder, `default` (the shipped policy), a fixed rule "
+        "(priorhold, priorstop, rangestop: run as that controller), or `none`",
         check=non_empty,
     )
     controllers: tuple[str, ...] | None = setting(

@@ -20,6 +20,8 @@ from lrpilot.agents.scheduler import PolicyScheduler
 from lrpilot.cli import main
 from lrpilot.env import EnvConfig, LRControlEnv
 from lrpilot.errors import ConfigError
+from lrpilot.experiments.compare_config import CompareConfig, Protocol
+from lrpilot.experiments.suite import load_suite
 from lrpilot.settings import RunSettings
 
 TASK = RunSettings("tiny", steps=60, eval_every=10, batch_size=8).task(5, 3e-3)
@@ -93,3 +95,16 @@ def test_lrpilot_replay_runs_a_rule_by_its_name(tmp_path):
     rule = RANGE_RULES["priorhold"][0]
     prior = rule.start_lr(3e-3, task.make_run("cpu").context(), 20)
     assert trace["lr"].iloc[1] == pytest.approx(0.4 * prior, rel=1e-9)
+
+
+def test_compare_and_benchmark_run_a_rule_named_as_the_policy_as_that_controller():
+    run = RunSettings("tiny", steps=20, eval_every=10, batch_size=8)
+    config = CompareConfig(run=run, protocol=Protocol(controllers=("plateau",)), policy="priorhold")
+    assert config.policy is None and config.protocol.controllers == ("plateau", "priorhold")
+    config = CompareConfig(
+        run=run, protocol=Protocol(controllers=("priorhold",)), policy="priorhold"
+    )
+    assert config.protocol.controllers == ("priorhold",)  # once
+    suite = load_suite("validation")
+    config = suite.config(suite.entries[0], "rangestop", 1, "cpu")
+    assert config.policy is None and "rangestop" in config.protocol.controllers
