@@ -3,6 +3,7 @@ runs of that rule set, and a resumed run goes on as it would have."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -108,3 +109,12 @@ def test_compare_and_benchmark_run_a_rule_named_as_the_policy_as_that_controller
     suite = load_suite("validation")
     config = suite.config(suite.entries[0], "rangestop", 1, "cpu")
     assert config.policy is None and "rangestop" in config.protocol.controllers
+
+
+def test_the_cli_help_of_policy_names_every_rule():
+    # lrpilot/commands.py spells the rules out (it imports no torch): they must not drift.
+    from lrpilot.commands import BenchmarkOptions, ReplayOptions
+
+    for options in (ReplayOptions, BenchmarkOptions):
+        (policy,) = (f for f in dataclasses.fields(options) if f.name == "policy")
+        assert all(name in policy.metadata["help"] for name in RULE_NAMES), options.__name__
