@@ -6,6 +6,7 @@ as `lrpilot.lm.run.StepRun` measures it in lrpilot's own runs."""
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 
 import numpy as np
@@ -221,3 +222,14 @@ def loop_interval_stats(
         tokens=0,
         seconds=math.nan,
     )
+
+
+def weak_method_hook(controller: weakref.ref, method: str):
+    """An optimizer hook that calls the controller's `method`, while the controller lives."""
+
+    def hook(_optimizer, _args, _kwargs) -> None:
+        alive = controller()
+        if alive is not None:
+            getattr(alive, method)()
+
+    return hook

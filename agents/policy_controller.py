@@ -59,6 +59,7 @@ from lrpilot.agents.measurements import (
     SampledUpdateRatio,
     TrainLoss,
     loop_interval_stats,
+    weak_method_hook,
 )
 from lrpilot.agents.observations import (
     load_observation_state,
@@ -77,9 +78,8 @@ class PolicyController:
     Args:
         optimizer: the torch optimizer whose groups' LRs it sets (for a wrapper, such
             as accelerate's, the optimizer inside it: its hooks are where steps happen).
-        policy: an lrpilot `Policy` (`load_policy(path)`), a fixed rule (`RulePolicy`,
-            `load_policy("priorhold")`), or an object with the methods and attributes
-            `lrpilot.agents.arguments.check_policy` asks for.
+        policy: a `Policy` or a fixed rule (`load_policy(path or rule name)`), or an
+            object with what `lrpilot.agents.arguments.check_policy` asks for.
         steps: the run's optimizer steps (the `progress` feature is step / T).
         eval_every: steps between observations; the last interval takes the rest.
         start_lr: the policy's LR at the start; the first group's initial LR by default.
@@ -144,8 +144,12 @@ class PolicyController:
 
         controller = weakref.ref(self)  # the hooks must not keep a dropped controller alive
         self._hooks = [
-            optimizer.register_step_pre_hook(_hook(controller, "_before_optimizer_step")),
-            optimizer.register_step_post_hook(_hook(controller, "_after_optimizer_step")),
+            optimizer.register_step_pre_hook(
+                weak_method_hook(controller, "_before_optimizer_step")
+            ),
+            optimizer.register_step_post_hook(
+                weak_method_hook(controller, "_after_optimizer_step")
+            ),
         ]
 
     # -- what the front ends call -------------------------------------------------------------
@@ -283,9 +287,8 @@ class PolicyController:
     # -- checkpoints ----------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain Python data (no tensors, no policy weights): JSON- and `weights_only`-
-        safe; a fixed rule's own state is `policy_state`. A state saved during the LR
-        sweep (`sweeping`) cannot be resumed: the snapshot is not in it."""
+        """Plain Python data (a fixed rule's state in `policy_state`): JSON- and
+        `weights_only`-safe. A state saved during the LR sweep cannot be resumed."""
         return {
             "start_lr": self.start_lr,
             "lr": self.lr,
@@ -351,7 +354,7 @@ class PolicyController:
             decision = (action, lr, observation_state(self.features), policy_state(self.policy))
         action, lr, feature_state, rank_zero_policy = broadcast_from_rank_zero(decision)
         self.last_action, self.lr = action, float(lr)
-        if rank() != 0:  # rank 0's features too: every rank holds the same state
+        if rank() != 0:  # rank 0's features and rule state: every rank holds the same
             self._load_feature_state(feature_state)
             load_policy_state(self.policy, rank_zero_policy)
         self.apply_lrs()
@@ -391,14 +394,3 @@ class PolicyController:
         if self._measuring_update:
             self.update_ratio = self.update_ratio_estimator.after_step(self.parameters())
             self._measuring_update = False
-
-
-def _hook(controller: weakref.ref, method: str):
-    """An optimizer hook that calls the controller's `method`, while the controller lives."""
-
-    def hook(_optimizer, _args, _kwargs) -> None:
-        alive = controller()
-        if alive is not None:
-            getattr(alive, method)()
-
-    return hook
