@@ -33,7 +33,7 @@ from safetensors.torch import save as save_safetensors
 
 from lrpilot.agents.policy_format import check_metadata
 from lrpilot.agents.policy_lr import ActionRuleLRs
-from lrpilot.agents.rule_policy import RULE_NAMES, RulePolicy, names_rule
+from lrpilot.agents.rule_policy import DEFAULT_POLICY, RulePolicy, rule_named
 from lrpilot.env.features import observation_size
 from lrpilot.errors import ConfigError
 from lrpilot.files import atomic_write_bytes, json_text
@@ -135,36 +135,38 @@ class Policy(ActionRuleLRs):
         return path
 
 
-DEFAULT_POLICY = "default"  # the name of the policy shipped with lrpilot
+SHIPPED_POLICIES = ("tiny",)  # learned policy files that ship with lrpilot, by name
 
 
-def default_policy_path() -> Path:
-    """The shipped policy, trained by the `controller` preset (docs/model-card.md)."""
-    return Path(str(resources.files("lrpilot.agents") / "policies" / "default.safetensors"))
+def shipped_policy_path(name: str) -> Path:
+    """The file of a shipped learned policy: `tiny`, trained by the `controller` preset
+    on the `tiny` workload (docs/model-card.md)."""
+    return Path(str(resources.files("lrpilot.agents") / "policies" / f"{name}.safetensors"))
 
 
 def resolve_policy_path(path: str | os.PathLike) -> Path:
-    """The policy file a user means: `default` (the shipped policy), a file, or a folder
-    holding `policy.safetensors`."""
+    """The policy file a user means: a shipped policy by name (`tiny`), a file, or a
+    folder holding `policy.safetensors`."""
     if not isinstance(path, (str, os.PathLike)):
         raise ConfigError(
-            f"policy must be a path (a str or os.PathLike) or {DEFAULT_POLICY!r}, got "
-            f"{type(path).__name__} {path!r}"
+            f"policy must be a path (a str or os.PathLike) or a name such as "
+            f"{DEFAULT_POLICY!r}, got {type(path).__name__} {path!r}"
         )
-    if str(path) == DEFAULT_POLICY and not Path(path).exists():
-        path = default_policy_path()
+    if str(path) in SHIPPED_POLICIES and not Path(path).exists():
+        path = shipped_policy_path(str(path))
         if not path.is_file():
-            raise ConfigError("this lrpilot ships no default policy; give a policy path")
+            raise ConfigError(f"this lrpilot lacks its shipped policy file {str(path)!r}")
         return path
+    rule = rule_named(str(path))
+    if rule is not None:
+        raise ConfigError(
+            f"{str(path)!r} is the fixed rule {rule!r}, not a policy file: compare it with "
+            f"--controllers {rule}, run it in a loop with load_policy({str(path)!r})"
+        )
     path = Path(path)
     if path.is_dir():
         path = path / POLICY_FILENAME
     if not path.is_file():
-        if str(path) in RULE_NAMES:
-            raise ConfigError(
-                f"{str(path)!r} is a fixed rule, not a policy file: compare it with "
-                f"--controllers {path}, run it in a loop with load_policy({str(path)!r})"
-            )
         raise ConfigError(f"policy file not found: {str(path)!r}")
     return path
 
@@ -172,11 +174,14 @@ def resolve_policy_path(path: str | os.PathLike) -> Path:
 def load_policy(path: str | os.PathLike) -> Policy | RulePolicy:
     """Load a policy file (or a folder holding `policy.safetensors`); never unpickles.
 
-    The name of a fixed rule (`priorhold`, `priorstop`, `rangestop`: `RULE_NAMES`) that
-    is not also a path gives that rule as a `RulePolicy` (`lrpilot.agents.rule_policy`).
+    `default` gives lrpilot's default controller, the fixed rule `priorhold`; the name
+    of a fixed rule (`priorhold`, `priorstop`, `rangestop`: `RULE_NAMES`) gives that
+    rule as a `RulePolicy` (`lrpilot.agents.rule_policy`); `tiny` the shipped learned
+    policy. A file or folder of the same name wins.
     """
-    if names_rule(path):
-        return RulePolicy(path)
+    rule = rule_named(path)
+    if rule is not None:
+        return RulePolicy(rule)
     path = resolve_policy_path(path)
     return policy_from_bytes(path.read_bytes(), str(path))
 

@@ -2,6 +2,8 @@
 the rule in a user's loop through `PolicyScheduler` and the Hugging Face and Lightning
 callbacks, exactly as `compare` and the suites run it in the env.
 
+`load_policy("default")` is `priorhold`, the controller lrpilot ships as its default.
+
 The rules are the range-test controllers of `lrpilot.agents.controllers.RANGE_RULES`:
 - `priorhold`: the first interval at 0.4x the LR prior of the run's sizes
   (`ActionRule.prior_lr`), one rise of x2.5 to the prior, held to the end, with WSD's
@@ -30,12 +32,20 @@ from lrpilot.agents.policy_lr import ActionRuleLRs
 from lrpilot.errors import ConfigError
 
 RULE_NAMES = tuple(RANGE_RULES)  # what load_policy takes for a rule
+DEFAULT_POLICY = "default"  # lrpilot's default controller, the rule DEFAULT_RULE
+# The learned generalist did not beat it on `heldout` (docs/model-card.md).
+DEFAULT_RULE = "priorhold"
 
 
-def names_rule(policy: object) -> bool:
-    """Whether `policy` (what a user passed as a policy) names a fixed rule: one of
-    `RULE_NAMES` that is not also a file or folder (a path wins)."""
-    return isinstance(policy, str) and policy in RULE_NAMES and not Path(policy).exists()
+def rule_named(policy: object) -> str | None:
+    """The fixed rule that `policy` (what a user passed as a policy) names: one of
+    `RULE_NAMES`, or `default` for `DEFAULT_RULE`; None for anything else, and for a
+    name that is also a file or folder (a path wins)."""
+    if not isinstance(policy, str) or Path(policy).exists():
+        return None
+    if policy == DEFAULT_POLICY:
+        return DEFAULT_RULE
+    return policy if policy in RULE_NAMES else None
 
 
 class RulePolicy(ActionRuleLRs):

@@ -35,7 +35,7 @@ from lrpilot.errors import ConfigError
 from lrpilot.lm.workloads import spec_in_folder
 from lrpilot.settings import RunSettings
 
-DEFAULT_PRESET = "controller"  # the preset that trained the shipped policy
+DEFAULT_PRESET = "controller"  # the preset that trained the shipped policy `tiny`
 
 
 def discount(value: float) -> str | None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lrpilot.agents.rule_policy import names_rule
+from lrpilot.agents.rule_policy import rule_named
 from lrpilot.config import (
     all_of,
     at_least,
@@ -123,8 +123,8 @@ class CompareConfig:
     protocol: Protocol = setting(Protocol(), help="the comparison protocol")
     policy: str | None = setting(
         None,
-        help="policy file or folder, `default` (the shipped policy), or a fixed rule (runs "
-        "as that controller); optional",
+        help="policy file or folder, `tiny` (the shipped learned policy), or a fixed rule, "
+        "`default` (priorhold) included (runs as that controller); optional",
         check=non_empty,
     )
     jobs: int = setting(1, help="runs in parallel (--backend process)", check=positive)
@@ -136,8 +136,9 @@ class CompareConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if names_rule(self.policy):  # a fixed rule runs as the baseline controller of its name
-            controllers = tuple(dict.fromkeys((*self.protocol.controllers, self.policy)))
+        rule = rule_named(self.policy)
+        if rule is not None:  # a fixed rule runs as the baseline controller of its name
+            controllers = tuple(dict.fromkeys((*self.protocol.controllers, rule)))
             protocol = dataclasses.replace(self.protocol, controllers=controllers)
             object.__setattr__(self, "protocol", protocol)
             object.__setattr__(self, "policy", None)

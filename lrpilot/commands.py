@@ -66,7 +66,7 @@ class TrainOptions(Command):
         None,
         help="a preset (controller, generalist, prior_generalist, demo, tiny: TOML files in "
         "experiments/presets/) or a TOML path (default: controller, which trained the "
-        "shipped policy)",
+        "shipped learned policy `tiny`)",
     )
     workload: str | None = setting(
         None,
@@ -90,8 +90,9 @@ class ReplayOptions(Command):
     out: str = setting(check=non_empty, help=OUT_HELP)
     policy: str | None = setting(
         None,
-        help="a policy file or folder, `default` (the shipped policy), or a fixed rule "
-        "(priorhold, priorstop, rangestop)",
+        help="a policy file or folder, `default` (the default controller, the rule "
+        "priorhold), another fixed rule (priorstop, rangestop), or `tiny` (the shipped "
+        "learned policy)",
         check=non_empty,
     )
     trace: str | None = setting(
@@ -143,8 +144,9 @@ class BenchmarkOptions(Command):
     )
     policy: str = setting(
         "default",
-        help="a policy file or folder, `default` (the shipped policy), a fixed rule "
-        "(priorhold, priorstop, rangestop: run as that controller), or `none`",
+        help="a policy file or folder, `default` (the default controller, the rule "
+        "priorhold), another fixed rule (priorstop, rangestop; a rule runs as that "
+        "controller), `tiny` (the shipped learned policy), or `none`",
         check=non_empty,
     )
     controllers: tuple[str, ...] | None = setting(

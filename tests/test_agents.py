@@ -209,13 +209,13 @@ def test_a_policy_file_missing_a_field_is_refused_naming_it(tmp_path, table, fie
 
 
 def test_the_shipped_policy_files_are_of_this_format():
-    files = ["default", *Path(__file__).parents[1].glob("experiments/results/*/policy")]
+    files = ["tiny", *Path(__file__).parents[1].glob("experiments/results/*/policy")]
     assert len(files) >= 3
     for path in files:
         policy = load_policy(path)
         assert policy.metadata["format_version"] == 4
         assert all(torch.isfinite(tensor).all() for tensor in policy.weights.values())
-    assert load_policy("default").action.probe_intervals == 0
+    assert load_policy("tiny").action.probe_intervals == 0
 
 
 def test_a_policy_file_with_tensors_no_layer_uses_is_refused():

@@ -21,7 +21,7 @@ from conftest import make_policy
 import lrpilot.experiments.replay
 import lrpilot.experiments.runs
 import lrpilot.lm.text_classification
-from lrpilot.agents.policy_file import default_policy_path
+from lrpilot.agents.policy_file import shipped_policy_path
 from lrpilot.cli import main
 from lrpilot.lm import memory
 from lrpilot.lm.byte_gpt import ByteGPTWorkload
@@ -400,7 +400,7 @@ def test_settings_refuse_what_no_run_can_use(args, fragments, tmp_path, capsys):
 
 def test_a_comparison_folder_is_known_by_what_its_runs_depend_on(tmp_path, capsys):
     policy = tmp_path / "p.safetensors"
-    shutil.copy(default_policy_path(), policy)
+    shutil.copy(shipped_policy_path("tiny"), policy)
     out = tmp_path / "out"
     flags = [*FAST, "--schedules", "constant", "--lr-grid", "2", "--eval-seeds", "1"]
     flags += ["--tune-seeds", "0", "--batch-size", "4", "--out", out]

@@ -141,11 +141,14 @@ def test_the_callbacks_shared_core_refuses_an_interval_without_train_losses():
     assert [step for step, _val, _lr in core.decisions] == [0, EVERY]
 
 
+NOT_A_PATH = "policy must be a path (a str or os.PathLike) or a name such as 'default', got"
+
+
 @pytest.mark.parametrize(
     ("path", "message"),
     [
-        (None, "policy must be a path (a str or os.PathLike) or 'default', got NoneType None"),
-        (3, "policy must be a path (a str or os.PathLike) or 'default', got int 3"),
+        (None, f"{NOT_A_PATH} NoneType None"),
+        (3, f"{NOT_A_PATH} int 3"),
         (b"default", "got bytes b'default'"),
     ],
 )

@@ -385,13 +385,13 @@ def test_ray_backend_without_ray_is_one_line_exit_2(tmp_path, capsys, monkeypatc
     assert code == 2 and "pip install 'lrpilot[ray]'" in err and len(err.splitlines()) == 1
 
 
-def test_default_policy_name_without_a_shipped_file_is_one_line(tmp_path, monkeypatch, capsys):
+def test_a_shipped_policy_name_without_its_file_is_one_line(tmp_path, monkeypatch, capsys):
     from lrpilot.agents import policy_file
 
-    monkeypatch.setattr(policy_file, "default_policy_path", lambda: tmp_path / "none.safetensors")
-    code = main(["replay", "--policy", "default", "--quiet", "--out", str(tmp_path / "out")])
+    monkeypatch.setattr(policy_file, "shipped_policy_path", lambda name: tmp_path / "none")
+    code = main(["replay", "--policy", "tiny", "--quiet", "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
-    assert code == 2 and "ships no default policy" in err and len(err.splitlines()) == 1
+    assert code == 2 and "lacks its shipped policy file" in err and len(err.splitlines()) == 1
 
 
 def test_cache_keys_cover_the_corpus_bytes(tmp_path):
@@ -410,7 +410,7 @@ def test_lrpilot_train_without_a_preset_trains_what_made_the_shipped_policy():
     from lrpilot.agents.policy_file import load_policy
     from lrpilot.agents.train_config import DEFAULT_PRESET, TrainConfig, load_train_config
 
-    policy = load_policy("default")
+    policy = load_policy("tiny")
     training = dict(policy.metadata["training"])
     done = training.pop("timesteps_done")
     preset = DEFAULT_PRESET  # what `lrpilot train` uses without --preset
@@ -456,12 +456,14 @@ def test_a_policy_reads_its_inputs_through_its_normalisation_statistics():
 
 
 def test_the_demo_checks_its_comparison_then_compares_its_trained_policy(tmp_path, monkeypatch):
-    from lrpilot.agents.policy_file import default_policy_path
+    from lrpilot.agents.policy_file import shipped_policy_path
     from lrpilot.experiments import demo
 
     compared = []
-    monkeypatch.setattr(demo, "train_demo_controller", lambda out, progress: default_policy_path())
+    monkeypatch.setattr(
+        demo, "train_demo_controller", lambda out, progress: shipped_policy_path("tiny")
+    )
     monkeypatch.setattr(demo, "compare", lambda config, out, progress: compared.append(config))
     demo.run_demo(tmp_path, jobs=2, progress=False)
-    assert [config.policy for config in compared] == [str(default_policy_path())]
+    assert [config.policy for config in compared] == [str(shipped_policy_path("tiny"))]
     assert compared[0].run.steps == 200 and compared[0].jobs == 2

@@ -128,7 +128,7 @@ def test_compare_runs_a_policy_on_the_prior_once_for_every_start_lr(cloned_run):
     protocol = Protocol(schedules=("constant",), lr_grid=2, lr_range=(1e-4, 1e-3), warmups=(),
                         tune_seeds=(0,), eval_seeds=(1,), start_lrs=(1e-4, 1e-3))  # fmt: skip
     prior = prepare(CompareConfig(run=run, protocol=protocol, policy=str(cloned_run / "policy")))
-    shipped = prepare(CompareConfig(run=run, protocol=protocol, policy="default"))
+    shipped = prepare(CompareConfig(run=run, protocol=protocol, policy="tiny"))
     assert not prior.policy_reads_start_lr and shipped.policy_reads_start_lr
 
 

@@ -59,7 +59,7 @@ def test_the_installed_package_is_the_wheel_not_the_checkout(fresh_venv, tmp_pat
 
 def test_the_wheel_runs_lrpilot_compare(fresh_venv, tmp_path):
     out = tmp_path / "cmp"
-    command = [str(fresh_venv / "bin" / "lrpilot"), "compare", "--policy", "default"]
+    command = [str(fresh_venv / "bin" / "lrpilot"), "compare", "--policy", "tiny"]
     command += ["--schedules", "constant,wsd", "--lr-grid", "2", "--steps", "40"]
     command += ["--eval-every", "20", "--batch-size", "8", "--eval-seeds", "1", "--quiet"]
     run([*command, "--out", str(out)], cwd=tmp_path)

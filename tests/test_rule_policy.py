@@ -14,9 +14,9 @@ from conftest import drive_run_with_scheduler, make_policy
 
 from lrpilot.agents import load_policy
 from lrpilot.agents.controllers import RANGE_RULES, RangeStopController
-from lrpilot.agents.policy_file import resolve_policy_path
+from lrpilot.agents.policy_file import Policy, resolve_policy_path
 from lrpilot.agents.rollout import run_episode
-from lrpilot.agents.rule_policy import RULE_NAMES, RulePolicy
+from lrpilot.agents.rule_policy import DEFAULT_RULE, RULE_NAMES, RulePolicy
 from lrpilot.agents.scheduler import PolicyScheduler
 from lrpilot.cli import main
 from lrpilot.env import EnvConfig, LRControlEnv
@@ -57,8 +57,10 @@ def test_rule_names_and_bad_rule_states_are_one_line_errors(tmp_path, monkeypatc
     with pytest.raises(ConfigError, match="no LR rule named 'priorhalt'; the rules are "):
         RulePolicy("priorhalt")
     # As a policy file (--policy in the CLI), a rule's name says what to use instead.
-    with pytest.raises(ConfigError, match="'priorhold' is a fixed rule, not a policy file"):
+    with pytest.raises(ConfigError, match="'priorhold' is the fixed rule 'priorhold', not a "):
         resolve_policy_path("priorhold")
+    with pytest.raises(ConfigError, match="'default' is the fixed rule 'priorhold', not a "):
+        resolve_policy_path("default")
     # A file or folder of that name is what the user means.
     monkeypatch.chdir(tmp_path)
     (tmp_path / "priorhold").mkdir()
@@ -70,6 +72,20 @@ def test_rule_names_and_bad_rule_states_are_one_line_errors(tmp_path, monkeypatc
     for state in ({"rising": True}, {"rising": 1, "best_gain": 0.1, "rises": 2}):
         with pytest.raises(ConfigError, match="not a RangeStopController state"):
             policy.load_state_dict({"rule": "priorstop"} | state)
+
+
+def test_the_default_controller_is_the_rule_priorhold_unless_a_path_is_named_so(
+    tmp_path, monkeypatch
+):
+    policy = load_policy("default")
+    assert isinstance(policy, RulePolicy) and policy.name == DEFAULT_RULE == "priorhold"
+    run = RunSettings("tiny", steps=20, eval_every=10, batch_size=8)
+    config = CompareConfig(run=run, protocol=Protocol(controllers=()), policy="default")
+    assert config.policy is None and config.protocol.controllers == ("priorhold",)
+    monkeypatch.chdir(tmp_path)
+    make_policy(seed=3).save(tmp_path / "default")
+    assert isinstance(load_policy("default"), Policy)
+    assert CompareConfig(run=run, policy="default").policy == "default"
 
 
 def test_a_refused_state_changes_nothing():

@@ -548,7 +548,7 @@ def drive_tiny(update_ratio_sample):
     interval's update ratio."""
     run = SHIPPED_TASK.make_run("cpu")
     scheduler = PolicyScheduler(
-        run.optimizer, load_policy("default"), SHIPPED_TASK.steps,
+        run.optimizer, load_policy("tiny"), SHIPPED_TASK.steps,
         SHIPPED_TASK.eval_every, initial_val_loss=run.evaluate(),
         update_ratio_sample=update_ratio_sample,
     )  # fmt: skip
@@ -600,7 +600,7 @@ SHIPPED_LOOP_LRS = [
 
 
 def test_the_shipped_v2_policy_sets_the_lrs_it_always_set():
-    policy = load_policy("default")
+    policy = load_policy("tiny")
     assert policy.feature_version == "v2" and policy.observation_size == 13
     env = LRControlEnv(policy_env_config(policy))
     assert env.feature_version == "v2" and env.observation_space.shape == (13,)

@@ -46,7 +46,7 @@ def test_a_users_workload_gives_the_same_numbers_for_the_same_seed():
 
 
 @pytest.mark.parametrize("path", WORKLOAD_FILES, ids=[p.stem for p in WORKLOAD_FILES])
-def test_compare_runs_each_example_workload_file(path, tmp_path):
+def test_compare_runs_the_default_controller_on_each_example_workload_file(path, tmp_path):
     if load_workload(str(path)).family == "hf_causal_lm":
         pytest.importorskip("transformers")
     flags = ["--schedules", "constant", "--lr-grid", "2", "--steps", "20", "--eval-every", "10"]
@@ -56,7 +56,7 @@ def test_compare_runs_each_example_workload_file(path, tmp_path):
     last = results.groupby("run").last()
     assert (last["step"] == 20).all() and last["test_loss"].notna().all()
     summary = pd.read_csv(tmp_path / "summary.csv")
-    assert set(summary["label"]) == {"constant", "policy (start 0.001)"}
+    assert set(summary["label"]) == {"constant", "priorhold (start 0.001)"}  # the default
     if "classification" in path.stem:
         assert last["test_accuracy"].between(0, 1).all()
 

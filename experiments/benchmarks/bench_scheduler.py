@@ -109,14 +109,14 @@ def make_loop(kind: str, args: argparse.Namespace, total_steps: int) -> Callable
         sample = None if kind == "policy_exact" else UPDATE_RATIO_SAMPLE
         scheduler = PolicyScheduler(
             optimizer,
-            load_policy("default"),
+            load_policy("tiny"),
             total_steps,
             args.interval_steps,
             initial_val_loss=evaluate(),
             update_ratio_sample=sample,
         )
     else:
-        load_policy("default")  # the same modules and files in memory as the policy's loop
+        load_policy("tiny")  # the same modules and files in memory as the policy's loop
 
     def train_interval() -> None:
         losses = []

@@ -50,7 +50,7 @@ def drive(estimate: str) -> tuple[np.ndarray, np.ndarray]:
     """Per-step LRs and per-interval mean gradient norms of one run with `estimate`."""
     run = TASK.make_run("cpu")
     scheduler = PolicyScheduler(
-        run.optimizer, load_policy("default"), TASK.steps, TASK.eval_every,
+        run.optimizer, load_policy("tiny"), TASK.steps, TASK.eval_every,
         initial_val_loss=run.evaluate(), measure_grad_norm=False,
     )  # fmt: skip
     params = [p for group in run.optimizer.param_groups for p in group["params"]]
