@@ -12,9 +12,11 @@ new: about 4 minutes per start LR and group on 2 cores for `heldout`.
 This ablates a trained policy's inputs; it does not retrain one per group (at 74
 minutes a training, seven trainings do not fit a session). A group the policy
 ignores costs nothing here even if a policy trained without it would have learned
-another way. The groups are `FEATURE_GROUPS` but the absolute LR (`log_lr`), which
-the generalist was trained without and reads as 0 already, and the groups not in
-feature set v2, the generalist's (the context and the sweep), plus the history.
+another way. The groups are those of `FEATURE_GROUPS` that the policy's feature set
+holds, but the absolute LR (`log_lr`), which the generalists were trained without and
+read as 0 already, plus the history. With `--policies-only` it writes the ablated
+policy files and stops, for a script that runs policies alone against a suite's
+committed tables (`experiments/studies/prior_generalist/select_policy.py`).
 
 Per group and start LR: the median and worst ratio of the policy's mean test loss
 to the best tuned schedule's over the workloads, and on how many workloads it beats
@@ -44,19 +46,16 @@ from lrpilot.experiments.suite import load_suite, run_suite
 from lrpilot.files import atomic_write_csv, atomic_write_text
 
 HISTORY = "history"  # the group of every feature of the past evaluations
-# group -> the features it ablates in the newest evaluation (HISTORY: the older ones).
-# `absolute LR` is left out: a policy trained with it masked reads it as 0 already;
-# so are the groups feature set v2 (the generalist's) does not hold.
-ABLATED_SET = "v2"
-GROUPS: dict[str, tuple[str, ...]] = (
-    {"none": ()}
-    | {
-        name: names
-        for name, names in FEATURE_GROUPS.items()
-        if name != "absolute LR" and set(names) <= set(FEATURE_SETS[ABLATED_SET])
-    }
-    | {HISTORY: ()}
-)
+# The groups a policy can lose: those of `FEATURE_GROUPS` that its feature set holds,
+# but the absolute LR (`log_lr`), which the generalists were trained without and read as
+# 0 already; plus the history.
+GROUPS = ("none", *(name for name in FEATURE_GROUPS if name != "absolute LR"), HISTORY)
+
+
+def group_features(group: str) -> tuple[str, ...]:
+    return () if group in ("none", HISTORY) else FEATURE_GROUPS[group]
+
+
 # The columns of the suite table (`suite_table`) that the ablation table keeps.
 ROW_COLUMNS = (
     "method",
@@ -68,13 +67,16 @@ ROW_COLUMNS = (
 ABLATED_VARIANCE = 1e12  # normalised input = (x - mean) / 1e6: 0 for any feature value
 
 
-def ablated_inputs(group: str, history: int) -> list[int]:
-    """Observation indices the group covers (evaluation k's features start at 13 k)."""
-    names = FEATURE_SETS[ABLATED_SET]
-    n = len(names)
+def ablated_inputs(group: str, history: int, feature_version: str) -> list[int]:
+    """Observation indices the group covers (evaluation k's features follow the first
+    k evaluations')."""
+    names = FEATURE_SETS[feature_version]
     if group == HISTORY:
-        return list(range(n, observation_size(history, ABLATED_SET)))
-    return [names.index(name) for name in GROUPS[group]]
+        return list(range(len(names), observation_size(history, feature_version)))
+    missing = sorted(set(group_features(group)) - set(names))
+    if missing:
+        raise ConfigError(f"feature set {feature_version} lacks group {group!r} ({missing})")
+    return [names.index(name) for name in group_features(group)]
 
 
 def mean_ablated(policy: Policy, group: str) -> Policy:
@@ -83,7 +85,7 @@ def mean_ablated(policy: Policy, group: str) -> Policy:
     if not norm:
         raise ConfigError("a mean ablation needs a policy with normalisation statistics")
     variance = list(norm["var"])
-    for index in ablated_inputs(group, policy.history):
+    for index in ablated_inputs(group, policy.history, policy.feature_version):
         variance[index] = ABLATED_VARIANCE
     return Policy(policy.weights, policy.metadata | {"normalization": norm | {"var": variance}})
 
@@ -91,7 +93,7 @@ def mean_ablated(policy: Policy, group: str) -> Policy:
 def describe(group: str) -> str:
     if group == HISTORY:
         return "every feature of the past evaluations"
-    return ", ".join(GROUPS[group]) or "nothing"
+    return ", ".join(group_features(group)) or "nothing"
 
 
 def group_rows(group: str, table: pd.DataFrame) -> list[dict]:
@@ -114,7 +116,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--start-lrs", type=float, nargs="+", default=[1e-3, 1e-2], help="the policy's start LRs"
     )
     parser.add_argument(
-        "--groups", nargs="+", default=list(GROUPS), choices=list(GROUPS), help="groups to ablate"
+        "--groups",
+        nargs="+",
+        choices=GROUPS,
+        help="groups to ablate (default: every group the policy's feature set holds)",
+    )
+    parser.add_argument(
+        "--policies-only",
+        action="store_true",
+        help="write the ablated policy files to OUT/policies/ and stop (to run them with "
+        "another script, such as prior_generalist/select_policy.py)",
     )
     parser.add_argument(
         "--cache-from",
@@ -146,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         policy = load_policy(args.policy)
-        mean_ablated(policy, "none")  # a policy without normalisation statistics: refused now
+        held = set(FEATURE_SETS[policy.feature_version])
+        groups = args.groups or [g for g in GROUPS if set(group_features(g)) <= held]
+        ablated = {group: mean_ablated(policy, group) for group in groups}  # checked now
         suite = load_suite(args.suite)
         if any(not lr > 0 for lr in args.start_lrs):
             raise ConfigError(f"start LRs must be > 0, got {args.start_lrs}")
@@ -157,12 +170,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     out = Path(args.out)
+    if args.policies_only:
+        for group, ablated_policy in ablated.items():
+            print(ablated_policy.save(out / "policies" / group.replace(" ", "-")))
+        return 0
     rows = []
-    for group in args.groups:  # the table is rewritten after each group
+    for group in groups:  # the table is rewritten after each group
         folder = out / group.replace(" ", "-")
         if args.cache_from and not folder.exists():
             shutil.copytree(args.cache_from, folder)
-        path = mean_ablated(policy, group).save(out / "policies" / group.replace(" ", "-"))
+        path = ablated[group].save(out / "policies" / group.replace(" ", "-"))
         print(f"== group {group!r}: {path}", flush=True)
         rows += group_rows(group, run_suite(suite, folder, policy=str(path), jobs=args.jobs))
         text = write_tables(rows, args, suite.name)
