@@ -18,7 +18,7 @@ config is refused, not reused.
 
 Written to `experiments/studies/controller_ablations/ablations.{csv,md}` and printed:
 
-    python experiments/studies/controller_ablations/ablations.py --policy "full budget=default"
+    python experiments/studies/controller_ablations/ablations.py --policy "full budget=tiny"
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ Written to `experiments/studies/policy_selection/policy_selection.{csv,md}` (or
 `--results`) and printed:
 
     python experiments/studies/policy_selection/select_policy.py --jobs 2 \\
-        --candidate current=default --candidate new=runs/controller/best
+        --candidate current=tiny --candidate new=runs/controller/best
 """
 
 from __future__ import annotations
