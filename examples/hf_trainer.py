@@ -1,4 +1,4 @@
-"""The shipped lrpilot policy setting the LR of a Hugging Face `transformers.Trainer`.
+"""lrpilot's default controller setting the LR of a Hugging Face `transformers.Trainer`.
 
 A small GPT-2 (`GPT2LMHeadModel` built from a `GPT2Config`, vocabulary 256: one token
 per byte; nothing is downloaded) learns the built-in `pydoc` corpus with the Trainer,

@@ -1,4 +1,4 @@
-"""The shipped lrpilot policy setting the LR of a `lightning.pytorch.Trainer`.
+"""lrpilot's default controller setting the LR of a `lightning.pytorch.Trainer`.
 
 lrpilot's byte-level GPT (the `tiny` preset: 1 layer, 64 wide, 16-byte context) learns
 the built-in `pydoc` corpus in a `LightningModule`, and

@@ -1,10 +1,11 @@
 """lrpilot: learn learning-rate control for neural-network training, language models first.
 
-The public API gathers the pieces a user reaches for most: a learned policy in a
-training loop (`load_policy`, `PolicyScheduler`, and the Hugging Face and Lightning
-callbacks), workloads, the environment. The subpackages `lrpilot.lm`, `lrpilot.env`,
-`lrpilot.agents` and `lrpilot.experiments` hold the rest. Names are imported when first
-used, so `import lrpilot` (and the CLI) stays fast and needs no torch.
+The public API gathers the pieces a user reaches for most: a controller (the default
+rule or a learned policy) in a training loop (`load_policy`, `PolicyScheduler`, and the
+Hugging Face and Lightning callbacks), workloads, the environment. The subpackages
+`lrpilot.lm`, `lrpilot.env`, `lrpilot.agents` and `lrpilot.experiments` hold the rest.
+Names are imported when first used, so `import lrpilot` (and the CLI) stays fast and
+needs no torch.
 """
 
 from importlib import import_module

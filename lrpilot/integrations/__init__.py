@@ -1,4 +1,5 @@
-"""The learned policy inside other training frameworks, one module per framework.
+"""An lrpilot controller (a learned policy or a fixed rule) inside other training
+frameworks, one module per framework.
 
 - `lrpilot.integrations.hf`: `LRPilotHFCallback` for a Hugging Face `transformers.Trainer`
   (extra: `pip install 'lrpilot[hf]'`);

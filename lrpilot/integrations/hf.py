@@ -1,4 +1,4 @@
-"""The learned policy in a Hugging Face `transformers.Trainer`: `LRPilotHFCallback`.
+"""An lrpilot controller in a Hugging Face `transformers.Trainer`: `LRPilotHFCallback`.
 
     from lrpilot.agents import load_policy
     from lrpilot.integrations.hf import LRPilotHFCallback

@@ -1,4 +1,4 @@
-"""The learned policy in a `lightning.pytorch.Trainer`: `LRPilotLightningCallback`.
+"""An lrpilot controller in a `lightning.pytorch.Trainer`: `LRPilotLightningCallback`.
 
     import lightning.pytorch as pl
     from lrpilot.agents import load_policy
