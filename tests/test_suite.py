@@ -38,7 +38,8 @@ def _without_timing(frame: pd.DataFrame) -> pd.DataFrame:
 def test_the_quick_suite_compares_every_method_on_every_workload(quick):
     summary = pd.read_csv(quick / "summary.csv")
     assert set(summary["workload"]) == {"tiny-pydoc", "tiny-pystdlib"}
-    methods = {"constant", "wsd", "policy (start 0.001)", "prodigy", "schedulefree"}
+    # `benchmark` runs the default controller, the rule priorhold, when no --policy is given
+    methods = {"constant", "wsd", "priorhold (start 0.001)", "prodigy", "schedulefree"}
     for _, rows in summary.groupby("workload"):
         assert set(rows["label"]) == methods
         assert (rows["seeds"] == 2).all()
