@@ -135,18 +135,20 @@ class Policy(ActionRuleLRs):
         return path
 
 
-SHIPPED_POLICIES = ("tiny",)  # learned policy files that ship with lrpilot, by name
+# Learned policy files that ship with lrpilot, by name (docs/model-card.md): `tiny`,
+# trained by the `controller` preset on the `tiny` workload, and `prior_generalist`,
+# trained by `prior_generalist_h1` on many workloads on the range test from the prior.
+SHIPPED_POLICIES = ("tiny", "prior_generalist")
 
 
 def shipped_policy_path(name: str) -> Path:
-    """The file of a shipped learned policy: `tiny`, trained by the `controller` preset
-    on the `tiny` workload (docs/model-card.md)."""
+    """The file of the shipped learned policy `name`."""
     return Path(str(resources.files("lrpilot.agents") / "policies" / f"{name}.safetensors"))
 
 
 def resolve_policy_path(path: str | os.PathLike) -> Path:
-    """The policy file a user means: a shipped policy by name (`tiny`), a file, or a
-    folder holding `policy.safetensors`."""
+    """The policy file a user means: a shipped policy by name (`tiny`,
+    `prior_generalist`), a file, or a folder holding `policy.safetensors`."""
     if not isinstance(path, (str, os.PathLike)):
         raise ConfigError(
             f"policy must be a path (a str or os.PathLike) or a name such as "
@@ -176,8 +178,9 @@ def load_policy(path: str | os.PathLike) -> Policy | RulePolicy:
 
     `default` gives lrpilot's default controller, the fixed rule `priorhold`; the name
     of a fixed rule (`priorhold`, `priorstop`, `rangestop`: `RULE_NAMES`) gives that
-    rule as a `RulePolicy` (`lrpilot.agents.rule_policy`); `tiny` the shipped learned
-    policy. A file or folder of the same name wins.
+    rule as a `RulePolicy` (`lrpilot.agents.rule_policy`); `tiny` and
+    `prior_generalist` the shipped learned policies. A file or folder of the same name
+    wins.
     """
     rule = rule_named(path)
     if rule is not None:

@@ -123,8 +123,8 @@ class CompareConfig:
     protocol: Protocol = setting(Protocol(), help="the comparison protocol")
     policy: str | None = setting(
         None,
-        help="policy file or folder, `tiny` (the shipped learned policy), or a fixed rule, "
-        "`default` (priorhold) included (runs as that controller); optional",
+        help="policy file or folder, a shipped learned policy (tiny, prior_generalist), or "
+        "a fixed rule, `default` (priorhold) included (runs as that controller); optional",
         check=non_empty,
     )
     jobs: int = setting(1, help="runs in parallel (--backend process)", check=positive)

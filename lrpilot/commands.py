@@ -64,9 +64,9 @@ class TrainOptions(Command):
     out: str = setting(check=non_empty, help="run folder: new, or the one to --resume")
     preset: str | None = setting(
         None,
-        help="a preset (controller, generalist, prior_generalist, demo, tiny: TOML files in "
-        "experiments/presets/) or a TOML path (default: controller, which trained the "
-        "shipped learned policy `tiny`)",
+        help="a preset (controller, generalist, prior_generalist, prior_generalist_h1, demo, "
+        "tiny: TOML files in experiments/presets/) or a TOML path (default: controller, "
+        "which trained the shipped learned policy `tiny`)",
     )
     workload: str | None = setting(
         None,
@@ -91,8 +91,8 @@ class ReplayOptions(Command):
     policy: str | None = setting(
         None,
         help="a policy file or folder, `default` (the default controller, the rule "
-        "priorhold), another fixed rule (priorstop, rangestop), or `tiny` (the shipped "
-        "learned policy)",
+        "priorhold), another fixed rule (priorstop, rangestop), or a shipped learned "
+        "policy (tiny, prior_generalist)",
         check=non_empty,
     )
     trace: str | None = setting(
@@ -146,7 +146,7 @@ class BenchmarkOptions(Command):
         "default",
         help="a policy file or folder, `default` (the default controller, the rule "
         "priorhold), another fixed rule (priorstop, rangestop; a rule runs as that "
-        "controller), `tiny` (the shipped learned policy), or `none`",
+        "controller), a shipped learned policy (tiny, prior_generalist), or `none`",
         check=non_empty,
     )
     controllers: tuple[str, ...] | None = setting(

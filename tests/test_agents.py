@@ -1,4 +1,5 @@
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
@@ -209,13 +210,34 @@ def test_a_policy_file_missing_a_field_is_refused_naming_it(tmp_path, table, fie
 
 
 def test_the_shipped_policy_files_are_of_this_format():
-    files = ["tiny", *Path(__file__).parents[1].glob("experiments/results/*/policy")]
-    assert len(files) >= 3
+    results = Path(__file__).parents[1].glob("experiments/results/*/policy")
+    files = ["tiny", "prior_generalist", *results]
+    assert len(files) >= 4
     for path in files:
         policy = load_policy(path)
         assert policy.metadata["format_version"] == 4
         assert all(torch.isfinite(tensor).all() for tensor in policy.weights.values())
     assert load_policy("tiny").action.probe_intervals == 0
+
+
+def test_the_shipped_prior_generalist_is_the_candidate_measured_on_heldout():
+    # experiments/studies/prior_generalist/heldout_h1/targets.md measured this file
+    measured = Path(__file__).parents[1] / (
+        "experiments/studies/prior_generalist/run_h1/evaluated/4000/policy.safetensors"
+    )
+    shipped, source = load_policy("prior_generalist"), load_policy(measured)
+    assert hashlib.sha256(measured.read_bytes()).hexdigest().startswith("5a5b05ec1bf1")
+    assert shipped.weights.keys() == source.weights.keys()
+    assert all(torch.equal(shipped.weights[k], source.weights[k]) for k in source.weights)
+    without_training = [
+        {k: v for k, v in policy.metadata.items() if k != "training"}
+        for policy in (shipped, source)
+    ]
+    assert without_training[0] == without_training[1]
+    # only the training record's workload paths differ: relative to the repository
+    workloads = shipped.metadata["training"]["env"]["task_space"]["workloads"]
+    assert not any(Path(w).is_absolute() for w in workloads)
+    assert (shipped.feature_version, shipped.history) == ("v3", 1)
 
 
 def test_a_policy_file_with_tensors_no_layer_uses_is_refused():
