@@ -1,11 +1,13 @@
-"""`PolicyScheduler`: a learned lrpilot policy as a PyTorch LR scheduler.
+"""`PolicyScheduler`: an lrpilot controller (a learned policy or a fixed rule) as a
+PyTorch LR scheduler.
 
 Call `step()` after every `optimizer.step()`, as with any scheduler, and
 `observe(train_losses, val_loss)` at every evaluation, every `eval_every` steps:
 
-    policy = load_policy("default")
+    policy = load_policy("default")  # the rule priorhold: it needs the tokens per step
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    scheduler = PolicyScheduler(optimizer, policy, steps=4000, eval_every=100)
+    scheduler = PolicyScheduler(optimizer, policy, steps=4000, eval_every=100,
+                                tokens_per_step=batch_size * block_size)
     scheduler.observe(val_loss=evaluate(model))  # L_0: the policy's first action
     losses = []
     for step in range(4000):

@@ -101,8 +101,9 @@ def build(cls: type, namespace: argparse.Namespace):
 
 
 def named_policy(text: str) -> tuple[str, str]:
-    """An argparse type for `NAME=PATH` (PATH: `default`, a policy file or a folder
-    holding one), checked at once so a missing policy fails before hours of work."""
+    """An argparse type for `NAME=PATH` (PATH: a shipped policy's name such as `tiny`, a
+    policy file or a folder holding one), checked at once so a missing policy fails
+    before hours of work."""
     from lrpilot.agents.policy_file import resolve_policy_path  # torch: only when used
     from lrpilot.errors import ConfigError
 

@@ -10,7 +10,7 @@ LRs 1e-4, 1e-3, 1e-2; tiny model on pydoc, 400 steps):
   3 x its initial loss);
 - worst / best of the per-start-LR means: how much the start LR still matters.
 
-`--policy NAME=PATH` adds already-trained policies (e.g. the shipped default, which
+`--policy NAME=PATH` adds already-trained policies (e.g. the shipped `tiny`, which
 had the full PPO budget) to the same table, measured the same way. Variants whose
 run folder already holds a finished training are measured without retraining, so
 an interrupted study continues where it stopped; a folder trained with another
@@ -195,7 +195,7 @@ def main() -> None:
         default=[],
         type=named_policy,
         metavar="NAME=PATH",
-        help="also measure a trained policy (path, or `default`); repeatable",
+        help="also measure a trained policy (path, or a shipped one: `tiny`); repeatable",
     )
     parser.add_argument("--out", default="runs/ablations", help="run folders of the variants")
     parser.add_argument(

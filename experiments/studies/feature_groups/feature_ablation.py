@@ -68,15 +68,17 @@ ABLATED_VARIANCE = 1e12  # normalised input = (x - mean) / 1e6: 0 for any featur
 
 
 def ablated_inputs(group: str, history: int, feature_version: str) -> list[int]:
-    """Observation indices the group covers (evaluation k's features follow the first
-    k evaluations')."""
+    """Observation indices the group covers: evaluation k's features are at k * n ...
+    (k + 1) * n - 1 (newest first, n features a set), and a group is masked in every
+    evaluation the policy sees; the history is every evaluation but the newest."""
     names = FEATURE_SETS[feature_version]
+    n = len(names)
     if group == HISTORY:
-        return list(range(len(names), observation_size(history, feature_version)))
+        return list(range(n, observation_size(history, feature_version)))
     missing = sorted(set(group_features(group)) - set(names))
     if missing:
         raise ConfigError(f"feature set {feature_version} lacks group {group!r} ({missing})")
-    return [names.index(name) for name in group_features(group)]
+    return [k * n + names.index(name) for k in range(history) for name in group_features(group)]
 
 
 def mean_ablated(policy: Policy, group: str) -> Policy:
@@ -110,7 +112,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--policy", required=True, help="policy file or folder, or `default`")
+    parser.add_argument(
+        "--policy", required=True, help="policy file or folder, or a shipped policy's name"
+    )
     parser.add_argument("--suite", default="heldout", help="suite name or TOML path")
     parser.add_argument(
         "--start-lrs", type=float, nargs="+", default=[1e-3, 1e-2], help="the policy's start LRs"
@@ -157,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         policy = load_policy(args.policy)
+        if not isinstance(policy, Policy):
+            raise ConfigError(f"{args.policy!r} is a fixed rule, not a policy: it has no inputs")
         held = set(FEATURE_SETS[policy.feature_version])
         groups = args.groups or [g for g in GROUPS if set(group_features(g)) <= held]
         ablated = {group: mean_ablated(policy, group) for group in groups}  # checked now

@@ -103,7 +103,7 @@ def main() -> None:
         required=True,
         type=named_policy,
         metavar="NAME=PATH",
-        help="a candidate policy (`default`, a policy file or a folder holding one); "
+        help="a candidate policy (`tiny`, a policy file or a folder holding one); "
         "repeat for each; ties go to the first",
     )
     parser.add_argument("--jobs", type=int, default=2, help="LM runs in parallel (processes)")

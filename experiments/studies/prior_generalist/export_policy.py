@@ -44,10 +44,15 @@ def main() -> None:
     shipped = Policy(source.weights, source.metadata | {"training": training})
     path = shipped.save(args.out)
     written = load_policy(path)
-    assert all(torch.equal(written.weights[k], source.weights[k]) for k in source.weights)
-    assert {k: v for k, v in written.metadata.items() if k != "training"} == {
-        k: v for k, v in source.metadata.items() if k != "training"
-    }
+    same_weights = written.weights.keys() == source.weights.keys() and all(
+        torch.equal(written.weights[k], source.weights[k]) for k in source.weights
+    )
+    others = [
+        {k: v for k, v in policy.metadata.items() if k != "training"}
+        for policy in (written, source)
+    ]
+    if not same_weights or others[0] != others[1]:
+        raise SystemExit(f"error: {path} differs from {args.policy} beyond its training record")
     print(path)
     print(json.dumps(training["env"]["task_space"]["workloads"]))
 

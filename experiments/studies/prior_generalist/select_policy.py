@@ -34,6 +34,7 @@ import pandas as pd
 import torch
 
 from lrpilot.agents.policy_file import policy_from_bytes, resolve_policy_path
+from lrpilot.errors import ConfigError
 from lrpilot.experiments.report import best_tuned, markdown_table
 from lrpilot.experiments.run_cache import RunSpec, execute
 from lrpilot.experiments.scoring import score, score_ratio
@@ -75,7 +76,10 @@ def candidates(run: str | None, named: list[str], rules: list[str], parser) -> d
             parser.error(f"--candidate must be NAME=PATH, got {item!r}")
         if name in found or name in rules:
             parser.error(f"--candidate {name!r} is named twice (or is one of --rules)")
-        found[name] = resolve_policy_path(path).read_bytes()
+        try:
+            found[name] = resolve_policy_path(path).read_bytes()
+        except ConfigError as error:
+            parser.error(str(error))
     if not found:
         parser.error("no candidates: give --run (with evaluated/ policies) or --candidate")
     for name, data in found.items():
