@@ -117,8 +117,10 @@ class Policy(ActionRuleLRs):
         return Policy(self.weights, self.metadata | {"action": action.to_dict()})
 
     def digest(self) -> str:
-        """sha256 of the metadata and the weights: two policies that act alike share it."""
-        digest = hashlib.sha256(json_text(self.metadata, indent=None).encode())
+        """sha256 of what the policy does, its weights and its metadata but the `training`
+        record (how it was made): two policies that act alike share it."""
+        acting = {k: v for k, v in self.metadata.items() if k != "training"}
+        digest = hashlib.sha256(json_text(acting, indent=None).encode())
         for name in sorted(self.weights):
             digest.update(name.encode() + self.weights[name].numpy().tobytes())
         return digest.hexdigest()

@@ -33,7 +33,7 @@ from lrpilot.errors import ConfigError
 
 RULE_NAMES = tuple(RANGE_RULES)  # what load_policy takes for a rule
 DEFAULT_POLICY = "default"  # lrpilot's default controller, the rule DEFAULT_RULE
-# The learned generalist did not beat it on `heldout` (docs/model-card.md).
+# No learned policy met issue 37's targets to replace it (docs/model-card.md).
 DEFAULT_RULE = "priorhold"
 
 

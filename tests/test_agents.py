@@ -227,17 +227,21 @@ def test_the_shipped_prior_generalist_is_the_candidate_measured_on_heldout():
     )
     shipped, source = load_policy("prior_generalist"), load_policy(measured)
     assert hashlib.sha256(measured.read_bytes()).hexdigest().startswith("5a5b05ec1bf1")
-    assert shipped.weights.keys() == source.weights.keys()
-    assert all(torch.equal(shipped.weights[k], source.weights[k]) for k in source.weights)
-    without_training = [
-        {k: v for k, v in policy.metadata.items() if k != "training"}
-        for policy in (shipped, source)
-    ]
-    assert without_training[0] == without_training[1]
-    # only the training record's workload paths differ: relative to the repository
+    assert shipped.digest() == source.digest()  # the same weights and metadata ...
+    # ... but the training record, whose workload paths are relative to the repository
     workloads = shipped.metadata["training"]["env"]["task_space"]["workloads"]
     assert not any(Path(w).is_absolute() for w in workloads)
     assert (shipped.feature_version, shipped.history) == ("v3", 1)
+
+
+def test_a_policy_digest_covers_what_the_policy_does_not_how_it_was_trained():
+    policy = make_policy()
+    retrained = Policy(policy.weights, policy.metadata | {"training": {"seed": 99}})
+    assert retrained.digest() == policy.digest()
+    weights = dict(policy.weights) | {"output.bias": policy.weights["output.bias"] + 1e-6}
+    assert Policy(weights, policy.metadata).digest() != policy.digest()
+    other_rule = policy.metadata | {"action": policy.metadata["action"] | {"lr_max": 0.05}}
+    assert Policy(policy.weights, other_rule).digest() != policy.digest()
 
 
 def test_a_policy_file_with_tensors_no_layer_uses_is_refused():

@@ -164,7 +164,11 @@ def main(argv: list[str] | None = None) -> int:
         if not isinstance(policy, Policy):
             raise ConfigError(f"{args.policy!r} is a fixed rule, not a policy: it has no inputs")
         held = set(FEATURE_SETS[policy.feature_version])
-        groups = args.groups or [g for g in GROUPS if set(group_features(g)) <= held]
+        groups = args.groups or [
+            g
+            for g in GROUPS
+            if set(group_features(g)) <= held and (g != HISTORY or policy.history > 1)
+        ]
         ablated = {group: mean_ablated(policy, group) for group in groups}  # checked now
         suite = load_suite(args.suite)
         if any(not lr > 0 for lr in args.start_lrs):

@@ -1,7 +1,7 @@
 """Copy a trained policy file into the package as a shipped policy, with the workload
 paths of its `training` record made relative to the repository (a run folder records
 them as absolute paths, so that a resume finds them from any folder). The tensors and
-every other field are copied unchanged; the script checks that.
+every other field are copied unchanged; the script checks that by `Policy.digest()`.
 
     python experiments/studies/prior_generalist/export_policy.py \\
         --policy experiments/studies/prior_generalist/run_h1/evaluated/4000/policy.safetensors \\
@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-
-import torch
 
 from lrpilot.agents.policy_file import Policy, load_policy
 
@@ -43,15 +41,7 @@ def main() -> None:
     training = relative_workloads(source.metadata["training"])
     shipped = Policy(source.weights, source.metadata | {"training": training})
     path = shipped.save(args.out)
-    written = load_policy(path)
-    same_weights = written.weights.keys() == source.weights.keys() and all(
-        torch.equal(written.weights[k], source.weights[k]) for k in source.weights
-    )
-    others = [
-        {k: v for k, v in policy.metadata.items() if k != "training"}
-        for policy in (written, source)
-    ]
-    if not same_weights or others[0] != others[1]:
+    if load_policy(path).digest() != source.digest():  # the weights or what reads them
         raise SystemExit(f"error: {path} differs from {args.policy} beyond its training record")
     print(path)
     print(json.dumps(training["env"]["task_space"]["workloads"]))
